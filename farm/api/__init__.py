@@ -1,0 +1,42 @@
+"""The Flask app: REST API under /api/v1, dashboard pages, /metrics, /healthz."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from farm.context import FarmContext, build_context
+from farm.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
+    from dashboard import views as dashboard_views
+    from farm.api import errors, health, jobs, openapi, outputs, users, workers
+
+    settings = settings or (context.settings if context else get_settings())
+    context = context or build_context(settings)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["SECRET_KEY"] = settings.secret_key or _local_secret(settings)
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["farm"] = context
+    for module in (jobs, outputs, workers, users, openapi):
+        app.register_blueprint(module.bp, url_prefix="/api/v1")
+    app.register_blueprint(health.bp)
+    app.register_blueprint(dashboard_views.bp)
+    errors.register_error_handlers(app)
+    return app
+
+
+def _local_secret(settings: Settings) -> str:
+    import secrets
+
+    path = settings.home / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

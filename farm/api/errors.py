@@ -1,0 +1,72 @@
+"""JSON errors: ``{"error": {"code", "message", "details"}}``, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from farm.services.jobs import ConflictError, NotFoundError
+from farm.spec import RequestError
+
+logger = logging.getLogger(__name__)
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "quota_exceeded",
+          503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details=None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.code = code or _CODES.get(status, "error")
+
+
+def error_response(status: int, message: str, details=None, code: str | None = None):
+    body = {"error": {"code": code or _CODES.get(status, "error"), "message": message, "details": details}}
+    return jsonify(body), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.message, exc.details, exc.code)
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError):
+        message = "the request needs fixing: " + "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
+        return error_response(exc.status, message, [p.as_dict() for p in exc.problems])
+
+    @app.errorhandler(NotFoundError)
+    def _not_found(exc: NotFoundError):
+        return error_response(404, str(exc))
+
+    @app.errorhandler(ConflictError)
+    def _conflict(exc: ConflictError):
+        return error_response(409, str(exc))
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError):
+        logger.error("database unavailable: %s", exc)
+        return error_response(503, "the database is unavailable; try again shortly")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        messages = {
+            400: "malformed request: the body is not valid JSON" if "JSON" in (exc.description or "") else exc.description,
+            404: "no such endpoint; see /api/v1/openapi.json",
+            405: "method not allowed on this endpoint",
+            413: "the request body is too large",
+        }
+        return error_response(status, messages.get(status) or exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        logger.exception("unhandled error")
+        return error_response(500, "internal error; the server log has the details", code="internal")

@@ -1,0 +1,62 @@
+"""The OpenAPI document at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify
+
+import farm
+from farm.spec import GenerationRequest
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _op(summary: str, ok: str = "200", body: str | None = None, errors=(401, 404)) -> dict:
+    operation = {"summary": summary, "responses": {ok: {"description": "OK"}}}
+    for status in errors:
+        operation["responses"][str(status)] = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+    if body:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    return operation
+
+
+def build_document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "farm", "version": farm.__version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "GenerationRequest": GenerationRequest.model_json_schema(),
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "object", "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}},
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/jobs": {
+                "post": _op("Submit a generation job", "202", "GenerationRequest", (400, 401, 413, 415, 422)),
+                "get": _op("List jobs (cursor paginated; status, campaign filters)", errors=(400, 401)),
+            },
+            "/api/v1/jobs/{job_id}": {"get": _op("A job with progress and outputs; ?wait=N long-polls until it is final")},
+            "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a queued, assigned or running job", errors=(401, 404, 409))},
+            "/api/v1/outputs/{output_id}": {"get": _op("The lineage record of one image")},
+            "/api/v1/outputs/{output_id}/image": {"get": _op("The image (a redirect to a presigned URL on S3)")},
+            "/api/v1/workers": {"get": _op("Workers with VRAM and models held", errors=(401,))},
+            "/api/v1/models": {"get": _op("Registered models and which workers hold them", errors=(401,))},
+            "/api/v1/users": {"post": _op("Create a user (admin); returns its first token", "201", None, (401, 403, 409, 422))},
+            "/api/v1/me": {"get": _op("Who the token belongs to", errors=(401,))},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return jsonify(build_document())

@@ -1,0 +1,37 @@
+"""/api/v1/outputs: lineage records and images."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, g, jsonify, redirect
+
+from farm.api.errors import ApiError
+from farm.api.security import farm_context, require_user
+from farm.api.views import output_view
+from farm.services import jobs as job_service
+from farm.storage import ObjectNotFoundError
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("outputs", __name__)
+
+
+@bp.get("/outputs/<output_id>")
+@require_user
+def get_output(output_id: str):
+    return jsonify(output_view(job_service.get_output(farm_context(), g.user, output_id)))
+
+
+@bp.get("/outputs/<output_id>/image")
+@require_user
+def get_output_image(output_id: str):
+    ctx = farm_context()
+    output = job_service.get_output(ctx, g.user, output_id)
+    url = ctx.storage.url(output.object_key, ctx.settings.s3_presign_s)
+    if url:
+        return redirect(url, code=302)
+    try:
+        data = ctx.storage.get(output.object_key)
+    except ObjectNotFoundError:
+        raise ApiError(404, f"the image of output {output_id} is missing from the store") from None
+    return Response(data, mimetype=output.content_type, headers={"Cache-Control": "private, max-age=86400", "ETag": output.content_sha256})

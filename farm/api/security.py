@@ -1,0 +1,64 @@
+"""Bearer-token authentication for the API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from flask import current_app, g, request
+
+from farm.api.errors import ApiError
+from farm.auth import user_for_token
+
+logger = logging.getLogger(__name__)
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def farm_context():
+    return current_app.extensions["farm"]
+
+
+def _authenticate():
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>' (farm users create prints one)")
+    with farm_context().db.session() as session:
+        found = user_for_token(session, token.strip())
+    if found is None:
+        raise ApiError(401, "invalid or revoked API token")
+    user, api_token = found
+    if api_token.scope == "read" and request.method not in READ_METHODS:
+        raise ApiError(403, "this token is read-only")
+    g.user = user
+    return user
+
+
+def require_user(view):
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        _authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_admin(view):
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        user = _authenticate()
+        if not user.is_admin:
+            raise ApiError(403, "only admins may do this")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def json_body():
+    if not request.is_json:
+        raise ApiError(415, "send a JSON body with Content-Type: application/json")
+    payload = request.get_json(silent=True)
+    if payload is None:
+        raise ApiError(400, "malformed request: the body is not valid JSON")
+    return payload

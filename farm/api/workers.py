@@ -1,0 +1,51 @@
+"""/api/v1/workers and /api/v1/models."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify
+from sqlalchemy import select
+
+from farm.api.security import farm_context, require_user
+from farm.api.views import worker_view
+from farm.models import ModelEntry, Worker, utcnow
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("workers", __name__)
+
+
+@bp.get("/workers")
+@require_user
+def list_workers():
+    now = utcnow()
+    with farm_context().db.session() as session:
+        workers = session.execute(select(Worker).order_by(Worker.id)).scalars().all()
+    return jsonify({"workers": [worker_view(w, (now - w.last_heartbeat_at).total_seconds()) for w in workers]})
+
+
+@bp.get("/models")
+@require_user
+def list_models():
+    with farm_context().db.session() as session:
+        models = session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars().all()
+        workers = session.execute(select(Worker).where(Worker.state != "offline")).scalars().all()
+    holders: dict[str, list[str]] = {}
+    for worker in workers:
+        for held in worker.loaded_models:
+            holders.setdefault(held["id"], []).append(worker.id)
+    return jsonify({"models": [
+        {
+            "id": m.id,
+            "family": m.family,
+            "source": m.source,
+            "revision": m.revision,
+            "dtype": m.dtype,
+            "vram_gb": m.vram_gb,
+            "default_steps": m.default_steps,
+            "default_guidance": m.default_guidance,
+            "description": m.description,
+            "held_by": sorted(holders.get(m.id, [])),
+        }
+        for m in models
+    ]})

@@ -1,0 +1,87 @@
+"""API tokens and passwords: tokens are random, shown once, stored as sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.models import ApiToken, Role, Team, User, utcnow
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "farm_"
+
+
+class UserExistsError(Exception):
+    pass
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    _, salt_hex, digest_hex = stored.split("$")
+    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), n=2**14, r=8, p=1)
+    return secrets.compare_digest(digest.hex(), digest_hex)
+
+
+def issue_token(session: Session, user: User, name: str = "default", scope: str = "full") -> str:
+    """Create a token for a user; the plain token is returned once and never stored."""
+    token = new_token()
+    session.add(ApiToken(user_id=user.id, token_hash=hash_token(token), prefix=token[: len(TOKEN_PREFIX) + 6], name=name, scope=scope))
+    session.flush()
+    return token
+
+
+def create_user(session: Session, name: str, *, admin: bool = False, team: str | None = None, password: str | None = None) -> tuple[User, str]:
+    if session.execute(select(User.id).where(User.name == name)).first():
+        raise UserExistsError(f"a user named {name!r} already exists")
+    team_row = None
+    if team:
+        team_row = session.execute(select(Team).where(Team.name == team)).scalar_one_or_none()
+        if team_row is None:
+            team_row = Team(name=team)
+            session.add(team_row)
+            session.flush()
+    user = User(
+        name=name,
+        role=(Role.admin if admin else Role.member).value,
+        team_id=team_row.id if team_row else None,
+        password_hash=hash_password(password) if password else None,
+    )
+    session.add(user)
+    session.flush()
+    return user, issue_token(session, user)
+
+
+def user_for_token(session: Session, token: str) -> tuple[User, ApiToken] | None:
+    row = session.execute(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if row is None or row.user.disabled_at is not None:
+        return None
+    return row.user, row
+
+
+def revoke_tokens(session: Session, user: User, name: str) -> int:
+    rows = session.execute(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.name == name, ApiToken.revoked_at.is_(None))).scalars().all()
+    for row in rows:
+        row.revoked_at = utcnow()
+    return len(rows)

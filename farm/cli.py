@@ -1,0 +1,380 @@
+"""The `farm` command line. Errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from farm.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class CliError(click.ClickException):
+    pass
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"FARM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"bad configuration: {problems}") from None
+    _setup_logging(settings)
+    return settings
+
+
+def friendly_errors(command):
+    """Turn the errors a user can fix into one-line messages."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import OperationalError
+
+        from farm.auth import UserExistsError
+        from farm.hub import ModelDownloadError
+        from farm.registry import RegistryError
+
+        try:
+            return command(*args, **kwargs)
+        except (RegistryError, UserExistsError, ModelDownloadError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        except OperationalError as exc:
+            raise CliError(f"cannot use the database ({str(exc.orig).strip().splitlines()[0]}); check FARM_DATABASE_URL and run 'farm db upgrade'") from None
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="farm")
+def main() -> None:
+    """farm: a distributed render farm for text-to-image diffusion."""
+
+
+# ---------------------------------------------------------------------- processes
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the API and dashboard.")
+@friendly_errors
+def up(host: str, port: int) -> None:
+    """Run an embedded farm: SQLite, a local store, a filesystem broker, one CPU worker and an offline demo model."""
+    from farm.embedded import run_embedded
+
+    run_embedded(_load_settings(), host, port)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [FARM_API_HOST].")
+@click.option("--port", default=None, type=int, help="Port to listen on [FARM_API_PORT].")
+@friendly_errors
+def api(host: str | None, port: int | None) -> None:
+    """Serve the REST API and the dashboard."""
+    from waitress import serve
+
+    from farm.api import create_app
+
+    settings = _load_settings()
+    app = create_app(settings)
+    host, port = host or settings.api_host, port or settings.api_port
+    click.echo(f"farm api on http://{host}:{port}/")
+    serve(app, host=host, port=port, threads=settings.api_threads, ident="farm")
+
+
+@main.command()
+@friendly_errors
+def scheduler() -> None:
+    """Place queued jobs on workers (one active scheduler; others stand by)."""
+    import signal
+    import threading
+
+    from farm.context import build_context
+    from farm.scheduler.service import run_scheduler
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_scheduler(build_context(_load_settings()), stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@main.command()
+@click.option("--name", default=None, help="Worker id, unique in the farm [FARM_WORKER_NAME; default: host name].")
+@click.option("--vram-gb", type=float, default=None, help="VRAM budget in GB [FARM_WORKER_VRAM_GB]; required on CPU, a cap on CUDA.")
+@click.option("--models", default=None, help="Comma-separated model ids this worker serves [FARM_WORKER_MODELS].")
+@click.option("--preload", default=None, help="Comma-separated model ids to load at start [FARM_WORKER_PRELOAD].")
+@friendly_errors
+def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None) -> None:
+    """Run a GPU (or CPU) worker consuming its own queue."""
+    from farm.settings import override_settings
+    from farm.workers.main import run_worker
+
+    settings = _load_settings()
+    changes = {key: value for key, value in (("worker_models", models), ("worker_preload", preload)) if value}
+    if changes:
+        settings = Settings(**{**settings.model_dump(), **changes})
+    run_worker(settings, name=name, vram_gb=vram_gb)
+
+
+# ---------------------------------------------------------------------- database and users
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@friendly_errors
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from farm.db import upgrade_database
+
+    settings = _load_settings()
+    upgrade_database(settings.resolved_database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@friendly_errors
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ('base' for an empty database)."""
+    from farm.db import downgrade_database
+
+    downgrade_database(_load_settings().resolved_database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def users() -> None:
+    """Users and their tokens."""
+
+
+def _context():
+    from farm.context import build_context
+
+    return build_context(_load_settings())
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user an admin.")
+@click.option("--team", default=None, help="Team to put the user in (created if missing).")
+@click.option("--password", default=None, help="Password for dashboard sign-in.")
+@friendly_errors
+def users_create(name: str, admin: bool, team: str | None, password: str | None) -> None:
+    """Create a user; prints the new API token alone on the last line."""
+    from farm.auth import create_user
+
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        user, token = create_user(session, name, admin=admin, team=team, password=password)
+    click.echo(f"created {'admin' if admin else 'member'} {name} (id {user.id}); API token:")
+    click.echo(token)
+
+
+@users.command("set-password")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@friendly_errors
+def users_set_password(name: str, password: str) -> None:
+    """Set a user's dashboard password."""
+    from sqlalchemy import select
+
+    from farm.auth import hash_password
+    from farm.models import User
+
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
+        if user is None:
+            raise CliError(f"no user named {name!r}")
+        user.password_hash = hash_password(password)
+    click.echo(f"password set for {name}")
+
+
+# ---------------------------------------------------------------------- models
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+@friendly_errors
+def models_list() -> None:
+    """List registered models."""
+    from farm.registry import list_models
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        rows = list_models(session)
+    if not rows:
+        click.echo("no models registered; add one with 'farm models add ID SOURCE'")
+    for row in rows:
+        click.echo(f"{row.id}\t{row.family}\t{row.vram_gb:.3f} GB\t{row.source}\t{row.description}")
+
+
+@models.command("add")
+@click.argument("model_id")
+@click.argument("source")
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default=None, help="Pipeline family (read from a local folder when omitted).")
+@click.option("--vram-gb", type=float, default=None, help="Estimated VRAM in GB (measured from local weights when omitted).")
+@click.option("--revision", default=None, help="Hub revision to pin (branch, tag or commit).")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None, help="Weights dtype on CUDA.")
+@click.option("--steps", "default_steps", type=int, default=None, help="Default steps for this model.")
+@click.option("--description", default="", help="Free text shown in listings.")
+@friendly_errors
+def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps, description) -> None:
+    """Register MODEL_ID from SOURCE: a local diffusers folder or a hub repo id."""
+    from farm.registry import add_model
+
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        entry = add_model(session, model_id, source, family=family, vram_gb=vram_gb, revision=revision, dtype=dtype,
+                          description=description, default_steps=default_steps)
+    click.echo(f"registered {entry.id} ({entry.family}, {entry.vram_gb:.3f} GB) from {entry.source}")
+
+
+@models.command("pull")
+@click.argument("model_id")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or the public hub).")
+@friendly_errors
+def models_pull(model_id: str, endpoint: str | None) -> None:
+    """Download a hub model into the shared cache and record its revision and weights sha256."""
+    from farm.hub import download_model
+    from farm.models import ModelEntry
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        entry = session.get(ModelEntry, model_id)
+    if entry is None:
+        raise CliError(f"no model {model_id!r}; see 'farm models list'")
+    if Path(entry.source).is_dir():
+        raise CliError(f"model {model_id} is a local folder ({entry.source}); nothing to pull")
+    result = download_model(entry.source, revision=entry.revision, cache_dir=ctx.settings.resolved_model_cache, endpoint=endpoint)
+    with ctx.db.transaction() as session:
+        row = session.get(ModelEntry, model_id)
+        if row.weights_sha256 and row.weights_sha256 != result.weights_sha256:
+            raise CliError(f"weights of {model_id} differ from the recorded sha256 {row.weights_sha256}; refusing")
+        row.revision, row.weights_sha256, row.files = result.revision, result.weights_sha256, dict(result.files)
+    click.echo(f"{model_id}: revision {result.revision}, weights sha256 {result.weights_sha256}, in {result.path}")
+
+
+@models.command("tiny")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default="sd", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def models_tiny(directory: Path, family: str, seed: int) -> None:
+    """Write a small random-weight pipeline to DIRECTORY (tests and the offline demo; its images are noise)."""
+    from farm.workers.tiny import write_tiny_model
+
+    path = write_tiny_model(directory, family=family, seed=seed)
+    click.echo(f"wrote a tiny random-weight {family} pipeline to {path}")
+
+
+# ---------------------------------------------------------------------- client
+
+
+def _client_target(api_url: str | None, token: str | None) -> tuple[str, str]:
+    settings = get_settings()
+    home = settings.home
+    api_url = api_url or os.environ.get("FARM_API_URL") or _read(home / "api-url") or f"http://{settings.api_host}:{settings.api_port}"
+    token = token or os.environ.get("FARM_API_TOKEN") or _read(home / "token")
+    if not token:
+        raise CliError("no API token: pass --token, set FARM_API_TOKEN, or run 'farm up' (which saves one)")
+    return api_url.rstrip("/"), token
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", default=None, help="Model id (default: the farm's default).")
+@click.option("--negative", "negative_prompt", default=None, help="Negative prompt.")
+@click.option("--width", type=int, default=None)
+@click.option("--height", type=int, default=None)
+@click.option("--steps", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--sampler", default=None)
+@click.option("--guidance", "guidance_scale", type=float, default=None)
+@click.option("--images", "num_images", type=int, default=None)
+@click.option("--format", "output_format", type=click.Choice(["png", "jpeg", "webp"]), default=None)
+@click.option("--wait", is_flag=True, help="Wait for the job and download its images.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where --wait saves images.")
+@click.option("--api", "api_url", default=None, help="API base URL [FARM_API_URL].")
+@click.option("--token", default=None, help="API token [FARM_API_TOKEN].")
+def submit(prompt, model, negative_prompt, width, height, steps, seed, sampler, guidance_scale, num_images, output_format,
+           wait, out, api_url, token) -> None:
+    """Submit one generation job."""
+    import requests
+
+    base, token = _client_target(api_url, token)
+    fields = dict(model=model, negative_prompt=negative_prompt, width=width, height=height, steps=steps, seed=seed,
+                  sampler=sampler, guidance_scale=guidance_scale, num_images=num_images, output_format=output_format)
+    body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = session.post(f"{base}/api/v1/jobs", json=body, timeout=30)
+    except requests.ConnectionError:
+        raise CliError(f"cannot reach the farm at {base}; is 'farm up' or 'farm api' running?") from None
+    job = _json_or_error(response)
+    click.echo(f"job {job['id']} {job['status']}")
+    if not wait:
+        return
+    while True:
+        state = _json_or_error(session.get(f"{base}/api/v1/jobs/{job['id']}", params={"wait": 10}, timeout=40))
+        if state["status"] in ("succeeded", "failed", "canceled"):
+            break
+        progress = state["progress"]
+        click.echo(f"  {state['status']} {progress['percent']:.0f}%", err=True)
+    if state["status"] != "succeeded":
+        raise CliError(f"job {job['id']} {state['status']}: {state.get('error')}")
+    out.mkdir(parents=True, exist_ok=True)
+    for output in state["outputs"]:
+        image = session.get(base + output["url"], timeout=60)
+        image.raise_for_status()
+        extension = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(image.headers.get("Content-Type", ""), "png")
+        path = out / f"farm-{job['id']}-{output['index']}.{extension}"
+        path.write_bytes(image.content)
+        click.echo(str(path))
+
+
+def _json_or_error(response) -> dict:
+    try:
+        payload = response.json()
+    except ValueError:
+        raise CliError(f"unexpected answer from the farm (HTTP {response.status_code})") from None
+    if response.status_code >= 400:
+        error = payload.get("error", {})
+        raise CliError(f"HTTP {response.status_code}: {error.get('message', payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

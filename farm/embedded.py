@@ -1,0 +1,118 @@
+"""`farm up`: the whole farm on one machine with no external service.
+
+SQLite, a local directory store and kombu's filesystem transport live under
+FARM_HOME. The api and the scheduler run in this process; one CPU worker runs
+as a child process (one pipeline per worker process). An offline demo model
+with random weights is written on first start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from sqlalchemy import select
+
+from farm.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL_ID = "demo-tiny-sd"
+DEMO_NOTE = "offline demo model: random weights, its images are noise"
+ADMIN_NAME = "admin"
+TOKEN_NAME = "farm-up"
+WORKER_NAME = "local-cpu"
+
+
+def prepare_home(settings: Settings) -> str:
+    """Migrate, write and register the demo model, and issue a fresh admin token."""
+    from farm.auth import create_user, issue_token, revoke_tokens
+    from farm.context import build_context
+    from farm.db import upgrade_database
+    from farm.models import ModelEntry, User
+    from farm.registry import add_model
+    from farm.workers.tiny import write_tiny_model
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    ctx = build_context(settings)
+    demo_dir = settings.resolved_model_cache / DEMO_MODEL_ID
+    if not (demo_dir / "model_index.json").is_file():
+        logger.info("writing the offline demo model to %s", demo_dir)
+        write_tiny_model(demo_dir, family="sd", seed=0)
+    with ctx.db.transaction() as session:
+        if session.get(ModelEntry, DEMO_MODEL_ID) is None:
+            add_model(session, DEMO_MODEL_ID, str(demo_dir), family="sd", description=DEMO_NOTE, default_steps=8)
+        admin = session.execute(select(User).where(User.name == ADMIN_NAME)).scalar_one_or_none()
+        if admin is None:
+            admin, token = create_user(session, ADMIN_NAME, admin=True)
+            revoke_tokens(session, admin, "default")
+        else:
+            revoke_tokens(session, admin, TOKEN_NAME)
+        token = issue_token(session, admin, name=TOKEN_NAME)
+    path = settings.home / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    ctx.db.dispose()
+    return token
+
+
+def start_worker_process(settings: Settings) -> subprocess.Popen:
+    env = dict(os.environ, FARM_HOME=str(settings.home))
+    command = [sys.executable, "-m", "farm", "worker", "--name", WORKER_NAME, "--vram-gb", "8", "--preload", DEMO_MODEL_ID]
+    return subprocess.Popen(command, env=env)
+
+
+def run_embedded(settings: Settings, host: str, port: int) -> None:
+    from waitress.server import create_server
+
+    from farm.api import create_app
+    from farm.context import build_context
+    from farm.events import LocalEvents
+    from farm.scheduler.service import CeleryDispatcher, Scheduler
+    from farm.workers.celery_app import create_celery
+
+    if not settings.embedded or settings.broker_url or settings.s3_endpoint:
+        raise ValueError("farm up runs the embedded farm; unset FARM_DATABASE_URL, FARM_BROKER_URL and FARM_S3_ENDPOINT")
+    # The worker is another process and cannot wake this one: poll briskly
+    # (a cheap query on a local SQLite file).
+    settings = Settings(**{**settings.model_dump(), "scheduler_poll_s": min(settings.scheduler_poll_s, 0.05)})
+    token = prepare_home(settings)
+    url = f"http://{host}:{port}/"
+    (settings.home / "api-url").write_text(url.rstrip("/") + "\n")
+
+    ctx = build_context(settings, events=LocalEvents())
+    worker = start_worker_process(settings)
+    stop = threading.Event()
+    scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
+    scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
+    scheduler_thread.start()
+    server = create_server(create_app(settings, context=ctx), host=host, port=port, threads=settings.api_threads, ident="farm")
+
+    def shut_down(*_):
+        raise KeyboardInterrupt  # unwinds server.run() into the clean-up below
+
+    signal.signal(signal.SIGTERM, shut_down)
+    print(f"farm is up (embedded, data in {settings.home})", flush=True)
+    print(f"  dashboard:       {url}", flush=True)
+    print(f"  API:             {url}api/v1", flush=True)
+    print(f"  admin API token: {token}", flush=True)
+    print(f"  demo model:      {DEMO_MODEL_ID} ({DEMO_NOTE})", flush=True)
+    print(f'  try:             farm submit "a lighthouse at dawn" --wait', flush=True)
+    try:
+        server.run()
+    except (KeyboardInterrupt, OSError):
+        pass
+    finally:
+        print("farm is stopping", flush=True)
+        stop.set()
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        scheduler_thread.join(timeout=5)

@@ -1,0 +1,68 @@
+"""Lineage records: everything needed to know where an image came from and to
+render it again.
+
+The part embedded in the image holds only what is the same for every
+re-render (parameters, model, software), so the same seed and parameters give
+the same bytes; ids, worker and timings go in the sidecar and the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from typing import Any
+
+import farm
+
+logger = logging.getLogger(__name__)
+
+
+def software_versions(device_kind: str) -> dict[str, str | None]:
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "farm": farm.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda if device_kind == "cuda" else None,
+    }
+
+
+def image_params(params: dict[str, Any], index: int, seed: int) -> dict[str, Any]:
+    resolved = {key: params[key] for key in (
+        "final_prompt", "final_negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "scheduler",
+        "output_format",
+    )}
+    resolved.update(seed=seed, index=index)
+    return resolved
+
+
+def reproducible_record(params: dict[str, Any], model: dict[str, Any], software: dict[str, Any], device_kind: str) -> dict[str, Any]:
+    return {"params": params, "model": model, "software": software, "device": device_kind}
+
+
+def parameters_text(params: dict[str, Any], model_id: str) -> str:
+    """The 'parameters' text form other tools read (prompt, negative, key: value list)."""
+    settings = [
+        f"Steps: {params['steps']}",
+        f"Sampler: {params['sampler']}",
+        f"Schedule type: {params['scheduler']}",
+        f"CFG scale: {params['guidance_scale']}",
+        f"Seed: {params['seed']}",
+        f"Size: {params['width']}x{params['height']}",
+        f"Model: {model_id}",
+        f"Version: farm {farm.__version__}",
+    ]
+    text = params["final_prompt"]
+    if params.get("final_negative_prompt"):
+        text += f"\nNegative prompt: {params['final_negative_prompt']}"
+    return text + "\n" + ", ".join(settings)
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)

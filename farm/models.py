@@ -1,0 +1,236 @@
+"""SQLAlchemy 2 models: the source of truth for users, jobs, outputs, workers.
+
+Columns are non-null unless marked ``Optional``; every table has
+``created_at`` and ``updated_at``. Job state changes go through
+:mod:`farm.states`, never by assigning ``Job.status`` here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import uuid
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+logger = logging.getLogger(__name__)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Timestamped:
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Role(str, enum.Enum):
+    admin = "admin"
+    member = "member"
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    assigned = "assigned"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+
+class Team(Timestamped, Base):
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class User(Timestamped, Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=Role.member.value)
+    team_id: Mapped[Optional[int]] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    password_hash: Mapped[Optional[str]] = mapped_column(String(255))
+    disabled_at: Mapped[Optional[dt.datetime]]
+
+    team: Mapped[Optional[Team]] = relationship(lazy="joined")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.admin.value
+
+
+class ApiToken(Timestamped, Base):
+    """An API token; only its sha256 is stored, with a short prefix for listing."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64), default="default")
+    scope: Mapped[str] = mapped_column(String(16), default="full")
+    last_used_at: Mapped[Optional[dt.datetime]]
+    revoked_at: Mapped[Optional[dt.datetime]]
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class ModelEntry(Timestamped, Base):
+    """The model registry: id -> local directory or hub repo id."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    family: Mapped[str] = mapped_column(String(16))
+    dtype: Mapped[Optional[str]] = mapped_column(String(8))
+    revision: Mapped[Optional[str]] = mapped_column(String(64))
+    vram_gb: Mapped[float] = mapped_column(Float)
+    default_steps: Mapped[int] = mapped_column(Integer, default=20)
+    default_guidance: Mapped[float] = mapped_column(Float, default=7.0)
+    weights_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    files: Mapped[Optional[dict[str, Any]]]
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class Worker(Timestamped, Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(16))
+    device_name: Mapped[str] = mapped_column(String(255))
+    vram_total_gb: Mapped[float] = mapped_column(Float)
+    vram_free_gb: Mapped[float] = mapped_column(Float)
+    # [{"id": model id, "vram_gb": float}], what the worker holds in memory now.
+    loaded_models: Mapped[list[Any]] = mapped_column(default=list)
+    # Model ids the worker may serve; null means any registered model.
+    serves_models: Mapped[Optional[list[Any]]]
+    families: Mapped[list[Any]] = mapped_column(default=list)
+    max_pixels: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | offline
+    software: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Job(Timestamped, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    # The request as submitted and the parameters resolved from it.
+    request: Mapped[dict[str, Any]]
+    params: Mapped[dict[str, Any]]
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    num_images: Mapped[int] = mapped_column(Integer, default=1)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    worker_id: Mapped[Optional[str]] = mapped_column(String(128), index=True)
+    lease_expires_at: Mapped[Optional[dt.datetime]]
+    # Workers this job must not go to again (out of memory there).
+    excluded_workers: Mapped[list[Any]] = mapped_column(default=list)
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    eta_s: Mapped[Optional[float]] = mapped_column(Float)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    assigned_at: Mapped[Optional[dt.datetime]]
+    started_at: Mapped[Optional[dt.datetime]]
+    finished_at: Mapped[Optional[dt.datetime]]
+
+    user: Mapped[User] = relationship(lazy="raise")
+    outputs: Mapped[list["Output"]] = relationship(back_populates="job", order_by="Output.index", lazy="selectin")
+
+
+class Output(Timestamped, Base):
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer)
+    object_key: Mapped[str] = mapped_column(String(512), unique=True)
+    sidecar_key: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str] = mapped_column(String(32))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    lineage: Mapped[dict[str, Any]]
+
+    job: Mapped[Job] = relationship(back_populates="outputs", lazy="raise")

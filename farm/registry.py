@@ -1,0 +1,105 @@
+"""The model registry: model id -> local directory or hub repo id, with its
+pipeline family, dtype and estimated VRAM. Rows live in the database so every
+worker on every machine sees the same registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.models import ModelEntry
+from farm.spec import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("sd", "sdxl", "flux", "sd3")
+# Typical 16-bit footprints (GB) when the size cannot be measured from files.
+DEFAULT_VRAM_GB = {"sd": 2.2, "sdxl": 7.0, "flux": 24.0, "sd3": 16.0}
+DEFAULT_STEPS = {"sd": 25, "sdxl": 30, "flux": 28, "sd3": 28}
+DEFAULT_GUIDANCE = {"sd": 7.0, "sdxl": 7.0, "flux": 3.5, "sd3": 5.0}
+_PIPELINE_CLASSES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd3",
+}
+
+
+class RegistryError(Exception):
+    pass
+
+
+def detect_family(directory: Path) -> str | None:
+    """Read a diffusers folder's model_index.json (or farm_model.json) for its family."""
+    marker = directory / "farm_model.json"
+    if marker.is_file():
+        family = json.loads(marker.read_text()).get("family")
+        if family:
+            return family
+    index = directory / "model_index.json"
+    if index.is_file():
+        return _PIPELINE_CLASSES.get(json.loads(index.read_text()).get("_class_name", ""))
+    return None
+
+
+def measure_weights_gb(directory: Path) -> float:
+    """Bytes of the weights on disk; fp32 files are counted as loaded in fp32."""
+    total = sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return total / 1e9
+
+
+def add_model(session: Session, model_id: str, source: str, *, family: str | None = None, vram_gb: float | None = None,
+              revision: str | None = None, dtype: str | None = None, description: str = "",
+              default_steps: int | None = None) -> ModelEntry:
+    if session.get(ModelEntry, model_id) is not None:
+        raise RegistryError(f"model {model_id!r} is already registered")
+    path = Path(source).expanduser()
+    is_local = path.is_dir()
+    if is_local:
+        source = str(path.resolve())
+        detected = detect_family(path)
+        family = family or detected
+        if family is None:
+            raise RegistryError(f"cannot tell the family of {source}: pass --family ({', '.join(FAMILIES)})")
+        vram_gb = vram_gb or round(max(measure_weights_gb(path), 0.001) * 1.2, 4)
+    else:
+        from farm.hub import is_hub_repo_id
+
+        if not is_hub_repo_id(source):
+            raise RegistryError(f"{source!r} is neither a local directory nor a hub repo id like 'owner/name'")
+        if family is None:
+            raise RegistryError(f"pass --family for hub model {source!r} ({', '.join(FAMILIES)})")
+    if family not in FAMILIES:
+        raise RegistryError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    entry = ModelEntry(
+        id=model_id,
+        source=source,
+        family=family,
+        dtype=dtype,
+        revision=revision,
+        vram_gb=vram_gb or DEFAULT_VRAM_GB[family],
+        default_steps=default_steps or DEFAULT_STEPS[family],
+        default_guidance=DEFAULT_GUIDANCE[family],
+        description=description,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def list_models(session: Session) -> list[ModelEntry]:
+    return list(session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars())
+
+
+def model_infos(session: Session) -> dict[str, ModelInfo]:
+    rows = session.execute(select(ModelEntry.id, ModelEntry.family, ModelEntry.default_steps, ModelEntry.default_guidance))
+    return {row.id: ModelInfo(row.id, row.family, row.default_steps, row.default_guidance) for row in rows}
+
+
+def is_local_source(entry: ModelEntry) -> bool:
+    return Path(entry.source).is_dir()

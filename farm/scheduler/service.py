@@ -1,0 +1,240 @@
+"""The live scheduler: leadership, reaping lost work, snapshot, place, dispatch.
+
+One pass: re-queue the jobs of lost workers and expired leases, read a
+snapshot, call the pure policy, commit the assignments (each a conditional
+update, so a job is never assigned twice even if two schedulers race), then
+send one Celery task per assignment to the worker's own queue. A task lost in
+transit leaves its job assigned until the lease expires and it is re-queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.exc import OperationalError
+
+from farm import states
+from farm.context import FarmContext
+from farm.models import Job, JobStatus, ModelEntry, Worker, utcnow
+from farm.scheduler.policy import Decisions, QueuedJob, Snapshot, WorkerState, place
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_lock key: "farm" in ASCII.
+LEADER_LOCK_KEY = 0x6661726D
+MAX_JOBS_PER_SNAPSHOT = 5000
+
+
+class Dispatcher(Protocol):
+    def send(self, job_id, attempt: int, queue: str) -> None: ...
+
+
+class CeleryDispatcher:
+    def __init__(self, celery_app) -> None:
+        self.celery_app = celery_app
+
+    def send(self, job_id, attempt: int, queue: str) -> None:
+        from farm.workers.tasks import RENDER_TASK
+
+        self.celery_app.send_task(RENDER_TASK, args=[str(job_id), attempt], queue=queue, routing_key=queue)
+
+
+class Leadership:
+    """Exactly one scheduler places work: a session-level advisory lock on
+    Postgres, held on a dedicated connection; SQLite (embedded) has one."""
+
+    def __init__(self, ctx: FarmContext) -> None:
+        self.ctx = ctx
+        self._connection = None
+
+    def acquire(self) -> bool:
+        if not self.ctx.db.is_postgres:
+            return True
+        if self._connection is not None:
+            try:
+                self._connection.execute(text("SELECT 1"))
+                return True
+            except OperationalError:
+                logger.warning("lost the database connection that held leadership")
+                self.release()
+        try:
+            connection = self.ctx.db.engine.connect()
+            got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}).scalar()
+            connection.commit()
+        except OperationalError as exc:
+            logger.warning("cannot reach the database to take leadership: %s", exc)
+            return False
+        if not got:
+            connection.close()
+            return False
+        logger.info("this scheduler is now the leader")
+        self._connection = connection
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # the connection may already be dead
+                pass
+            self._connection = None
+
+    @property
+    def held(self) -> bool:
+        return self._connection is not None or not self.ctx.db.is_postgres
+
+
+@dataclass
+class PassReport:
+    requeued: int = 0
+    lost_workers: list[str] = field(default_factory=list)
+    assigned: int = 0
+    dispatched: int = 0
+    unplaceable: int = 0
+
+
+class Scheduler:
+    def __init__(self, ctx: FarmContext, dispatcher: Dispatcher, policy: Callable[[Snapshot], Decisions] = place) -> None:
+        self.ctx = ctx
+        self.dispatcher = dispatcher
+        self.policy = policy
+        self.leadership = Leadership(ctx)
+
+    def run(self, stop: threading.Event) -> None:
+        wait = self.ctx.events.scheduler_waiter()
+        poll_s = self.ctx.settings.scheduler_poll_s
+        logger.info("scheduler started (poll %.2fs)", poll_s)
+        while not stop.is_set():
+            if not self.leadership.acquire():
+                stop.wait(poll_s)
+                continue
+            try:
+                self.run_pass()
+            except OperationalError as exc:
+                logger.warning("database unavailable during a pass: %s", exc)
+                stop.wait(poll_s)
+            except Exception:
+                logger.exception("scheduler pass failed")
+                stop.wait(poll_s)
+            wait(poll_s)
+        self.leadership.release()
+
+    def run_pass(self) -> PassReport:
+        report = PassReport()
+        self.reap(report)
+        snapshot, queues = self.load_snapshot()
+        decisions = self.policy(snapshot)
+        committed = []
+        with self.ctx.db.transaction() as session:
+            for assignment in decisions.assignments:
+                try:
+                    states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id, self.ctx.settings.lease_s)
+                except states.JobStateError as exc:
+                    logger.info("skipped an assignment: %s", exc)
+                    continue
+                committed.append(assignment)
+            self._note_unplaceable(session, decisions)
+        report.assigned = len(committed)
+        report.unplaceable = len(decisions.unplaceable)
+        for assignment in committed:
+            try:
+                self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id])
+                report.dispatched += 1
+            except Exception as exc:
+                # The lease expires and the job is re-queued; nothing is lost.
+                logger.warning("could not send job %s to %s: %s", assignment.job_id, assignment.worker_id, exc)
+        if committed:
+            logger.info("assigned %d job(s)", len(committed))
+        return report
+
+    def reap(self, report: PassReport) -> None:
+        settings = self.ctx.settings
+        now = utcnow()
+        silent_since = now - dt.timedelta(seconds=settings.heartbeat_timeout_s)
+        with self.ctx.db.transaction() as session:
+            lost = session.execute(
+                select(Worker.id).where(Worker.state != "offline", Worker.last_heartbeat_at < silent_since)
+            ).scalars().all()
+            if lost:
+                session.execute(update(Worker).where(Worker.id.in_(lost)).values(state="offline", loaded_models=[], updated_at=now))
+                report.lost_workers = list(lost)
+                logger.warning("workers lost (no heartbeat for %.0fs): %s", settings.heartbeat_timeout_s, ", ".join(lost))
+            stranded = session.execute(
+                select(Job.id, Job.attempt, Job.worker_id, Job.lease_expires_at).where(
+                    Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]),
+                    or_(Job.lease_expires_at < now, *([Job.worker_id.in_(lost)] if lost else [])),
+                )
+            ).all()
+            for row in stranded:
+                reason = f"worker {row.worker_id} was lost" if row.worker_id in lost else f"lease on worker {row.worker_id} expired"
+                try:
+                    states.requeue_job(session, row.id, row.attempt, reason, settings.max_attempts)
+                    report.requeued += 1
+                except states.JobStateError as exc:
+                    logger.info("not re-queued: %s", exc)
+        for row in stranded:
+            self.ctx.events.job_changed(row.id)
+
+    def load_snapshot(self) -> tuple[Snapshot, dict[str, str]]:
+        settings = self.ctx.settings
+        now = utcnow()
+        fresh_since = now - dt.timedelta(seconds=settings.heartbeat_timeout_s)
+        with self.ctx.db.session() as session:
+            rows = session.execute(
+                select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.priority,
+                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb)
+                .join(ModelEntry, ModelEntry.id == Job.model_id)
+                .where(Job.status == JobStatus.queued.value)
+                .order_by(Job.priority.desc(), Job.created_at)
+                .limit(MAX_JOBS_PER_SNAPSHOT)
+            ).all()
+            workers = session.execute(
+                select(Worker).where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
+            ).scalars().all()
+            busy = dict(session.execute(
+                select(Job.worker_id, func.count()).where(
+                    Job.status.in_([JobStatus.assigned.value, JobStatus.running.value])
+                ).group_by(Job.worker_id)
+            ).all())
+        jobs = [
+            QueuedJob(
+                id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
+                width=r.width, height=r.height, priority=r.priority, queued_at=r.created_at.timestamp(),
+                excluded_workers=frozenset(r.excluded_workers or ()),
+            )
+            for r in rows
+        ]
+        views = [
+            WorkerState(
+                id=w.id, families=frozenset(w.families), max_pixels=w.max_pixels, vram_total_gb=w.vram_total_gb,
+                vram_free_gb=w.vram_free_gb, loaded_models={m["id"]: m["vram_gb"] for m in w.loaded_models},
+                serves_models=frozenset(w.serves_models) if w.serves_models is not None else None,
+                busy=busy.get(w.id, 0), capacity=w.capacity, draining=w.state == "draining",
+            )
+            for w in workers
+        ]
+        return Snapshot(jobs=jobs, workers=views, now=now.timestamp()), {w.id: w.queue for w in workers}
+
+    def _note_unplaceable(self, session, decisions: Decisions) -> None:
+        # Said on the job so GET /jobs/{id} tells the user why it waits.
+        for job_id, reason in decisions.unplaceable.items():
+            note = f"waiting: no worker can run this job ({reason})"
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued.value, or_(Job.error.is_(None), Job.error != note))
+                .values(error=note[:4000])
+                .execution_options(synchronize_session=False)
+            )
+
+
+def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:
+    from farm.workers.celery_app import create_celery
+
+    scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(ctx.settings)))
+    scheduler.run(stop or threading.Event())

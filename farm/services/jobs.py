@@ -1,0 +1,151 @@
+"""Job services: submit, look up, list and cancel. Each call owns one transaction."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from farm import states
+from farm.context import FarmContext
+from farm.models import Job, JobStatus, Output, User
+from farm.registry import model_infos
+from farm.spec import FieldProblem, RequestError, parse_request, resolve_request
+
+logger = logging.getLogger(__name__)
+
+
+class NotFoundError(Exception):
+    pass
+
+
+class ConflictError(Exception):
+    pass
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFoundError(f"no {what} {value!r}") from None
+
+
+def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
+    req = parse_request(payload)
+    with ctx.db.transaction() as session:
+        resolved = resolve_request(req, model_infos(session), ctx.settings)
+        job = Job(
+            user_id=user.id,
+            model_id=resolved.model_id,
+            request=resolved.request,
+            params=resolved.params,
+            width=resolved.width,
+            height=resolved.height,
+            steps=resolved.steps,
+            num_images=resolved.num_images,
+            seed=resolved.seed,
+            priority=resolved.priority,
+        )
+        session.add(job)
+        session.flush()
+    # Commit before enqueue: the scheduler reads the committed row.
+    ctx.events.wake_scheduler()
+    logger.info("job %s submitted by %s (%s)", job.id, user.name, job.model_id)
+    return job
+
+
+def visible_job(session: Session, user: User, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    # Another user's job answers exactly like a missing one.
+    if job is None or (job.user_id != user.id and not user.is_admin):
+        raise NotFoundError(f"no job {job_id}")
+    return job
+
+
+def get_job(ctx: FarmContext, user: User, job_id: str, wait_s: float = 0.0) -> Job:
+    job_uuid = parse_uuid(job_id, "job")
+    with ctx.db.session() as session:
+        job = visible_job(session, user, job_uuid)
+    if wait_s > 0 and not states.is_final(job.status):
+        def is_final() -> bool:
+            with ctx.db.session() as session:
+                status = session.execute(select(Job.status).where(Job.id == job_uuid)).scalar_one()
+            return states.is_final(status)
+
+        ctx.events.wait_job(job_uuid, is_final, wait_s)
+        with ctx.db.session() as session:
+            job = visible_job(session, user, job_uuid)
+    return job
+
+
+@dataclass
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return dt.datetime.fromisoformat(created), uuid.UUID(job_id)
+    except Exception:
+        raise RequestError([FieldProblem("cursor", "not a cursor returned by this API")], status=400) from None
+
+
+def list_jobs(ctx: FarmContext, user: User, *, status: str | None = None, campaign: str | None = None,
+              cursor: str | None = None, limit: int = 50) -> JobPage:
+    if not 1 <= limit <= 200:
+        raise RequestError([FieldProblem("limit", "must be between 1 and 200")], status=400)
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if not user.is_admin:
+        query = query.where(Job.user_id == user.id)
+    if status:
+        names = status.split(",")
+        unknown = [name for name in names if name not in JobStatus.__members__]
+        if unknown:
+            raise RequestError([FieldProblem("status", f"unknown status {unknown[0]!r}; use {', '.join(JobStatus.__members__)}")], status=400)
+        query = query.where(Job.status.in_(names))
+    if campaign:
+        query = query.where(Job.campaign_id == parse_uuid(campaign, "campaign"))
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    with ctx.db.session() as session:
+        jobs = list(session.execute(query).scalars())
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(jobs, encode_cursor(jobs[-1]) if more else None)
+
+
+def cancel_job(ctx: FarmContext, user: User, job_id: str) -> Job:
+    job_uuid = parse_uuid(job_id, "job")
+    with ctx.db.transaction() as session:
+        job = visible_job(session, user, job_uuid)
+        try:
+            states.cancel_job(session, job_uuid)
+        except states.InvalidTransitionError:
+            raise ConflictError(f"job {job_id} is already {job.status}; only queued, assigned or running jobs can be canceled") from None
+    ctx.events.job_changed(job_uuid)
+    ctx.events.wake_scheduler()
+    with ctx.db.session() as session:
+        return visible_job(session, user, job_uuid)
+
+
+def get_output(ctx: FarmContext, user: User, output_id: str) -> Output:
+    output_uuid = parse_uuid(output_id, "output")
+    with ctx.db.session() as session:
+        output = session.get(Output, output_uuid)
+        if output is None or (output.user_id != user.id and not user.is_admin):
+            raise NotFoundError(f"no output {output_id}")
+        return output

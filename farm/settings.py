@@ -1,0 +1,144 @@
+"""The one typed settings object, read from ``FARM_`` environment variables.
+
+Unset means the embedded default (SQLite, a local directory store and a
+filesystem Celery transport under ``FARM_HOME``). Nothing here opens a
+connection; :func:`get_settings` reads the environment once per process and
+:func:`override_settings` swaps the object in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~")) / ".farm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Directory for embedded data: SQLite file, local store, broker folders, model cache.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the database; a plain postgresql:// URL works. Unset: SQLite under FARM_HOME.")
+    broker_url: str | None = Field(default=None, description="Celery broker URL (redis://...). Unset: a filesystem transport under FARM_HOME.")
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL such as http://127.0.0.1:9000. Unset: a local directory store under FARM_HOME.")
+    s3_access_key: str = Field(default="", description="S3 access key.")
+    s3_secret_key: str = Field(default="", description="S3 secret key.")
+    s3_bucket: str = Field(default="farm", description="S3 bucket for images and lineage sidecars; created if missing.")
+    s3_region: str = Field(default="us-east-1", description="S3 region used for signing.")
+    s3_presign_s: int = Field(default=3600, ge=60, description="Lifetime of presigned image URLs, seconds.")
+    secret_key: str | None = Field(default=None, description="Secret for signing dashboard sessions. Unset: generated once and kept under FARM_HOME.")
+
+    model_cache: Path | None = Field(default=None, description="Download cache for hub models, shared by the workers of a machine. Unset: FARM_HOME/models.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device a worker renders on.")
+    worker_name: str | None = Field(default=None, description="Worker id; unset: the host name.")
+    worker_vram_gb: float | None = Field(default=None, gt=0, description="VRAM budget of a worker in GB. Required on CPU (stands in for GPU memory); on CUDA it caps the real free memory.")
+    worker_models: str | None = Field(default=None, description="Comma-separated model ids a worker may serve; unset: every registered model.")
+    worker_preload: str | None = Field(default=None, description="Comma-separated model ids a worker loads at start.")
+    worker_max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a worker accepts.")
+    render_time_limit_s: int = Field(default=1800, gt=0, description="Hard time limit of one render task.")
+
+    heartbeat_s: float = Field(default=2.0, gt=0, description="Seconds between worker heartbeats.")
+    heartbeat_timeout_s: float = Field(default=10.0, gt=0, description="A worker silent this long is declared lost and its jobs re-queued.")
+    lease_s: float = Field(default=30.0, gt=0, description="Lease on an assignment; renewed by the worker's heartbeat while it runs the job.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job fails for good.")
+    scheduler_poll_s: float = Field(default=1.0, gt=0, description="Longest the scheduler sleeps between passes when nothing wakes it.")
+    progress_interval_s: float = Field(default=0.25, ge=0, description="Least time between two progress writes of one job.")
+
+    max_prompt_chars: int = Field(default=4000, gt=0, description="Longest accepted prompt or negative prompt.")
+    max_request_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted request body.")
+    max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")
+    max_steps: int = Field(default=150, gt=0, description="Most sampling steps a request may ask for.")
+    max_images_per_job: int = Field(default=8, gt=0, description="Most images one job may ask for.")
+    default_model: str | None = Field(default=None, description="Model used when a request names none; unset: the first registered model.")
+
+    api_host: str = Field(default="127.0.0.1", description="Address farm api binds to.")
+    api_port: int = Field(default=8000, gt=0, lt=65536, description="Port farm api binds to.")
+    api_threads: int = Field(default=16, gt=0, description="Request threads of farm api.")
+    log_level: str = Field(default="INFO", description="Log level of every farm process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        # A plain postgresql:// URL would make SQLAlchemy look for psycopg2;
+        # farm ships psycopg 3.
+        if value and value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'farm.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def store_folder(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def resolved_model_cache(self) -> Path:
+        return self.model_cache or self.home / "models"
+
+    @property
+    def resolved_worker_name(self) -> str:
+        return self.worker_name or socket.gethostname()
+
+    @property
+    def redis_url(self) -> str | None:
+        url = self.broker_url
+        return url if url and url.startswith(("redis://", "rediss://")) else None
+
+    def worker_model_ids(self) -> list[str] | None:
+        return _split_ids(self.worker_models)
+
+    def preload_model_ids(self) -> list[str]:
+        return _split_ids(self.worker_preload) or []
+
+
+def _split_ids(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+@contextlib.contextmanager
+def override_settings(**changes) -> Iterator[Settings]:
+    """Replace the process settings for the duration of a block (tests)."""
+    global _settings
+    previous = _settings
+    _settings = Settings(**{**get_settings().model_dump(), **changes})
+    try:
+        yield _settings
+    finally:
+        _settings = previous

@@ -1,0 +1,233 @@
+"""The generation request: its shape, its checks, and the parameters resolved
+from it.
+
+Checking happens in two steps: :class:`GenerationRequest` checks the shape
+(types, ranges, unknown fields refused), then :func:`resolve_request` checks it
+against the model registry and the farm's limits and returns the parameters a
+worker renders with. Both raise :class:`RequestError` with one entry per field
+that needs fixing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "unipc", "ddim", "lcm")
+SIGMA_SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform")
+PERFORMANCE_MODES = ("quality", "speed", "extreme_speed", "lightning")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_SEED = 2**32 - 1
+# Smallest and largest side per family, in pixels.
+FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
+_ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×]\s*(\d{2,5})\s*$")
+
+
+@dataclass
+class FieldProblem:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class RequestError(Exception):
+    """A request that cannot be accepted; ``problems`` say what to fix."""
+
+    def __init__(self, problems: list[FieldProblem], status: int = 422) -> None:
+        self.problems = problems
+        self.status = status
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    styles: list[str] = Field(default_factory=list)
+    preset: str | None = None
+    performance: Literal["quality", "speed", "extreme_speed", "lightning"] | None = None
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    aspect_ratio: str | None = None
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0, le=30)
+    sampler: Literal[SAMPLERS] = "euler"  # type: ignore[valid-type]
+    scheduler: Literal[SIGMA_SCHEDULES] = "normal"  # type: ignore[valid-type]
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_images: int = Field(default=1, ge=1)
+    prompt_expansion: bool = False
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    priority: int = Field(default=0, ge=-10, le=10)
+    parent_output: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What request checking needs to know of a registered model."""
+
+    id: str
+    family: str
+    default_steps: int
+    default_guidance: float
+
+
+@dataclass
+class ResolvedRequest:
+    request: dict[str, Any]
+    params: dict[str, Any]
+    model_id: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    num_images: int
+    priority: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_request(payload: Any) -> GenerationRequest:
+    if not isinstance(payload, dict):
+        raise RequestError([FieldProblem("body", "the body must be a JSON object with at least a 'prompt'")])
+    try:
+        return GenerationRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestError([_problem_from_pydantic(error) for error in exc.errors()]) from None
+
+
+def _problem_from_pydantic(error: dict[str, Any]) -> FieldProblem:
+    name = ".".join(str(part) for part in error.get("loc", ())) or "body"
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return FieldProblem(name, "unknown field; remove it (see the generation request in the API docs)")
+    if kind == "missing":
+        return FieldProblem(name, "this field is required")
+    message = error.get("msg", "invalid value")
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"unknown value {error.get('input')!r}; expected one of {expected}"
+    return FieldProblem(name, message)
+
+
+def resolve_request(
+    req: GenerationRequest,
+    models: dict[str, ModelInfo],
+    settings,
+    default_model: str | None = None,
+) -> ResolvedRequest:
+    problems: list[FieldProblem] = []
+    for name, value in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+        if len(value) > settings.max_prompt_chars:
+            problems.append(FieldProblem(name, f"is {len(value)} characters; the limit is {settings.max_prompt_chars}"))
+
+    model_id = req.model or default_model or settings.default_model or (sorted(models)[0] if models else None)
+    model = models.get(model_id) if model_id else None
+    if model is None:
+        known = ", ".join(sorted(models)) or "none registered (farm models add ...)"
+        problems.append(FieldProblem("model", f"unknown model {model_id!r}; available: {known}"))
+
+    # Fields of the contract whose features are not built yet are refused
+    # rather than silently ignored.
+    for name, value in (("styles", req.styles), ("preset", req.preset), ("performance", req.performance), ("parent_output", req.parent_output)):
+        if value:
+            problems.append(FieldProblem(name, "not supported by this farm yet; leave it out"))
+    if req.prompt_expansion:
+        problems.append(FieldProblem("prompt_expansion", "not supported by this farm yet; leave it out or set false"))
+
+    width, height = _resolve_size(req, problems)
+    if model is not None and width and height:
+        low, high = FAMILY_SIDES.get(model.family, (64, 2048))
+        for name, side in (("width", width), ("height", height)):
+            if not low <= side <= high:
+                problems.append(FieldProblem(name, f"{side} is outside {low}..{high} for {model.family} models"))
+    if width and height and width * height > settings.max_pixels:
+        problems.append(FieldProblem("width", f"{width}x{height} is {width * height} pixels; the limit is {settings.max_pixels}"))
+
+    steps = req.steps or (model.default_steps if model else 20)
+    if steps > settings.max_steps:
+        problems.append(FieldProblem("steps", f"{steps} steps; the limit is {settings.max_steps}"))
+    if req.num_images > settings.max_images_per_job:
+        problems.append(FieldProblem("num_images", f"{req.num_images} images; one job makes at most {settings.max_images_per_job}"))
+    if model is not None:
+        from farm.workers.pipelines import check_sampler
+
+        message = check_sampler(model.family, req.sampler, req.scheduler)
+        if message:
+            problems.append(FieldProblem("sampler", message))
+    if problems:
+        raise RequestError(problems)
+
+    assert model is not None
+    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    guidance = req.guidance_scale if req.guidance_scale is not None else model.default_guidance
+    params = {
+        "model": model.id,
+        "family": model.family,
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        # After styles and prompt expansion (none yet), what the encoder sees.
+        "final_prompt": req.prompt,
+        "final_negative_prompt": req.negative_prompt,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "sampler": req.sampler,
+        "scheduler": req.scheduler,
+        "seed": seed,
+        "num_images": req.num_images,
+        "output_format": req.output_format,
+    }
+    return ResolvedRequest(
+        request=req.model_dump(exclude_unset=True),
+        params=params,
+        model_id=model.id,
+        width=width,
+        height=height,
+        steps=steps,
+        seed=seed,
+        num_images=req.num_images,
+        priority=req.priority,
+    )
+
+
+def _resolve_size(req: GenerationRequest, problems: list[FieldProblem]) -> tuple[int, int]:
+    if req.aspect_ratio is not None:
+        if req.width is not None or req.height is not None:
+            problems.append(FieldProblem("aspect_ratio", "give either aspect_ratio or width and height, not both"))
+            return 0, 0
+        match = _ASPECT.match(req.aspect_ratio)
+        if not match:
+            problems.append(FieldProblem("aspect_ratio", f"{req.aspect_ratio!r} is not like '1152*896'"))
+            return 0, 0
+        width, height = int(match.group(1)), int(match.group(2))
+        name_w = name_h = "aspect_ratio"
+    else:
+        if (req.width is None) != (req.height is None):
+            problems.append(FieldProblem("width" if req.width is None else "height", "give both width and height, or neither"))
+            return 0, 0
+        width, height = req.width or 512, req.height or 512
+        name_w, name_h = "width", "height"
+    ok = True
+    for name, side in ((name_w, width), (name_h, height)):
+        if side % 8:
+            problems.append(FieldProblem(name, f"{side} is not a multiple of 8"))
+            ok = False
+    return (width, height) if ok else (0, 0)

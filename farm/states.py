@@ -1,0 +1,210 @@
+"""The job state machine: the one module that changes ``Job.status``.
+
+    queued -> assigned -> running -> succeeded | failed | canceled
+    assigned/running -> queued  (lease expired or worker lost; attempt + 1)
+
+Every change is one conditional ``UPDATE ... WHERE id = :id AND status IN
+(allowed sources) [AND attempt = :attempt]``, so two writers can never both win
+and a write from a stale attempt (fencing) changes nothing. The functions run
+inside the caller's transaction and do not commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from farm.models import FINAL_STATUSES, Job, JobStatus, utcnow
+
+logger = logging.getLogger(__name__)
+
+S = JobStatus
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.queued: frozenset({S.assigned, S.canceled, S.failed}),
+    S.assigned: frozenset({S.running, S.queued, S.canceled, S.failed}),
+    S.running: frozenset({S.succeeded, S.failed, S.canceled, S.queued}),
+    S.succeeded: frozenset(),
+    S.failed: frozenset(),
+    S.canceled: frozenset(),
+}
+
+
+class JobStateError(Exception):
+    """A job could not make the asked transition."""
+
+
+class StaleAttemptError(JobStateError):
+    """A write carried an attempt that is no longer the job's current one."""
+
+
+class InvalidTransitionError(JobStateError):
+    """The job is not in a state the transition may start from."""
+
+
+class JobNotFoundError(JobStateError):
+    pass
+
+
+def sources_of(target: JobStatus) -> list[str]:
+    return [source.value for source, targets in TRANSITIONS.items() if target in targets]
+
+
+def can_transition(source: JobStatus | str, target: JobStatus | str) -> bool:
+    return JobStatus(target) in TRANSITIONS[JobStatus(source)]
+
+
+def _transition(
+    session: Session,
+    job_id: uuid.UUID,
+    target: JobStatus,
+    *,
+    attempt: int | None = None,
+    worker_id: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    conditions = [Job.id == job_id, Job.status.in_(sources_of(target))]
+    if attempt is not None:
+        conditions.append(Job.attempt == attempt)
+    if worker_id is not None:
+        conditions.append(Job.worker_id == worker_id)
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(status=target.value, updated_at=now, **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        logger.debug("job %s -> %s (attempt %s)", job_id, target.value, attempt)
+        return
+    _raise_refusal(session, job_id, target, attempt, worker_id)
+
+
+def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
+    row = session.execute(select(Job.status, Job.attempt, Job.worker_id).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        raise JobNotFoundError(f"job {job_id} does not exist")
+    if attempt is not None and row.attempt != attempt:
+        raise StaleAttemptError(f"job {job_id}: attempt {attempt} is stale, the job is on attempt {row.attempt}")
+    if worker_id is not None and row.worker_id != worker_id:
+        raise StaleAttemptError(f"job {job_id}: worker {worker_id} no longer holds it (held by {row.worker_id})")
+    raise InvalidTransitionError(f"job {job_id} is {row.status}; it cannot become {target.value}")
+
+
+def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> None:
+    now = utcnow()
+    _transition(
+        session,
+        job_id,
+        S.assigned,
+        attempt=attempt,
+        values={"worker_id": worker_id, "assigned_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s)},
+    )
+
+
+def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> None:
+    now = utcnow()
+    _transition(
+        session,
+        job_id,
+        S.running,
+        attempt=attempt,
+        worker_id=worker_id,
+        values={"started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s)},
+    )
+
+
+def record_progress(session: Session, job_id: uuid.UUID, attempt: int, step: int, total: int, eta_s: float | None) -> bool:
+    """Write progress of a running attempt. False means stop: canceled or stale."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == S.running.value)
+        .values(progress_step=step, progress_total=total, eta_s=eta_s, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str) -> None:
+    _transition(
+        session,
+        job_id,
+        S.succeeded,
+        attempt=attempt,
+        worker_id=worker_id,
+        values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None},
+    )
+
+
+def fail_job(session: Session, job_id: uuid.UUID, attempt: int | None, error: str) -> None:
+    _transition(
+        session,
+        job_id,
+        S.failed,
+        attempt=attempt,
+        values={"finished_at": utcnow(), "lease_expires_at": None, "error": error[:4000]},
+    )
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> None:
+    """A user's cancel: no attempt check; a running render sees it at its next step."""
+    _transition(session, job_id, S.canceled, values={"finished_at": utcnow(), "lease_expires_at": None})
+
+
+def requeue_job(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    reason: str,
+    max_attempts: int,
+    exclude_worker: str | None = None,
+) -> JobStatus:
+    """Return an assigned or running attempt to the queue with attempt + 1.
+
+    A job that has used ``max_attempts`` fails with the reason instead.
+    Returns the status the job ended in.
+    """
+    if attempt >= max_attempts:
+        fail_job(session, job_id, attempt, f"gave up after {attempt} attempts: {reason}")
+        return S.failed
+    values: dict[str, Any] = {
+        "attempt": attempt + 1,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "assigned_at": None,
+        "started_at": None,
+        "progress_step": 0,
+        "progress_total": 0,
+        "eta_s": None,
+        "error": reason[:4000],
+    }
+    if exclude_worker is not None:
+        excluded = session.execute(select(Job.excluded_workers).where(Job.id == job_id)).scalar_one()
+        values["excluded_workers"] = sorted(set(excluded or []) | {exclude_worker})
+    _transition(session, job_id, S.queued, attempt=attempt, values=values)
+    logger.info("job %s re-queued as attempt %d: %s", job_id, attempt + 1, reason)
+    return S.queued
+
+
+def renew_leases(session: Session, worker_id: str, lease_s: float) -> int:
+    """Extend the leases of the jobs a worker is running (its heartbeat).
+
+    Assigned jobs keep their first lease: one whose Celery message was lost
+    (broker down between commit and send) expires and is re-queued.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.worker_id == worker_id, Job.status == S.running.value)
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def is_final(status: str) -> bool:
+    return JobStatus(status) in FINAL_STATUSES

@@ -1,0 +1,484 @@
+"""Loading diffusers pipelines per model family, and the render call.
+
+The farm speaks in stable sampler names ("euler", "dpmpp_2m", ...) and sigma
+schedule names ("normal", "karras", ...); this module maps them onto diffusers
+scheduler classes and their config keys, builds a fresh scheduler for every
+job, and runs the pipeline with per-image seeded generators so that the same
+parameters always give the same pixels on the same machine.
+
+A pipeline object must not be used by two renders at once: ``render`` swaps
+the job's scheduler in for the length of the call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import PIL.Image
+import torch
+from PIL import ExifTags
+from PIL.PngImagePlugin import PngInfo
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("sd", "sdxl")
+
+SIGMA_SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform")
+
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+
+_SEED_MOD = 2**64
+
+# dpmpp_sde: diffusers hands torchsde float32 sigmas, and torchsde warns on
+# every job that the first one is "above" its float64 interval end by a
+# rounding error. Harmless; silence just that message.
+warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1 but got", category=UserWarning)
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    class_name: str  # attribute of the diffusers package
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()  # importable modules the class needs
+
+
+SAMPLERS: dict[str, _Sampler] = {
+    "euler": _Sampler("EulerDiscreteScheduler"),
+    "euler_ancestral": _Sampler("EulerAncestralDiscreteScheduler"),
+    "heun": _Sampler("HeunDiscreteScheduler"),
+    "dpmpp_2m": _Sampler("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": _Sampler(
+        "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+    ),
+    "dpmpp_sde": _Sampler("DPMSolverSDEScheduler", requires=("torchsde",)),
+    "unipc": _Sampler("UniPCMultistepScheduler"),
+    # Latent models must not clip the predicted sample to [-1, 1] (DDIM's
+    # default, meant for pixel-space models); SD's own DDIM config sets both.
+    "ddim": _Sampler("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "lcm": _Sampler("LCMScheduler"),
+}
+
+#: Samplers each family may use. The same set for now; kept per family because
+#: flow-matching families (sd3, flux) will have a different one.
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {family: tuple(SAMPLERS) for family in FAMILIES}
+
+_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+# schedule -> (the __init__ parameter the class must have, the kwargs to set).
+# Every schedule switches the other sigma flags off explicitly so that a base
+# config that had one of them on cannot leak through.
+_SCHEDULES: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "normal": (None, {}),
+    "karras": ("use_karras_sigmas", {"use_karras_sigmas": True}),
+    "exponential": ("use_exponential_sigmas", {"use_exponential_sigmas": True}),
+    "sgm_uniform": ("timestep_spacing", {"timestep_spacing": "trailing"}),
+}
+
+
+class RenderCanceled(Exception):
+    """Raised from an ``on_step`` callback to stop a render at that step."""
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    sampler: str
+    scheduler: str  # the sigma schedule: one of SIGMA_SCHEDULES
+    seed: int
+    num_images: int = 1
+    same_seed: bool = False
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _scheduler_class(sampler: str) -> type | None:
+    """The real diffusers class for ``sampler``, or None where it cannot be used here."""
+    import diffusers
+
+    spec = SAMPLERS[sampler]
+    if not all(_module_available(m) for m in spec.requires):
+        return None
+    cls = getattr(diffusers, spec.class_name, None)
+    # diffusers exports placeholder "dummy" classes when an optional dependency is missing.
+    if cls is None or type(cls).__name__ == "DummyObject":
+        return None
+    return cls
+
+
+def _init_params(cls: type) -> set[str]:
+    return {
+        name
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def available_samplers(family: str) -> tuple[str, ...]:
+    """Sampler names ``family`` can use on this machine (optional packages considered)."""
+    return tuple(s for s in FAMILY_SAMPLERS.get(family, ()) if _scheduler_class(s) is not None)
+
+
+def check_sampler(family: str, sampler: str, schedule: str) -> str | None:
+    """None if ``sampler`` with sigma ``schedule`` can render ``family`` here, else why not."""
+    if family not in FAMILY_SAMPLERS:
+        return f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}"
+    allowed = FAMILY_SAMPLERS[family]
+    if sampler not in allowed:
+        return f"sampler {sampler!r} is not known; choose one of {', '.join(allowed)}"
+    if schedule not in _SCHEDULES:
+        return f"sigma schedule {schedule!r} is not known; choose one of {', '.join(SIGMA_SCHEDULES)}"
+    cls = _scheduler_class(sampler)
+    if cls is None:
+        missing = [m for m in SAMPLERS[sampler].requires if not _module_available(m)]
+        if missing:
+            return (
+                f"sampler {sampler!r} is not supported on this worker: it needs the "
+                f"{', '.join(missing)} package (pip install {' '.join(missing)})"
+            )
+        return f"sampler {sampler!r} is not supported by the installed diffusers"
+    needed, _ = _SCHEDULES[schedule]
+    if needed is not None and needed not in _init_params(cls):
+        return f"sigma schedule {schedule!r} is not available with sampler {sampler!r}"
+    return None
+
+
+def build_scheduler(
+    base_config: Mapping[str, Any],
+    sampler: str,
+    schedule: str,
+    *,
+    noise_seed: int | list[int] | None = None,
+):
+    """A new scheduler for ``sampler`` / ``schedule`` from a pipeline's scheduler config.
+
+    ``base_config`` keeps the model's training schedule (betas, prediction
+    type, timestep spacing); the sampler and schedule settings override it.
+    ``noise_seed`` seeds samplers that draw their noise outside the pipeline's
+    generators (dpmpp_sde's Brownian tree): one seed, or one per image.
+    Raises ValueError where ``check_sampler`` would refuse the combination.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not known; choose one of {', '.join(SAMPLERS)}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"sigma schedule {schedule!r} is not known; choose one of {', '.join(SIGMA_SCHEDULES)}")
+    cls = _scheduler_class(sampler)
+    if cls is None:
+        # Reuse check_sampler's wording for the missing package.
+        raise ValueError(check_sampler(FAMILIES[0], sampler, schedule) or f"sampler {sampler!r} is unavailable")
+    params = _init_params(cls)
+    needed, schedule_kwargs = _SCHEDULES[schedule]
+    if needed is not None and needed not in params:
+        raise ValueError(f"sigma schedule {schedule!r} is not available with sampler {sampler!r}")
+
+    overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS}
+    overrides.update(SAMPLERS[sampler].kwargs)
+    overrides.update(schedule_kwargs)
+    if noise_seed is not None:
+        overrides["noise_sampler_seed"] = noise_seed
+    overrides = {k: v for k, v in overrides.items() if k in params}
+    # Only pass config keys the class takes; from_config would otherwise log each stray one.
+    config = {k: v for k, v in dict(base_config).items() if k in params or k.startswith("_")}
+    return cls.from_config(config, **overrides)
+
+
+# --------------------------------------------------------------------------- device
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    """"auto" -> cuda if available, else cpu; otherwise the named device."""
+    setting = (setting or "auto").strip().lower()
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError as exc:
+        raise ValueError(f"device {setting!r} is not a valid torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {setting!r} was asked for but CUDA is not available on this machine")
+    return device
+
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """float32 on the CPU always; elsewhere ``requested`` ("fp16", "bf16", "fp32"), fp16 by default."""
+    if requested is not None and requested.lower() not in _DTYPES:
+        raise ValueError(f"dtype {requested!r} is not known; choose one of fp16, bf16, fp32")
+    if device.type == "cpu":
+        if requested is not None and _DTYPES[requested.lower()] != torch.float32:
+            logger.info("dtype %s ignored on the CPU; using fp32", requested)
+        return torch.float32
+    if requested is None:
+        return torch.float16
+    dtype = _DTYPES[requested.lower()]
+    if (
+        dtype == torch.bfloat16
+        and device.type == "cuda"
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        logger.warning("bf16 is not supported on %s; using fp16", device)
+        return torch.float16
+    return dtype
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """from_pretrained's dtype keyword: ``dtype`` on newer diffusers, ``torch_dtype`` before.
+
+    diffusers 0.42 deprecated ``torch_dtype`` (warning on every load); older
+    releases do not know ``dtype``. The helper probed here came with the rename.
+    """
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def _load_sd(path: str | os.PathLike, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(
+        path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **_dtype_kwarg(dtype)
+    )
+
+
+def _load_sdxl(path: str | os.PathLike, dtype: torch.dtype):
+    from diffusers import StableDiffusionXLPipeline
+
+    # SDXL has no safety checker; its invisible watermark is left at diffusers' default.
+    return StableDiffusionXLPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
+
+
+_LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {"sd": _load_sd, "sdxl": _load_sdxl}
+
+
+def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dtype: torch.dtype):
+    """Load a diffusers model directory (or hub id) of ``family`` onto ``device``."""
+    if family not in _LOADERS:
+        raise ValueError(f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}")
+    pipe = _LOADERS[family](os.fspath(path), dtype)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    # TODO: on CUDA, large sizes may want pipe.enable_attention_slicing() and
+    # pipe.vae.enable_tiling() (decided per job from width*height and free VRAM).
+    logger.info("loaded %s pipeline from %s on %s as %s", family, path, device, dtype)
+    return pipe
+
+
+def pipeline_family(pipe) -> str:
+    """The farm family name of a loaded pipeline object."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return "sdxl"
+    if isinstance(pipe, StableDiffusionPipeline):
+        return "sd"
+    raise ValueError(f"pipeline class {type(pipe).__name__} belongs to no supported family")
+
+
+def _torch_modules(pipe) -> list[torch.nn.Module]:
+    return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+
+
+def estimate_vram_gb(pipe) -> float:
+    """Bytes of all parameters and buffers of the pipeline's torch modules, in GiB (2**30).
+
+    Weights only: activations, the VAE decode and the CUDA context come on top.
+    """
+    seen: set[int] = set()
+    total = 0
+    for module in _torch_modules(pipe):
+        for tensor in (*module.parameters(), *module.buffers()):
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total / 2**30
+
+
+# --------------------------------------------------------------------------- render
+
+
+def _image_seeds(params: RenderParams) -> list[int]:
+    if params.same_seed:
+        return [params.seed % _SEED_MOD] * params.num_images
+    return [(params.seed + i) % _SEED_MOD for i in range(params.num_images)]
+
+
+def render(
+    pipe,
+    params: RenderParams,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[PIL.Image.Image]:
+    """Render ``params.num_images`` images with ``pipe``.
+
+    Image i uses a CPU generator seeded with ``seed + i`` (or ``seed`` for all
+    with ``same_seed``), so image i is the same whatever ``num_images`` is.
+
+    ``on_step(done, total)`` is called after every denoising iteration;
+    ``total`` is the number of iterations the sampler runs, which is
+    ``steps`` for first-order samplers and ``2 * steps - 1`` for the second
+    order ones (heun, dpmpp_sde). Raising RenderCanceled from it stops the
+    render there; the exception propagates to the caller.
+    """
+    if params.num_images < 1:
+        raise ValueError("num_images must be at least 1")
+    if params.steps < 1:
+        raise ValueError("steps must be at least 1")
+    family = pipeline_family(pipe)
+    problem = check_sampler(family, params.sampler, params.scheduler)
+    if problem:
+        raise ValueError(problem)
+
+    seeds = _image_seeds(params)
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    original = pipe.scheduler
+    scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds)
+
+    callback = None
+    if on_step is not None:
+
+        def callback(p, step_index: int, timestep, callback_kwargs: dict) -> dict:
+            total = getattr(p, "_num_timesteps", None) or len(p.scheduler.timesteps)
+            on_step(step_index + 1, int(total))
+            return callback_kwargs
+
+    pipe.scheduler = scheduler
+    try:
+        with torch.inference_mode():
+            result = pipe(
+                prompt=params.prompt,
+                # None lets each pipeline do its own thing for "no negative
+                # prompt" (SDXL uses zero embeddings, SD encodes "").
+                negative_prompt=params.negative_prompt or None,
+                width=params.width,
+                height=params.height,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                num_images_per_prompt=params.num_images,
+                generator=generators,
+                output_type="pil",
+                callback_on_step_end=callback,
+            )
+    finally:
+        pipe.scheduler = original
+    return list(result.images)
+
+
+# --------------------------------------------------------------------------- encoding
+
+_EXIF_ASCII = b"ASCII\x00\x00\x00"  # UserComment's 8-byte character code prefix
+
+
+def _exif_with_text(text: Mapping[str, str]) -> PIL.Image.Exif:
+    exif = PIL.Image.Exif()
+    payload = json.dumps(dict(text), ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = _EXIF_ASCII + payload.encode("ascii")
+    return exif
+
+
+def encode_image(image: PIL.Image.Image, fmt: str, text: dict[str, str]) -> bytes:
+    """Encode ``image`` as png, jpeg or webp with ``text`` embedded; deterministic.
+
+    PNG: one text chunk per key (tEXt, or iTXt where the value is not latin-1).
+    JPEG / WebP: the whole mapping as a JSON object (ASCII, sorted keys) in the
+    EXIF UserComment. ``read_image_text`` reads either back.
+    """
+    fmt = fmt.lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"image format {fmt!r} is not supported; choose one of {', '.join(IMAGE_FORMATS)}")
+    for key, value in text.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("text keys and values must be str")
+    buf = io.BytesIO()
+    if fmt == "png":
+        info = PngInfo()
+        for key in sorted(text):
+            try:
+                key.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"PNG text key {key!r} must be latin-1") from None
+            if not 1 <= len(key) <= 79:
+                raise ValueError(f"PNG text key {key!r} must be 1 to 79 characters")
+            info.add_text(key, text[key])
+        image.save(buf, format="PNG", pnginfo=info, compress_level=6, optimize=False)
+    elif fmt == "jpeg":
+        rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+        rgb.save(buf, format="JPEG", quality=95, optimize=False, progressive=False, exif=_exif_with_text(text))
+    else:
+        image.save(buf, format="WEBP", quality=90, method=4, lossless=False, exif=_exif_with_text(text))
+    return buf.getvalue()
+
+
+def read_image_text(data: bytes) -> dict[str, str]:
+    """The text ``encode_image`` embedded in ``data`` (empty if there is none)."""
+    with PIL.Image.open(io.BytesIO(data)) as im:
+        if im.format == "PNG":
+            return dict(getattr(im, "text", {}) or {})
+        raw = im.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    if not raw:
+        return {}
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    if raw.startswith(_EXIF_ASCII):
+        raw = raw[len(_EXIF_ASCII) :]
+    try:
+        value = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+__all__ = [
+    "FAMILIES",
+    "FAMILY_SAMPLERS",
+    "IMAGE_FORMATS",
+    "SAMPLERS",
+    "SIGMA_SCHEDULES",
+    "RenderCanceled",
+    "RenderParams",
+    "available_samplers",
+    "build_scheduler",
+    "check_sampler",
+    "encode_image",
+    "estimate_vram_gb",
+    "load_pipeline",
+    "pick_device",
+    "pick_dtype",
+    "pipeline_family",
+    "read_image_text",
+    "render",
+]

@@ -1,0 +1,286 @@
+"""Tiny random-weight diffusers pipelines, built entirely offline.
+
+These pipelines have the same structure as the real model families (same
+pipeline classes, same components, same config keys) but a few hundred
+thousand parameters with random weights, so that tests and the offline demo
+can exercise the whole render path in well under a second per image on a CPU.
+The images they make are noise.
+
+Nothing here touches the network: the tokenizer's vocab.json and merges.txt
+are written by this module into a temporary directory and loaded from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import tempfile
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Families this module can build.
+TINY_FAMILIES = ("sd", "sdxl")
+#: Families the farm knows about but that have no tiny builder yet.
+_PLANNED_FAMILIES = ("flux", "sd3")
+
+FARM_MODEL_FILE = "farm_model.json"
+TINY_NOTE = "random weights, for tests and the offline demo; images are noise"
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MODEL_MAX_LENGTH = 77
+
+# Sizes. The VAE has four blocks like the real ones, so its scale factor is 8
+# and the same "multiple of 8" rules apply as for real models; a 64x64 image
+# is an 8x8 latent.
+_TEXT_HIDDEN = 32
+_TEXT_LAYERS = 3  # SDXL reads hidden_states[-2], so at least 2
+_VAE_CHANNELS = (8, 16, 16, 16)
+_UNET_CHANNELS = (32, 64)
+_SDXL_TIME_EMBED_DIM = 8
+_SDXL_TIME_IDS = 6  # original size (2) + crop top-left (2) + target size (2)
+
+# A few merges so that common prompt words become single tokens; every other
+# character falls back to the byte-level base vocabulary.
+_MERGES = (
+    ("t", "h"),
+    ("th", "e</w>"),
+    ("a", "n"),
+    ("an", "d</w>"),
+    ("o", "f</w>"),
+    ("i", "n"),
+    ("in", "g</w>"),
+    ("c", "a"),
+    ("ca", "t</w>"),
+    ("o", "n</w>"),
+    ("a", "n</w>"),
+)
+
+
+def _byte_symbols() -> list[str]:
+    """One printable unicode character for each of the 256 byte values.
+
+    Byte-level BPE needs every byte to be a visible, non-space character.
+    Bytes that are already printable (and not whitespace/control) stand for
+    themselves; the rest are shifted up past 255 in order.
+    """
+    keep = set(range(ord("!"), ord("~") + 1))
+    keep |= set(range(0xA1, 0xAC + 1))
+    keep |= set(range(0xAE, 0xFF + 1))
+    symbols: list[str] = []
+    shifted = 0
+    for value in range(256):
+        if value in keep:
+            symbols.append(chr(value))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def _tiny_vocab() -> dict[str, int]:
+    """Byte symbols, their end-of-word forms, the merge results, then the two specials."""
+    tokens = _byte_symbols()
+    tokens += [s + "</w>" for s in _byte_symbols()]
+    tokens += [a + b for a, b in _MERGES]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def build_tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer over a byte-level vocabulary, loaded from files written here."""
+    vocab = _tiny_vocab()
+    with tempfile.TemporaryDirectory(prefix="farm-tiny-tok-") as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as fh:
+            json.dump(vocab, fh, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as fh:
+            fh.write("#version: 0.2\n")
+            for a, b in _MERGES:
+                fh.write(f"{a} {b}\n")
+        tokenizer = CLIPTokenizer.from_pretrained(
+            tmp, model_max_length=MODEL_MAX_LENGTH, local_files_only=True
+        )
+    return tokenizer
+
+
+def _text_config(tokenizer: CLIPTokenizer, projection_dim: int | None = None) -> CLIPTextConfig:
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=_TEXT_HIDDEN,
+        intermediate_size=2 * _TEXT_HIDDEN,
+        num_hidden_layers=_TEXT_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        # CLIP pools at the first end-of-text token; its id must be the real one.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if projection_dim is not None:
+        kwargs["projection_dim"] = projection_dim
+    return CLIPTextConfig(**kwargs)
+
+
+def _tiny_vae() -> AutoencoderKL:
+    n = len(_VAE_CHANNELS)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=_VAE_CHANNELS,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def _vae_scale_factor() -> int:
+    return 2 ** (len(_VAE_CHANNELS) - 1)
+
+
+def _tiny_scheduler() -> EulerDiscreteScheduler:
+    # The usual SD / SDXL training schedule; render() swaps in the job's sampler.
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+
+
+def _build_sd(seed: int) -> StableDiffusionPipeline:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64 // _vae_scale_factor(),
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=_UNET_CHANNELS,
+        layers_per_block=1,
+        cross_attention_dim=_TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_vae()
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
+    projection_dim = _TEXT_HIDDEN
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64 // _vae_scale_factor(),
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=_UNET_CHANNELS,
+        layers_per_block=1,
+        # SDXL concatenates the penultimate hidden states of both encoders.
+        cross_attention_dim=2 * _TEXT_HIDDEN,
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        norm_num_groups=32,
+        # Micro-conditioning: six time ids, each embedded to addition_time_embed_dim,
+        # plus the pooled, projected embedding of the second text encoder.
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=_SDXL_TIME_IDS * _SDXL_TIME_EMBED_DIM + projection_dim,
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_vae()
+    tokenizer = build_tiny_tokenizer()
+    tokenizer_2 = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(seed)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=projection_dim))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_tiny_scheduler(),
+        add_watermarker=False,
+    )
+
+
+_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl}
+
+
+def _check_family(family: str) -> None:
+    if family in _BUILDERS:
+        return
+    if family in _PLANNED_FAMILIES:
+        raise ValueError(f"family {family!r} has no tiny builder yet (tiny builders: {', '.join(TINY_FAMILIES)})")
+    raise ValueError(f"unknown model family {family!r}; tiny builders exist for: {', '.join(TINY_FAMILIES)}")
+
+
+def build_tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
+    """Build a tiny random-weight pipeline of ``family`` ("sd" or "sdxl").
+
+    The same ``seed`` gives the same weights. The pipeline is on the CPU in
+    float32 with the progress bar off.
+    """
+    _check_family(family)
+    pipe = _BUILDERS[family](seed)
+    pipe.set_progress_bar_config(disable=True)
+    logger.debug("built tiny %s pipeline (seed %d)", family, seed)
+    return pipe
+
+
+def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> pathlib.Path:
+    """Build a tiny pipeline and save it as a diffusers model directory.
+
+    The directory loads again with ``DiffusionPipeline.from_pretrained`` and
+    holds a ``farm_model.json`` that marks it as a tiny random model.
+    """
+    _check_family(family)
+    path = pathlib.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    pipe = build_tiny_pipeline(family, seed=seed)
+    pipe.save_pretrained(path, safe_serialization=True)
+    meta = {"family": family, "tiny": True, "note": TINY_NOTE}
+    (path / FARM_MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote tiny %s model to %s", family, path)
+    return path

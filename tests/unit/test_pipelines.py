@@ -1,0 +1,335 @@
+"""Render path tests on tiny random-weight pipelines (CPU, offline, a few seconds)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from farm.workers import pipelines as P
+from farm.workers.pipelines import (
+    FAMILIES,
+    SIGMA_SCHEDULES,
+    RenderCanceled,
+    RenderParams,
+    available_samplers,
+    build_scheduler,
+    check_sampler,
+    encode_image,
+    estimate_vram_gb,
+    load_pipeline,
+    pick_device,
+    pick_dtype,
+    pipeline_family,
+    read_image_text,
+    render,
+)
+from farm.workers.tiny import build_tiny_pipeline, write_tiny_model
+
+SECOND_ORDER = {"heun", "dpmpp_sde"}  # two model calls per step, 2 * steps - 1 iterations
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {family: build_tiny_pipeline(family, seed=0) for family in FAMILIES}
+
+
+def params(**overrides) -> RenderParams:
+    base = dict(
+        prompt="a cat on the rug",
+        negative_prompt="blurry",
+        width=64,
+        height=64,
+        steps=3,
+        guidance_scale=5.0,
+        sampler="euler",
+        scheduler="normal",
+        seed=1234,
+    )
+    base.update(overrides)
+    return RenderParams(**base)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- rendering
+
+SAMPLER_CASES = [(f, s) for f in FAMILIES for s in available_samplers(f)]
+
+
+@pytest.mark.parametrize(("family", "sampler"), SAMPLER_CASES, ids=[f"{f}-{s}" for f, s in SAMPLER_CASES])
+def test_every_sampler_renders(pipes, family, sampler):
+    steps = []
+    images = render(pipes[family], params(sampler=sampler), on_step=lambda i, n: steps.append((i, n)))
+    assert len(images) == 1
+    image = images[0]
+    assert isinstance(image, Image.Image)
+    assert image.size == (64, 64)
+    assert pixels(image).std() > 1.0, "image is constant"
+    total = 2 * 3 - 1 if sampler in SECOND_ORDER else 3
+    assert steps == [(i, total) for i in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("schedule", SIGMA_SCHEDULES)
+def test_every_schedule_renders(pipes, family, schedule):
+    (image,) = render(pipes[family], params(sampler="dpmpp_2m", scheduler=schedule, width=64, height=48))
+    assert image.size == (64, 48)
+    assert pixels(image).std() > 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_pixels_other_seed_differs(pipes, family):
+    pipe = pipes[family]
+    a = render(pipe, params(seed=7))[0]
+    b = render(pipe, params(seed=7))[0]
+    c = render(pipe, params(seed=8))[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde"])
+def test_stochastic_samplers_are_deterministic(pipes, sampler):
+    if sampler not in available_samplers("sd"):
+        pytest.skip(f"{sampler} is not available here")
+    a = render(pipes["sd"], params(sampler=sampler, seed=99))[0]
+    b = render(pipes["sd"], params(sampler=sampler, seed=99))[0]
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_batch_image_i_uses_seed_plus_i(pipes, sampler):
+    pipe = pipes["sd"]
+    batch = render(pipe, params(sampler=sampler, seed=50, num_images=2))
+    single = render(pipe, params(sampler=sampler, seed=51))[0]
+    assert len(batch) == 2
+    assert not np.array_equal(pixels(batch[0]), pixels(batch[1]))
+    # Batched and single convolutions may round differently in the last bit.
+    assert np.abs(pixels(batch[1]) - pixels(single)).max() <= 2
+
+
+def test_same_seed_option_repeats_the_image(pipes):
+    images = render(pipes["sd"], params(num_images=2, same_seed=True))
+    assert np.abs(pixels(images[0]) - pixels(images[1])).max() <= 2
+
+
+def test_render_keeps_the_pipeline_scheduler(pipes):
+    pipe = pipes["sdxl"]
+    before = pipe.scheduler
+    render(pipe, params(sampler="unipc", scheduler="karras"))
+    assert pipe.scheduler is before
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+def test_render_refuses_bad_sampler(pipes):
+    with pytest.raises(ValueError, match="sigma schedule 'karras' is not available with sampler 'ddim'"):
+        render(pipes["sd"], params(sampler="ddim", scheduler="karras"))
+
+
+# --------------------------------------------------------------------------- progress and cancel
+
+
+def test_on_step_reports_each_step(pipes):
+    calls = []
+    render(pipes["sdxl"], params(steps=4), on_step=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cancel_from_on_step_stops_the_render(pipes, family):
+    calls = []
+
+    def on_step(i, n):
+        calls.append((i, n))
+        if i == 2:
+            raise RenderCanceled("job canceled")
+
+    pipe = pipes[family]
+    before = pipe.scheduler
+    with pytest.raises(RenderCanceled, match="job canceled"):
+        render(pipe, params(steps=4), on_step=on_step)
+    assert calls == [(1, 4), (2, 4)]
+    assert pipe.scheduler is before
+    # The pipeline still works after a cancel.
+    assert render(pipe, params(steps=2))[0].size == (64, 64)
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def test_check_sampler_accepts_good_combinations():
+    assert check_sampler("sd", "euler", "normal") is None
+    assert check_sampler("sdxl", "dpmpp_2m", "karras") is None
+    assert check_sampler("sd", "ddim", "sgm_uniform") is None
+    assert check_sampler("sdxl", "unipc", "exponential") is None
+
+
+def test_check_sampler_messages():
+    msg = check_sampler("sd", "x", "normal")
+    assert msg is not None and msg.startswith("sampler 'x' is not known; choose one of ")
+    assert "euler" in msg and "dpmpp_2m" in msg
+    assert check_sampler("sd", "ddim", "karras") == "sigma schedule 'karras' is not available with sampler 'ddim'"
+    assert check_sampler("sd", "euler_ancestral", "exponential") == (
+        "sigma schedule 'exponential' is not available with sampler 'euler_ancestral'"
+    )
+    assert check_sampler("sd", "lcm", "karras") == "sigma schedule 'karras' is not available with sampler 'lcm'"
+    msg = check_sampler("sd", "euler", "linear")
+    assert msg is not None and msg.startswith("sigma schedule 'linear' is not known; choose one of normal")
+    msg = check_sampler("flux", "euler", "normal")
+    assert msg is not None and "family 'flux'" in msg
+
+
+def test_dpmpp_sde_without_torchsde_is_reported(monkeypatch):
+    real = P._module_available
+    monkeypatch.setattr(P, "_module_available", lambda name: False if name == "torchsde" else real(name))
+    msg = check_sampler("sd", "dpmpp_sde", "normal")
+    assert msg is not None and "torchsde" in msg and "'dpmpp_sde'" in msg
+    assert "dpmpp_sde" not in available_samplers("sd")
+    with pytest.raises(ValueError, match="torchsde"):
+        build_scheduler({}, "dpmpp_sde", "normal")
+
+
+def test_build_scheduler_settings(pipes):
+    base = pipes["sd"].scheduler.config
+    s = build_scheduler(base, "dpmpp_2m_sde", "karras")
+    assert type(s).__name__ == "DPMSolverMultistepScheduler"
+    assert s.config.algorithm_type == "sde-dpmsolver++"
+    assert s.config.use_karras_sigmas is True
+    assert s.config.beta_schedule == base.beta_schedule  # training schedule kept
+    assert build_scheduler(base, "dpmpp_2m", "normal").config.algorithm_type == "dpmsolver++"
+    assert build_scheduler(base, "euler", "sgm_uniform").config.timestep_spacing == "trailing"
+    assert build_scheduler(base, "heun", "exponential").config.use_exponential_sigmas is True
+    ddim = build_scheduler(base, "ddim", "normal")
+    assert ddim.config.clip_sample is False
+    # A base config with karras on does not leak into "normal".
+    karras_base = build_scheduler(base, "euler", "karras").config
+    assert build_scheduler(karras_base, "euler", "normal").config.use_karras_sigmas is False
+    # A fresh instance each time.
+    assert build_scheduler(base, "euler", "normal") is not build_scheduler(base, "euler", "normal")
+    with pytest.raises(ValueError, match="not available with sampler 'ddim'"):
+        build_scheduler(base, "ddim", "karras")
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_write_tiny_model_round_trips(pipes, family, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    path = write_tiny_model(tmp_path / family, family=family, seed=0)
+    assert path == tmp_path / family
+    meta = json.loads((path / "farm_model.json").read_text())
+    assert meta["family"] == family and meta["tiny"] is True and "noise" in meta["note"]
+    assert list(path.glob("unet/*.safetensors")), "weights should be safetensors"
+
+    loaded = DiffusionPipeline.from_pretrained(path)
+    assert type(loaded) is type(pipes[family])
+    assert pipeline_family(loaded) == family
+    assert state_equal(loaded.unet, pipes[family].unet)
+    assert state_equal(loaded.text_encoder, pipes[family].text_encoder)
+
+    via_loader = load_pipeline(path, family, torch.device("cpu"), torch.float32)
+    a = render(via_loader, params(seed=3))[0]
+    b = render(pipes[family], params(seed=3))[0]
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_tiny_weights_follow_the_seed(pipes):
+    again = build_tiny_pipeline("sd", seed=0)
+    other = build_tiny_pipeline("sd", seed=1)
+    assert state_equal(again.unet, pipes["sd"].unet)
+    assert state_equal(again.vae, pipes["sd"].vae)
+    assert not state_equal(other.unet, pipes["sd"].unet)
+
+
+def test_tiny_unknown_family(tmp_path):
+    with pytest.raises(ValueError, match="family 'flux' has no tiny builder yet"):
+        build_tiny_pipeline("flux")
+    with pytest.raises(ValueError, match="family 'sd3' has no tiny builder yet"):
+        write_tiny_model(tmp_path / "x", family="sd3")
+    with pytest.raises(ValueError, match="'nope'"):
+        build_tiny_pipeline("nope")
+
+
+def test_family_and_vram(pipes):
+    for family, pipe in pipes.items():
+        assert pipeline_family(pipe) == family
+        n_bytes = sum(
+            t.numel() * t.element_size()
+            for c in pipe.components.values()
+            if isinstance(c, torch.nn.Module)
+            for t in (*c.parameters(), *c.buffers())
+        )
+        assert math.isclose(estimate_vram_gb(pipe), n_bytes / 2**30, rel_tol=1e-6)
+        assert 0 < estimate_vram_gb(pipe) < 0.05
+    with pytest.raises(ValueError):
+        pipeline_family(object())
+    with pytest.raises(ValueError, match="'flux'"):
+        load_pipeline("/nonexistent", "flux", torch.device("cpu"), torch.float32)
+
+
+# --------------------------------------------------------------------------- device / dtype
+
+
+def test_pick_device_and_dtype():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = torch.device("cpu")
+    assert pick_dtype(cpu) == torch.float32
+    assert pick_dtype(cpu, "fp16") == torch.float32
+    cuda = torch.device("cuda")  # constructing the object needs no GPU
+    assert pick_dtype(cuda) == torch.float16
+    assert pick_dtype(cuda, "fp32") == torch.float32
+    if not torch.cuda.is_available() or torch.cuda.is_bf16_supported():
+        assert pick_dtype(cuda, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError):
+        pick_dtype(cuda, "int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+# --------------------------------------------------------------------------- encoding
+
+TEXT = {"prompt": "a cät on the rug 🙂", "seed": "1234", "parameters": "steps: 3, sampler: euler"}
+
+
+def test_encode_png_is_deterministic_and_text_reads_back(pipes):
+    (image,) = render(pipes["sd"], params())
+    data = encode_image(image, "png", TEXT)
+    assert data == encode_image(image, "png", dict(reversed(list(TEXT.items()))))
+    with Image.open(io.BytesIO(data)) as back:
+        assert back.format == "PNG"
+        assert back.text == TEXT
+        assert np.array_equal(pixels(back), pixels(image))
+    assert read_image_text(data) == TEXT
+    assert encode_image(image, "png", {**TEXT, "seed": "1"}) != data
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_encode_lossy_formats(pipes, fmt):
+    (image,) = render(pipes["sd"], params())
+    data = encode_image(image, fmt, TEXT)
+    assert data == encode_image(image, fmt, TEXT)
+    with Image.open(io.BytesIO(data)) as back:
+        assert back.format == fmt.upper()
+        assert back.size == image.size
+    assert read_image_text(data) == TEXT
+
+
+def test_encode_rejects_unknown_format():
+    with pytest.raises(ValueError, match="'gif'"):
+        encode_image(Image.new("RGB", (8, 8)), "gif", {})
