@@ -37,7 +37,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import httpx2
 from huggingface_hub import HfApi, constants as hf_constants, snapshot_download
@@ -106,21 +106,21 @@ class IntegrityMismatch:
 class ModelIntegrityError(ModelDownloadError):
     """Files on disk do not match their expected hashes.
 
-    ``path``, ``expected`` and ``actual`` describe the first mismatch;
-    ``mismatches`` lists all of them.
+    Built either from a plain message or from ``mismatches``; then ``path``,
+    ``expected`` and ``actual`` describe the first mismatch (else they are
+    None) and ``mismatches`` lists all of them.
     """
 
-    def __init__(self, mismatches: list[IntegrityMismatch], *, context: str = "",
-                 repo_id: str | None = None, revision: str | None = None):
-        if not mismatches:
-            raise ValueError("ModelIntegrityError needs at least one mismatch")
+    def __init__(self, message: str | None = None, *, mismatches: Sequence[IntegrityMismatch] = (),
+                 context: str = "", repo_id: str | None = None, revision: str | None = None):
         self.mismatches = list(mismatches)
-        first = self.mismatches[0]
-        self.path = first.path
-        self.expected = first.expected
-        self.actual = first.actual
-        lines = "; ".join(str(m) for m in self.mismatches)
-        message = f"integrity check failed for {len(self.mismatches)} file(s): {lines}"
+        first = self.mismatches[0] if self.mismatches else None
+        self.path = first.path if first else None
+        self.expected = first.expected if first else None
+        self.actual = first.actual if first else None
+        if message is None:
+            lines = "; ".join(str(m) for m in self.mismatches) or "no details"
+            message = f"integrity check failed for {len(self.mismatches)} file(s): {lines}"
         if context:
             message = f"{message}. {context}"
         super().__init__(message, repo_id=repo_id, revision=revision)
@@ -243,7 +243,7 @@ def verify_model(path: str | Path, expected: Mapping[str, str]) -> None:
             mismatches.append(IntegrityMismatch(rel, "sha256", expected[rel].lower(), actual[rel]))
     if mismatches:
         mismatches.sort(key=lambda m: m.path)
-        raise ModelIntegrityError(mismatches, context=f"model directory {root}")
+        raise ModelIntegrityError(mismatches=mismatches, context=f"model directory {root}")
 
 
 def is_hub_repo_id(source: str) -> bool:
@@ -515,7 +515,7 @@ def download_model(
         logger.error("model %s@%s failed its integrity check: %s", repo_id, commit,
                      "; ".join(str(m) for m in mismatches))
         raise ModelIntegrityError(
-            mismatches,
+            mismatches=mismatches,
             context=(f"model repo '{repo_id}'@{commit} from {where}; the bad file(s) were removed from the cache, "
                      "pull again (if it keeps failing, the hub or a proxy serves corrupt data)"),
             repo_id=repo_id, revision=revision)

@@ -91,9 +91,9 @@ def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
         raise JobNotFoundError(f"job {job_id} does not exist")
     if attempt is not None and row.attempt != attempt:
         raise StaleAttemptError(f"job {job_id}: attempt {attempt} is stale, the job is on attempt {row.attempt}")
-    if worker_id is not None and row.worker_id != worker_id:
-        raise StaleAttemptError(f"job {job_id}: worker {worker_id} no longer holds it (held by {row.worker_id})")
-    raise InvalidTransitionError(f"job {job_id} is {row.status}; it cannot become {target.value}")
+    if row.status not in sources_of(target):
+        raise InvalidTransitionError(f"job {job_id} is {row.status}; it cannot become {target.value}")
+    raise StaleAttemptError(f"job {job_id}: worker {worker_id} no longer holds it (held by {row.worker_id})")
 
 
 def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> None:

@@ -12,6 +12,7 @@ the job's scheduler in for the length of the call.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import io
@@ -20,7 +21,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import PIL.Image
 import torch
@@ -283,11 +284,29 @@ def _load_sdxl(path: str | os.PathLike, dtype: torch.dtype):
 _LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {"sd": _load_sd, "sdxl": _load_sdxl}
 
 
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Turn diffusers' and transformers' tqdm bars off for a load or save (process-wide)."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as tf_logging
+
+    was_on = [(lib, lib.is_progress_bar_enabled()) for lib in (df_logging, tf_logging)]
+    for lib, _ in was_on:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, on in was_on:
+            if on:
+                lib.enable_progress_bar()
+
+
 def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dtype: torch.dtype):
     """Load a diffusers model directory (or hub id) of ``family`` onto ``device``."""
     if family not in _LOADERS:
         raise ValueError(f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}")
-    pipe = _LOADERS[family](os.fspath(path), dtype)
+    with quiet_progress_bars():
+        pipe = _LOADERS[family](os.fspath(path), dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     # TODO: on CUDA, large sizes may want pipe.enable_attention_slicing() and
@@ -370,7 +389,7 @@ def render(
     if on_step is not None:
 
         def callback(p, step_index: int, timestep, callback_kwargs: dict) -> dict:
-            total = getattr(p, "_num_timesteps", None) or len(p.scheduler.timesteps)
+            total = getattr(p, "num_timesteps", None) or len(p.scheduler.timesteps)
             on_step(step_index + 1, int(total))
             return callback_kwargs
 
@@ -479,6 +498,7 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "pipeline_family",
+    "quiet_progress_bars",
     "read_image_text",
     "render",
 ]

@@ -29,6 +29,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .pipelines import quiet_progress_bars
+
 logger = logging.getLogger(__name__)
 
 #: Families this module can build.
@@ -103,16 +105,20 @@ def _tiny_vocab() -> dict[str, int]:
     return vocab
 
 
+def _write_tokenizer_files(directory: str | os.PathLike) -> None:
+    """Write the tiny vocab.json and merges.txt into ``directory``."""
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as fh:
+        json.dump(_tiny_vocab(), fh, ensure_ascii=False)
+    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n")
+        for a, b in _MERGES:
+            fh.write(f"{a} {b}\n")
+
+
 def build_tiny_tokenizer() -> CLIPTokenizer:
     """A CLIPTokenizer over a byte-level vocabulary, loaded from files written here."""
-    vocab = _tiny_vocab()
     with tempfile.TemporaryDirectory(prefix="farm-tiny-tok-") as tmp:
-        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as fh:
-            json.dump(vocab, fh, ensure_ascii=False)
-        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as fh:
-            fh.write("#version: 0.2\n")
-            for a, b in _MERGES:
-                fh.write(f"{a} {b}\n")
+        _write_tokenizer_files(tmp)
         tokenizer = CLIPTokenizer.from_pretrained(
             tmp, model_max_length=MODEL_MAX_LENGTH, local_files_only=True
         )
@@ -279,7 +285,13 @@ def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int
     path = pathlib.Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     pipe = build_tiny_pipeline(family, seed=seed)
-    pipe.save_pretrained(path, safe_serialization=True)
+    with quiet_progress_bars():  # transformers 5 draws a bar per saved text encoder
+        pipe.save_pretrained(path, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; the slow CLIPTokenizer of
+    # transformers 4 needs vocab.json and merges.txt, so write those as well.
+    for name in ("tokenizer", "tokenizer_2"):
+        if (path / name).is_dir() and not (path / name / "vocab.json").exists():
+            _write_tokenizer_files(path / name)
     meta = {"family": family, "tiny": True, "note": TINY_NOTE}
     (path / FARM_MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote tiny %s model to %s", family, path)

@@ -422,3 +422,10 @@ def test_loopback_guard_refuses_other_hosts():
         socket.create_connection(("huggingface.co", 443), timeout=1)
     with pytest.raises(AssertionError, match="outside loopback"):
         socket.create_connection(("192.0.2.1", 443), timeout=1)
+
+
+def test_integrity_error_also_takes_a_plain_message():
+    error = ModelIntegrityError("model sdxl: downloaded weights hash a differs from the registered b")
+    assert isinstance(error, ModelDownloadError)
+    assert str(error).startswith("model sdxl:")
+    assert error.path is None and error.mismatches == []

@@ -26,6 +26,7 @@ from farm.workers.pipelines import (
     pick_device,
     pick_dtype,
     pipeline_family,
+    quiet_progress_bars,
     read_image_text,
     render,
 )
@@ -235,7 +236,8 @@ def test_write_tiny_model_round_trips(pipes, family, tmp_path):
     assert meta["family"] == family and meta["tiny"] is True and "noise" in meta["note"]
     assert list(path.glob("unet/*.safetensors")), "weights should be safetensors"
 
-    loaded = DiffusionPipeline.from_pretrained(path)
+    with quiet_progress_bars():
+        loaded = DiffusionPipeline.from_pretrained(path)
     assert type(loaded) is type(pipes[family])
     assert pipeline_family(loaded) == family
     assert state_equal(loaded.unet, pipes[family].unet)

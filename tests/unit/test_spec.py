@@ -1,0 +1,92 @@
+"""Request validation: every bad input says what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.settings import Settings
+from farm.spec import ModelInfo, RequestError, parse_request, resolve_request
+
+MODELS = {"m-sd": ModelInfo("m-sd", "sd", 20, 7.0), "m-xl": ModelInfo("m-xl", "sdxl", 30, 6.0)}
+SETTINGS = Settings(max_pixels=1024 * 1024, max_steps=100, max_prompt_chars=100, max_images_per_job=4)
+
+
+def resolve(**payload):
+    return resolve_request(parse_request(payload), MODELS, SETTINGS)
+
+
+def problems(**payload) -> dict[str, str]:
+    with pytest.raises(RequestError) as info:
+        resolve(**payload)
+    return {p.field: p.message for p in info.value.problems}
+
+
+def test_defaults_are_resolved_and_seed_is_always_recorded():
+    r = resolve(prompt="a cat", model="m-xl")
+    assert (r.width, r.height, r.steps, r.num_images) == (512, 512, 30, 1)
+    assert r.params["guidance_scale"] == 6.0
+    assert 0 <= r.seed < 2**32 and r.params["seed"] == r.seed
+    assert r.request == {"prompt": "a cat", "model": "m-xl"}
+    assert r.params["final_prompt"] == "a cat"
+    # Without a model the first registered one is used.
+    assert resolve(prompt="x").model_id == "m-sd"
+
+
+def test_explicit_seed_and_aspect_ratio():
+    r = resolve(prompt="x", seed=42, aspect_ratio="1152*896", model="m-xl", steps=4)
+    assert (r.seed, r.width, r.height) == (42, 1152, 896)
+
+
+def test_missing_prompt():
+    assert problems(model="m-sd") == {"prompt": "this field is required"}
+    assert "must not be empty" in problems(prompt="   ")["prompt"]
+
+
+def test_unknown_fields_are_refused():
+    assert "unknown field" in problems(prompt="x", colour="red")["colour"]
+
+
+def test_unknown_model_lists_the_known_ones():
+    message = problems(prompt="x", model="nope")["model"]
+    assert "unknown model 'nope'" in message and "m-sd" in message and "m-xl" in message
+
+
+@pytest.mark.parametrize("width,height,field,text", [
+    (500, 512, "width", "not a multiple of 8"),
+    (512, 516, "height", "not a multiple of 8"),
+    (32, 512, "width", "outside 64..2048"),
+    (4096, 64, "width", "outside 64..2048"),
+    (2048, 2048, "width", "the limit is 1048576"),
+])
+def test_sizes(width, height, field, text):
+    assert text in problems(prompt="x", width=width, height=height)[field]
+
+
+def test_size_needs_both_sides_or_aspect_ratio():
+    assert "both" in problems(prompt="x", width=512)["height"]
+    assert "not both" in problems(prompt="x", width=512, height=512, aspect_ratio="512*512")["aspect_ratio"]
+    assert "not like" in problems(prompt="x", aspect_ratio="wide")["aspect_ratio"]
+
+
+def test_limits():
+    assert "the limit is 100" in problems(prompt="x" * 101)["prompt"]
+    assert "the limit is 100" in problems(prompt="x", steps=101)["steps"]
+    assert "at most 4" in problems(prompt="x", num_images=5)["num_images"]
+    assert "greater than or equal to 0" in problems(prompt="x", seed=-1)["seed"]
+    assert "unknown value 'warp'" in problems(prompt="x", sampler="warp")["sampler"]
+    assert "png" in problems(prompt="x", output_format="gif")["output_format"]
+
+
+def test_features_not_built_yet_are_refused_not_ignored():
+    assert "not supported" in problems(prompt="x", styles=["cinematic"])["styles"]
+    assert "not supported" in problems(prompt="x", prompt_expansion=True)["prompt_expansion"]
+
+
+def test_body_must_be_an_object():
+    with pytest.raises(RequestError, match="JSON object"):
+        parse_request(["prompt"])
+
+
+def test_many_problems_are_reported_together():
+    found = problems(prompt="x", width=501, height=503, steps=1000)
+    assert set(found) == {"width", "height", "steps"}

@@ -1,0 +1,153 @@
+"""The job state machine and fencing, on the embedded SQLite database."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm import states
+from farm.context import build_context
+from farm.models import Job, JobStatus, ModelEntry, User
+from tests.support.factories import make_job
+
+
+@pytest.fixture()
+def ctx(sqlite_settings):
+    return build_context(sqlite_settings)
+
+
+def status_of(ctx, job_id):
+    with ctx.db.session() as session:
+        return session.get(Job, job_id)
+
+
+def test_transition_table_is_the_documented_one():
+    assert states.can_transition("queued", "assigned")
+    assert states.can_transition("assigned", "running")
+    assert states.can_transition("running", "succeeded")
+    assert states.can_transition("running", "queued")
+    assert not states.can_transition("queued", "running")
+    assert not states.can_transition("queued", "succeeded")
+    for final in ("succeeded", "failed", "canceled"):
+        assert not any(states.can_transition(final, target) for target in JobStatus)
+
+
+def test_happy_path(ctx):
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", lease_s=30)
+    with ctx.db.transaction() as s:
+        states.start_job(s, job_id, 1, "w1", lease_s=30)
+        assert states.record_progress(s, job_id, 1, 3, 10, 1.5)
+    with ctx.db.transaction() as s:
+        states.complete_job(s, job_id, 1, "w1")
+    job = status_of(ctx, job_id)
+    assert (job.status, job.attempt, job.progress_step, job.worker_id) == ("succeeded", 1, 3, "w1")
+    assert job.assigned_at and job.started_at and job.finished_at and job.lease_expires_at is None
+
+
+def test_cannot_skip_states(ctx):
+    job_id = make_job(ctx)
+    with pytest.raises(states.InvalidTransitionError, match="is queued"):
+        with ctx.db.transaction() as s:
+            states.complete_job(s, job_id, 1, "w1")
+    with pytest.raises(states.InvalidTransitionError):
+        with ctx.db.transaction() as s:
+            states.start_job(s, job_id, 1, "w1", lease_s=30)  # never assigned
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", lease_s=30)
+    with pytest.raises(states.StaleAttemptError, match="no longer holds"):
+        with ctx.db.transaction() as s:
+            states.start_job(s, job_id, 1, "w2", lease_s=30)  # assigned to w1, not w2
+
+
+def test_stale_attempt_is_refused_after_requeue(ctx):
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", 30)
+        states.start_job(s, job_id, 1, "w1", 30)
+    with ctx.db.transaction() as s:
+        assert states.requeue_job(s, job_id, 1, "lease expired", max_attempts=3) == JobStatus.queued
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 2, "w2", 30)
+        states.start_job(s, job_id, 2, "w2", 30)
+    # The old attempt wakes up late: every write it makes is refused.
+    with ctx.db.transaction() as s:
+        assert states.record_progress(s, job_id, 1, 5, 10, None) is False
+    with pytest.raises(states.StaleAttemptError, match="attempt 1 is stale"):
+        with ctx.db.transaction() as s:
+            states.complete_job(s, job_id, 1, "w1")
+    with pytest.raises(states.StaleAttemptError):
+        with ctx.db.transaction() as s:
+            states.fail_job(s, job_id, 1, "boom")
+    with ctx.db.transaction() as s:
+        states.complete_job(s, job_id, 2, "w2")
+    job = status_of(ctx, job_id)
+    assert (job.status, job.attempt, job.worker_id) == ("succeeded", 2, "w2")
+
+
+def test_requeue_gives_up_after_max_attempts(ctx):
+    job_id = make_job(ctx)
+    for attempt in (1, 2):
+        with ctx.db.transaction() as s:
+            states.assign_job(s, job_id, attempt, "w1", 30)
+            assert states.requeue_job(s, job_id, attempt, "worker lost", max_attempts=2) == (
+                JobStatus.queued if attempt == 1 else JobStatus.failed)
+    job = status_of(ctx, job_id)
+    assert job.status == "failed"
+    assert "gave up after 2 attempts: worker lost" in job.error
+
+
+def test_requeue_excludes_worker_on_out_of_memory(ctx):
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "small", 30)
+        states.requeue_job(s, job_id, 1, "out of memory", 3, exclude_worker="small")
+    assert status_of(ctx, job_id).excluded_workers == ["small"]
+
+
+def test_cancel_running_job_stops_progress_and_completion(ctx):
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", 30)
+        states.start_job(s, job_id, 1, "w1", 30)
+    with ctx.db.transaction() as s:
+        states.cancel_job(s, job_id)
+    with ctx.db.transaction() as s:
+        assert states.record_progress(s, job_id, 1, 2, 10, None) is False
+    with pytest.raises(states.InvalidTransitionError, match="is canceled"):
+        with ctx.db.transaction() as s:
+            states.complete_job(s, job_id, 1, "w1")
+    with pytest.raises(states.InvalidTransitionError):
+        with ctx.db.transaction() as s:
+            states.cancel_job(s, job_id)
+
+
+def test_only_one_of_two_assignments_wins(ctx):
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", 30)
+    with pytest.raises(states.InvalidTransitionError):
+        with ctx.db.transaction() as s:
+            states.assign_job(s, job_id, 1, "w2", 30)
+    assert status_of(ctx, job_id).worker_id == "w1"
+
+
+def test_heartbeat_renews_only_running_leases(ctx):
+    running, assigned = make_job(ctx), make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, running, 1, "w1", 1)
+        states.start_job(s, running, 1, "w1", 1)
+        states.assign_job(s, assigned, 1, "w1", 1)
+    before = {j: status_of(ctx, j).lease_expires_at for j in (running, assigned)}
+    with ctx.db.transaction() as s:
+        assert states.renew_leases(s, "w1", 60) == 1
+    assert status_of(ctx, running).lease_expires_at > before[running]
+    assert status_of(ctx, assigned).lease_expires_at == before[assigned]
+
+
+def test_unknown_job(ctx):
+    import uuid
+
+    with pytest.raises(states.JobNotFoundError):
+        with ctx.db.transaction() as s:
+            states.cancel_job(s, uuid.uuid4())
