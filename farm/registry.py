@@ -67,6 +67,10 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         if family is None:
             raise RegistryError(f"cannot tell the family of {source}: pass --family ({', '.join(FAMILIES)})")
         vram_gb = vram_gb or round(max(measure_weights_gb(path), 0.001) * 1.2, 4)
+        from farm.hub import hash_weights, weights_fingerprint
+
+        files = hash_weights(path)
+        weights_sha256 = weights_fingerprint(files) if files else None
     else:
         from farm.hub import is_hub_repo_id
 
@@ -74,6 +78,7 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
             raise RegistryError(f"{source!r} is neither a local directory nor a hub repo id like 'owner/name'")
         if family is None:
             raise RegistryError(f"pass --family for hub model {source!r} ({', '.join(FAMILIES)})")
+        files, weights_sha256 = None, None  # recorded by 'farm models pull'
     if family not in FAMILIES:
         raise RegistryError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     entry = ModelEntry(
@@ -86,6 +91,8 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         default_steps=default_steps or DEFAULT_STEPS[family],
         default_guidance=DEFAULT_GUIDANCE[family],
         description=description,
+        files=files,
+        weights_sha256=weights_sha256,
     )
     session.add(entry)
     session.flush()

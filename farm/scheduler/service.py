@@ -79,7 +79,10 @@ class Leadership:
 
     def release(self) -> None:
         if self._connection is not None:
+            # Closing would return the connection, lock and all, to the pool:
+            # drop the DBAPI connection instead, which ends the lock with it.
             try:
+                self._connection.invalidate()
                 self._connection.close()
             except Exception:  # the connection may already be dead
                 pass

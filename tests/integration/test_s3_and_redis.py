@@ -1,0 +1,59 @@
+"""Storage against a real S3-protocol server, events against the real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from farm.events import RedisEvents
+from farm.storage import ObjectNotFoundError, S3Storage
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_storage_round_trip(s3, s3_bucket):
+    endpoint, access, secret = s3
+    store = S3Storage(endpoint, access, secret, s3_bucket)
+    store.ensure_bucket()
+    store.ensure_bucket()  # idempotent
+    key = "outputs/u1/job/0.png"
+    assert not store.exists(key)
+    store.put(key, b"\x89PNG-first", "image/png")
+    store.put(key, b"\x89PNG-second", "image/png")
+    assert store.get(key) == b"\x89PNG-second"
+    url = store.url(key, 120)
+    assert "X-Amz-Signature" in url
+    fetched = requests.get(url, timeout=10)
+    assert fetched.status_code == 200 and fetched.content == b"\x89PNG-second"
+    store.delete(key)
+    assert not store.exists(key)
+    with pytest.raises(ObjectNotFoundError):
+        store.get(key)
+
+
+def test_redis_wakes_the_scheduler(redis_url):
+    events = RedisEvents(redis_url)
+    wait = events.scheduler_waiter()
+    assert wait(0.1) is False  # subscribes; nothing published yet
+    threading.Timer(0.2, events.wake_scheduler).start()
+    started = time.monotonic()
+    assert wait(5.0) is True
+    assert time.monotonic() - started < 4.0
+
+
+def test_redis_job_waiters_wake_on_change(redis_url):
+    events = RedisEvents(redis_url)
+    done = threading.Event()
+
+    def finish():
+        done.set()
+        events.job_changed("job-1")
+
+    threading.Timer(0.3, finish).start()
+    started = time.monotonic()
+    assert events.wait_job("job-1", done.is_set, timeout=10) is True
+    assert time.monotonic() - started < 5.0
+    assert events.wait_job("job-2", lambda: False, timeout=0.2) is False
