@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     s3_secret_key: str = Field(default="", description="S3 secret key.")
     s3_bucket: str = Field(default="farm", description="S3 bucket for images and lineage sidecars; created if missing.")
     s3_region: str = Field(default="us-east-1", description="S3 region used for signing.")
+    s3_public_endpoint: str | None = Field(default=None, description="S3 URL that clients reach, used in presigned image URLs when FARM_S3_ENDPOINT is an internal address (e.g. http://minio:9000 in compose). Unset: FARM_S3_ENDPOINT.")
     s3_presign_s: int = Field(default=3600, ge=60, description="Lifetime of presigned image URLs, seconds.")
     secret_key: str | None = Field(default=None, description="Secret for signing dashboard sessions. Unset: generated once and kept under FARM_HOME.")
 

@@ -103,21 +103,14 @@ class LocalStorage:
 class S3Storage:
     """Any S3 endpoint (MinIO in production) through the minio client."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, region: str = "us-east-1") -> None:
-        from minio import Minio
-
-        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-        if not parsed.netloc:
-            raise StorageError(f"FARM_S3_ENDPOINT {endpoint!r} is not a URL like http://127.0.0.1:9000")
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, region: str = "us-east-1",
+                 public_endpoint: str | None = None) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
-        self.client = Minio(
-            parsed.netloc,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=parsed.scheme == "https",
-            region=region,
-        )
+        self.client = _minio_client(endpoint, access_key, secret_key, region)
+        # Presigning is local computation; a client bound to the public address
+        # signs URLs that browsers outside the service network can fetch.
+        self.presigner = _minio_client(public_endpoint, access_key, secret_key, region) if public_endpoint else self.client
 
     def ensure_bucket(self) -> None:
         if not self.client.bucket_exists(self.bucket):
@@ -161,15 +154,25 @@ class S3Storage:
         self.client.remove_object(self.bucket, check_key(key))
 
     def url(self, key: str, expires_s: int) -> str | None:
-        return self.client.presigned_get_object(self.bucket, check_key(key), expires=dt.timedelta(seconds=expires_s))
+        return self.presigner.presigned_get_object(self.bucket, check_key(key), expires=dt.timedelta(seconds=expires_s))
 
     def describe(self) -> str:
         return f"s3 bucket {self.bucket} at {self.endpoint}"
 
 
+def _minio_client(endpoint: str, access_key: str, secret_key: str, region: str):
+    from minio import Minio
+
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if not parsed.netloc:
+        raise StorageError(f"S3 endpoint {endpoint!r} is not a URL like http://127.0.0.1:9000")
+    return Minio(parsed.netloc, access_key=access_key, secret_key=secret_key, secure=parsed.scheme == "https", region=region)
+
+
 def make_storage(settings) -> Storage:
     if settings.s3_endpoint:
-        storage = S3Storage(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket, settings.s3_region)
+        storage = S3Storage(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                            settings.s3_region, public_endpoint=settings.s3_public_endpoint)
         storage.ensure_bucket()
         return storage
     return LocalStorage(settings.store_folder)

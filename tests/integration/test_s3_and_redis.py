@@ -57,3 +57,14 @@ def test_redis_job_waiters_wake_on_change(redis_url):
     assert events.wait_job("job-1", done.is_set, timeout=10) is True
     assert time.monotonic() - started < 5.0
     assert events.wait_job("job-2", lambda: False, timeout=0.2) is False
+
+
+def test_presigned_urls_use_the_public_endpoint(s3, s3_bucket):
+    endpoint, access, secret = s3
+    public = endpoint.replace("127.0.0.1", "localhost")
+    store = S3Storage(endpoint, access, secret, s3_bucket, public_endpoint=public)
+    store.ensure_bucket()
+    store.put("k/0.png", b"img", "image/png")
+    url = store.url("k/0.png", 60)
+    assert url.startswith(public + "/")
+    assert requests.get(url, timeout=10).content == b"img"

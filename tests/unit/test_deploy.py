@@ -16,12 +16,10 @@ yaml = pytest.importorskip("yaml")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.worker.yml"]
 
-# The configuration variables the farm reads (DESIGN.md / farm.settings).
-FARM_VARIABLES = {
-    "FARM_HOME", "FARM_DATABASE_URL", "FARM_BROKER_URL", "FARM_S3_ENDPOINT", "FARM_S3_ACCESS_KEY",
-    "FARM_S3_SECRET_KEY", "FARM_S3_BUCKET", "FARM_MODEL_CACHE", "FARM_WORKER_NAME", "FARM_WORKER_VRAM_GB",
-    "FARM_DEVICE", "FARM_SECRET_KEY",
-}
+# The configuration variables the farm reads: the fields of farm.settings.
+from farm.settings import Settings  # noqa: E402
+
+FARM_VARIABLES = {f"FARM_{name.upper()}" for name in Settings.model_fields}
 
 # The farm CLI the deployment may use: positional arguments, then options
 # (name -> kind: "flag", "str", "int", "float" or a set of choices).
