@@ -99,12 +99,15 @@ def main() -> None:
 
             def farm_job() -> tuple[float, dict]:
                 started = time.perf_counter()
+                job = {"posted_at": time.time()}
                 job_id = session.post(jobs_url, json=request, timeout=30).json()["id"]
+                job["post_returned_at"] = time.time()
                 while True:
-                    job = session.get(f"{jobs_url}/{job_id}", params={"wait": 30}, timeout=60).json()
+                    job.update(session.get(f"{jobs_url}/{job_id}", params={"wait": 30}, timeout=60).json())
                     if job["status"] in ("succeeded", "failed", "canceled"):
                         break
                 elapsed = time.perf_counter() - started
+                job["client_done_at"] = time.time()
                 if job["status"] != "succeeded":
                     raise RuntimeError(f"job failed: {job}")
                 return elapsed, job
@@ -114,7 +117,9 @@ def main() -> None:
                 farm_job()
                 direct_render(pipe, params)
 
-            farm_s, direct_s, phases = [], [], {k: [] for k in ("schedule", "deliver", "worker", "return", "inference", "upload")}
+            farm_s, direct_s = [], []
+            phases = {k: [] for k in ("schedule", "deliver", "worker", "return", "inference", "upload", "pre_insert",
+                                      "post_response", "after_finish")}
             for _ in range(args.jobs):
                 elapsed, job = farm_job()
                 started = time.perf_counter()
@@ -129,6 +134,9 @@ def main() -> None:
                 phases["return"].append(max(elapsed - (stamps["finished_at"] - stamps["created_at"]), 0.0))
                 phases["inference"].append(lineage["timings"]["inference_s"])
                 phases["upload"].append(lineage["timings"]["upload_s"])
+                phases["pre_insert"].append(stamps["created_at"] - job["posted_at"])
+                phases["post_response"].append(job["post_returned_at"] - stamps["created_at"])
+                phases["after_finish"].append(job["client_done_at"] - stamps["finished_at"])
             overhead = [f - d for f, d in zip(farm_s, direct_s)]
             worker_extra = [w - i for w, i in zip(phases["worker"], phases["inference"])]
             result = {
@@ -148,7 +156,10 @@ def main() -> None:
                     "of_which_inference": round(percentile(phases["inference"], 50) * 1000, 2),
                     "of_which_upload_image_only": round(percentile(phases["upload"], 50) * 1000, 2),
                     "worker_besides_inference": round(percentile(worker_extra, 50) * 1000, 2),
-                    "finished_to_client (long-poll wake + response)": round(percentile(phases["return"], 50) * 1000, 2),
+                    "client_besides_farm_phases": round(percentile(phases["return"], 50) * 1000, 2),
+                    "of_which_post_until_insert": round(percentile(phases["pre_insert"], 50) * 1000, 2),
+                    "of_which_finished_to_client (worker publish + long-poll wake + response)": round(percentile(phases["after_finish"], 50) * 1000, 2),
+                    "post_response_after_insert (overlaps scheduling)": round(percentile(phases["post_response"], 50) * 1000, 2),
                 },
                 "targets": {"overhead_p50_ms": 15, "overhead_p95_ms": 40},
             }

@@ -256,7 +256,7 @@ def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps
 
 @models.command("pull")
 @click.argument("model_id")
-@click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or the public hub).")
+@click.option("--endpoint", default=None, help="Hub endpoint [FARM_HUB_ENDPOINT; default: HF_ENDPOINT or the public hub].")
 @friendly_errors
 def models_pull(model_id: str, endpoint: str | None) -> None:
     """Download a hub model into the shared cache and record its revision and weights sha256."""
@@ -270,7 +270,8 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
         raise CliError(f"no model {model_id!r}; see 'farm models list'")
     if Path(entry.source).is_dir():
         raise CliError(f"model {model_id} is a local folder ({entry.source}); nothing to pull")
-    result = download_model(entry.source, revision=entry.revision, cache_dir=ctx.settings.resolved_model_cache, endpoint=endpoint)
+    result = download_model(entry.source, revision=entry.revision, cache_dir=ctx.settings.resolved_model_cache,
+                            endpoint=endpoint or ctx.settings.hub_endpoint, token=ctx.settings.hub_token)
     with ctx.db.transaction() as session:
         row = session.get(ModelEntry, model_id)
         if row.weights_sha256 and row.weights_sha256 != result.weights_sha256:

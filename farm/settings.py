@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(default=None, description="Secret for signing dashboard sessions. Unset: generated once and kept under FARM_HOME.")
 
     model_cache: Path | None = Field(default=None, description="Download cache for hub models, shared by the workers of a machine. Unset: FARM_HOME/models.")
+    hub_endpoint: str | None = Field(default=None, description="Model hub URL for downloads (a mirror or a local hub); unset: HF_ENDPOINT or the public hub.")
+    hub_token: str | None = Field(default=None, description="Token for private or gated hub models; unset: HF_TOKEN.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device a worker renders on.")
     worker_name: str | None = Field(default=None, description="Worker id; unset: the host name.")
     worker_vram_gb: float | None = Field(default=None, gt=0, description="VRAM budget of a worker in GB. Required on CPU (stands in for GPU memory); on CUDA it caps the real free memory.")

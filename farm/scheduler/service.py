@@ -108,6 +108,10 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.policy = policy
         self.leadership = Leadership(ctx)
+        # Reaping scans for lost workers and expired leases; it need not run on
+        # every wake-up (those come with each submission and completion).
+        self.reap_every_s = min(1.0, ctx.settings.heartbeat_s)
+        self._last_reap = float("-inf")
 
     def run(self, stop: threading.Event) -> None:
         wait = self.ctx.events.scheduler_waiter()
@@ -130,8 +134,12 @@ class Scheduler:
 
     def run_pass(self) -> PassReport:
         report = PassReport()
-        self.reap(report)
+        if time.monotonic() - self._last_reap >= self.reap_every_s:
+            self.reap(report)
+            self._last_reap = time.monotonic()
         snapshot, queues = self.load_snapshot()
+        if not snapshot.jobs:
+            return report
         decisions = self.policy(snapshot)
         committed = []
         with self.ctx.db.transaction() as session:
@@ -197,14 +205,19 @@ class Scheduler:
                 .order_by(Job.priority.desc(), Job.created_at)
                 .limit(MAX_JOBS_PER_SNAPSHOT)
             ).all()
+            if not rows:  # most wake-ups after a completion find nothing to place
+                return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
+            busy = (
+                select(func.count()).where(Job.worker_id == Worker.id,
+                                           Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
+                .correlate(Worker).scalar_subquery()
+            )
             workers = session.execute(
-                select(Worker).where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
-            ).scalars().all()
-            busy = dict(session.execute(
-                select(Job.worker_id, func.count()).where(
-                    Job.status.in_([JobStatus.assigned.value, JobStatus.running.value])
-                ).group_by(Job.worker_id)
-            ).all())
+                select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
+                       Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.state,
+                       busy.label("busy"))
+                .where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
+            ).all()
         jobs = [
             QueuedJob(
                 id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
@@ -218,7 +231,7 @@ class Scheduler:
                 id=w.id, families=frozenset(w.families), max_pixels=w.max_pixels, vram_total_gb=w.vram_total_gb,
                 vram_free_gb=w.vram_free_gb, loaded_models={m["id"]: m["vram_gb"] for m in w.loaded_models},
                 serves_models=frozenset(w.serves_models) if w.serves_models is not None else None,
-                busy=busy.get(w.id, 0), capacity=w.capacity, draining=w.state == "draining",
+                busy=w.busy, capacity=w.capacity, draining=w.state == "draining",
             )
             for w in workers
         ]

@@ -73,14 +73,16 @@ def get_job(ctx: FarmContext, user: User, job_id: str, wait_s: float = 0.0) -> J
     with ctx.db.session() as session:
         job = visible_job(session, user, job_uuid)
     if wait_s > 0 and not states.is_final(job.status):
+        latest = job
+
         def is_final() -> bool:
+            nonlocal latest
             with ctx.db.session() as session:
-                status = session.execute(select(Job.status).where(Job.id == job_uuid)).scalar_one()
-            return states.is_final(status)
+                latest = visible_job(session, user, job_uuid)
+            return states.is_final(latest.status)
 
         ctx.events.wait_job(job_uuid, is_final, wait_s)
-        with ctx.db.session() as session:
-            job = visible_job(session, user, job_uuid)
+        job = latest
     return job
 
 

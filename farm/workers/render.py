@@ -4,6 +4,7 @@ progress and cancellation, encode, upload, record (fenced).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import time
@@ -143,19 +144,33 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         keys.append(key)
         ctx.storage.put(key, data, CONTENT_TYPES[fmt])
         record["timings"]["upload_s"] = round(time.perf_counter() - put_started, 4)
-        keys.append(record["sidecar_key"])
-        ctx.storage.put(record["sidecar_key"], lineage.dumps(record).encode(), CONTENT_TYPES["json"])
         upload_s += time.perf_counter() - put_started
         rows.append(Output(
             id=output_id, job_id=job.id, user_id=job.user_id, attempt=job.attempt, index=index, object_key=key,
             sidecar_key=record["sidecar_key"], content_type=CONTENT_TYPES[fmt], content_sha256=record["content_sha256"],
             byte_size=len(data), width=image.width, height=image.height, seed=seed, lineage=record,
         ))
-    with ctx.db.transaction() as session:
-        states.complete_job(session, job.id, job.attempt, runtime.name)
-        session.add_all(rows)
+    # The sidecars go up while the outputs are recorded; both must finish
+    # before the task returns.
+    sidecars = [(row.sidecar_key, lineage.dumps(row.lineage).encode()) for row in rows]
+    keys += [key for key, _ in sidecars]
+    pending = _SIDECAR_POOL.submit(_put_sidecars, ctx.storage, sidecars)
+    try:
+        with ctx.db.transaction() as session:
+            states.complete_job(session, job.id, job.attempt, runtime.name)
+            session.add_all(rows)
+    finally:
+        pending.result()
     logger.info("job %s attempt %d done: load %.3fs, inference %.3fs, upload %.3fs", job.id, job.attempt, load_s, inference_s, upload_s)
     return "succeeded"
+
+
+_SIDECAR_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-sidecar")
+
+
+def _put_sidecars(storage, sidecars: list[tuple[str, bytes]]) -> None:
+    for key, data in sidecars:
+        storage.put(key, data, CONTENT_TYPES["json"])
 
 
 def _forget_objects_of_canceled(runtime: WorkerRuntime, job_id: uuid.UUID, keys: list[str]) -> None:

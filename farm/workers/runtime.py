@@ -182,7 +182,9 @@ class WorkerRuntime:
             return path, entry.revision
         from farm.hub import download_model
 
-        result = download_model(entry.source, revision=entry.revision, cache_dir=self.ctx.settings.resolved_model_cache)
+        settings = self.ctx.settings
+        result = download_model(entry.source, revision=entry.revision, cache_dir=settings.resolved_model_cache,
+                                endpoint=settings.hub_endpoint, token=settings.hub_token)
         if entry.weights_sha256 and result.weights_sha256 != entry.weights_sha256:
             from farm.hub import ModelIntegrityError
 

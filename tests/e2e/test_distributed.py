@@ -61,6 +61,32 @@ def test_ten_jobs_over_two_models_on_two_workers(tmp_path, s3, redis_url, tiny_m
         a, b = client.get(first["url"]).content, client.get(second["url"]).content
         assert a == b, "same seed and parameters must give the same image bytes"
 
+        _cancel_running_and_queued(cluster, client)
+
+
+def _cancel_running_and_queued(cluster, client: Client) -> None:
+    slow = client.submit(prompt="slow", model="tiny-a", width=512, height=512, steps=80)
+    queued = client.submit(prompt="behind it", model="tiny-a", **small())
+
+    def rendering():
+        job = client.job(slow)
+        return job if job["status"] == "running" and job["progress"]["step"] > 0 else None
+
+    wait_until(rendering, 60, interval=0.05, what="the slow job to run")
+    assert client.job(queued)["status"] in ("queued", "assigned")
+    for job_id in (queued, slow):
+        response = client.session.post(f"{client.base}/api/v1/jobs/{job_id}/cancel", timeout=10)
+        assert response.status_code == 200 and response.json()["status"] == "canceled"
+    # The worker stops the render at its next step and is free again soon.
+    after = client.wait_final(client.submit(prompt="after the cancel", model="tiny-a", **small()), timeout=60)
+    assert after["status"] == "succeeded" and after["worker"] == "wa"
+    job = client.job(slow)
+    assert job["status"] == "canceled" and job["outputs"] == []
+    assert job["progress"]["step"] < job["progress"]["total"]
+    names = [o.object_name for o in _minio(cluster).list_objects(cluster.env["FARM_S3_BUCKET"], recursive=True)]
+    assert not any(slow in name or queued in name for name in names)
+    assert client.job(queued)["started_at"] is None
+
 
 def _minio(cluster) -> Minio:
     endpoint = cluster.env["FARM_S3_ENDPOINT"].split("://", 1)[1]
