@@ -11,8 +11,8 @@ most free VRAM.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
+from typing import Hashable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def working_memory_gb(width: int, height: int) -> float:
 
 @dataclass(frozen=True)
 class QueuedJob:
-    id: uuid.UUID
+    id: Hashable
     attempt: int
     user_id: int
     model_id: str
@@ -37,8 +37,11 @@ class QueuedJob:
     width: int
     height: int
     priority: int
-    queued_at: float  # seconds since the epoch
+    queued_at: float  # seconds since the epoch (simulator: since the trace start)
     excluded_workers: frozenset[str] = frozenset()
+    team_id: int | None = None
+    # Expected render time on a speed-1.0 worker (steps x seconds per step).
+    est_seconds: float = 5.0
 
     @property
     def pixels(self) -> int:
@@ -52,11 +55,16 @@ class WorkerState:
     max_pixels: int
     vram_total_gb: float
     vram_free_gb: float
-    loaded_models: dict[str, float]  # model id -> GB it occupies
+    # model id -> GB it occupies, least recently used first.
+    loaded_models: dict[str, float]
     serves_models: frozenset[str] | None  # None: any model
     busy: int  # jobs assigned or running
     capacity: int = 1
     draining: bool = False
+    speed: float = 1.0  # 1.0 = reference GPU
+    load_gbps: float = 2.0  # disk -> GPU
+    # Models used by the jobs it runs now: they cannot be evicted.
+    in_use: frozenset[str] = frozenset()
 
     def can_ever_run(self, job: QueuedJob) -> str | None:
         """None if this worker could run the job once free; else why not."""
@@ -72,23 +80,49 @@ class WorkerState:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A user's claim on the farm: weight, and recent use (decayed GPU-seconds)."""
+
+    weight: float = 1.0
+    usage_s: float = 0.0
+    running: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    jobs: list[QueuedJob]
-    workers: list[WorkerState]
+    jobs: Sequence[QueuedJob]
+    workers: Sequence[WorkerState]
     now: float
+    shares: Mapping[int, Share] = field(default_factory=dict)  # by user id; absent = weight 1, no use
 
 
 @dataclass(frozen=True)
 class Assignment:
-    job_id: uuid.UUID
+    job_id: Hashable
     attempt: int
     worker_id: str
+    # Models the worker must drop first to make room (empty when it holds the
+    # model or the model fits in its free VRAM).
+    evict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preload:
+    worker_id: str
+    model_id: str
+    evict: tuple[str, ...] = ()
 
 
 @dataclass
 class Decisions:
     assignments: list[Assignment] = field(default_factory=list)
-    unplaceable: dict[uuid.UUID, str] = field(default_factory=dict)
+    preloads: list[Preload] = field(default_factory=list)
+    unplaceable: dict[Hashable, str] = field(default_factory=dict)
+
+    @property
+    def evictions(self) -> list[tuple[str, str]]:
+        return [(a.worker_id, m) for a in self.assignments for m in a.evict] + \
+               [(p.worker_id, m) for p in self.preloads for m in p.evict]
 
 
 def place(snapshot: Snapshot) -> Decisions:
