@@ -1,16 +1,35 @@
 """Placement policy: a pure function of a snapshot.
 
-``place(snapshot)`` returns assignments and the jobs that no worker can ever
-run. It reads nothing else (no clock, no database), so the live scheduler and
-the simulator call the same function. This is the foundation's simple policy:
-highest priority first, then oldest; each job goes to a free worker that can
-run it, preferring one that already holds its model, then the one with the
-most free VRAM.
+``place(snapshot)`` returns assignments (with the evictions each needs),
+preloads for idle workers, and the jobs no worker can ever run, with the
+reason. It reads nothing else (no clock, no database), so the live scheduler
+and the simulator (``farm bench scheduler``) call the same function.
+
+How it decides, for each free worker slot in turn:
+
+1. Fair share picks whose turn it is: users are ranked by priority class
+   (a waiting job climbs one class per ``CLASS_AGE_S``), then by recent GPU
+   use divided by their weight minus how long their oldest job has waited
+   (so waiting always wins eventually: no starvation).
+2. That user's oldest job goes to a free worker that already holds its model
+   (no load).
+3. Otherwise, while the job is still within its patience (a few load-times),
+   free workers are given jobs for models they already hold: grouping
+   same-model work on the same worker is what saves loads.
+4. Otherwise the job is loaded on the free worker where it costs least:
+   the load time, plus the loss of what must be evicted, weighted by the
+   queued demand for it. A job never goes where its model plus its
+   resolution-dependent working memory cannot fit.
+
+Idle workers left over preload the model with the most waiting demand that
+nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
+age), as the scheduler's query returns it; the policy does not re-sort.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
@@ -125,45 +144,314 @@ class Decisions:
                [(p.worker_id, m) for p in self.preloads for m in p.evict]
 
 
-def place(snapshot: Snapshot) -> Decisions:
-    decisions = Decisions()
-    free_slots = {w.id: w.capacity - w.busy for w in snapshot.workers if not w.draining}
-    free_vram = {w.id: w.vram_free_gb for w in snapshot.workers}
-    held = {w.id: dict(w.loaded_models) for w in snapshot.workers}
-    order = sorted(snapshot.jobs, key=lambda j: (-j.priority, j.queued_at, str(j.id)))
-    for job in order:
-        if not any(slots > 0 for slots in free_slots.values()):
-            break
-        reasons = []
-        candidates = []
-        for worker in snapshot.workers:
-            why_not = worker.can_ever_run(job)
-            if why_not is None and job.id and worker.id in job.excluded_workers:
-                why_not = "ran out of memory on it before"
-            if why_not:
-                reasons.append(f"{worker.id} {why_not}")
+# Tunables (seconds). Chosen with bench/traces via `farm bench scheduler`.
+CLASS_AGE_S = 600.0  # a waiting job climbs one priority class per 10 minutes
+MIN_PATIENCE_S = 10.0  # a job may wait this long for affinity before a load is made for it
+PATIENCE_LOADS = 3.0  # ... or this many times its own model's load time, whichever is longer
+REFERENCE_LOAD_GBPS = 2.0
+
+
+def patience_s(job: QueuedJob) -> float:
+    return max(MIN_PATIENCE_S, PATIENCE_LOADS * job.model_gb / REFERENCE_LOAD_GBPS)
+
+
+class _Queue:
+    """Jobs in queue order with a cursor past the ones already taken."""
+
+    __slots__ = ("jobs", "cursor")
+
+    def __init__(self) -> None:
+        self.jobs: list[QueuedJob] = []
+        self.cursor = 0
+
+    def head(self, taken: set) -> QueuedJob | None:
+        jobs, i = self.jobs, self.cursor
+        while i < len(jobs) and jobs[i].id in taken:
+            i += 1
+        self.cursor = i
+        return jobs[i] if i < len(jobs) else None
+
+    def first_runnable_on(self, worker: WorkerState, taken: set, limit: int = 8) -> QueuedJob | None:
+        """The oldest untaken job that can run on ``worker`` (looks a few deep)."""
+        jobs = self.jobs
+        seen = 0
+        for i in range(self.cursor, len(jobs)):
+            job = jobs[i]
+            if job.id in taken:
                 continue
-            candidates.append(worker)
-        if not candidates:
-            decisions.unplaceable[job.id] = "; ".join(reasons) if reasons else "no worker is online"
-            continue
+            if worker.id not in job.excluded_workers and job.pixels <= worker.max_pixels:
+                return job
+            seen += 1
+            if seen >= limit:
+                return None
+        return None
+
+
+class _Placement:
+    """Mutable working state of one ``place`` call."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.now = snapshot.now
+        self.shares = snapshot.shares
+        self.workers = {w.id: w for w in snapshot.workers}
+        self.held = {w.id: dict(w.loaded_models) for w in snapshot.workers}
+        self.free_gb = {
+            w.id: min(w.vram_free_gb, w.vram_total_gb - sum(w.loaded_models.values())) for w in snapshot.workers
+        }
+        self.slots = {w.id: w.capacity - w.busy for w in snapshot.workers if not w.draining and w.busy < w.capacity}
+        self.by_model: dict[str, _Queue] = {}
+        self.by_user: dict[int, _Queue] = {}
+        self.demand: dict[str, int] = {}
+        self.taken: set = set()
+        self.placed: dict[str, int] = {}
+        self.added_usage: dict[int, float] = {}
+        self.decisions = Decisions()
+
+    # ------------------------------------------------------------------ index
+
+    def index(self, jobs: Sequence[QueuedJob]) -> None:
+        reasons: dict[tuple, str | None] = {}
+        workers = list(self.workers.values())
+        unplaceable = self.decisions.unplaceable
+        by_model, by_user, demand = self.by_model, self.by_user, self.demand
+        for job in jobs:
+            signature = (job.model_id, job.family, job.model_gb, job.width, job.height)
+            reason = reasons.get(signature, _UNKNOWN)
+            if reason is _UNKNOWN:
+                reason = reasons[signature] = _why_unrunnable(job, workers)
+            if reason is None and job.excluded_workers:
+                reason = _why_unrunnable(job, [w for w in workers if w.id not in job.excluded_workers],
+                                         "ran out of memory on " + ", ".join(sorted(job.excluded_workers)))
+            if reason is not None:
+                unplaceable[job.id] = reason
+                continue
+            model_queue = by_model.get(job.model_id)
+            if model_queue is None:
+                model_queue = by_model[job.model_id] = _Queue()
+            model_queue.jobs.append(job)
+            user_queue = by_user.get(job.user_id)
+            if user_queue is None:
+                user_queue = by_user[job.user_id] = _Queue()
+            user_queue.jobs.append(job)
+            demand[job.model_id] = demand.get(job.model_id, 0) + 1
+
+    # ------------------------------------------------------------------ fair share
+
+    def user_rank(self, user_id: int, head: QueuedJob) -> tuple:
+        share = self.shares.get(user_id, _DEFAULT_SHARE)
+        waited = max(self.now - head.queued_at, 0.0)
+        klass = head.priority + math.floor(waited / CLASS_AGE_S)
+        usage = share.usage_s + self.added_usage.get(user_id, 0.0)
+        return (-klass, usage / max(share.weight, 1e-9) - waited, head.queued_at)
+
+    def users_in_turn(self, skip: set) -> list[tuple[tuple, int, QueuedJob]]:
+        ranked = []
+        for user_id, queue in self.by_user.items():
+            if user_id in skip:
+                continue
+            head = queue.head(self.taken)
+            if head is not None:
+                ranked.append((self.user_rank(user_id, head), user_id, head))
+        ranked.sort(key=lambda entry: entry[0])
+        return ranked
+
+    # ------------------------------------------------------------------ placing
+
+    def free_workers(self) -> list[WorkerState]:
+        return [self.workers[wid] for wid, slots in self.slots.items() if slots > 0]
+
+    def plan(self, worker: WorkerState, job: QueuedJob) -> tuple[float, tuple[str, ...]] | None:
+        """What running ``job`` on ``worker`` costs now: (seconds, models to evict), or None if it cannot fit.
+
+        The cost is the load time (nothing if the worker holds the model) plus
+        the loss of each evicted model: its load time times the jobs waiting
+        for it. Even a held model needs room for the job's working memory.
+        """
+        held = self.held[worker.id]
+        holds = job.model_id in held
+        need = (0.0 if holds else job.model_gb) + working_memory_gb(job.width, job.height) - self.free_gb[worker.id]
+        cost = 0.0 if holds else job.model_gb / worker.load_gbps
+        if need <= 1e-9:
+            return cost, ()
+        order = list(held)
+        # Least demanded first, then least recently used (held is LRU-ordered).
+        candidates = sorted(
+            (m for m in held if m not in worker.in_use and m != job.model_id),
+            key=lambda m: (self.waiting(m), order.index(m)),
+        )
+        plan = []
+        for model_id in candidates:
+            plan.append(model_id)
+            cost += self.waiting(model_id) * held[model_id] / worker.load_gbps
+            need -= held[model_id]
+            if need <= 1e-9:
+                return cost, tuple(plan)
+        return None
+
+    def waiting(self, model_id: str) -> int:
+        """Queued jobs for a model not yet placed in this call."""
+        return self.demand.get(model_id, 0) - self.placed.get(model_id, 0)
+
+    def assign(self, job: QueuedJob, worker: WorkerState, evict: tuple[str, ...] = ()) -> None:
+        held = self.held[worker.id]
+        for model_id in evict:
+            self.free_gb[worker.id] += held.pop(model_id)
+        if job.model_id in held:
+            held[job.model_id] = held.pop(job.model_id)  # most recently used now
+        else:
+            held[job.model_id] = job.model_gb
+            self.free_gb[worker.id] -= job.model_gb
+        self.slots[worker.id] -= 1
+        self.taken.add(job.id)
+        self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
+        self.added_usage[job.user_id] = self.added_usage.get(job.user_id, 0.0) + job.est_seconds / worker.speed
+        self.decisions.assignments.append(Assignment(job.id, job.attempt, worker.id, evict))
+
+    def holder_for(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
+        """The best free worker that already holds the job's model."""
         best = None
-        for worker in candidates:
-            if worker.draining or free_slots[worker.id] <= 0:
+        for worker in self.free_workers():
+            if job.model_id not in self.held[worker.id] or not _can_run_here(job, worker):
                 continue
-            holds = job.model_id in held[worker.id]
-            need = working_memory_gb(job.width, job.height) + (0.0 if holds else job.model_gb)
-            # A worker that would have to evict still fits (the worker evicts
-            # least recently used models); its total VRAM was checked above.
-            rank = (holds, need <= free_vram[worker.id], free_vram[worker.id])
-            if best is None or rank > best[0]:
-                best = (rank, worker)
-        if best is None:
-            continue
-        worker = best[1]
-        decisions.assignments.append(Assignment(job.id, job.attempt, worker.id))
-        free_slots[worker.id] -= 1
-        if job.model_id not in held[worker.id]:
-            held[worker.id][job.model_id] = job.model_gb
-            free_vram[worker.id] -= job.model_gb
-    return decisions
+            priced = self.plan(worker, job)
+            if priced is None:
+                continue
+            rank = (priced[0], -worker.speed, -self.free_gb[worker.id])
+            if best is None or rank < best[0]:
+                best = (rank, worker, priced[1])
+        return (best[1], best[2]) if best else None
+
+    def affinity_pair(self) -> tuple[QueuedJob, WorkerState, tuple[str, ...]] | None:
+        """The oldest waiting job for a model some free worker already holds."""
+        best = None
+        for worker in self.free_workers():
+            for model_id in self.held[worker.id]:
+                queue = self.by_model.get(model_id)
+                if queue is None:
+                    continue
+                job = queue.first_runnable_on(worker, self.taken)
+                if job is None or (best is not None and (-job.priority, job.queued_at) >= (-best[0].priority, best[0].queued_at)):
+                    continue
+                priced = self.plan(worker, job)
+                if priced is not None and priced[0] == 0.0:
+                    best = (job, worker, priced[1])
+        return best
+
+    def cheapest_worker(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
+        best = None
+        for worker in self.free_workers():
+            if not _can_run_here(job, worker):
+                continue
+            priced = self.plan(worker, job)
+            if priced is None:
+                continue
+            cost, evict = priced
+            # After an out-of-memory failure, the most free VRAM matters most.
+            rank = (-self.free_gb[worker.id], cost) if job.excluded_workers else (cost, -worker.speed, -self.free_gb[worker.id])
+            if best is None or rank < best[0]:
+                best = (rank, worker, evict)
+        return (best[1], best[2]) if best else None
+
+    def runnable_later_job(self, user_id: int, lookahead: int = 32):
+        """A later job of this user that a free worker can take, when the oldest cannot."""
+        queue = self.by_user[user_id]
+        looked = 0
+        for i in range(queue.cursor, len(queue.jobs)):
+            job = queue.jobs[i]
+            if job.id in self.taken:
+                continue
+            looked += 1
+            if looked > lookahead:
+                return None
+            target = self.holder_for(job) or self.cheapest_worker(job)
+            if target is not None:
+                return job, target[0], target[1]
+        return None
+
+    def run(self) -> None:
+        deferred: set[int] = set()
+        while any(slots > 0 for slots in self.slots.values()):
+            ranked = self.users_in_turn(deferred)
+            if not ranked:
+                break
+            _, user_id, job = ranked[0]
+            target = self.holder_for(job)
+            if target is None and self.now - job.queued_at < patience_s(job):
+                pair = self.affinity_pair()
+                if pair is not None:
+                    self.assign(*pair)
+                    continue
+            if target is None:
+                target = self.cheapest_worker(job)
+            if target is None:
+                # Nothing free can take this user's oldest job now; a later
+                # job of theirs may fit (no head-of-line blocking).
+                later = self.runnable_later_job(user_id)
+                if later is None:
+                    deferred.add(user_id)
+                    continue
+                job, target = later[0], later[1:]
+            self.assign(job, target[0], target[1])
+        self.preload_idle()
+
+    def preload_idle(self) -> None:
+        idle = [w for w in self.free_workers() if self.slots[w.id] == w.capacity]
+        if not idle:
+            return
+        held_anywhere = {m for models in self.held.values() for m in models}
+        waiting = sorted(((self.waiting(m), m) for m in self.by_model if m not in held_anywhere), reverse=True)
+        for count, model_id in waiting:
+            if count <= 0 or not idle:
+                break
+            sample = self.by_model[model_id].head(self.taken)
+            if sample is None:
+                continue
+            for worker in idle:
+                if not _can_run_here(sample, worker):
+                    continue
+                priced = self.plan(worker, sample)
+                # Preloading never pushes out a model somebody is waiting for.
+                if priced is None or any(self.waiting(m) > 0 for m in priced[1]):
+                    continue
+                plan = priced[1]
+                for evicted in plan:
+                    self.free_gb[worker.id] += self.held[worker.id].pop(evicted)
+                self.held[worker.id][model_id] = sample.model_gb
+                self.free_gb[worker.id] -= sample.model_gb
+                self.decisions.preloads.append(Preload(worker.id, model_id, plan))
+                idle.remove(worker)
+                break
+
+
+_UNKNOWN = object()
+_DEFAULT_SHARE = Share()
+
+
+def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
+    return (
+        worker.id not in job.excluded_workers
+        and job.family in worker.families
+        and (worker.serves_models is None or job.model_id in worker.serves_models)
+        and job.pixels <= worker.max_pixels
+        and job.model_gb + working_memory_gb(job.width, job.height) <= worker.vram_total_gb
+    )
+
+
+def _why_unrunnable(job: QueuedJob, workers: Sequence[WorkerState], prefix: str | None = None) -> str | None:
+    reasons = []
+    for worker in workers:
+        why_not = worker.can_ever_run(job)
+        if why_not is None:
+            return None
+        reasons.append(f"{worker.id} {why_not}")
+    if not workers:
+        reasons.append("no worker is online")
+    return "; ".join(([prefix] if prefix else []) + reasons[:5]) + (f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else "")
+
+
+def place(snapshot: Snapshot) -> Decisions:
+    placement = _Placement(snapshot)
+    placement.index(snapshot.jobs)
+    if placement.slots:
+        placement.run()
+    return placement.decisions

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import QueuedJob, Snapshot, WorkerState, place
+from farm.scheduler.policy import CLASS_AGE_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place, working_memory_gb
 
 
-def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=()):
-    return QueuedJob(id=uuid.uuid4(), attempt=1, user_id=1, model_id=model, family=family, model_gb=gb, width=size,
-                     height=size, priority=priority, queued_at=t, excluded_workers=frozenset(excluded))
+def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):
+    return QueuedJob(id=uuid.uuid4(), attempt=1, user_id=user, model_id=model, family=family, model_gb=gb, width=size,
+                     height=size, priority=priority, queued_at=t, excluded_workers=frozenset(excluded), est_seconds=est)
+
+
+def queue_order(*jobs):
+    """Snapshots list jobs as the scheduler's query does: priority, then age."""
+    return sorted(jobs, key=lambda j: (-j.priority, j.queued_at))
 
 
 def worker(wid, *, vram=8.0, free=None, held=None, busy=0, serves=None, families=("sd", "sdxl"), draining=False):
@@ -37,13 +42,13 @@ def test_otherwise_the_most_free_vram():
 
 def test_one_job_per_free_slot_and_oldest_first():
     old, new = job(t=1.0), job(t=2.0)
-    d = place(Snapshot([new, old], [worker("w1")], now=3))
+    d = place(Snapshot(queue_order(new, old), [worker("w1")], now=3))
     assert assigned(d) == {old.id: "w1"}
 
 
 def test_priority_before_age():
     old, urgent = job(t=1.0), job(t=2.0, priority=5)
-    d = place(Snapshot([old, urgent], [worker("w1")], now=3))
+    d = place(Snapshot(queue_order(old, urgent), [worker("w1")], now=3))
     assert assigned(d) == {urgent.id: "w1"}
 
 
@@ -79,3 +84,96 @@ def test_working_memory_counts_toward_fit():
     j = job(gb=7.0, size=2048)
     d = place(Snapshot([j], [worker("w1", vram=8.0)], now=0))
     assert d.assignments == [] and "needs" in d.unplaceable[j.id]
+
+
+def test_same_model_jobs_are_grouped_on_the_worker_that_holds_it():
+    # w1 holds a; w2 holds b. The queue is a, a, b, a: each goes where its model is.
+    jobs = [job("a", t=1), job("a", t=2), job("b", t=3), job("a", t=4)]
+    workers = [worker("w1", held={"a": 2.0}), worker("w2", held={"b": 2.0})]
+    d = place(Snapshot(jobs, workers, now=5))
+    assert assigned(d) == {jobs[0].id: "w1", jobs[2].id: "w2"}
+    assert d.evictions == []
+
+
+def test_free_worker_takes_held_model_work_while_the_other_job_is_patient():
+    # The oldest job wants c (held by nobody); a free worker holds a, with a-jobs waiting.
+    c_job, a_job = job("c", t=0.0), job("a", t=1.0)
+    d = place(Snapshot([c_job, a_job], [worker("w1", held={"a": 2.0})], now=2.0))
+    assert assigned(d) == {a_job.id: "w1"}
+
+
+def test_impatient_job_gets_its_load():
+    c_job, a_job = job("c", t=0.0), job("a", t=1.0)
+    now = patience_s(c_job) + 1
+    d = place(Snapshot([c_job, a_job], [worker("w1", held={"a": 2.0})], now=now))
+    assert assigned(d) == {c_job.id: "w1"}
+
+
+def test_evictions_free_exactly_enough_and_prefer_models_nobody_waits_for():
+    # 8 GB worker holds x (3 GB, no demand) and y (3 GB, demand): loading z (3 GB) must evict x only.
+    z_job, y_job = job("z", gb=3.0, t=0.0), job("y", gb=3.0, t=100.0)
+    w = worker("w1", vram=8.0, held={"y": 3.0, "x": 3.0}, busy=0)
+    d = place(Snapshot([z_job, y_job], [w], now=1000.0))
+    [a] = d.assignments
+    assert a.job_id == y_job.id or a.evict == ("x",)
+
+
+def test_never_overcommits_and_never_evicts_models_in_use():
+    # 8 GB, 1 free slot of 2; "a" is in use by the running job, "b" free to evict.
+    w = WorkerState(id="w", families=frozenset({"sd"}), max_pixels=10**7, vram_total_gb=8.0, vram_free_gb=1.0,
+                    loaded_models={"a": 4.0, "b": 3.0}, serves_models=None, busy=1, capacity=2, in_use=frozenset({"a"}))
+    j = job("c", gb=3.0, t=0.0)  # 3 GB + 0.8 GB working memory fits in the 4 GB b leaves
+    d = place(Snapshot([j], [w], now=1000.0))
+    [a] = d.assignments
+    assert a.evict == ("b",)
+    too_big = job("d", gb=4.5, t=0.0)  # 4.5 + working memory cannot fit beside the 4 GB in use
+    assert place(Snapshot([too_big], [w], now=1000.0)).assignments == []
+
+
+def test_fair_share_light_user_beats_heavy_campaign():
+    heavy = [job("a", t=float(i), user=1) for i in range(100)]
+    light = job("a", t=150.0, user=2)
+    shares = {1: Share(weight=1.0, usage_s=3000.0), 2: Share(weight=1.0, usage_s=0.0)}
+    d = place(Snapshot(heavy + [light], [worker("w1", held={"a": 2.0})], now=151.0, shares=shares))
+    assert assigned(d) == {light.id: "w1"}
+
+
+def test_weights_scale_shares():
+    a, b = job("a", t=0, user=1), job("a", t=0.5, user=2)
+    shares = {1: Share(weight=4.0, usage_s=400.0), 2: Share(weight=1.0, usage_s=200.0)}
+    d = place(Snapshot([a, b], [worker("w1", held={"a": 2.0})], now=1.0, shares=shares))
+    assert assigned(d) == {a.id: "w1"}  # 400/4 = 100 < 200/1
+
+
+def test_slots_are_spread_across_users_in_one_pass():
+    jobs = [job("a", t=float(i), user=1, est=60.0) for i in range(5)] + [job("a", t=10.0, user=2, est=60.0)]
+    workers = [worker(f"w{i}", held={"a": 2.0}) for i in range(2)]
+    d = place(Snapshot(jobs, workers, now=11.0))
+    assert {jobs[0].id, jobs[5].id} == set(assigned(d))
+
+
+def test_ageing_lifts_a_low_priority_job_over_time():
+    low = job("a", t=0.0, priority=0, user=2)
+    high = job("a", t=CLASS_AGE_S * 2, priority=1, user=1)
+    w = [worker("w1", held={"a": 2.0})]
+    assert assigned(place(Snapshot([high, low], w, now=CLASS_AGE_S * 2)))== {low.id: "w1"}
+    fresh_low = job("a", t=CLASS_AGE_S * 2, priority=0, user=2)
+    assert assigned(place(Snapshot([high, fresh_low], w, now=CLASS_AGE_S * 2))) == {high.id: "w1"}
+
+
+def test_idle_worker_preloads_the_most_wanted_model_nobody_holds():
+    # w1 is busy; the queued jobs need c (3 of them) and d (1) which only w1 can serve; w2 idle can hold c.
+    jobs = [job("c", t=float(i), size=512) for i in range(3)] + [job("d", t=5.0)]
+    busy = worker("w1", vram=24.0, busy=1)
+    idle = worker("w2", vram=8.0, held={"old": 3.0}, serves={"c"})
+    d = place(Snapshot(jobs, [busy, idle], now=6.0))
+    # c's jobs go to w2 right away (it serves c): that is an assignment with a load, not a preload.
+    assert {a.worker_id for a in d.assignments} == {"w2"}
+    d2 = place(Snapshot(jobs, [busy, worker("w3", vram=8.0, serves={"e"})], now=6.0))
+    assert d2.preloads == []  # w3 cannot serve c or d
+
+
+def test_oom_retry_goes_to_the_worker_with_most_free_vram():
+    j = job("a", excluded={"small"}, t=0)
+    ws = [worker("small", vram=8.0), worker("mid", vram=16.0), worker("big", vram=48.0)]
+    assert assigned(place(Snapshot([j], ws, now=100))) == {j.id: "big"}

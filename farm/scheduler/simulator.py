@@ -1,0 +1,702 @@
+"""A virtual GPU cluster that replays a workload trace against a placement policy.
+
+The simulator is event driven: time jumps from one event (a job arrives, a
+render finishes, a preload finishes) to the next. At each event time it builds
+the same ``Snapshot`` the live scheduler builds, calls the policy once, and
+applies the decisions the way a worker would: drop the listed models, load the
+model if it is not held (``model_gb / load_gbps`` seconds), then render for
+``steps * step_s / speed`` seconds. It checks every decision against the
+physics of the cluster (VRAM, slots, what a worker can run) and counts what a
+policy got wrong instead of trusting it.
+
+Formats and metric definitions: docs/scheduler-bench.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, working_memory_gb
+
+logger = logging.getLogger(__name__)
+
+# Half-life of the GPU-seconds a user consumed, as shown to the policy in
+# Share.usage_s: five minutes keeps a campaign that just ended visible to a
+# fair-share policy without punishing its owner for the whole day.
+USAGE_HALF_LIFE_S = 300.0
+# A worker file that gives no max_pixels accepts anything a GPU could hold.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# Float slack when comparing GB sums (0.1 + 0.2 GB of models must fit in 0.3 GB).
+VRAM_EPSILON_GB = 1e-6
+# The exact minimum hitting set behind the lower bound is exponential in the
+# worst case; past this many search nodes a weaker (still valid) bound is used.
+HITTING_SET_NODE_BUDGET = 200_000
+
+Policy = Callable[[Snapshot], Decisions]
+
+
+class TraceError(ValueError):
+    """A workers file or trace that cannot be used; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    id: str
+    vram_gb: float
+    load_gbps: float  # disk -> GPU, GB per second
+    speed: float  # 1.0 = the reference GPU that step_s is measured on
+    families: frozenset[str]
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    capacity: int = 1
+    serves_models: frozenset[str] | None = None  # None: any model
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    t: float  # arrival, seconds since the trace start
+    user: str
+    model: str
+    model_gb: float
+    family: str
+    width: int
+    height: int
+    steps: int
+    step_s: float  # seconds per step on a speed-1.0 worker at this size
+    priority: int = 0
+    team: str | None = None
+
+    @property
+    def work_s(self) -> float:
+        """Render time on a speed-1.0 worker."""
+        return self.steps * self.step_s
+
+
+# --- reading the files -------------------------------------------------------
+
+
+def _field(record: dict, key: str, where: str, kind: str, *, required: bool = True, default=None):
+    """One validated field of a JSON record; raises TraceError naming where it is."""
+    if key not in record or record[key] is None:
+        if required:
+            raise TraceError(f"{where}: missing field '{key}'")
+        return default
+    value = record[key]
+    # bool is an int in Python; true as a size or a speed is a mistake in the file.
+    if kind in ("number", "positive", "count") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TraceError(f"{where}: field '{key}' must be a number, not {json.dumps(value)}")
+    if kind == "number" and (not math.isfinite(value) or value < 0):
+        raise TraceError(f"{where}: field '{key}' must be a finite number >= 0, not {value}")
+    if kind == "positive" and (not math.isfinite(value) or value <= 0):
+        raise TraceError(f"{where}: field '{key}' must be a number > 0, not {value}")
+    if kind == "count":
+        if value != int(value) or value < 1:
+            raise TraceError(f"{where}: field '{key}' must be a whole number >= 1, not {value}")
+        value = int(value)
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TraceError(f"{where}: field '{key}' must be an integer, not {json.dumps(value)}")
+    if kind == "name":
+        # Users and ids may be numbers in a file; they are names here.
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise TraceError(f"{where}: field '{key}' must be a non-empty string, not {json.dumps(value)}")
+        value = str(value)
+    if kind == "names":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TraceError(f"{where}: field '{key}' must be a list of strings, not {json.dumps(value)}")
+        value = frozenset(value)
+    return value
+
+
+def _read_text(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"cannot read {path}: {exc}") from None
+
+
+def load_workers(path: str | Path) -> list[WorkerSpec]:
+    """Workers from a JSON list of {"id", "vram_gb", "load_gbps", "speed", "families", ...}."""
+    try:
+        records = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise TraceError(f"{path}: expected a JSON list of workers")
+    workers, seen = [], set()
+    for number, record in enumerate(records, start=1):
+        where = f"{path}: worker {number}"
+        if not isinstance(record, dict):
+            raise TraceError(f"{where}: expected an object, not {json.dumps(record)}")
+        spec = WorkerSpec(
+            id=_field(record, "id", where, "name"),
+            vram_gb=_field(record, "vram_gb", where, "positive"),
+            load_gbps=_field(record, "load_gbps", where, "positive"),
+            speed=_field(record, "speed", where, "positive"),
+            families=_field(record, "families", where, "names"),
+            max_pixels=_field(record, "max_pixels", where, "count", required=False, default=DEFAULT_MAX_PIXELS),
+            capacity=_field(record, "capacity", where, "count", required=False, default=1),
+            serves_models=_field(record, "serves", where, "names", required=False),
+        )
+        if spec.id in seen:
+            raise TraceError(f"{where}: duplicate worker id {spec.id!r}")
+        seen.add(spec.id)
+        workers.append(spec)
+    return workers
+
+
+def load_trace(path: str | Path) -> list[TraceJob]:
+    """Jobs from JSON lines of {"t", "user", "model", "model_gb", "family", "width", "height", "steps", "step_s", ...}."""
+    jobs = []
+    models: dict[str, tuple[float, str, int]] = {}
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise TraceError(f"{where}: expected a JSON object")
+        job = TraceJob(
+            t=float(_field(record, "t", where, "number")),
+            user=_field(record, "user", where, "name"),
+            model=_field(record, "model", where, "name"),
+            model_gb=float(_field(record, "model_gb", where, "positive")),
+            family=_field(record, "family", where, "name"),
+            width=_field(record, "width", where, "count"),
+            height=_field(record, "height", where, "count"),
+            steps=_field(record, "steps", where, "count"),
+            step_s=float(_field(record, "step_s", where, "positive")),
+            priority=_field(record, "priority", where, "integer", required=False, default=0),
+            team=_field(record, "team", where, "name", required=False),
+        )
+        # A model has one size and one family; the simulator loads it by id.
+        known = models.setdefault(job.model, (job.model_gb, job.family, number))
+        if (known[0], known[1]) != (job.model_gb, job.family):
+            raise TraceError(f"{where}: model {job.model!r} is {job.model_gb} GB/{job.family} here "
+                             f"but {known[0]} GB/{known[1]} on line {known[2]}")
+        jobs.append(job)
+    return jobs
+
+
+# --- the clairvoyant lower bound on model loads ------------------------------
+
+
+def _template_states(workers: Sequence[WorkerSpec]) -> list[WorkerState]:
+    return [WorkerState(id=w.id, families=w.families, max_pixels=w.max_pixels, vram_total_gb=w.vram_gb,
+                        vram_free_gb=w.vram_gb, loaded_models={}, serves_models=w.serves_models, busy=0,
+                        capacity=w.capacity, speed=w.speed, load_gbps=w.load_gbps) for w in workers]
+
+
+def _queued_job(job: TraceJob, job_id: int, user_id: int, team_id: int | None) -> QueuedJob:
+    return QueuedJob(id=job_id, attempt=1, user_id=user_id, model_id=job.model, family=job.family,
+                     model_gb=job.model_gb, width=job.width, height=job.height, priority=job.priority,
+                     queued_at=job.t, team_id=team_id, est_seconds=job.work_s)
+
+
+def _eligible_masks(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob]) -> list[int]:
+    """For each job, a bit mask of the workers that could ever run it (0: none)."""
+    states = _template_states(workers)
+    by_shape: dict[tuple, int] = {}
+    masks = []
+    for job in trace:
+        shape = (job.model, job.family, job.model_gb, job.width, job.height)
+        mask = by_shape.get(shape)
+        if mask is None:
+            probe = _queued_job(job, 1, 1, None)
+            mask = sum(1 << i for i, state in enumerate(states) if state.can_ever_run(probe) is None)
+            by_shape[shape] = mask
+        masks.append(mask)
+    return masks
+
+
+def _min_hitting_set(masks: Iterable[int]) -> int:
+    """The fewest workers such that every mask contains one of them (a lower bound if the search is cut short)."""
+    distinct = sorted(set(masks), key=lambda m: (m.bit_count(), m))
+    # A mask that contains another is hit whenever the smaller one is.
+    minimal: list[int] = []
+    for mask in distinct:
+        if not any(m & mask == m for m in minimal):
+            minimal.append(mask)
+    # Pairwise disjoint masks each need their own worker: a valid lower bound.
+    packing, used = 0, 0
+    for mask in minimal:
+        if not mask & used:
+            packing += 1
+            used |= mask
+    if packing == len(minimal):
+        return packing
+    nodes = 0
+
+    def search(remaining: tuple[int, ...], budget: int) -> bool:
+        """Whether `budget` workers can hit every remaining mask."""
+        nonlocal nodes
+        nodes += 1
+        if not remaining:
+            return True
+        if budget == 0 or nodes > HITTING_SET_NODE_BUDGET:
+            return False
+        smallest = remaining[0]
+        bits = smallest
+        while bits:
+            bit = bits & -bits
+            bits ^= bit
+            if search(tuple(m for m in remaining if not m & bit), budget - 1):
+                return True
+        return False
+
+    for size in range(packing, len(minimal) + 1):
+        nodes = 0
+        if search(tuple(minimal), size):
+            return size
+        if nodes > HITTING_SET_NODE_BUDGET:
+            logger.info("hitting-set search cut short at %d workers; the lower bound is weaker than it could be", size)
+            return size  # every smaller size was refuted completely
+    return len(minimal)
+
+
+def _window_bound(arrivals: np.ndarray, works: np.ndarray, max_wait_s: float, speed: float, capacity: int) -> int:
+    """Workers that must hold a model for its jobs to start within max_wait_s of arriving.
+
+    Jobs arriving in [a_i, a_j] must start rendering in [a_i, a_j + D]. One
+    render slot runs them one after another, so the work it can take from them
+    is at most speed * (a_j - a_i + D) plus the last job it starts (at most
+    the largest job). Dividing the window's work by that, over the best
+    worker's capacity, counts workers; each had to load the model once.
+    """
+    prefix = np.concatenate(([0.0], np.cumsum(works)))
+    largest = float(works.max())
+    best = 1
+    for i in range(len(arrivals)):
+        window_work = prefix[i + 1:] - prefix[i]
+        per_worker = capacity * (speed * (arrivals[i:] - arrivals[i] + max_wait_s) + largest)
+        need = math.ceil(float((window_work / per_worker).max()) - 1e-9)
+        best = max(best, need)
+    return best
+
+
+def lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], max_wait_s: float | None = None) -> int:
+    """A lower bound on the model loads any schedule of the trace needs (see docs/scheduler-bench.md).
+
+    Without max_wait_s it holds for every schedule, however long jobs wait.
+    With it, it holds for every schedule in which no job waits longer.
+    """
+    masks = _eligible_masks(workers, trace)
+    by_model: dict[str, list[int]] = {}
+    for index, (job, mask) in enumerate(zip(trace, masks)):
+        if mask:
+            by_model.setdefault(job.model, []).append(index)
+    total = 0
+    for indices in by_model.values():
+        bound = _min_hitting_set(masks[i] for i in indices)
+        if max_wait_s is not None:
+            union = 0
+            for i in indices:
+                union |= masks[i]
+            eligible = [w for bit, w in enumerate(workers) if union >> bit & 1]
+            ordered = sorted(indices, key=lambda i: trace[i].t)
+            bound = max(bound, _window_bound(np.array([trace[i].t for i in ordered]),
+                                             np.array([trace[i].work_s for i in ordered]), max_wait_s,
+                                             max(w.speed for w in eligible), max(w.capacity for w in eligible)))
+        total += bound
+    return total
+
+
+# --- the virtual cluster -----------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("index", "spec", "queued", "user_id", "render_start", "finished", "load_s", "runnable")
+
+    def __init__(self, index: int, spec: TraceJob, queued: QueuedJob, runnable: bool) -> None:
+        self.index = index
+        self.spec = spec
+        self.queued = queued
+        self.user_id = queued.user_id
+        self.runnable = runnable
+        self.render_start: float | None = None
+        self.finished: float | None = None
+        self.load_s = 0.0
+
+
+class _Task:
+    """Something occupying one of a worker's slots: a job (loading, then rendering) or a preload."""
+
+    __slots__ = ("job", "model", "working_gb")
+
+    def __init__(self, job: _Job | None, model: str, working_gb: float) -> None:
+        self.job = job
+        self.model = model
+        self.working_gb = working_gb
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.held: dict[str, float] = {}  # least recently used first
+        self.ready_at: dict[str, float] = {}  # when a held model finishes loading
+        self.tasks: list[_Task] = []
+        self.render_s = 0.0
+        self.load_s = 0.0
+        self._state: WorkerState | None = None
+
+    def changed(self) -> None:
+        self._state = None
+
+    def state(self) -> WorkerState:
+        # Rebuilt only after a change: most events touch one worker of many.
+        if self._state is None:
+            spec = self.spec
+            self._state = WorkerState(
+                id=spec.id, families=spec.families, max_pixels=spec.max_pixels, vram_total_gb=spec.vram_gb,
+                vram_free_gb=spec.vram_gb - sum(self.held.values()), loaded_models=dict(self.held),
+                serves_models=spec.serves_models, busy=len(self.tasks), capacity=spec.capacity, speed=spec.speed,
+                load_gbps=spec.load_gbps, in_use=frozenset(t.model for t in self.tasks))
+        return self._state
+
+    def in_use(self) -> set[str]:
+        return {t.model for t in self.tasks}
+
+    def used_gb(self) -> float:
+        return sum(self.held.values()) + sum(t.working_gb for t in self.tasks)
+
+    def touch(self, model: str) -> None:
+        self.held[model] = self.held.pop(model)
+
+
+class _UserUsage:
+    """Exponentially decayed GPU-seconds: each consumed second is worth 2^(-age / half-life)."""
+
+    __slots__ = ("usage_s", "running", "updated")
+
+    def __init__(self) -> None:
+        self.usage_s = 0.0
+        self.running = 0
+        self.updated = 0.0
+
+    def advance(self, now: float) -> None:
+        elapsed = now - self.updated
+        if elapsed > 0 and (self.usage_s or self.running):
+            decay = 2.0 ** (-elapsed / USAGE_HALF_LIFE_S)
+            # `running` GPUs consumed time continuously over the interval: the
+            # integral of 2^(-age/h) over it is h/ln2 * (1 - decay) per GPU.
+            self.usage_s = self.usage_s * decay + self.running * USAGE_HALF_LIFE_S / math.log(2) * (1.0 - decay)
+        self.updated = now
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+class Simulation:
+    """One replay of a trace on a cluster with one policy. ``run()`` returns the metrics."""
+
+    def __init__(self, workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], policy: Policy, *,
+                 policy_name: str = "policy", weights: Mapping[str, float] | None = None,
+                 worker_order_seed: int | None = None) -> None:
+        if not workers:
+            raise TraceError("the cluster has no workers")
+        self.policy = policy
+        self.policy_name = policy_name
+        specs = list(workers)
+        if worker_order_seed is not None:
+            random.Random(worker_order_seed).shuffle(specs)
+        self.specs = specs
+        self.workers = [_Worker(spec) for spec in specs]
+        self.workers_by_id = {w.spec.id: w for w in self.workers}
+        self.trace = list(trace)
+        self.weights = dict(weights or {})
+        self.models = {job.model: (job.model_gb, job.family) for job in self.trace}
+
+        masks = _eligible_masks(specs, self.trace)
+        self.user_ids: dict[str, int] = {}
+        self.user_names: dict[int, str] = {}
+        team_ids: dict[str, int] = {}
+        self.jobs: list[_Job] = []
+        for index, spec in enumerate(self.trace):
+            user_id = self.user_ids.setdefault(spec.user, len(self.user_ids) + 1)
+            self.user_names[user_id] = spec.user
+            team_id = team_ids.setdefault(spec.team, len(team_ids) + 1) if spec.team is not None else None
+            # Ids start at 1: a job id of 0 is falsy, and policies may test `job.id and ...`.
+            queued = _queued_job(spec, index + 1, user_id, team_id)
+            self.jobs.append(_Job(index, spec, queued, runnable=masks[index] != 0))
+        self.jobs_by_id = {job.queued.id: job for job in self.jobs}
+        self.arrivals = sorted(self.jobs, key=lambda j: (j.spec.t, j.index))
+        self.usage = {user_id: _UserUsage() for user_id in self.user_names}
+        self.queued_per_user: dict[int, int] = {}
+
+        self.queue: dict[int, _Job] = {}  # job id -> job, in arrival order
+        self.events: list[tuple[float, int, _Worker, _Task]] = []  # (finish time, seq, worker, task)
+        self.sequence = 0
+        self.decision_s: list[float] = []
+        self.unplaceable: set[int] = set()
+        self.counts = dict(model_loads=0, evictions=0, preloads=0, vram_overcommits=0, double_assignments=0,
+                           invalid_assignments=0, stalled=0)
+
+    # --- the event loop
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        next_arrival = 0
+        while next_arrival < len(self.arrivals) or self.events:
+            now = min(self.arrivals[next_arrival].spec.t if next_arrival < len(self.arrivals) else math.inf,
+                      self.events[0][0] if self.events else math.inf)
+            for usage in self.usage.values():
+                usage.advance(now)
+            while self.events and self.events[0][0] == now:
+                _, _, worker, task = heapq.heappop(self.events)
+                self._finish(worker, task, now)
+            while next_arrival < len(self.arrivals) and self.arrivals[next_arrival].spec.t == now:
+                job = self.arrivals[next_arrival]
+                next_arrival += 1
+                self.queue[job.queued.id] = job
+                self.queued_per_user[job.user_id] = self.queued_per_user.get(job.user_id, 0) + 1
+            if self.queue:
+                self._decide(now)
+            if self.queue and not self.events and next_arrival == len(self.arrivals):
+                # Nothing is in flight and nothing will arrive: the policy saw
+                # this cluster and placed nothing, and would see it again.
+                logger.warning("%s left %d runnable jobs queued on an idle cluster at t=%.1f; stopping",
+                               self.policy_name, len(self.queue), now)
+                self.counts["stalled"] = len(self.queue)
+                for job_id in list(self.queue):
+                    self._dequeue(job_id)
+        metrics = self._metrics()
+        logger.info("simulated %d jobs with %s in %.2fs (%.2fs in the policy)", len(self.jobs), self.policy_name,
+                    time.perf_counter() - started, sum(self.decision_s))
+        if self.counts["vram_overcommits"] or self.counts["invalid_assignments"] or self.counts["double_assignments"]:
+            logger.warning("%s: %d VRAM over-commits, %d invalid and %d double assignments (details at INFO)",
+                           self.policy_name, self.counts["vram_overcommits"], self.counts["invalid_assignments"],
+                           self.counts["double_assignments"])
+        return metrics
+
+    def _snapshot(self, now: float) -> Snapshot:
+        shares = {}
+        for user_id, usage in self.usage.items():
+            if usage.running or self.queued_per_user.get(user_id):
+                shares[user_id] = Share(weight=self.weights.get(self.user_names[user_id], 1.0),
+                                        usage_s=usage.usage_s, running=usage.running)
+        return Snapshot(jobs=[job.queued for job in self.queue.values()], workers=[w.state() for w in self.workers],
+                        now=now, shares=shares)
+
+    def _decide(self, now: float) -> None:
+        snapshot = self._snapshot(now)
+        started = time.perf_counter()
+        decisions = self.policy(snapshot)
+        self.decision_s.append(time.perf_counter() - started)
+        for job_id in decisions.unplaceable:
+            if job_id in self.jobs_by_id:
+                self.unplaceable.add(job_id)
+        self._apply(decisions, now)
+        # Jobs no worker in this cluster could ever run would wait forever; the
+        # policy has seen them once (to report them), now they leave.
+        for job_id in [j for j, job in self.queue.items() if not job.runnable]:
+            self.unplaceable.add(job_id)
+            self._dequeue(job_id)
+
+    def _dequeue(self, job_id: int) -> _Job:
+        job = self.queue.pop(job_id)
+        self.queued_per_user[job.user_id] -= 1
+        return job
+
+    # --- applying decisions
+
+    def _refuse(self, counter: str, message: str, *args) -> None:
+        self.counts[counter] += 1
+        logger.info("%s: " + message, self.policy_name, *args)
+
+    def _apply(self, decisions: Decisions, now: float) -> None:
+        for assignment in decisions.assignments:
+            job = self.queue.get(assignment.job_id)
+            if job is None:
+                known = self.jobs_by_id.get(assignment.job_id)
+                if known is not None and known.render_start is not None:
+                    self._refuse("double_assignments", "job %s assigned again to %s", assignment.job_id,
+                                 assignment.worker_id)
+                else:
+                    self._refuse("invalid_assignments", "job %s is not queued", assignment.job_id)
+                continue
+            worker = self.workers_by_id.get(assignment.worker_id)
+            if worker is None:
+                self._refuse("invalid_assignments", "no worker %s", assignment.worker_id)
+                continue
+            if assignment.attempt != job.queued.attempt:
+                self._refuse("invalid_assignments", "job %s has attempt %d, not %d", job.queued.id,
+                             job.queued.attempt, assignment.attempt)
+                continue
+            why_not = worker.state().can_ever_run(job.queued)
+            if why_not is None and worker.spec.id in job.queued.excluded_workers:
+                why_not = "is excluded for it"
+            if why_not is not None:
+                self._refuse("invalid_assignments", "job %s cannot run on %s: it %s", job.queued.id,
+                             worker.spec.id, why_not)
+                continue
+            if len(worker.tasks) >= worker.spec.capacity:
+                # A second render on a full GPU needs a second set of activations.
+                self._refuse("vram_overcommits", "job %s assigned to %s, which is busy", job.queued.id,
+                             worker.spec.id)
+                continue
+            self._evict(worker, assignment.evict)
+            self._start_job(worker, self._dequeue(job.queued.id), now)
+        for preload in decisions.preloads:
+            self._preload(preload.worker_id, preload.model_id, preload.evict, now)
+
+    def _evict(self, worker: _Worker, models: Sequence[str]) -> None:
+        in_use = worker.in_use()
+        for model in models:
+            if model in in_use:
+                self._refuse("invalid_assignments", "evicting %s from %s while a job uses it", model, worker.spec.id)
+            elif model in worker.held:
+                del worker.held[model]
+                worker.ready_at.pop(model, None)
+                self.counts["evictions"] += 1
+                worker.changed()
+
+    def _load(self, worker: _Worker, model: str, gb: float, now: float) -> float:
+        """Start loading a model; returns the seconds it takes."""
+        load_s = gb / worker.spec.load_gbps
+        worker.held[model] = gb
+        worker.ready_at[model] = now + load_s
+        worker.load_s += load_s
+        self.counts["model_loads"] += 1
+        return load_s
+
+    def _start_job(self, worker: _Worker, job: _Job, now: float) -> None:
+        spec = job.spec
+        if spec.model in worker.held:
+            worker.touch(spec.model)
+            # Held but maybe still arriving from a preload (capacity > 1 only).
+            render_start = max(now, worker.ready_at.get(spec.model, now))
+        else:
+            render_start = now + self._load(worker, spec.model, spec.model_gb, now)
+        job.load_s = render_start - now
+        job.render_start = render_start
+        render_s = spec.work_s / worker.spec.speed
+        worker.render_s += render_s
+        task = _Task(job, spec.model, working_memory_gb(spec.width, spec.height))
+        worker.tasks.append(task)
+        worker.changed()
+        self.usage[job.user_id].running += 1
+        self._push(render_start + render_s, worker, task)
+        self._check_vram(worker, f"job {job.queued.id}")
+
+    def _preload(self, worker_id: str, model: str, evict: Sequence[str], now: float) -> None:
+        worker = self.workers_by_id.get(worker_id)
+        known = self.models.get(model)
+        if worker is None or known is None:
+            self._refuse("invalid_assignments", "preload of %s on %s: unknown %s", model, worker_id,
+                         "worker" if worker is None else "model")
+            return
+        gb, family = known
+        spec = worker.spec
+        if (family not in spec.families or (spec.serves_models is not None and model not in spec.serves_models)
+                or gb > spec.vram_gb):
+            self._refuse("invalid_assignments", "preload of %s on %s, which cannot hold it", model, worker_id)
+            return
+        if len(worker.tasks) >= spec.capacity:
+            self._refuse("invalid_assignments", "preload of %s on %s, which is busy", model, worker_id)
+            return
+        self._evict(worker, evict)
+        if model in worker.held:
+            worker.touch(model)
+            worker.changed()
+            return
+        self.counts["preloads"] += 1
+        load_s = self._load(worker, model, gb, now)
+        task = _Task(None, model, 0.0)
+        worker.tasks.append(task)
+        worker.changed()
+        self._push(now + load_s, worker, task)
+        self._check_vram(worker, f"preload of {model}")
+
+    def _check_vram(self, worker: _Worker, what: str) -> None:
+        if worker.used_gb() <= worker.spec.vram_gb + VRAM_EPSILON_GB:
+            return
+        self._refuse("vram_overcommits", "%s over-commits %s: %.2f GB of models and activations in %.2f GB",
+                     what, worker.spec.id, worker.used_gb(), worker.spec.vram_gb)
+        # A real worker makes room before loading (least recently used first,
+        # see farm/workers/runtime.py); doing the same keeps the virtual GPU
+        # physical after the policy's mistake has been counted.
+        in_use = worker.in_use()
+        for model in [m for m in worker.held if m not in in_use]:
+            if worker.used_gb() <= worker.spec.vram_gb + VRAM_EPSILON_GB:
+                break
+            del worker.held[model]
+            worker.ready_at.pop(model, None)
+            self.counts["evictions"] += 1
+        worker.changed()
+
+    def _push(self, at: float, worker: _Worker, task: _Task) -> None:
+        self.sequence += 1
+        heapq.heappush(self.events, (at, self.sequence, worker, task))
+
+    def _finish(self, worker: _Worker, task: _Task, now: float) -> None:
+        worker.tasks.remove(task)
+        worker.changed()
+        if task.job is not None:
+            task.job.finished = now
+            self.usage[task.job.user_id].running -= 1
+
+    # --- results
+
+    def _metrics(self) -> dict:
+        done = [job for job in self.jobs if job.finished is not None]
+        waits = [job.render_start - job.spec.t for job in done]
+        first_arrival = min((job.spec.t for job in self.jobs), default=0.0)
+        makespan = max((job.finished for job in done), default=first_arrival) - first_arrival
+        wait_max = max(waits, default=0.0)
+        users = {}
+        for user_id, name in sorted(self.user_names.items()):
+            mine = [job.render_start - job.spec.t for job in done if job.user_id == user_id]
+            users[name] = {"jobs": sum(1 for job in self.jobs if job.user_id == user_id), "rendered": len(mine),
+                           "wait_p50_s": round(_percentile(mine, 50), 3),
+                           "wait_p95_s": round(_percentile(mine, 95), 3),
+                           "wait_max_s": round(max(mine, default=0.0), 3)}
+        render_s = sum(w.render_s for w in self.workers)
+        decision_ms = [s * 1000.0 for s in self.decision_s]
+        return {
+            "policy": self.policy_name,
+            "jobs": len(self.jobs),
+            "workers": len(self.workers),
+            "rendered": len(done),
+            "model_loads": self.counts["model_loads"],
+            "preloads": self.counts["preloads"],
+            "evictions": self.counts["evictions"],
+            "lower_bound_loads": lower_bound_loads(self.specs, self.trace),
+            "lower_bound_loads_at_max_wait": lower_bound_loads(self.specs, self.trace, max_wait_s=wait_max)
+            if done else 0,
+            "makespan_s": round(makespan, 3),
+            "wait_p50_s": round(_percentile(waits, 50), 3),
+            "wait_p95_s": round(_percentile(waits, 95), 3),
+            "wait_max_s": round(wait_max, 3),
+            "load_s": round(sum(w.load_s for w in self.workers), 3),
+            "utilization": round(render_s / (len(self.workers) * makespan), 4) if makespan > 0 else 0.0,
+            "vram_overcommits": self.counts["vram_overcommits"],
+            "double_assignments": self.counts["double_assignments"],
+            "invalid_assignments": self.counts["invalid_assignments"],
+            "unplaceable": len(self.unplaceable),
+            "stalled": self.counts["stalled"],
+            "decisions": len(decision_ms),
+            "decision_ms_p50": round(_percentile(decision_ms, 50), 4),
+            "decision_ms_p99": round(_percentile(decision_ms, 99), 4),
+            "users": users,
+        }
+
+
+def simulate(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], policy: Policy, *,
+             policy_name: str = "policy", weights: Mapping[str, float] | None = None,
+             worker_order_seed: int | None = None) -> dict:
+    """Replay the trace on the workers with the policy; the metrics as a JSON-ready dict."""
+    return Simulation(workers, trace, policy, policy_name=policy_name, weights=weights,
+                      worker_order_seed=worker_order_seed).run()
