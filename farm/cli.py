@@ -210,6 +210,61 @@ def users_set_password(name: str, password: str) -> None:
     click.echo(f"password set for {name}")
 
 
+# ---------------------------------------------------------------------- workers
+
+
+@main.group()
+def workers() -> None:
+    """Workers: list, drain, resume."""
+
+
+@workers.command("list")
+@friendly_errors
+def workers_list() -> None:
+    """List workers with state, VRAM and models held."""
+    from sqlalchemy import select
+
+    from farm.models import Worker, utcnow
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        rows = session.execute(select(Worker).order_by(Worker.id)).scalars().all()
+    if not rows:
+        click.echo("no workers have registered")
+    now = utcnow()
+    for w in rows:
+        held = ",".join(m["id"] for m in w.loaded_models) or "-"
+        click.echo(f"{w.id}\t{w.state}\t{w.device_name}\t{w.vram_free_gb:.1f}/{w.vram_total_gb:.1f} GB free\t"
+                   f"holds {held}\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago")
+
+
+@workers.command("drain")
+@click.argument("name")
+@friendly_errors
+def workers_drain(name: str) -> None:
+    """Let NAME finish its current work and take no more."""
+    _set_draining(name, True)
+
+
+@workers.command("resume")
+@click.argument("name")
+@friendly_errors
+def workers_resume(name: str) -> None:
+    """Let a drained worker take work again."""
+    _set_draining(name, False)
+
+
+def _set_draining(name: str, draining: bool) -> None:
+    from farm.services.jobs import ConflictError, NotFoundError
+    from farm.services.workers import set_draining
+
+    try:
+        worker = set_draining(_context(), name, draining)
+    except (NotFoundError, ConflictError) as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"worker {worker.id} is {worker.state}")
+
+
 # ---------------------------------------------------------------------- models
 
 
@@ -376,6 +431,10 @@ def _json_or_error(response) -> dict:
         raise CliError(f"HTTP {response.status_code}: {error.get('message', payload)}")
     return payload
 
+
+from farm.scheduler.bench import bench as _bench_group  # noqa: E402
+
+main.add_command(_bench_group)
 
 if __name__ == "__main__":
     main()

@@ -112,6 +112,8 @@ class User(Timestamped, Base):
     role: Mapped[str] = mapped_column(String(16), default=Role.member.value)
     team_id: Mapped[Optional[int]] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
     password_hash: Mapped[Optional[str]] = mapped_column(String(255))
+    # Fair-share weight: a user with weight 2 gets twice the GPU time of one with 1 when both wait.
+    share_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     disabled_at: Mapped[Optional[dt.datetime]]
 
     team: Mapped[Optional[Team]] = relationship(lazy="joined")
@@ -173,6 +175,8 @@ class Worker(Timestamped, Base):
     families: Mapped[list[Any]] = mapped_column(default=list)
     max_pixels: Mapped[int] = mapped_column(Integer)
     capacity: Mapped[int] = mapped_column(Integer, default=1)
+    speed: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    load_gbps: Mapped[float] = mapped_column(Float, default=2.0, server_default="2.0")
     state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | offline
     software: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -181,7 +185,10 @@ class Worker(Timestamped, Base):
 
 class Job(Timestamped, Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
+        Index("ix_jobs_finished_at", "finished_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -206,6 +213,8 @@ class Job(Timestamped, Base):
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     eta_s: Mapped[Optional[float]] = mapped_column(Float)
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # Measured on the worker (model load + render), for fair share and quotas.
+    gpu_seconds: Mapped[Optional[float]] = mapped_column(Float)
     assigned_at: Mapped[Optional[dt.datetime]]
     started_at: Mapped[Optional[dt.datetime]]
     finished_at: Mapped[Optional[dt.datetime]]

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     worker_vram_gb: float | None = Field(default=None, gt=0, description="VRAM budget of a worker in GB. Required on CPU (stands in for GPU memory); on CUDA it caps the real free memory.")
     worker_models: str | None = Field(default=None, description="Comma-separated model ids a worker may serve; unset: every registered model.")
     worker_preload: str | None = Field(default=None, description="Comma-separated model ids a worker loads at start.")
+    worker_speed: float = Field(default=1.0, gt=0, description="Relative speed of this worker's GPU (1.0 = reference); the scheduler prefers faster workers.")
+    worker_load_gbps: float = Field(default=2.0, gt=0, description="How fast this worker loads weights into VRAM, GB/s; prices model loads for the scheduler.")
     worker_max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a worker accepts.")
     render_time_limit_s: int = Field(default=1800, gt=0, description="Hard time limit of one render task.")
 

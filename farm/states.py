@@ -130,14 +130,14 @@ def record_progress(session: Session, job_id: uuid.UUID, attempt: int, step: int
     return result.rowcount == 1
 
 
-def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str) -> None:
+def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, gpu_seconds: float | None = None) -> None:
     _transition(
         session,
         job_id,
         S.succeeded,
         attempt=attempt,
         worker_id=worker_id,
-        values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None},
+        values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None, "gpu_seconds": gpu_seconds},
     )
 
 

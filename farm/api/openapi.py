@@ -50,6 +50,8 @@ def build_document() -> dict:
             "/api/v1/outputs/{output_id}": {"get": _op("The lineage record of one image")},
             "/api/v1/outputs/{output_id}/image": {"get": _op("The image (a redirect to a presigned URL on S3)")},
             "/api/v1/workers": {"get": _op("Workers with VRAM and models held", errors=(401,))},
+            "/api/v1/workers/{worker_id}/drain": {"post": _op("Drain a worker: finish current work, take no more (admin)", errors=(401, 403, 404, 409))},
+            "/api/v1/workers/{worker_id}/resume": {"post": _op("Resume a drained worker (admin)", errors=(401, 403, 404, 409))},
             "/api/v1/models": {"get": _op("Registered models and which workers hold them", errors=(401,))},
             "/api/v1/users": {"post": _op("Create a user (admin); returns its first token", "201", None, (401, 403, 409, 422))},
             "/api/v1/me": {"get": _op("Who the token belongs to", errors=(401,))},

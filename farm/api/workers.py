@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, jsonify
 from sqlalchemy import select
 
-from farm.api.security import farm_context, require_user
+from farm.api.security import farm_context, require_admin, require_user
 from farm.api.views import worker_view
 from farm.models import ModelEntry, Worker, utcnow
 
@@ -22,6 +22,25 @@ def list_workers():
     with farm_context().db.session() as session:
         workers = session.execute(select(Worker).order_by(Worker.id)).scalars().all()
     return jsonify({"workers": [worker_view(w, (now - w.last_heartbeat_at).total_seconds()) for w in workers]})
+
+
+@bp.post("/workers/<worker_id>/drain")
+@require_admin
+def drain_worker(worker_id: str):
+    """Finish current work, take no more."""
+    from farm.services.workers import set_draining
+
+    worker = set_draining(farm_context(), worker_id, True)
+    return jsonify({"id": worker.id, "state": worker.state})
+
+
+@bp.post("/workers/<worker_id>/resume")
+@require_admin
+def resume_worker(worker_id: str):
+    from farm.services.workers import set_draining
+
+    worker = set_draining(farm_context(), worker_id, False)
+    return jsonify({"id": worker.id, "state": worker.state})
 
 
 @bp.get("/models")

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, JobStatus, ModelEntry, Worker, utcnow
-from farm.scheduler.policy import Decisions, QueuedJob, Snapshot, WorkerState, place
+from farm.models import Job, JobStatus, ModelEntry, User, Worker, utcnow
+from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,39 @@ LEADER_LOCK_KEY = 0x6661726D
 MAX_JOBS_PER_SNAPSHOT = 5000
 
 
+# Seconds per step on a reference GPU at the family's native size; only used
+# to weigh queued work for fair share (measured GPU time replaces it after).
+STEP_S = {"sd": 0.05, "sdxl": 0.12, "flux": 0.45, "sd3": 0.3}
+NATIVE_PIXELS = {"sd": 512 * 512, "sdxl": 1024 * 1024, "flux": 1024 * 1024, "sd3": 1024 * 1024}
+# Recent GPU use decays: full weight for 5 minutes, half to 15, a fifth to 30.
+USAGE_BANDS_S = ((300, 1.0), (900, 0.5), (1800, 0.2))
+PRELOAD_TIMEOUT_S = 600.0
+
+
+def estimate_render_s(family: str, width: int, height: int, steps: int) -> float:
+    return steps * STEP_S.get(family, 0.1) * max(width * height / NATIVE_PIXELS.get(family, 512 * 512), 0.25)
+
+
 class Dispatcher(Protocol):
-    def send(self, job_id, attempt: int, queue: str) -> None: ...
+    def send(self, job_id, attempt: int, queue: str, evict: tuple[str, ...] = ()) -> None: ...
+
+    def send_preload(self, queue: str, model_id: str, evict: tuple[str, ...] = ()) -> None: ...
 
 
 class CeleryDispatcher:
     def __init__(self, celery_app) -> None:
         self.celery_app = celery_app
 
-    def send(self, job_id, attempt: int, queue: str) -> None:
+    def send(self, job_id, attempt: int, queue: str, evict: tuple[str, ...] = ()) -> None:
         from farm.workers.tasks import RENDER_TASK
 
-        self.celery_app.send_task(RENDER_TASK, args=[str(job_id), attempt], queue=queue, routing_key=queue)
+        kwargs = {"evict": list(evict)} if evict else {}
+        self.celery_app.send_task(RENDER_TASK, args=[str(job_id), attempt], kwargs=kwargs, queue=queue, routing_key=queue)
+
+    def send_preload(self, queue: str, model_id: str, evict: tuple[str, ...] = ()) -> None:
+        from farm.workers.tasks import PRELOAD_TASK
+
+        self.celery_app.send_task(PRELOAD_TASK, args=[model_id], kwargs={"evict": list(evict)}, queue=queue, routing_key=queue)
 
 
 class Leadership:
@@ -112,6 +133,9 @@ class Scheduler:
         # every wake-up (those come with each submission and completion).
         self.reap_every_s = min(1.0, ctx.settings.heartbeat_s)
         self._last_reap = float("-inf")
+        # worker id -> (model id, deadline): a worker loading a model the
+        # scheduler asked for counts as busy until its heartbeat shows it held.
+        self.preloading: dict[str, tuple[str, float]] = {}
 
     def run(self, stop: threading.Event) -> None:
         wait = self.ctx.events.scheduler_waiter()
@@ -155,11 +179,18 @@ class Scheduler:
         report.unplaceable = len(decisions.unplaceable)
         for assignment in committed:
             try:
-                self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id])
+                self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id], assignment.evict)
                 report.dispatched += 1
             except Exception as exc:
                 # The lease expires and the job is re-queued; nothing is lost.
                 logger.warning("could not send job %s to %s: %s", assignment.job_id, assignment.worker_id, exc)
+        for preload in decisions.preloads:
+            try:
+                self.dispatcher.send_preload(queues[preload.worker_id], preload.model_id, preload.evict)
+                self.preloading[preload.worker_id] = (preload.model_id, time.monotonic() + PRELOAD_TIMEOUT_S)
+                logger.info("worker %s preloads %s", preload.worker_id, preload.model_id)
+            except Exception as exc:
+                logger.warning("could not ask %s to preload %s: %s", preload.worker_id, preload.model_id, exc)
         if committed:
             logger.info("assigned %d job(s)", len(committed))
         return report
@@ -198,7 +229,7 @@ class Scheduler:
         fresh_since = now - dt.timedelta(seconds=settings.heartbeat_timeout_s)
         with self.ctx.db.session() as session:
             rows = session.execute(
-                select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.priority,
+                select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.steps, Job.priority,
                        Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb)
                 .join(ModelEntry, ModelEntry.id == Job.model_id)
                 .where(Job.status == JobStatus.queued.value)
@@ -207,35 +238,76 @@ class Scheduler:
             ).all()
             if not rows:  # most wake-ups after a completion find nothing to place
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
-            busy = (
-                select(func.count()).where(Job.worker_id == Worker.id,
-                                           Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
-                .correlate(Worker).scalar_subquery()
-            )
             workers = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.state,
-                       busy.label("busy"))
+                       Worker.speed, Worker.load_gbps)
                 .where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
             ).all()
+            active = session.execute(
+                select(Job.worker_id, Job.model_id, Job.user_id)
+                .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
+            ).all()
+            shares = self._load_shares(session, {r.user_id for r in rows}, active, now)
+        in_use: dict[str, set[str]] = {}
+        for row in active:
+            in_use.setdefault(row.worker_id, set()).add(row.model_id)
         jobs = [
             QueuedJob(
                 id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
                 width=r.width, height=r.height, priority=r.priority, queued_at=r.created_at.timestamp(),
                 excluded_workers=frozenset(r.excluded_workers or ()),
+                est_seconds=estimate_render_s(r.family, r.width, r.height, r.steps),
             )
             for r in rows
         ]
-        views = [
-            WorkerState(
+        views = []
+        for w in workers:
+            loaded = {m["id"]: m["vram_gb"] for m in w.loaded_models}
+            busy = sum(1 for row in active if row.worker_id == w.id)
+            if self._still_preloading(w.id, loaded):
+                busy = w.capacity
+            views.append(WorkerState(
                 id=w.id, families=frozenset(w.families), max_pixels=w.max_pixels, vram_total_gb=w.vram_total_gb,
-                vram_free_gb=w.vram_free_gb, loaded_models={m["id"]: m["vram_gb"] for m in w.loaded_models},
+                vram_free_gb=w.vram_free_gb, loaded_models=loaded,
                 serves_models=frozenset(w.serves_models) if w.serves_models is not None else None,
-                busy=w.busy, capacity=w.capacity, draining=w.state == "draining",
-            )
-            for w in workers
-        ]
-        return Snapshot(jobs=jobs, workers=views, now=now.timestamp()), {w.id: w.queue for w in workers}
+                busy=busy, capacity=w.capacity, draining=w.state == "draining", speed=w.speed, load_gbps=w.load_gbps,
+                in_use=frozenset(in_use.get(w.id, ())),
+            ))
+        return Snapshot(jobs=jobs, workers=views, now=now.timestamp(), shares=shares), {w.id: w.queue for w in workers}
+
+    def _still_preloading(self, worker_id: str, loaded: dict[str, float]) -> bool:
+        pending = self.preloading.get(worker_id)
+        if pending is None:
+            return False
+        model_id, deadline = pending
+        if model_id in loaded or time.monotonic() > deadline:
+            del self.preloading[worker_id]
+            return False
+        return True
+
+    def _load_shares(self, session, user_ids: set[int], active, now: dt.datetime) -> dict[int, Share]:
+        """Each waiting user's weight and recent GPU use, decayed by age."""
+        if not user_ids:
+            return {}
+        usage_expr = case(
+            *[(Job.finished_at >= now - dt.timedelta(seconds=age), Job.gpu_seconds * factor) for age, factor in USAGE_BANDS_S],
+            else_=0.0,
+        )
+        oldest = now - dt.timedelta(seconds=USAGE_BANDS_S[-1][0])
+        usage = dict(session.execute(
+            select(Job.user_id, func.sum(usage_expr))
+            .where(Job.user_id.in_(user_ids), Job.finished_at >= oldest, Job.gpu_seconds.is_not(None))
+            .group_by(Job.user_id)
+        ).all())
+        weights = dict(session.execute(select(User.id, User.share_weight).where(User.id.in_(user_ids))).all())
+        running: dict[int, int] = {}
+        for row in active:
+            running[row.user_id] = running.get(row.user_id, 0) + 1
+        return {
+            user_id: Share(weight=weights.get(user_id, 1.0), usage_s=float(usage.get(user_id) or 0.0), running=running.get(user_id, 0))
+            for user_id in user_ids
+        }
 
     def _note_unplaceable(self, session, decisions: Decisions) -> None:
         # Said on the job so GET /jobs/{id} tells the user why it waits.

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,9 +38,6 @@ USAGE_HALF_LIFE_S = 300.0
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # Float slack when comparing GB sums (0.1 + 0.2 GB of models must fit in 0.3 GB).
 VRAM_EPSILON_GB = 1e-6
-# The exact minimum hitting set behind the lower bound is exponential in the
-# worst case; past this many search nodes a weaker (still valid) bound is used.
-HITTING_SET_NODE_BUDGET = 200_000
 
 Policy = Callable[[Snapshot], Decisions]
 
@@ -221,95 +218,75 @@ def _eligible_masks(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob]) ->
     return masks
 
 
-def _min_hitting_set(masks: Iterable[int]) -> int:
-    """The fewest workers such that every mask contains one of them (a lower bound if the search is cut short)."""
-    distinct = sorted(set(masks), key=lambda m: (m.bit_count(), m))
-    # A mask that contains another is hit whenever the smaller one is.
-    minimal: list[int] = []
-    for mask in distinct:
-        if not any(m & mask == m for m in minimal):
-            minimal.append(mask)
-    # Pairwise disjoint masks each need their own worker: a valid lower bound.
-    packing, used = 0, 0
-    for mask in minimal:
-        if not mask & used:
-            packing += 1
-            used |= mask
-    if packing == len(minimal):
-        return packing
-    nodes = 0
+def _window_bound(arrivals: np.ndarray, works: np.ndarray, max_wait_s: float, eligible: Sequence[WorkerSpec]) -> int:
+    """Workers that must load a model for its jobs to start within max_wait_s of arriving.
 
-    def search(remaining: tuple[int, ...], budget: int) -> bool:
-        """Whether `budget` workers can hit every remaining mask."""
-        nonlocal nodes
-        nodes += 1
-        if not remaining:
-            return True
-        if budget == 0 or nodes > HITTING_SET_NODE_BUDGET:
-            return False
-        smallest = remaining[0]
-        bits = smallest
-        while bits:
-            bit = bits & -bits
-            bits ^= bit
-            if search(tuple(m for m in remaining if not m & bit), budget - 1):
-                return True
-        return False
-
-    for size in range(packing, len(minimal) + 1):
-        nodes = 0
-        if search(tuple(minimal), size):
-            return size
-        if nodes > HITTING_SET_NODE_BUDGET:
-            logger.info("hitting-set search cut short at %d workers; the lower bound is weaker than it could be", size)
-            return size  # every smaller size was refuted completely
-    return len(minimal)
-
-
-def _window_bound(arrivals: np.ndarray, works: np.ndarray, max_wait_s: float, speed: float, capacity: int) -> int:
-    """Workers that must hold a model for its jobs to start within max_wait_s of arriving.
-
-    Jobs arriving in [a_i, a_j] must start rendering in [a_i, a_j + D]. One
-    render slot runs them one after another, so the work it can take from them
-    is at most speed * (a_j - a_i + D) plus the last job it starts (at most
-    the largest job). Dividing the window's work by that, over the best
-    worker's capacity, counts workers; each had to load the model once.
+    Jobs arriving in [a_i, a_j] must start rendering in [a_i, a_j + D]; call
+    the length of that interval L. One render slot of a worker of speed s
+    runs them one after another, so all but the last it starts end before
+    the last starts: the work (seconds at speed 1) it takes from the window
+    is at most s * L plus the largest job. A worker with c slots takes at
+    most c times that. The fewest workers whose total reaches the window's
+    work, taking the fastest first, is a lower bound on the workers that hold
+    the model during the window, and every one of them loaded it at least
+    once (workers start empty). Any window gives a valid bound; for each
+    first arrival the window is picked with the fastest worker's speed, then
+    counted exactly over the real workers.
     """
     prefix = np.concatenate(([0.0], np.cumsum(works)))
     largest = float(works.max())
-    best = 1
+    fastest = sorted(eligible, key=lambda w: w.speed * w.capacity, reverse=True)
+    top_speed = max(w.speed for w in eligible)
+    window_work = np.empty(len(arrivals))
+    window_length = np.empty(len(arrivals))
     for i in range(len(arrivals)):
-        window_work = prefix[i + 1:] - prefix[i]
-        per_worker = capacity * (speed * (arrivals[i:] - arrivals[i] + max_wait_s) + largest)
-        need = math.ceil(float((window_work / per_worker).max()) - 1e-9)
-        best = max(best, need)
-    return best
+        work = prefix[i + 1:] - prefix[i]
+        length = arrivals[i:] - arrivals[i] + max_wait_s
+        j = int(np.argmax(work / (top_speed * length + largest)))
+        window_work[i], window_length[i] = work[j], length[j]
+    # Any k workers take at most (the k largest c*s) * L + (the k largest c) *
+    # largest from a window; the two are summed separately so that the bound
+    # holds when capacities differ.
+    speed_sum = np.cumsum([w.capacity * w.speed for w in fastest])
+    slot_sum = np.cumsum(sorted((w.capacity for w in fastest), reverse=True))
+    need = np.ones(len(arrivals), dtype=int)
+    for k in range(len(fastest)):
+        # Windows that k + 1 workers cannot cover need at least k + 2.
+        short = speed_sum[k] * window_length + slot_sum[k] * largest < window_work * (1 - 1e-9)
+        if not short.any():
+            break
+        need[short] = k + 2
+    return int(min(need.max(), len(fastest)))
 
 
 def lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], max_wait_s: float | None = None) -> int:
     """A lower bound on the model loads any schedule of the trace needs (see docs/scheduler-bench.md).
 
-    Without max_wait_s it holds for every schedule, however long jobs wait.
-    With it, it holds for every schedule in which no job waits longer.
+    Without max_wait_s it holds for every schedule, however long jobs wait:
+    every worker starts empty, so each model that some worker can run costs
+    at least one load. (Which workers can run a job of a given model depends
+    only on its pixel count, through max_pixels and working memory, so one
+    worker can always run all of a model's jobs and no tighter count follows
+    from eligibility alone.) With max_wait_s it holds for every schedule in
+    which no job waits longer, and adds the workers a model needs at once to
+    start its jobs in time (``_window_bound``).
     """
     masks = _eligible_masks(workers, trace)
     by_model: dict[str, list[int]] = {}
     for index, (job, mask) in enumerate(zip(trace, masks)):
         if mask:
             by_model.setdefault(job.model, []).append(index)
+    if max_wait_s is None:
+        return len(by_model)
     total = 0
     for indices in by_model.values():
-        bound = _min_hitting_set(masks[i] for i in indices)
-        if max_wait_s is not None:
-            union = 0
-            for i in indices:
-                union |= masks[i]
-            eligible = [w for bit, w in enumerate(workers) if union >> bit & 1]
-            ordered = sorted(indices, key=lambda i: trace[i].t)
-            bound = max(bound, _window_bound(np.array([trace[i].t for i in ordered]),
-                                             np.array([trace[i].work_s for i in ordered]), max_wait_s,
-                                             max(w.speed for w in eligible), max(w.capacity for w in eligible)))
-        total += bound
+        union = 0
+        for i in indices:
+            union |= masks[i]
+        eligible = [w for bit, w in enumerate(workers) if union >> bit & 1]
+        ordered = sorted(indices, key=lambda i: trace[i].t)
+        total += _window_bound(np.array([trace[i].t for i in ordered]), np.array([trace[i].work_s for i in ordered]),
+                               max_wait_s, eligible)
     return total
 
 

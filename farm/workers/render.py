@@ -65,7 +65,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> str:
+def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: list[str] | None = None) -> str:
     ctx = runtime.ctx
     with ctx.db.transaction() as session:
         try:
@@ -77,6 +77,8 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> str:
         snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
                                job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id))
     ctx.events.job_changed(job_id)
+    if evict:
+        runtime.evict(evict)
     keys: list[str] = []
     try:
         outcome = _render_and_store(runtime, snapshot, keys)
@@ -157,7 +159,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     pending = _SIDECAR_POOL.submit(_put_sidecars, ctx.storage, sidecars)
     try:
         with ctx.db.transaction() as session:
-            states.complete_job(session, job.id, job.attempt, runtime.name)
+            states.complete_job(session, job.id, job.attempt, runtime.name, gpu_seconds=round(load_s + inference_s, 4))
             session.add_all(rows)
     finally:
         pending.result()

@@ -112,16 +112,19 @@ class WorkerRuntime:
         values = dict(
             host=self.host, queue=self.queue, device=self.device.type, device_name=self.device_name,
             vram_total_gb=total, vram_free_gb=free, loaded_models=self.loaded_models(), serves_models=self.serves,
-            families=self.families, max_pixels=self.ctx.settings.worker_max_pixels, capacity=1, state="online",
+            families=self.families, max_pixels=self.ctx.settings.worker_max_pixels, capacity=1,
+            speed=self.ctx.settings.worker_speed, load_gbps=self.ctx.settings.worker_load_gbps,
             software=farm.lineage.software_versions(self.device.type), started_at=utcnow(), last_heartbeat_at=utcnow(),
         )
         with self.ctx.db.transaction() as session:
             worker = session.get(Worker, self.name)
             if worker is None:
-                session.add(Worker(id=self.name, **values))
+                session.add(Worker(id=self.name, state="online", **values))
             else:
                 for key, value in values.items():
                     setattr(worker, key, value)
+                # A drained worker stays drained across restarts until resumed.
+                worker.state = "draining" if worker.state == "draining" else "online"
         logger.info("worker %s registered: %s, %.2f GB VRAM, queue %s", self.name, self.device_name, total, self.queue)
         self.ctx.events.wake_scheduler()
 
@@ -214,6 +217,19 @@ class WorkerRuntime:
         load_s = time.perf_counter() - started
         logger.info("loaded model %s in %.2fs (%.3f GB)", entry.id, load_s, loaded.vram_gb)
         return loaded, load_s
+
+    def evict(self, model_ids) -> None:
+        """Drop models the scheduler chose to make room (those not held are ignored)."""
+        for model_id in model_ids:
+            with self._lock:
+                evicted = self._models.pop(model_id, None)
+            if evicted is not None:
+                logger.info("evicting model %s (%.3f GB) as the scheduler asked", model_id, evicted.vram_gb)
+                del evicted
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
     def _make_room(self, needed_gb: float) -> None:
         total, _ = self.vram()

@@ -168,3 +168,18 @@ def test_service_endpoints(env):
     models = client.get("/api/v1/models", headers=auth(tokens["alice"])).get_json()["models"]
     assert [m["id"] for m in models] == ["m-sd"]
     assert client.get("/", headers=auth(tokens["alice"])).status_code == 200
+
+
+def test_admins_drain_and_resume_workers(env):
+    from farm.models import Worker
+
+    ctx, client, tokens = env
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="gpu0", host="h", queue="q", device="cuda", device_name="H100", vram_total_gb=80,
+                           vram_free_gb=80, max_pixels=10**7))
+    assert_error(client.post("/api/v1/workers/gpu0/drain", headers=auth(tokens["alice"])), 403, "only admins")
+    assert client.post("/api/v1/workers/gpu0/drain", headers=auth(tokens["root"])).get_json() == {"id": "gpu0", "state": "draining"}
+    listed = client.get("/api/v1/workers", headers=auth(tokens["alice"])).get_json()["workers"]
+    assert [(w["id"], w["state"]) for w in listed] == [("gpu0", "draining")]
+    assert client.post("/api/v1/workers/gpu0/resume", headers=auth(tokens["root"])).get_json()["state"] == "online"
+    assert_error(client.post("/api/v1/workers/nope/drain", headers=auth(tokens["root"])), 404, "no worker")

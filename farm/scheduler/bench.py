@@ -1,0 +1,182 @@
+"""Scheduler benchmarks: replay a workload on a virtual cluster, and time one decision.
+
+    farm bench scheduler --workers bench/workers/mixed.json --trace bench/traces/mixed.jsonl --policy farm
+    farm bench decision --workers 100 --models 20 --queued 10000 --repeat 200
+
+Both print JSON. The baseline is ``place_fifo`` (farm/scheduler/fifo.py), run
+the same way. Formats and metric definitions: docs/scheduler-bench.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from typing import Callable
+
+import click
+import numpy as np
+
+from farm.scheduler.fifo import place_fifo
+from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState
+from farm.scheduler.simulator import TraceError, load_trace, load_workers, simulate
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("farm", "fifo")
+
+# The synthetic cluster behind `bench decision`: VRAM classes with their
+# relative speed and disk -> GPU bandwidth, in the proportions a mixed fleet has.
+GPU_CLASSES = [  # (vram_gb, speed, load_gbps, share of the fleet)
+    (8.0, 0.5, 1.0, 0.10),
+    (12.0, 0.7, 1.5, 0.10),
+    (16.0, 0.9, 2.0, 0.20),
+    (24.0, 1.0, 2.5, 0.30),
+    (48.0, 1.6, 3.0, 0.15),
+    (80.0, 2.5, 4.0, 0.15),
+]
+MODEL_FAMILIES = {"sd": (2.2, 512), "sdxl": (7.0, 1024), "flux": (24.0, 1024)}  # family -> (GB, native side)
+# Families of the synthetic models in popularity order, repeated: most models are SD or SDXL.
+FAMILY_CYCLE = ("sd", "sdxl", "sd", "sdxl", "flux")
+# A decision happens after a render finishes, so most of the fleet is busy.
+BUSY_FRACTION = 0.9
+
+
+def policy_function(name: str) -> Callable[[Snapshot], Decisions]:
+    if name == "fifo":
+        return place_fifo
+    if name == "farm":
+        # Imported here so that a run uses the policy as it is now, not as it
+        # was when this module was first imported.
+        from farm.scheduler.policy import place
+
+        return place
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+def run_bench(workers_path, trace_path, policy: str, seed: int | None = None) -> dict:
+    """Replay the trace on the workers with the named policy; the metrics.
+
+    The seed shuffles the order in which workers appear in every snapshot
+    (None keeps the file's order), to show whether a policy's results hang on
+    that order.
+    """
+    place = policy_function(policy)
+    workers = load_workers(workers_path)
+    trace = load_trace(trace_path)
+    metrics = simulate(workers, trace, place, policy_name=policy, worker_order_seed=seed)
+    metrics["seed"] = seed
+    return metrics
+
+
+def synthetic_snapshot(workers: int = 100, models: int = 20, queued: int = 10_000, seed: int = 0) -> Snapshot:
+    """A busy farm: mixed GPUs holding a few models each, most of them rendering, a long queue."""
+    rng = np.random.default_rng(seed)
+    model_table = []
+    for index in range(models):
+        family = FAMILY_CYCLE[index % len(FAMILY_CYCLE)]
+        gb, side = MODEL_FAMILIES[family]
+        model_table.append((f"{family}-{index:02d}", family, gb, side))
+    # Zipf-like popularity: the k-th model is asked for about 1/k as often.
+    popularity = 1.0 / np.arange(1, models + 1) ** 1.1
+    popularity /= popularity.sum()
+
+    classes = rng.choice(len(GPU_CLASSES), size=workers, p=[c[3] for c in GPU_CLASSES])
+    worker_states = []
+    for index, cls in enumerate(classes):
+        vram, speed, load_gbps, _ = GPU_CLASSES[cls]
+        families = frozenset({"sd", "sdxl", "flux"} if vram >= 48 else {"sd", "sdxl"})
+        held: dict[str, float] = {}
+        for pick in rng.choice(models, size=models, replace=False, p=popularity):
+            model_id, family, gb, side = model_table[pick]
+            if family in families and sum(held.values()) + gb + 2.0 <= vram and len(held) < 4:
+                held[model_id] = gb
+        busy = int(rng.random() < BUSY_FRACTION)
+        in_use = frozenset([next(iter(reversed(held)))]) if busy and held else frozenset()
+        worker_states.append(WorkerState(
+            id=f"gpu-{index:03d}", families=families, max_pixels=2048 * 2048, vram_total_gb=vram,
+            vram_free_gb=vram - sum(held.values()), loaded_models=held, serves_models=None, busy=busy,
+            speed=speed, load_gbps=load_gbps, in_use=in_use))
+
+    users = 50
+    # One heavy user submits a third of the queue (a campaign); the rest are light.
+    user_p = np.full(users, (2 / 3) / (users - 1))
+    user_p[0] = 1 / 3
+    job_models = rng.choice(models, size=queued, p=popularity)
+    job_users = rng.choice(users, size=queued, p=user_p) + 1
+    arrivals = np.sort(rng.uniform(0.0, 600.0, size=queued))
+    jobs = []
+    for index in range(queued):
+        model_id, family, gb, side = model_table[job_models[index]]
+        scale = rng.choice([1.0, 1.0, 1.0, 1.25, 1.5])
+        width = int(side * scale) // 64 * 64
+        jobs.append(QueuedJob(
+            id=index + 1, attempt=1, user_id=int(job_users[index]), model_id=model_id, family=family, model_gb=gb,
+            width=width, height=side, priority=int(rng.random() < 0.02), queued_at=float(arrivals[index]),
+            est_seconds=float({"sd": 1.0, "sdxl": 4.5, "flux": 14.0}[family] * scale)))
+    shares = {u: Share(weight=1.0, usage_s=float(rng.exponential(300.0)), running=int(rng.integers(0, 3)))
+              for u in range(1, users + 1)}
+    return Snapshot(jobs=jobs, workers=worker_states, now=600.0, shares=shares)
+
+
+def time_decisions(place: Callable[[Snapshot], Decisions], snapshot: Snapshot, repeat: int) -> dict:
+    """Milliseconds per call of place(snapshot): p50, p99, mean, and what the call decided."""
+    decisions = place(snapshot)  # warm-up: imports, caches
+    gc.collect()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        place(snapshot)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 4), "p99_ms": round(float(np.percentile(times, 99)), 4),
+            "mean_ms": round(float(np.mean(times)), 4), "assignments": len(decisions.assignments),
+            "preloads": len(decisions.preloads), "unplaceable": len(decisions.unplaceable)}
+
+
+def run_decision_bench(workers: int = 100, models: int = 20, queued: int = 10_000, repeat: int = 200,
+                       seed: int | None = None) -> dict:
+    snapshot = synthetic_snapshot(workers, models, queued, seed=0 if seed is None else seed)
+    free = sum(1 for w in snapshot.workers if w.busy < w.capacity)
+    result = {"workers": workers, "models": models, "queued": queued, "repeat": repeat, "seed": seed,
+              "free_workers": free}
+    for name in POLICIES:
+        result[name] = time_decisions(policy_function(name), snapshot, repeat)
+    return result
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks that print JSON."""
+
+
+@bench.command("scheduler")
+@click.option("--workers", "workers_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON list of workers (see docs/scheduler-bench.md).")
+@click.option("--trace", "trace_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines, one job per line.")
+@click.option("--policy", type=click.Choice(POLICIES), default="farm", show_default=True,
+              help="farm: farm.scheduler.policy.place; fifo: the baseline.")
+@click.option("--seed", type=int, default=None, help="Shuffle the worker order in snapshots (default: file order).")
+def scheduler_command(workers_path: str, trace_path: str, policy: str, seed: int | None) -> None:
+    """Replay a workload trace on a virtual cluster and print the metrics."""
+    try:
+        metrics = run_bench(workers_path, trace_path, policy, seed)
+    except TraceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@bench.command("decision")
+@click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--models", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--queued", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the synthetic snapshot (default 0).")
+def decision_command(workers: int, models: int, queued: int, repeat: int, seed: int | None) -> None:
+    """Time one placement decision on a synthetic busy farm, for farm and fifo."""
+    click.echo(json.dumps(run_decision_bench(workers, models, queued, repeat, seed), indent=2))
+
+
+if __name__ == "__main__":
+    bench()
