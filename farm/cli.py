@@ -234,7 +234,7 @@ def workers_list() -> None:
     now = utcnow()
     for w in rows:
         held = ",".join(m["id"] for m in w.loaded_models) or "-"
-        click.echo(f"{w.id}\t{w.state}\t{w.device_name}\t{w.vram_free_gb:.1f}/{w.vram_total_gb:.1f} GB free\t"
+        click.echo(f"{w.id}\t{'draining' if w.draining and w.state == 'online' else w.state}\t{w.device_name}\t{w.vram_free_gb:.1f}/{w.vram_total_gb:.1f} GB free\t"
                    f"holds {held}\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago")
 
 
@@ -262,7 +262,9 @@ def _set_draining(name: str, draining: bool) -> None:
         worker = set_draining(_context(), name, draining)
     except (NotFoundError, ConflictError) as exc:
         raise CliError(str(exc)) from None
-    click.echo(f"worker {worker.id} is {worker.state}")
+    from farm.api.views import worker_state
+
+    click.echo(f"worker {worker.id} is {worker_state(worker)}")
 
 
 # ---------------------------------------------------------------------- models

@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -177,7 +178,10 @@ class Worker(Timestamped, Base):
     capacity: Mapped[int] = mapped_column(Integer, default=1)
     speed: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     load_gbps: Mapped[float] = mapped_column(Float, default=2.0, server_default="2.0")
-    state: Mapped[str] = mapped_column(String(16), default="online")  # online | draining | offline
+    state: Mapped[str] = mapped_column(String(16), default="online")  # online | offline
+    # An operator's drain: finish current work, take no more. Kept apart from
+    # state so a worker lost and back keeps it.
+    draining: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
     software: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

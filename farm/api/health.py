@@ -30,6 +30,8 @@ def metrics():
     with farm_context().db.session() as session:
         by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         by_state = dict(session.execute(select(Worker.state, func.count()).group_by(Worker.state)).all())
+        by_state["draining"] = session.execute(
+            select(func.count()).where(Worker.draining, Worker.state == "online")).scalar_one()
     lines = ["# HELP farm_jobs Jobs by status.", "# TYPE farm_jobs gauge"]
     for status in ("queued", "assigned", "running", "succeeded", "failed", "canceled"):
         lines.append(f'farm_jobs{{status="{status}"}} {by_status.get(status, 0)}')

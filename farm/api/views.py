@@ -57,11 +57,17 @@ def output_view(output: Output) -> dict[str, Any]:
     return {**output.lineage, **output_link(output)}
 
 
+def worker_state(worker: Worker) -> str:
+    """online, draining (online but taking no work) or offline."""
+    return "draining" if worker.draining and worker.state == "online" else worker.state
+
+
 def worker_view(worker: Worker, heartbeat_age_s: float) -> dict[str, Any]:
     return {
         "id": worker.id,
         "host": worker.host,
-        "state": worker.state,
+        "state": worker_state(worker),
+        "draining": worker.draining,
         "device": worker.device,
         "device_name": worker.device_name,
         "vram_total_gb": worker.vram_total_gb,

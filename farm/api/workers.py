@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from farm.api.security import farm_context, require_admin, require_user
-from farm.api.views import worker_view
+from farm.api.views import worker_state, worker_view
 from farm.models import ModelEntry, Worker, utcnow
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def drain_worker(worker_id: str):
     from farm.services.workers import set_draining
 
     worker = set_draining(farm_context(), worker_id, True)
-    return jsonify({"id": worker.id, "state": worker.state})
+    return jsonify({"id": worker.id, "state": worker_state(worker)})
 
 
 @bp.post("/workers/<worker_id>/resume")
@@ -40,7 +40,7 @@ def resume_worker(worker_id: str):
     from farm.services.workers import set_draining
 
     worker = set_draining(farm_context(), worker_id, False)
-    return jsonify({"id": worker.id, "state": worker.state})
+    return jsonify({"id": worker.id, "state": worker_state(worker)})
 
 
 @bp.get("/models")

@@ -346,8 +346,9 @@ class _Placement:
             if priced is None:
                 continue
             cost, evict = priced
-            # After an out-of-memory failure, the most free VRAM matters most.
-            rank = (-self.free_gb[worker.id], cost) if job.excluded_workers else (cost, -worker.speed, -self.free_gb[worker.id])
+            # After an out-of-memory failure the most free VRAM matters most;
+            # otherwise best fit keeps the big GPUs free for the big models.
+            rank = (-self.free_gb[worker.id], cost) if job.excluded_workers else (cost, -worker.speed, self.free_gb[worker.id])
             if best is None or rank < best[0]:
                 best = (rank, worker, evict)
         return (best[1], best[2]) if best else None

@@ -240,7 +240,7 @@ class Scheduler:
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
             workers = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
-                       Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.state,
+                       Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
                        Worker.speed, Worker.load_gbps)
                 .where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
             ).all()
@@ -271,7 +271,7 @@ class Scheduler:
                 id=w.id, families=frozenset(w.families), max_pixels=w.max_pixels, vram_total_gb=w.vram_total_gb,
                 vram_free_gb=w.vram_free_gb, loaded_models=loaded,
                 serves_models=frozenset(w.serves_models) if w.serves_models is not None else None,
-                busy=busy, capacity=w.capacity, draining=w.state == "draining", speed=w.speed, load_gbps=w.load_gbps,
+                busy=busy, capacity=w.capacity, draining=w.draining, speed=w.speed, load_gbps=w.load_gbps,
                 in_use=frozenset(in_use.get(w.id, ())),
             ))
         return Snapshot(jobs=jobs, workers=views, now=now.timestamp(), shares=shares), {w.id: w.queue for w in workers}

@@ -15,6 +15,7 @@ Formats and metric definitions: docs/scheduler-bench.md.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -36,6 +37,18 @@ logger = logging.getLogger(__name__)
 USAGE_HALF_LIFE_S = 300.0
 # A worker file that gives no max_pixels accepts anything a GPU could hold.
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# The live scheduler shows the policy at most this many queued jobs, highest
+# priority then oldest first (farm.scheduler.service.MAX_JOBS_PER_SNAPSHOT;
+# a unit test keeps the two equal without importing the database layer here).
+MAX_JOBS_PER_SNAPSHOT = 5000
+# The live scheduler also runs a pass at least this often when nothing wakes
+# it (the default FARM_SCHEDULER_POLL_S), so a policy that waits on purpose
+# (patience, ageing) is asked again; the simulator polls the same way while
+# jobs are queued and a worker has a free slot.
+DEFAULT_POLL_S = 1.0
+# Polling an idle cluster with nothing in flight or to come stops after this
+# long without a placement: the policy is not going to place those jobs.
+STALL_AFTER_S = 600.0
 # Float slack when comparing GB sums (0.1 + 0.2 GB of models must fit in 0.3 GB).
 VRAM_EPSILON_GB = 1e-6
 
@@ -96,7 +109,7 @@ def _field(record: dict, key: str, where: str, kind: str, *, required: bool = Tr
     if kind == "positive" and (not math.isfinite(value) or value <= 0):
         raise TraceError(f"{where}: field '{key}' must be a number > 0, not {value}")
     if kind == "count":
-        if value != int(value) or value < 1:
+        if not math.isfinite(value) or value != int(value) or value < 1:
             raise TraceError(f"{where}: field '{key}' must be a whole number >= 1, not {value}")
         value = int(value)
     if kind == "integer":
@@ -381,11 +394,12 @@ class Simulation:
 
     def __init__(self, workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], policy: Policy, *,
                  policy_name: str = "policy", weights: Mapping[str, float] | None = None,
-                 worker_order_seed: int | None = None) -> None:
+                 worker_order_seed: int | None = None, poll_s: float | None = DEFAULT_POLL_S) -> None:
         if not workers:
             raise TraceError("the cluster has no workers")
         self.policy = policy
         self.policy_name = policy_name
+        self.poll_s = poll_s
         specs = list(workers)
         if worker_order_seed is not None:
             random.Random(worker_order_seed).shuffle(specs)
@@ -413,7 +427,11 @@ class Simulation:
         self.usage = {user_id: _UserUsage() for user_id in self.user_names}
         self.queued_per_user: dict[int, int] = {}
 
-        self.queue: dict[int, _Job] = {}  # job id -> job, in arrival order
+        self.queue: dict[int, _Job] = {}  # job id -> job
+        # Queue order as the live scheduler reads it: priority (highest first),
+        # then arrival. Arrivals are taken in time order, so each dict keeps it.
+        self.queue_by_priority: dict[int, dict[int, _Job]] = {}
+        self.unrunnable_queued: list[int] = []
         self.events: list[tuple[float, int, _Worker, _Task]] = []  # (finish time, seq, worker, task)
         self.sequence = 0
         self.decision_s: list[float] = []
@@ -426,9 +444,12 @@ class Simulation:
     def run(self) -> dict:
         started = time.perf_counter()
         next_arrival = 0
-        while next_arrival < len(self.arrivals) or self.events:
+        next_poll = math.inf
+        quiet_since = None  # when the cluster last went idle with jobs queued and nothing to come
+        while next_arrival < len(self.arrivals) or self.events or next_poll < math.inf:
             now = min(self.arrivals[next_arrival].spec.t if next_arrival < len(self.arrivals) else math.inf,
-                      self.events[0][0] if self.events else math.inf)
+                      self.events[0][0] if self.events else math.inf, next_poll)
+            next_poll = math.inf
             for usage in self.usage.values():
                 usage.advance(now)
             while self.events and self.events[0][0] == now:
@@ -437,18 +458,27 @@ class Simulation:
             while next_arrival < len(self.arrivals) and self.arrivals[next_arrival].spec.t == now:
                 job = self.arrivals[next_arrival]
                 next_arrival += 1
-                self.queue[job.queued.id] = job
-                self.queued_per_user[job.user_id] = self.queued_per_user.get(job.user_id, 0) + 1
-            if self.queue:
-                self._decide(now)
-            if self.queue and not self.events and next_arrival == len(self.arrivals):
-                # Nothing is in flight and nothing will arrive: the policy saw
-                # this cluster and placed nothing, and would see it again.
+                self._enqueue(job)
+            if not self.queue:
+                continue
+            self._decide(now)
+            if not self.queue:
+                continue
+            if self.events or next_arrival < len(self.arrivals):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            if self.poll_s is not None and any(len(w.tasks) < w.spec.capacity for w in self.workers):
+                next_poll = now + self.poll_s
+            if quiet_since is not None and (next_poll == math.inf or now - quiet_since >= STALL_AFTER_S):
+                # Nothing is in flight or will arrive, and the policy has kept
+                # these jobs queued on an idle cluster: it would go on doing so.
                 logger.warning("%s left %d runnable jobs queued on an idle cluster at t=%.1f; stopping",
                                self.policy_name, len(self.queue), now)
                 self.counts["stalled"] = len(self.queue)
                 for job_id in list(self.queue):
                     self._dequeue(job_id)
+                next_poll = math.inf
         metrics = self._metrics()
         logger.info("simulated %d jobs with %s in %.2fs (%.2fs in the policy)", len(self.jobs), self.policy_name,
                     time.perf_counter() - started, sum(self.decision_s))
@@ -464,8 +494,13 @@ class Simulation:
             if usage.running or self.queued_per_user.get(user_id):
                 shares[user_id] = Share(weight=self.weights.get(self.user_names[user_id], 1.0),
                                         usage_s=usage.usage_s, running=usage.running)
-        return Snapshot(jobs=[job.queued for job in self.queue.values()], workers=[w.state() for w in self.workers],
-                        now=now, shares=shares)
+        jobs: list[QueuedJob] = []
+        for priority in sorted(self.queue_by_priority, reverse=True):
+            jobs.extend(job.queued for job in itertools.islice(self.queue_by_priority[priority].values(),
+                                                               MAX_JOBS_PER_SNAPSHOT - len(jobs)))
+            if len(jobs) >= MAX_JOBS_PER_SNAPSHOT:
+                break
+        return Snapshot(jobs=jobs, workers=[w.state() for w in self.workers], now=now, shares=shares)
 
     def _decide(self, now: float) -> None:
         snapshot = self._snapshot(now)
@@ -478,12 +513,24 @@ class Simulation:
         self._apply(decisions, now)
         # Jobs no worker in this cluster could ever run would wait forever; the
         # policy has seen them once (to report them), now they leave.
-        for job_id in [j for j, job in self.queue.items() if not job.runnable]:
+        for job_id in self.unrunnable_queued:
             self.unplaceable.add(job_id)
             self._dequeue(job_id)
+        self.unrunnable_queued.clear()
+
+    def _enqueue(self, job: _Job) -> None:
+        self.queue[job.queued.id] = job
+        self.queue_by_priority.setdefault(job.queued.priority, {})[job.queued.id] = job
+        self.queued_per_user[job.user_id] = self.queued_per_user.get(job.user_id, 0) + 1
+        if not job.runnable:
+            self.unrunnable_queued.append(job.queued.id)
 
     def _dequeue(self, job_id: int) -> _Job:
         job = self.queue.pop(job_id)
+        level = self.queue_by_priority[job.queued.priority]
+        del level[job_id]
+        if not level:
+            del self.queue_by_priority[job.queued.priority]
         self.queued_per_user[job.user_id] -= 1
         return job
 
@@ -673,7 +720,11 @@ class Simulation:
 
 def simulate(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], policy: Policy, *,
              policy_name: str = "policy", weights: Mapping[str, float] | None = None,
-             worker_order_seed: int | None = None) -> dict:
-    """Replay the trace on the workers with the policy; the metrics as a JSON-ready dict."""
+             worker_order_seed: int | None = None, poll_s: float | None = DEFAULT_POLL_S) -> dict:
+    """Replay the trace on the workers with the policy; the metrics as a JSON-ready dict.
+
+    poll_s: while jobs are queued and a worker has a free slot, ask the policy
+    again after this long even if nothing happens (None: only on events).
+    """
     return Simulation(workers, trace, policy, policy_name=policy_name, weights=weights,
-                      worker_order_seed=worker_order_seed).run()
+                      worker_order_seed=worker_order_seed, poll_s=poll_s).run()

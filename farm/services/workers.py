@@ -18,7 +18,7 @@ def set_draining(ctx: FarmContext, worker_id: str, draining: bool) -> Worker:
             raise NotFoundError(f"no worker {worker_id!r}")
         if worker.state == "offline":
             raise ConflictError(f"worker {worker_id} is offline; start it before changing its state")
-        worker.state = "draining" if draining else "online"
-    logger.info("worker %s is now %s", worker_id, worker.state)
+        worker.draining = draining
+    logger.info("worker %s is now %s", worker_id, "draining" if draining else "taking work")
     ctx.events.wake_scheduler()
     return worker

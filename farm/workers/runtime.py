@@ -123,8 +123,7 @@ class WorkerRuntime:
             else:
                 for key, value in values.items():
                     setattr(worker, key, value)
-                # A drained worker stays drained across restarts until resumed.
-                worker.state = "draining" if worker.state == "draining" else "online"
+                worker.state = "online"  # a drain (worker.draining) outlives restarts
         logger.info("worker %s registered: %s, %.2f GB VRAM, queue %s", self.name, self.device_name, total, self.queue)
         self.ctx.events.wake_scheduler()
 
@@ -154,6 +153,9 @@ class WorkerRuntime:
 
     def start(self) -> None:
         self.register()
+        # Heartbeats first: a preload can take longer than the heartbeat timeout.
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
         for model_id in self.ctx.settings.preload_model_ids():
             with self.ctx.db.session() as session:
                 entry = session.get(ModelEntry, model_id)
@@ -161,8 +163,6 @@ class WorkerRuntime:
                 raise ValueError(f"FARM_WORKER_PRELOAD names model {model_id!r}, which is not registered")
             self.pipeline_for(entry)
         self.heartbeat()
-        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
         set_runtime(self)
 
     def stop(self) -> None:

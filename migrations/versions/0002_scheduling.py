@@ -22,6 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("workers") as batch_op:
         batch_op.add_column(sa.Column("speed", sa.Float(), server_default="1.0", nullable=False))
         batch_op.add_column(sa.Column("load_gbps", sa.Float(), server_default="2.0", nullable=False))
+        batch_op.add_column(sa.Column("draining", sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table("jobs") as batch_op:
         batch_op.add_column(sa.Column("gpu_seconds", sa.Float(), nullable=True))
         batch_op.create_index("ix_jobs_finished_at", ["finished_at"])
@@ -32,6 +33,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_finished_at")
         batch_op.drop_column("gpu_seconds")
     with op.batch_alter_table("workers") as batch_op:
+        batch_op.drop_column("draining")
         batch_op.drop_column("load_gbps")
         batch_op.drop_column("speed")
     with op.batch_alter_table("users") as batch_op:
