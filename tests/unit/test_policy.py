@@ -34,10 +34,12 @@ def test_prefers_the_worker_that_holds_the_model():
     assert assigned(d) == {j.id: "w2"}
 
 
-def test_otherwise_the_most_free_vram():
-    j = job("c")
-    d = place(Snapshot([j], [worker("small", vram=6.0), worker("big", vram=24.0)], now=0))
-    assert assigned(d) == {j.id: "big"}
+def test_otherwise_the_best_fit_keeps_big_gpus_for_big_models():
+    small_model, big_model = job("c", t=0), job("x", gb=20.0, t=1)
+    workers = [worker("small", vram=6.0), worker("big", vram=24.0)]
+    assert assigned(place(Snapshot([small_model], workers, now=0))) == {small_model.id: "small"}
+    d = place(Snapshot([small_model, big_model], workers, now=2))
+    assert assigned(d) == {small_model.id: "small", big_model.id: "big"}
 
 
 def test_one_job_per_free_slot_and_oldest_first():
