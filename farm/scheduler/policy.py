@@ -9,8 +9,8 @@ How it decides, for each free worker slot in turn:
 
 1. Fair share picks whose turn it is: users are ranked by priority class
    (a waiting job climbs one class per ``CLASS_AGE_S``), then by recent GPU
-   use divided by their weight minus how long their oldest job has waited
-   (so waiting always wins eventually: no starvation).
+   use divided by their weight minus ``AGE_WEIGHT`` times how long their
+   oldest job has waited (so waiting always wins eventually: no starvation).
 2. That user's oldest job goes to a free worker that already holds its model
    (no load).
 3. Otherwise, while the job is still within its patience (a few load-times),
@@ -144,9 +144,12 @@ class Decisions:
                [(p.worker_id, m) for p in self.preloads for m in p.evict]
 
 
-# Tunables (seconds). Chosen with bench/traces via `farm bench scheduler`.
+# Tunables, chosen by replaying bench/traces with `farm bench scheduler`
+# (docs/benchmarks.md): shorter patience loads more and, on a busy farm,
+# makes everyone wait longer behind the loads.
 CLASS_AGE_S = 600.0  # a waiting job climbs one priority class per 10 minutes
-MIN_PATIENCE_S = 10.0  # a job may wait this long for affinity before a load is made for it
+AGE_WEIGHT = 3.0  # one second of waiting offsets three GPU-seconds of recent use
+MIN_PATIENCE_S = 180.0  # a job may wait this long for affinity before a load is made for it
 PATIENCE_LOADS = 3.0  # ... or this many times its own model's load time, whichever is longer
 REFERENCE_LOAD_GBPS = 2.0
 
@@ -210,21 +213,9 @@ class _Placement:
     # ------------------------------------------------------------------ index
 
     def index(self, jobs: Sequence[QueuedJob]) -> None:
-        reasons: dict[tuple, str | None] = {}
-        workers = list(self.workers.values())
-        unplaceable = self.decisions.unplaceable
-        by_model, by_user, demand = self.by_model, self.by_user, self.demand
+        """One pass over the queue (the only O(jobs) work in a decision)."""
+        by_model, by_user = self.by_model, self.by_user
         for job in jobs:
-            signature = (job.model_id, job.family, job.model_gb, job.width, job.height)
-            reason = reasons.get(signature, _UNKNOWN)
-            if reason is _UNKNOWN:
-                reason = reasons[signature] = _why_unrunnable(job, workers)
-            if reason is None and job.excluded_workers:
-                reason = _why_unrunnable(job, [w for w in workers if w.id not in job.excluded_workers],
-                                         "ran out of memory on " + ", ".join(sorted(job.excluded_workers)))
-            if reason is not None:
-                unplaceable[job.id] = reason
-                continue
             model_queue = by_model.get(job.model_id)
             if model_queue is None:
                 model_queue = by_model[job.model_id] = _Queue()
@@ -233,7 +224,41 @@ class _Placement:
             if user_queue is None:
                 user_queue = by_user[job.user_id] = _Queue()
             user_queue.jobs.append(job)
-            demand[job.model_id] = demand.get(job.model_id, 0) + 1
+        # Whether a job can run anywhere depends on its model and size only:
+        # checked once per distinct (model, size, family, weights), not per job.
+        workers = list(self.workers.values())
+        refused: set = set()
+        for model_id, queue in by_model.items():
+            self.demand[model_id] = len(queue.jobs)
+            samples = {(job.width, job.height, job.family, job.model_gb): job for job in queue.jobs}
+            for signature, sample in samples.items():
+                reason = _why_unrunnable(sample, workers)
+                if reason is not None:
+                    for job in queue.jobs:
+                        if (job.width, job.height, job.family, job.model_gb) == signature:
+                            self.decisions.unplaceable[job.id] = reason
+                            refused.add(job.id)
+        if refused:
+            for queues in (by_model, by_user):
+                for key, queue in list(queues.items()):
+                    queue.jobs = [j for j in queue.jobs if j.id not in refused]
+                    if not queue.jobs:
+                        del queues[key]
+            for model_id in list(self.demand):
+                self.demand[model_id] = len(by_model[model_id].jobs) if model_id in by_model else 0
+
+    def refuse_if_excluded_everywhere(self, job: QueuedJob) -> bool:
+        """A job whose out-of-memory history rules out every worker is unplaceable."""
+        if not job.excluded_workers:
+            return False
+        others = [w for w in self.workers.values() if w.id not in job.excluded_workers]
+        reason = _why_unrunnable(job, others, "ran out of memory on " + ", ".join(sorted(job.excluded_workers)))
+        if reason is None:
+            return False
+        self.decisions.unplaceable[job.id] = reason
+        self.taken.add(job.id)  # out of this call's way, but not assigned
+        self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
+        return True
 
     # ------------------------------------------------------------------ fair share
 
@@ -242,7 +267,7 @@ class _Placement:
         waited = max(self.now - head.queued_at, 0.0)
         klass = head.priority + math.floor(waited / CLASS_AGE_S)
         usage = share.usage_s + self.added_usage.get(user_id, 0.0)
-        return (-klass, usage / max(share.weight, 1e-9) - waited, head.queued_at)
+        return (-klass, usage / max(share.weight, 1e-9) - AGE_WEIGHT * waited, head.queued_at)
 
     def users_in_turn(self, skip: set) -> list[tuple[tuple, int, QueuedJob]]:
         ranked = []
@@ -376,6 +401,8 @@ class _Placement:
             if not ranked:
                 break
             _, user_id, job = ranked[0]
+            if self.refuse_if_excluded_everywhere(job):
+                continue
             target = self.holder_for(job)
             if target is None and self.now - job.queued_at < patience_s(job):
                 pair = self.affinity_pair()
