@@ -1,0 +1,93 @@
+"""One job attempt on a worker, in-process: success, stale attempt, cancel, out of memory."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import torch
+
+from farm import states
+from farm.context import build_context
+from farm.events import LocalEvents
+from farm.models import Job, ModelEntry, Output
+from farm.registry import add_model
+from farm.scheduler.service import CeleryDispatcher, Scheduler
+from farm.workers import render as render_module
+from farm.workers.runtime import WorkerRuntime
+from farm.workers.tiny import write_tiny_model
+from tests.support.factories import make_job
+
+
+@pytest.fixture()
+def farm_ctx(sqlite_settings, tmp_path):
+    settings = sqlite_settings.model_copy(update={"device": "cpu", "worker_vram_gb": 4.0})
+    ctx = build_context(settings, events=LocalEvents())
+    model_dir = write_tiny_model(tmp_path / "tiny", family="sd", seed=0)
+    with ctx.db.transaction() as session:
+        add_model(session, "tiny", str(model_dir))
+    return ctx
+
+
+def new_job(ctx, worker: str) -> uuid.UUID:
+    job_id = make_job(ctx, model="tiny")
+    with ctx.db.transaction() as session:
+        states.assign_job(session, job_id, 1, worker, 30)
+    return job_id
+
+
+def test_a_job_renders_uploads_and_records(farm_ctx):
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job_id = new_job(farm_ctx, "w1")
+    assert render_module.execute_job(runtime, job_id, 1) == "succeeded"
+    with farm_ctx.db.session() as session:
+        job = session.get(Job, job_id)
+        [output] = job.outputs
+    assert job.status == "succeeded" and job.gpu_seconds > 0
+    assert farm_ctx.storage.get(output.object_key)[:4] == b"\x89PNG"
+    assert output.lineage["content_sha256"] == output.content_sha256
+    # Running the same attempt again is refused: it is no longer assigned.
+    assert render_module.execute_job(runtime, job_id, 1) == "skipped"
+
+
+def test_stale_attempt_is_skipped(farm_ctx):
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job_id = new_job(farm_ctx, "w1")
+    with farm_ctx.db.transaction() as session:
+        states.requeue_job(session, job_id, 1, "lease expired", 3)
+    assert render_module.execute_job(runtime, job_id, 1) == "skipped"
+
+
+def test_out_of_memory_requeues_away_from_this_worker(farm_ctx, monkeypatch):
+    runtime = WorkerRuntime(farm_ctx, name="small-gpu")
+    job_id = new_job(farm_ctx, "small-gpu")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(render_module, "render", out_of_memory)
+    assert render_module.execute_job(runtime, job_id, 1) == "requeued"
+    with farm_ctx.db.session() as session:
+        job = session.get(Job, job_id)
+        assert session.query(Output).filter_by(job_id=job_id).count() == 0
+    assert (job.status, job.attempt, job.excluded_workers) == ("queued", 2, ["small-gpu"])
+    assert "out of memory on small-gpu" in job.error
+
+    # The scheduler will not send it back there.
+    runtime.register()
+    snapshot, _ = Scheduler(farm_ctx, CeleryDispatcher(None)).load_snapshot()
+    from farm.scheduler.policy import place
+
+    decisions = place(snapshot)
+    assert decisions.assignments == []
+    assert "ran out of memory on small-gpu" in decisions.unplaceable[job_id]
+
+
+def test_other_errors_fail_the_job_with_the_reason(farm_ctx, monkeypatch):
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job_id = new_job(farm_ctx, "w1")
+    monkeypatch.setattr(render_module, "render", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad latent shape")))
+    assert render_module.execute_job(runtime, job_id, 1) == "failed"
+    with farm_ctx.db.session() as session:
+        job = session.get(Job, job_id)
+    assert job.status == "failed" and job.error == "ValueError: bad latent shape"
