@@ -28,8 +28,10 @@ age), as the scheduler's query returns it; the policy does not re-sort.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
@@ -163,8 +165,8 @@ class _Queue:
 
     __slots__ = ("jobs", "cursor")
 
-    def __init__(self) -> None:
-        self.jobs: list[QueuedJob] = []
+    def __init__(self, jobs: list[QueuedJob]) -> None:
+        self.jobs = jobs
         self.cursor = 0
 
     def head(self, taken: set) -> QueuedJob | None:
@@ -205,6 +207,7 @@ class _Placement:
         self.by_model: dict[str, _Queue] = {}
         self.by_user: dict[int, _Queue] = {}
         self.demand: dict[str, int] = {}
+        self.pixel_limits: dict[str, int] = {}
         self.taken: set = set()
         self.placed: dict[str, int] = {}
         self.added_usage: dict[int, float] = {}
@@ -213,39 +216,44 @@ class _Placement:
     # ------------------------------------------------------------------ index
 
     def index(self, jobs: Sequence[QueuedJob]) -> None:
-        """One pass over the queue (the only O(jobs) work in a decision)."""
-        by_model, by_user = self.by_model, self.by_user
+        """One pass over the queue (the only O(jobs) work in a decision).
+
+        Whether a job can run anywhere depends only on its model and its
+        pixel count, so each model gets one pixel limit (the largest image
+        some worker could ever take). A model no worker can hold makes all
+        its jobs unplaceable at once; a job too large for its model's limit is
+        reported when it reaches the front of its user's queue.
+        """
+        models: defaultdict[str, list[QueuedJob]] = defaultdict(list)
+        users: defaultdict[int, list[QueuedJob]] = defaultdict(list)
         for job in jobs:
-            model_queue = by_model.get(job.model_id)
-            if model_queue is None:
-                model_queue = by_model[job.model_id] = _Queue()
-            model_queue.jobs.append(job)
-            user_queue = by_user.get(job.user_id)
-            if user_queue is None:
-                user_queue = by_user[job.user_id] = _Queue()
-            user_queue.jobs.append(job)
-        # Whether a job can run anywhere depends on its model and size only:
-        # checked once per distinct (model, size, family, weights), not per job.
+            models[job.model_id].append(job)
+            users[job.user_id].append(job)
         workers = list(self.workers.values())
         refused: set = set()
-        for model_id, queue in by_model.items():
-            self.demand[model_id] = len(queue.jobs)
-            samples = {(job.width, job.height, job.family, job.model_gb): job for job in queue.jobs}
-            for signature, sample in samples.items():
-                reason = _why_unrunnable(sample, workers)
-                if reason is not None:
-                    for job in queue.jobs:
-                        if (job.width, job.height, job.family, job.model_gb) == signature:
-                            self.decisions.unplaceable[job.id] = reason
-                            refused.add(job.id)
-        if refused:
-            for queues in (by_model, by_user):
-                for key, queue in list(queues.items()):
-                    queue.jobs = [j for j in queue.jobs if j.id not in refused]
-                    if not queue.jobs:
-                        del queues[key]
-            for model_id in list(self.demand):
-                self.demand[model_id] = len(by_model[model_id].jobs) if model_id in by_model else 0
+        for model_id, model_jobs in models.items():
+            limit = self.pixel_limits[model_id] = _largest_runnable_pixels(model_jobs[0], workers)
+            if limit == 0:
+                reason = _why_unrunnable(model_jobs[0], workers) or "no worker can run it"
+                for job in model_jobs:
+                    self.decisions.unplaceable[job.id] = reason
+                    refused.add(job.id)
+                continue
+            self.by_model[model_id] = _Queue(model_jobs)
+            self.demand[model_id] = len(model_jobs)
+        for user_id, user_jobs in users.items():
+            if refused:
+                user_jobs = [job for job in user_jobs if job.id not in refused]
+            if user_jobs:
+                self.by_user[user_id] = _Queue(user_jobs)
+
+    def refuse_if_too_large(self, job: QueuedJob) -> bool:
+        if job.width * job.height <= self.pixel_limits[job.model_id]:
+            return False
+        self.decisions.unplaceable[job.id] = _why_unrunnable(job, list(self.workers.values())) or "no worker can run it"
+        self.taken.add(job.id)
+        self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
+        return True
 
     def refuse_if_excluded_everywhere(self, job: QueuedJob) -> bool:
         """A job whose out-of-memory history rules out every worker is unplaceable."""
@@ -269,16 +277,15 @@ class _Placement:
         usage = share.usage_s + self.added_usage.get(user_id, 0.0)
         return (-klass, usage / max(share.weight, 1e-9) - AGE_WEIGHT * waited, head.queued_at)
 
-    def users_in_turn(self, skip: set) -> list[tuple[tuple, int, QueuedJob]]:
-        ranked = []
+    def ranked_users(self) -> list[tuple[tuple, int]]:
+        """A heap of (rank, user); only the served user's rank changes per slot."""
+        heap = []
         for user_id, queue in self.by_user.items():
-            if user_id in skip:
-                continue
             head = queue.head(self.taken)
             if head is not None:
-                ranked.append((self.user_rank(user_id, head), user_id, head))
-        ranked.sort(key=lambda entry: entry[0])
-        return ranked
+                heap.append((self.user_rank(user_id, head), user_id))
+        heapq.heapify(heap)
+        return heap
 
     # ------------------------------------------------------------------ placing
 
@@ -395,19 +402,23 @@ class _Placement:
         return None
 
     def run(self) -> None:
-        deferred: set[int] = set()
-        while any(slots > 0 for slots in self.slots.values()):
-            ranked = self.users_in_turn(deferred)
-            if not ranked:
-                break
-            _, user_id, job = ranked[0]
-            if self.refuse_if_excluded_everywhere(job):
+        heap = self.ranked_users()
+        while heap and any(slots > 0 for slots in self.slots.values()):
+            _, user_id = heapq.heappop(heap)
+            job = self.by_user[user_id].head(self.taken)
+            if job is None:
+                continue
+            if self.refuse_if_too_large(job) or self.refuse_if_excluded_everywhere(job):
+                self._requeue_user(heap, user_id)
                 continue
             target = self.holder_for(job)
             if target is None and self.now - job.queued_at < patience_s(job):
                 pair = self.affinity_pair()
                 if pair is not None:
                     self.assign(*pair)
+                    # Another user's job was served: this user keeps its turn.
+                    heapq.heappush(heap, (self.user_rank(user_id, job), user_id))
+                    self._rerank(heap, pair[0].user_id, skip=user_id)
                     continue
             if target is None:
                 target = self.cheapest_worker(job)
@@ -416,11 +427,28 @@ class _Placement:
                 # job of theirs may fit (no head-of-line blocking).
                 later = self.runnable_later_job(user_id)
                 if later is None:
-                    deferred.add(user_id)
-                    continue
+                    continue  # this user is done for this call
                 job, target = later[0], later[1:]
             self.assign(job, target[0], target[1])
+            self._requeue_user(heap, user_id)
         self.preload_idle()
+
+    def _requeue_user(self, heap, user_id: int) -> None:
+        head = self.by_user[user_id].head(self.taken)
+        if head is not None:
+            heapq.heappush(heap, (self.user_rank(user_id, head), user_id))
+
+    def _rerank(self, heap, user_id: int, skip: int) -> None:
+        """After serving ``user_id`` out of turn, refresh its place in the heap."""
+        if user_id == skip:
+            return
+        for i, (_, uid) in enumerate(heap):
+            if uid == user_id:
+                heap[i] = heap[-1]
+                heap.pop()
+                heapq.heapify(heap)
+                break
+        self._requeue_user(heap, user_id)
 
     def preload_idle(self) -> None:
         idle = [w for w in self.free_workers() if self.slots[w.id] == w.capacity]
@@ -463,6 +491,22 @@ def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
         and job.pixels <= worker.max_pixels
         and job.model_gb + working_memory_gb(job.width, job.height) <= worker.vram_total_gb
     )
+
+
+def _largest_runnable_pixels(job: QueuedJob, workers: Sequence[WorkerState]) -> int:
+    """The largest width x height of this job's model that some worker could ever run."""
+    best = 0
+    for worker in workers:
+        if job.family not in worker.families:
+            continue
+        if worker.serves_models is not None and job.model_id not in worker.serves_models:
+            continue
+        room_gb = worker.vram_total_gb - job.model_gb - BASE_WORKING_GB
+        if room_gb < 0:
+            continue
+        by_memory = int(room_gb / WORKING_GB_PER_MEGAPIXEL * 1e6)
+        best = max(best, min(worker.max_pixels, by_memory))
+    return best
 
 
 def _why_unrunnable(job: QueuedJob, workers: Sequence[WorkerState], prefix: str | None = None) -> str | None:

@@ -60,8 +60,10 @@ def test_busy_and_draining_workers_get_nothing():
 
 
 def test_unplaceable_jobs_are_reported_with_reasons():
-    too_big, wrong_family, not_served = job(gb=30.0), job(family="flux"), job("z")
-    d = place(Snapshot([too_big, wrong_family, not_served], [worker("w1", vram=16.0, serves={"a"}, families=("sd",))], now=0))
+    # A model id has one family and one size (the registry's), so each case is its own model.
+    too_big, wrong_family, not_served = job("huge", gb=30.0), job("flux-1", family="flux"), job("z")
+    d = place(Snapshot([too_big, wrong_family, not_served],
+                       [worker("w1", vram=16.0, serves={"huge", "flux-1"}, families=("sd",))], now=0))
     assert d.assignments == []
     assert "16.0 GB of VRAM" in d.unplaceable[too_big.id]
     assert "not flux" in d.unplaceable[wrong_family.id]
@@ -179,3 +181,10 @@ def test_oom_retry_goes_to_the_worker_with_most_free_vram():
     j = job("a", excluded={"small"}, t=0)
     ws = [worker("small", vram=8.0), worker("mid", vram=16.0), worker("big", vram=48.0)]
     assert assigned(place(Snapshot([j], ws, now=100))) == {j.id: "big"}
+
+
+def test_a_too_large_image_is_unplaceable_but_its_model_is_not():
+    small, huge = job("a", size=512, t=0), job("a", size=4096, t=1)
+    d = place(Snapshot([huge, small], [worker("w1", vram=8.0, held={"a": 2.0})], now=2))
+    assert assigned(d) == {small.id: "w1"}
+    assert "needs" in d.unplaceable[huge.id] or "pixels" in d.unplaceable[huge.id]
