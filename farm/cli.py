@@ -210,6 +210,34 @@ def users_set_password(name: str, password: str) -> None:
     click.echo(f"password set for {name}")
 
 
+@main.group()
+def shares() -> None:
+    """Fair-share weights of users and teams."""
+
+
+@shares.command("set")
+@click.argument("weight", type=click.FloatRange(min=0.01, max=1000))
+@click.option("--user", "user_name", default=None, help="User whose weight to set.")
+@click.option("--team", "team_name", default=None, help="Team whose weight to set.")
+@friendly_errors
+def shares_set(weight: float, user_name: str | None, team_name: str | None) -> None:
+    """Set a user's or a team's fair-share WEIGHT (1 = normal, 2 = twice the GPU time when both wait)."""
+    from sqlalchemy import select
+
+    from farm.models import Team, User
+
+    if (user_name is None) == (team_name is None):
+        raise CliError("name exactly one of --user or --team")
+    model, name = (User, user_name) if user_name else (Team, team_name)
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        row = session.execute(select(model).where(model.name == name)).scalar_one_or_none()
+        if row is None:
+            raise CliError(f"no {'user' if user_name else 'team'} named {name!r}")
+        row.share_weight = weight
+    click.echo(f"{'user' if user_name else 'team'} {name} now has share weight {weight:g}")
+
+
 # ---------------------------------------------------------------------- workers
 
 

@@ -103,6 +103,8 @@ class Team(Timestamped, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Fair-share weight of the team as a whole (its members share it).
+    share_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
 
 
 class User(Timestamped, Base):

@@ -115,6 +115,7 @@ class Snapshot:
     workers: Sequence[WorkerState]
     now: float
     shares: Mapping[int, Share] = field(default_factory=dict)  # by user id; absent = weight 1, no use
+    team_shares: Mapping[int, Share] = field(default_factory=dict)  # by team id; absent = teams not weighed
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,8 @@ class _Placement:
     def __init__(self, snapshot: Snapshot) -> None:
         self.now = snapshot.now
         self.shares = snapshot.shares
+        self.team_shares = snapshot.team_shares
+        self.added_team_usage: dict[int, float] = {}
         self.workers = {w.id: w for w in snapshot.workers}
         self.held = {w.id: dict(w.loaded_models) for w in snapshot.workers}
         self.free_gb = {
@@ -275,7 +278,14 @@ class _Placement:
         waited = max(self.now - head.queued_at, 0.0)
         klass = head.priority + math.floor(waited / CLASS_AGE_S)
         usage = share.usage_s + self.added_usage.get(user_id, 0.0)
-        return (-klass, usage / max(share.weight, 1e-9) - AGE_WEIGHT * waited, head.queued_at)
+        score = usage / max(share.weight, 1e-9) - AGE_WEIGHT * waited
+        team = self.team_shares.get(head.team_id) if head.team_id is not None else None
+        if team is not None:
+            # Members share their team's weight: a big team's many users do
+            # not add up to more than the team's share.
+            team_usage = team.usage_s + self.added_team_usage.get(head.team_id, 0.0)
+            score += team_usage / max(team.weight, 1e-9)
+        return (-klass, score, head.queued_at)
 
     def ranked_users(self) -> list[tuple[tuple, int]]:
         """A heap of (rank, user); only the served user's rank changes per slot."""
@@ -337,6 +347,8 @@ class _Placement:
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
         self.added_usage[job.user_id] = self.added_usage.get(job.user_id, 0.0) + job.est_seconds / worker.speed
+        if job.team_id is not None:
+            self.added_team_usage[job.team_id] = self.added_team_usage.get(job.team_id, 0.0) + job.est_seconds / worker.speed
         self.decisions.assignments.append(Assignment(job.id, job.attempt, worker.id, evict))
 
     def holder_for(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:

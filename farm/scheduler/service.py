@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, JobStatus, ModelEntry, User, Worker, utcnow
+from farm.models import Job, JobStatus, ModelEntry, Team, User, Worker, utcnow
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 
 logger = logging.getLogger(__name__)
@@ -230,8 +230,9 @@ class Scheduler:
         with self.ctx.db.session() as session:
             rows = session.execute(
                 select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.steps, Job.priority,
-                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb)
+                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id)
                 .join(ModelEntry, ModelEntry.id == Job.model_id)
+                .join(User, User.id == Job.user_id)
                 .where(Job.status == JobStatus.queued.value)
                 .order_by(Job.priority.desc(), Job.created_at)
                 .limit(MAX_JOBS_PER_SNAPSHOT)
@@ -249,6 +250,7 @@ class Scheduler:
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
             shares = self._load_shares(session, {r.user_id for r in rows}, active, now)
+            team_shares = self._load_team_shares(session, {r.team_id for r in rows if r.team_id is not None}, now)
         in_use: dict[str, set[str]] = {}
         for row in active:
             in_use.setdefault(row.worker_id, set()).add(row.model_id)
@@ -256,7 +258,7 @@ class Scheduler:
             QueuedJob(
                 id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
                 width=r.width, height=r.height, priority=r.priority, queued_at=r.created_at.timestamp(),
-                excluded_workers=frozenset(r.excluded_workers or ()),
+                excluded_workers=frozenset(r.excluded_workers or ()), team_id=r.team_id,
                 est_seconds=estimate_render_s(r.family, r.width, r.height, r.steps),
             )
             for r in rows
@@ -274,7 +276,8 @@ class Scheduler:
                 busy=busy, capacity=w.capacity, draining=w.draining, speed=w.speed, load_gbps=w.load_gbps,
                 in_use=frozenset(in_use.get(w.id, ())),
             ))
-        return Snapshot(jobs=jobs, workers=views, now=now.timestamp(), shares=shares), {w.id: w.queue for w in workers}
+        snapshot = Snapshot(jobs=jobs, workers=views, now=now.timestamp(), shares=shares, team_shares=team_shares)
+        return snapshot, {w.id: w.queue for w in workers}
 
     def _still_preloading(self, worker_id: str, loaded: dict[str, float]) -> bool:
         pending = self.preloading.get(worker_id)
@@ -286,14 +289,32 @@ class Scheduler:
             return False
         return True
 
+    @staticmethod
+    def _decayed_usage(now: dt.datetime):
+        """Recent GPU seconds, each job weighted by how long ago it finished."""
+        return case(
+            *[(Job.finished_at >= now - dt.timedelta(seconds=age), Job.gpu_seconds * factor) for age, factor in USAGE_BANDS_S],
+            else_=0.0,
+        )
+
+    def _load_team_shares(self, session, team_ids: set[int], now: dt.datetime) -> dict[int, Share]:
+        if not team_ids:
+            return {}
+        oldest = now - dt.timedelta(seconds=USAGE_BANDS_S[-1][0])
+        usage = dict(session.execute(
+            select(User.team_id, func.sum(self._decayed_usage(now)))
+            .join(User, User.id == Job.user_id)
+            .where(User.team_id.in_(team_ids), Job.finished_at >= oldest, Job.gpu_seconds.is_not(None))
+            .group_by(User.team_id)
+        ).all())
+        weights = dict(session.execute(select(Team.id, Team.share_weight).where(Team.id.in_(team_ids))).all())
+        return {team_id: Share(weight=weights.get(team_id, 1.0), usage_s=float(usage.get(team_id) or 0.0)) for team_id in team_ids}
+
     def _load_shares(self, session, user_ids: set[int], active, now: dt.datetime) -> dict[int, Share]:
         """Each waiting user's weight and recent GPU use, decayed by age."""
         if not user_ids:
             return {}
-        usage_expr = case(
-            *[(Job.finished_at >= now - dt.timedelta(seconds=age), Job.gpu_seconds * factor) for age, factor in USAGE_BANDS_S],
-            else_=0.0,
-        )
+        usage_expr = self._decayed_usage(now)
         oldest = now - dt.timedelta(seconds=USAGE_BANDS_S[-1][0])
         usage = dict(session.execute(
             select(Job.user_id, func.sum(usage_expr))

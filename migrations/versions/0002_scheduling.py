@@ -17,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("teams") as batch_op:
+        batch_op.add_column(sa.Column("share_weight", sa.Float(), server_default="1.0", nullable=False))
     with op.batch_alter_table("users") as batch_op:
         batch_op.add_column(sa.Column("share_weight", sa.Float(), server_default="1.0", nullable=False))
     with op.batch_alter_table("workers") as batch_op:
@@ -37,4 +39,6 @@ def downgrade() -> None:
         batch_op.drop_column("load_gbps")
         batch_op.drop_column("speed")
     with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("share_weight")
+    with op.batch_alter_table("teams") as batch_op:
         batch_op.drop_column("share_weight")

@@ -188,3 +188,18 @@ def test_a_too_large_image_is_unplaceable_but_its_model_is_not():
     d = place(Snapshot([huge, small], [worker("w1", vram=8.0, held={"a": 2.0})], now=2))
     assert assigned(d) == {small.id: "w1"}
     assert "needs" in d.unplaceable[huge.id] or "pixels" in d.unplaceable[huge.id]
+
+
+def test_team_shares_weigh_a_whole_team():
+    # Team 1 (three busy members) has used much more than team 2; a member of
+    # team 2 goes first even though each user's own use is equal.
+    jobs = [QueuedJob(id=f"t1-{i}", attempt=1, user_id=i, model_id="a", family="sd", model_gb=2.0, width=512,
+                      height=512, priority=0, queued_at=float(i), team_id=1) for i in range(1, 4)]
+    jobs.append(QueuedJob(id="t2", attempt=1, user_id=9, model_id="a", family="sd", model_gb=2.0, width=512, height=512,
+                          priority=0, queued_at=5.0, team_id=2))
+    shares = {u: Share(usage_s=100.0) for u in (1, 2, 3, 9)}
+    teams = {1: Share(weight=1.0, usage_s=900.0), 2: Share(weight=1.0, usage_s=100.0)}
+    w = [worker("w1", held={"a": 2.0})]
+    assert assigned(place(Snapshot(jobs, w, now=6.0, shares=shares, team_shares=teams))) == {"t2": "w1"}
+    # Without team shares the oldest job of the equally-used users goes first.
+    assert assigned(place(Snapshot(jobs, w, now=6.0, shares=shares))) == {"t1-1": "w1"}

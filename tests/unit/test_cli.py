@@ -1,0 +1,51 @@
+"""The command line on the embedded database: clear one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from farm.cli import main
+
+
+@pytest.fixture()
+def run(sqlite_settings, monkeypatch):
+    monkeypatch.setenv("FARM_HOME", str(sqlite_settings.home))
+    for name in ("FARM_DATABASE_URL", "FARM_BROKER_URL", "FARM_S3_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    import farm.settings
+
+    monkeypatch.setattr(farm.settings, "_settings", None)
+
+    def invoke(*args):
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_users_teams_and_share_weights(run):
+    created = run("users", "create", "ana", "--team", "studio")
+    assert created.exit_code == 0 and created.output.strip().splitlines()[-1].startswith("farm_")
+    assert "user ana now has share weight 2" in run("shares", "set", "2", "--user", "ana").output
+    assert "team studio now has share weight 0.5" in run("shares", "set", "0.5", "--team", "studio").output
+    missing = run("shares", "set", "2", "--user", "nobody")
+    assert missing.exit_code == 1 and "no user named 'nobody'" in missing.output and "Traceback" not in missing.output
+    both = run("shares", "set", "2", "--user", "ana", "--team", "studio")
+    assert both.exit_code == 1 and "exactly one" in both.output
+    again = run("users", "create", "ana")
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_worker_commands_say_what_is_wrong(run):
+    assert "no workers have registered" in run("workers", "list").output
+    result = run("workers", "drain", "gpu9")
+    assert result.exit_code == 1 and "no worker 'gpu9'" in result.output
+
+
+def test_models_add_refuses_bad_sources(run, tmp_path):
+    result = run("models", "add", "x", str(tmp_path / "missing-dir"))
+    assert result.exit_code == 1 and "neither a local directory nor a hub repo id" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("models", "add", "y", str(empty))
+    assert result.exit_code == 1 and "--family" in result.output
