@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from farm.models import ApiToken, Role, Team, User, utcnow
@@ -14,6 +15,8 @@ from farm.models import ApiToken, Role, Team, User, utcnow
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "farm_"
+# last_used_at is kept to this resolution so that most authentications stay one SELECT.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class UserExistsError(Exception):
@@ -77,7 +80,21 @@ def user_for_token(session: Session, token: str) -> tuple[User, ApiToken] | None
     ).scalar_one_or_none()
     if row is None or row.user.disabled_at is not None:
         return None
+    note_token_used(session, row)
     return row.user, row
+
+
+def note_token_used(session: Session, row: ApiToken, now: dt.datetime | None = None) -> None:
+    """Record when a token was last used, at most once per ``LAST_USED_RESOLUTION``; the caller commits."""
+    now = now or utcnow()
+    if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
+        return
+    # Conditional, so concurrent requests with one token write it once.
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == row.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= now - LAST_USED_RESOLUTION))
+        .values(last_used_at=now)
+    )
 
 
 def revoke_tokens(session: Session, user: User, name: str) -> int:

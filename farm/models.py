@@ -189,6 +189,80 @@ class Worker(Timestamped, Base):
     last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class CampaignStatus(str, enum.Enum):
+    active = "active"
+    paused = "paused"
+    canceled = "canceled"
+    completed = "completed"
+
+
+class Campaign(Timestamped, Base):
+    """Many jobs submitted as one: a base request times a matrix and/or rows."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[Optional[int]] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.active.value)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    base: Mapped[dict[str, Any]]
+    matrix: Mapped[Optional[dict[str, Any]]]
+    row_count: Mapped[int] = mapped_column(Integer, default=0)
+    job_count: Mapped[int] = mapped_column(Integer)
+    image_count: Mapped[int] = mapped_column(Integer)
+    budget_images: Mapped[Optional[int]] = mapped_column(Integer)
+    deadline: Mapped[Optional[dt.datetime]]
+    webhook_url: Mapped[Optional[str]] = mapped_column(String(2048))
+    webhook_secret: Mapped[Optional[str]] = mapped_column(String(128))
+    webhook_per_job: Mapped[bool] = mapped_column(default=False)
+    finished_at: Mapped[Optional[dt.datetime]]
+
+
+class Quota(Timestamped, Base):
+    """Limits of one user or one team; a null limit is unlimited."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("user_id"), UniqueConstraint("team_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[Optional[int]] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    images_per_day: Mapped[Optional[int]] = mapped_column(Integer)
+    gpu_seconds_per_month: Mapped[Optional[float]] = mapped_column(Float)
+    max_concurrent_jobs: Mapped[Optional[int]] = mapped_column(Integer)
+    max_pixels: Mapped[Optional[int]] = mapped_column(Integer)
+    max_steps: Mapped[Optional[int]] = mapped_column(Integer)
+
+
+class UsageEntry(Base):
+    """The usage ledger: every reservation, settlement and refund.
+
+    Usage in a period is the sum of the entries in it: a submission reserves
+    its images and estimated GPU seconds; completion settles the difference
+    between measured and estimated GPU seconds; failure or cancellation
+    refunds what was reserved for the job.
+    """
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        Index("ix_usage_ledger_user_created", "user_id", "created_at"),
+        Index("ix_usage_ledger_team_created", "team_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(8))  # reserve | settle | refund
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[Optional[int]] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    job_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
+    campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
+    model_id: Mapped[Optional[str]] = mapped_column(String(128))
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class Job(Timestamped, Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -198,8 +272,10 @@ class Job(Timestamped, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
+    campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    # Estimated GPU seconds reserved against quotas at submission.
+    reserved_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)

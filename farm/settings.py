@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     worker_preload: str | None = Field(default=None, description="Comma-separated model ids a worker loads at start.")
     worker_speed: float = Field(default=1.0, gt=0, description="Relative speed of this worker's GPU (1.0 = reference); the scheduler prefers faster workers.")
     worker_load_gbps: float = Field(default=2.0, gt=0, description="How fast this worker loads weights into VRAM, GB/s; prices model loads for the scheduler.")
+    worker_gpu_factor: float = Field(default=1.0, gt=0, description="GPU-class factor: measured render seconds on this worker are multiplied by it before they count against quotas.")
     worker_max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a worker accepts.")
     render_time_limit_s: int = Field(default=1800, gt=0, description="Hard time limit of one render task.")
 

@@ -139,6 +139,26 @@ def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: s
         worker_id=worker_id,
         values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None, "gpu_seconds": gpu_seconds},
     )
+    if gpu_seconds is not None:
+        from farm.services.quotas import record_settlement
+
+        record_settlement(session, _accounting_row(session, job_id), gpu_seconds)
+
+
+def _accounting_row(session: Session, job_id: uuid.UUID):
+    return session.execute(
+        select(Job.id, Job.user_id, Job.campaign_id, Job.model_id, Job.num_images, Job.reserved_gpu_seconds).where(Job.id == job_id)
+    ).one()
+
+
+def _refund(session: Session, job_ids) -> None:
+    from farm.services.quotas import record_refunds
+
+    rows = session.execute(
+        select(Job.id, Job.user_id, Job.campaign_id, Job.model_id, Job.num_images, Job.reserved_gpu_seconds).where(Job.id.in_(job_ids))
+    ).all()
+    if rows:
+        record_refunds(session, rows)
 
 
 def fail_job(session: Session, job_id: uuid.UUID, attempt: int | None, error: str) -> None:
@@ -149,11 +169,29 @@ def fail_job(session: Session, job_id: uuid.UUID, attempt: int | None, error: st
         attempt=attempt,
         values={"finished_at": utcnow(), "lease_expires_at": None, "error": error[:4000]},
     )
+    _refund(session, [job_id])
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> None:
     """A user's cancel: no attempt check; a running render sees it at its next step."""
     _transition(session, job_id, S.canceled, values={"finished_at": utcnow(), "lease_expires_at": None})
+    _refund(session, [job_id])
+
+
+def cancel_campaign_jobs(session: Session, campaign_id: uuid.UUID) -> int:
+    """Cancel every unfinished job of a campaign at once; running renders stop at their next step."""
+    # RETURNING names exactly the jobs this statement canceled: one that
+    # finished meanwhile is neither canceled nor refunded.
+    ids = session.execute(
+        update(Job)
+        .where(Job.campaign_id == campaign_id, Job.status.in_(sources_of(S.canceled)))
+        .values(status=S.canceled.value, finished_at=utcnow(), lease_expires_at=None, updated_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    if ids:
+        _refund(session, ids)
+    return len(ids)
 
 
 def requeue_job(

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from farm.services.jobs import ConflictError, NotFoundError
+from farm.services.quotas import QuotaExceededError
 from farm.spec import RequestError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ def register_error_handlers(app: Flask) -> None:
     def _request_error(exc: RequestError):
         message = "the request needs fixing: " + "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
         return error_response(exc.status, message, [p.as_dict() for p in exc.problems])
+
+    @app.errorhandler(QuotaExceededError)
+    def _quota(exc: QuotaExceededError):
+        return error_response(429, str(exc), {"limit": exc.limit, "owner": exc.owner, **exc.details})
 
     @app.errorhandler(NotFoundError)
     def _not_found(exc: NotFoundError):

@@ -55,6 +55,17 @@ def build_document() -> dict:
             "/api/v1/models": {"get": _op("Registered models and which workers hold them", errors=(401,))},
             "/api/v1/users": {"post": _op("Create a user (admin); returns its first token", "201", None, (401, 403, 409, 422))},
             "/api/v1/me": {"get": _op("Who the token belongs to", errors=(401,))},
+            "/api/v1/tokens": {
+                "post": {**_op("Create an API token for yourself (admins: for any user); the token is shown once", "201", None,
+                               (401, 403, 404, 409, 415, 422)),
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "additionalProperties": False, "properties": {
+                                 "name": {"type": "string", "minLength": 1, "maxLength": 64, "default": "default"},
+                                 "scope": {"enum": ["full", "read"], "default": "full"},
+                                 "user": {"type": "integer", "description": "user id (admins only; default: yourself)"}}}}}}},
+                "get": _op("Your tokens, revoked ones included (admins: ?user=ID); never the token or its hash", errors=(400, 401, 404)),
+            },
+            "/api/v1/tokens/{token_id}": {"delete": _op("Revoke a token (your own; admins: any)", errors=(401, 403, 404, 409))},
         },
     }
 

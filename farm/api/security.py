@@ -24,7 +24,8 @@ def _authenticate():
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>' (farm users create prints one)")
-    with farm_context().db.session() as session:
+    # A transaction: user_for_token records last_used_at (at most once a minute per token).
+    with farm_context().db.transaction() as session:
         found = user_for_token(session, token.strip())
     if found is None:
         raise ApiError(401, "invalid or revoked API token")
@@ -32,6 +33,7 @@ def _authenticate():
     if api_token.scope == "read" and request.method not in READ_METHODS:
         raise ApiError(403, "this token is read-only")
     g.user = user
+    g.token_scope = api_token.scope
     return user
 
 

@@ -38,11 +38,30 @@ def create_user_route():
 @bp.get("/me")
 @require_user
 def me():
+    from farm.services.quotas import me_report
+
     user = g.user
+    with farm_context().db.session() as session:
+        report = me_report(session, user)
     return jsonify({
         "user": {"id": user.id, "name": user.name, "role": user.role, "team": user.team.name if user.team else None},
-        # Quotas arrive with campaigns and teams; until then nothing is limited.
-        "quota": None,
-        "usage": None,
-        "remaining": None,
+        "quota": {"user": report["user"], "team": report["team"]},
+        "usage": report["usage"],
+        "remaining": report["remaining"],
     })
+
+
+@bp.put("/users/<int:user_id>/quota")
+@require_admin
+def set_user_quota(user_id: int):
+    from farm.services.quotas import quota_view, set_quota
+
+    return jsonify(quota_view(set_quota(farm_context(), "user", user_id, json_body())))
+
+
+@bp.put("/teams/<int:team_id>/quota")
+@require_admin
+def set_team_quota(team_id: int):
+    from farm.services.quotas import quota_view, set_quota
+
+    return jsonify(quota_view(set_quota(farm_context(), "team", team_id, json_body())))

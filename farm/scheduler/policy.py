@@ -107,6 +107,7 @@ class Share:
     weight: float = 1.0
     usage_s: float = 0.0
     running: int = 0
+    max_running: int | None = None  # the user's max_concurrent_jobs quota
 
 
 @dataclass(frozen=True)
@@ -415,11 +416,15 @@ class _Placement:
 
     def run(self) -> None:
         heap = self.ranked_users()
+        started: dict[int, int] = {}
         while heap and any(slots > 0 for slots in self.slots.values()):
             _, user_id = heapq.heappop(heap)
             job = self.by_user[user_id].head(self.taken)
             if job is None:
                 continue
+            share = self.shares.get(user_id, _DEFAULT_SHARE)
+            if share.max_running is not None and share.running + started.get(user_id, 0) >= share.max_running:
+                continue  # at their concurrency quota: done for this call
             if self.refuse_if_too_large(job) or self.refuse_if_excluded_everywhere(job):
                 self._requeue_user(heap, user_id)
                 continue
@@ -428,6 +433,7 @@ class _Placement:
                 pair = self.affinity_pair()
                 if pair is not None:
                     self.assign(*pair)
+                    started[pair[0].user_id] = started.get(pair[0].user_id, 0) + 1
                     # Another user's job was served: this user keeps its turn.
                     heapq.heappush(heap, (self.user_rank(user_id, job), user_id))
                     self._rerank(heap, pair[0].user_id, skip=user_id)
@@ -442,6 +448,7 @@ class _Placement:
                     continue  # this user is done for this call
                 job, target = later[0], later[1:]
             self.assign(job, target[0], target[1])
+            started[job.user_id] = started.get(job.user_id, 0) + 1
             self._requeue_user(heap, user_id)
         self.preload_idle()
 

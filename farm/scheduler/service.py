@@ -21,7 +21,8 @@ from sqlalchemy.exc import OperationalError
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, JobStatus, ModelEntry, Team, User, Worker, utcnow
+from farm.costs import estimate_render_s
+from farm.models import Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 
 logger = logging.getLogger(__name__)
@@ -31,17 +32,9 @@ LEADER_LOCK_KEY = 0x6661726D
 MAX_JOBS_PER_SNAPSHOT = 5000
 
 
-# Seconds per step on a reference GPU at the family's native size; only used
-# to weigh queued work for fair share (measured GPU time replaces it after).
-STEP_S = {"sd": 0.05, "sdxl": 0.12, "flux": 0.45, "sd3": 0.3}
-NATIVE_PIXELS = {"sd": 512 * 512, "sdxl": 1024 * 1024, "flux": 1024 * 1024, "sd3": 1024 * 1024}
 # Recent GPU use decays: full weight for 5 minutes, half to 15, a fifth to 30.
 USAGE_BANDS_S = ((300, 1.0), (900, 0.5), (1800, 0.2))
 PRELOAD_TIMEOUT_S = 600.0
-
-
-def estimate_render_s(family: str, width: int, height: int, steps: int) -> float:
-    return steps * STEP_S.get(family, 0.1) * max(width * height / NATIVE_PIXELS.get(family, 512 * 512), 0.25)
 
 
 class Dispatcher(Protocol):
@@ -322,11 +315,15 @@ class Scheduler:
             .group_by(Job.user_id)
         ).all())
         weights = dict(session.execute(select(User.id, User.share_weight).where(User.id.in_(user_ids))).all())
+        limits = dict(session.execute(
+            select(Quota.user_id, Quota.max_concurrent_jobs).where(Quota.user_id.in_(user_ids), Quota.max_concurrent_jobs.is_not(None))
+        ).all())
         running: dict[int, int] = {}
         for row in active:
             running[row.user_id] = running.get(row.user_id, 0) + 1
         return {
-            user_id: Share(weight=weights.get(user_id, 1.0), usage_s=float(usage.get(user_id) or 0.0), running=running.get(user_id, 0))
+            user_id: Share(weight=weights.get(user_id, 1.0), usage_s=float(usage.get(user_id) or 0.0),
+                           running=running.get(user_id, 0), max_running=limits.get(user_id))
             for user_id in user_ids
         }
 

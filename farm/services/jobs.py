@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 from farm import states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, Output, User
+from farm.costs import estimate_render_s
 from farm.registry import model_infos
+from farm.services.quotas import Cost, reserve
 from farm.spec import FieldProblem, RequestError, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,13 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
 def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
     req = parse_request(payload)
     with ctx.db.transaction() as session:
-        resolved = resolve_request(req, model_infos(session), ctx.settings)
+        infos = model_infos(session)
+        resolved = resolve_request(req, infos, ctx.settings)
+        estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
+                                     resolved.num_images)
         job = Job(
+            id=uuid.uuid4(),
+            reserved_gpu_seconds=estimate,
             user_id=user.id,
             model_id=resolved.model_id,
             request=resolved.request,
@@ -52,6 +59,9 @@ def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
             seed=resolved.seed,
             priority=resolved.priority,
         )
+        # The reservation and the job commit together, or neither does.
+        reserve(session, user, Cost(1, resolved.num_images, estimate, resolved.width * resolved.height, resolved.steps),
+                job_id=job.id, model_id=resolved.model_id)
         session.add(job)
         session.flush()
     # Commit before enqueue: the scheduler reads the committed row.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import threading
 import io
 import json
 import logging
@@ -110,14 +111,28 @@ def _module_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+_CLASS_LOCK = threading.Lock()
+_CLASS_CACHE: dict[str, type | None] = {}
+
+
+def _diffusers_class(name: str) -> type | None:
+    """A class exported by diffusers, looked up once per process under a lock:
+    diffusers' lazy module is not safe for concurrent first access (API
+    threads checking requests at once saw a missing class)."""
+    with _CLASS_LOCK:
+        if name not in _CLASS_CACHE:
+            import diffusers
+
+            _CLASS_CACHE[name] = getattr(diffusers, name, None)
+        return _CLASS_CACHE[name]
+
+
 def _scheduler_class(sampler: str) -> type | None:
     """The real diffusers class for ``sampler``, or None where it cannot be used here."""
-    import diffusers
-
     spec = SAMPLERS[sampler]
     if not all(_module_available(m) for m in spec.requires):
         return None
-    cls = getattr(diffusers, spec.class_name, None)
+    cls = _diffusers_class(spec.class_name)
     # diffusers exports placeholder "dummy" classes when an optional dependency is missing.
     if cls is None or type(cls).__name__ == "DummyObject":
         return None

@@ -159,7 +159,8 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     pending = _SIDECAR_POOL.submit(_put_sidecars, ctx.storage, sidecars)
     try:
         with ctx.db.transaction() as session:
-            states.complete_job(session, job.id, job.attempt, runtime.name, gpu_seconds=round(load_s + inference_s, 4))
+            gpu_seconds = (load_s + inference_s) * ctx.settings.worker_gpu_factor
+            states.complete_job(session, job.id, job.attempt, runtime.name, gpu_seconds=round(gpu_seconds, 4))
             session.add_all(rows)
     finally:
         pending.result()

@@ -203,3 +203,12 @@ def test_team_shares_weigh_a_whole_team():
     assert assigned(place(Snapshot(jobs, w, now=6.0, shares=shares, team_shares=teams))) == {"t2": "w1"}
     # Without team shares the oldest job of the equally-used users goes first.
     assert assigned(place(Snapshot(jobs, w, now=6.0, shares=shares))) == {"t1-1": "w1"}
+
+
+def test_concurrency_quota_caps_a_users_running_jobs():
+    jobs = [job("a", t=float(i), user=1) for i in range(4)] + [job("a", t=10.0, user=2)]
+    workers = [worker(f"w{i}", held={"a": 2.0}) for i in range(4)]
+    shares = {1: Share(running=1, max_running=2)}
+    d = place(Snapshot(jobs, workers, now=11.0, shares=shares))
+    per_user = [j.user_id for j in jobs if j.id in assigned(d)]
+    assert per_user.count(1) == 1 and per_user.count(2) == 1

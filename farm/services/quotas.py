@@ -1,0 +1,205 @@
+"""Quotas and the usage ledger.
+
+Exact under concurrency: a submission locks the submitter's quota rows (user
+and team, ``SELECT … FOR UPDATE``), sums the ledger for the current period,
+and inserts its reservation in the same transaction that creates its jobs.
+Submissions against the same quota therefore run one after another at that
+point, and a limit can never be passed. Completion settles the difference
+between measured and reserved GPU seconds; failure and cancellation refund
+the reservation. Those two entries are written by the job state machine in
+the transaction that changes the job, so the ledger cannot drift from the
+jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from farm.models import Quota, UsageEntry, User, utcnow
+
+logger = logging.getLogger(__name__)
+
+LIMIT_FIELDS = ("images_per_day", "gpu_seconds_per_month", "max_concurrent_jobs", "max_pixels", "max_steps")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a submission asks for."""
+
+    jobs: int
+    images: int
+    gpu_seconds: float
+    largest_pixels: int
+    most_steps: int
+
+    def as_dict(self) -> dict:
+        return {"jobs": self.jobs, "images": self.images, "gpu_seconds": round(self.gpu_seconds, 2)}
+
+
+class QuotaExceededError(Exception):
+    """A submission over a limit (answered with 429)."""
+
+    def __init__(self, limit: str, owner: str, message: str, details: dict) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.owner = owner
+        self.details = details
+
+
+def day_start(now: dt.datetime) -> dt.datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start(now: dt.datetime) -> dt.datetime:
+    return day_start(now).replace(day=1)
+
+
+def next_month(now: dt.datetime) -> dt.datetime:
+    start = month_start(now)
+    return (start + dt.timedelta(days=32)).replace(day=1)
+
+
+def quotas_for(session: Session, user: User, lock: bool = False) -> list[tuple[str, Quota]]:
+    """The user's own quota and their team's, locked for the transaction if asked."""
+    query = select(Quota).where((Quota.user_id == user.id) | ((Quota.team_id == user.team_id) if user.team_id else False))
+    if lock and session.bind.dialect.name == "postgresql":
+        query = query.with_for_update()
+    rows = session.execute(query.order_by(Quota.id)).scalars().all()
+    return [("user" if q.user_id is not None else "team", q) for q in rows]
+
+
+def usage_since(session: Session, since: dt.datetime, *, user_id: int | None = None, team_id: int | None = None) -> tuple[int, float]:
+    query = select(func.coalesce(func.sum(UsageEntry.images), 0), func.coalesce(func.sum(UsageEntry.gpu_seconds), 0.0))
+    query = query.where(UsageEntry.created_at >= since)
+    query = query.where(UsageEntry.user_id == user_id) if user_id is not None else query.where(UsageEntry.team_id == team_id)
+    images, gpu_seconds = session.execute(query).one()
+    return int(images), float(gpu_seconds)
+
+
+def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID | None = None,
+            job_id: uuid.UUID | None = None, model_id: str | None = None) -> None:
+    """Check every limit of the user and their team, then record the reservation.
+
+    Must run in the transaction that creates the jobs; raises
+    QuotaExceededError (nothing is written) when a limit would be passed.
+    """
+    now = utcnow()
+    for owner, quota in quotas_for(session, user, lock=True):
+        who = {"user": user.name, "team": user.team.name if user.team else "team"}[owner]
+        scope = {"user_id": user.id} if owner == "user" else {"team_id": quota.team_id}
+        if quota.max_pixels is not None and cost.largest_pixels > quota.max_pixels:
+            raise QuotaExceededError("max_pixels", owner, f"{owner} {who} may render at most {quota.max_pixels} pixels per image; "
+                                     f"this asks for {cost.largest_pixels}", {"allowed": quota.max_pixels, "requested": cost.largest_pixels})
+        if quota.max_steps is not None and cost.most_steps > quota.max_steps:
+            raise QuotaExceededError("max_steps", owner, f"{owner} {who} may use at most {quota.max_steps} steps; this asks for {cost.most_steps}",
+                                     {"allowed": quota.max_steps, "requested": cost.most_steps})
+        if quota.images_per_day is not None:
+            used, _ = usage_since(session, day_start(now), **scope)
+            if used + cost.images > quota.images_per_day:
+                resets = day_start(now) + dt.timedelta(days=1)
+                raise QuotaExceededError(
+                    "images_per_day", owner,
+                    f"{owner} {who} has used {used} of {quota.images_per_day} images today; this submission needs "
+                    f"{cost.images} more; the count resets at {resets.isoformat()}",
+                    {"allowed": quota.images_per_day, "used": used, "requested": cost.images, "resets_at": resets.isoformat()})
+        if quota.gpu_seconds_per_month is not None:
+            _, used_s = usage_since(session, month_start(now), **scope)
+            if used_s + cost.gpu_seconds > quota.gpu_seconds_per_month:
+                resets = next_month(now)
+                raise QuotaExceededError(
+                    "gpu_seconds_per_month", owner,
+                    f"{owner} {who} has used {used_s:.0f} of {quota.gpu_seconds_per_month:.0f} GPU-seconds this month; this "
+                    f"submission needs about {cost.gpu_seconds:.0f} more; the count resets at {resets.isoformat()}",
+                    {"allowed": quota.gpu_seconds_per_month, "used": round(used_s, 2), "requested": round(cost.gpu_seconds, 2),
+                     "resets_at": resets.isoformat()})
+    session.add(UsageEntry(kind="reserve", user_id=user.id, team_id=user.team_id, job_id=job_id, campaign_id=campaign_id,
+                           model_id=model_id, images=cost.images, gpu_seconds=cost.gpu_seconds))
+
+
+def record_settlement(session: Session, job, measured_s: float) -> None:
+    """The job finished: replace its GPU-second estimate by what was measured."""
+    team_id = session.execute(select(User.team_id).where(User.id == job.user_id)).scalar_one()
+    session.add(UsageEntry(kind="settle", user_id=job.user_id, team_id=team_id, job_id=job.id, campaign_id=job.campaign_id,
+                           model_id=job.model_id, images=0, gpu_seconds=measured_s - job.reserved_gpu_seconds))
+
+
+def record_refunds(session: Session, jobs) -> None:
+    """Jobs that will make no image give back what they reserved (one entry per user)."""
+    by_owner: dict[tuple, list] = {}
+    for job in jobs:
+        by_owner.setdefault((job.user_id, job.campaign_id, job.model_id if len(jobs) == 1 else None), []).append(job)
+    teams = dict(session.execute(select(User.id, User.team_id).where(User.id.in_({k[0] for k in by_owner}))).all())
+    for (user_id, campaign_id, model_id), owned in by_owner.items():
+        session.add(UsageEntry(
+            kind="refund", user_id=user_id, team_id=teams.get(user_id), campaign_id=campaign_id, model_id=model_id,
+            job_id=owned[0].id if len(owned) == 1 else None,
+            images=-sum(j.num_images for j in owned), gpu_seconds=-sum(j.reserved_gpu_seconds for j in owned),
+        ))
+
+
+def quota_view(quota: Quota | None) -> dict | None:
+    if quota is None:
+        return None
+    return {name: getattr(quota, name) for name in LIMIT_FIELDS}
+
+
+def me_report(session: Session, user: User) -> dict:
+    """Limits, usage and what remains, for GET /me."""
+    now = utcnow()
+    images_today, _ = usage_since(session, day_start(now), user_id=user.id)
+    _, gpu_month = usage_since(session, month_start(now), user_id=user.id)
+    usage = {"images_today": images_today, "gpu_seconds_this_month": round(gpu_month, 2),
+             "day_resets_at": (day_start(now) + dt.timedelta(days=1)).isoformat(), "month_resets_at": next_month(now).isoformat()}
+    quotas = dict((owner, q) for owner, q in quotas_for(session, user))
+    remaining: dict = {}
+    for owner, quota in quotas.items():
+        scope = {"user_id": user.id} if owner == "user" else {"team_id": quota.team_id}
+        if owner == "team":
+            team_images, _ = usage_since(session, day_start(now), **scope)
+            _, team_gpu = usage_since(session, month_start(now), **scope)
+            usage["team_images_today"], usage["team_gpu_seconds_this_month"] = team_images, round(team_gpu, 2)
+        else:
+            team_images, team_gpu = images_today, gpu_month
+        if quota.images_per_day is not None:
+            left = quota.images_per_day - team_images
+            remaining["images_today"] = min(left, remaining.get("images_today", left))
+        if quota.gpu_seconds_per_month is not None:
+            left_s = round(quota.gpu_seconds_per_month - team_gpu, 2)
+            remaining["gpu_seconds_this_month"] = min(left_s, remaining.get("gpu_seconds_this_month", left_s))
+    return {"user": quota_view(quotas.get("user")), "team": quota_view(quotas.get("team")), "usage": usage, "remaining": remaining}
+
+
+def set_quota(ctx, owner: str, owner_id: int, payload) -> Quota:
+    """Replace a user's or team's limits (admin); null or absent = unlimited."""
+    from farm.models import Team
+    from farm.services.jobs import NotFoundError
+    from farm.spec import FieldProblem, RequestError
+
+    if not isinstance(payload, dict):
+        raise RequestError([FieldProblem("body", "send a JSON object of limits")])
+    problems = [FieldProblem(k, "unknown limit; use " + ", ".join(LIMIT_FIELDS)) for k in payload if k not in LIMIT_FIELDS]
+    for name in LIMIT_FIELDS:
+        value = payload.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            problems.append(FieldProblem(name, "must be a number >= 0, or null for unlimited"))
+    if problems:
+        raise RequestError(problems)
+    with ctx.db.transaction() as session:
+        if session.get(User if owner == "user" else Team, owner_id) is None:
+            raise NotFoundError(f"no {owner} {owner_id}")
+        column = Quota.user_id if owner == "user" else Quota.team_id
+        quota = session.execute(select(Quota).where(column == owner_id)).scalar_one_or_none()
+        if quota is None:
+            quota = Quota(**{("user_id" if owner == "user" else "team_id"): owner_id})
+            session.add(quota)
+        for name in LIMIT_FIELDS:
+            value = payload.get(name)
+            setattr(quota, name, None if value is None else (float(value) if name == "gpu_seconds_per_month" else int(value)))
+    logger.info("%s %s quota set: %s", owner, owner_id, quota_view(quota))
+    return quota
