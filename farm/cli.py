@@ -466,9 +466,11 @@ from farm.scheduler.bench import bench as _bench_group  # noqa: E402
 
 main.add_command(_bench_group)
 
-if __name__ == "__main__":
-    main()
 
 from farm.tokens_cli import tokens as _tokens_group  # noqa: E402
 
 main.add_command(_tokens_group)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
     queued -> assigned -> running -> succeeded | failed | canceled
     assigned/running -> queued  (lease expired or worker lost; attempt + 1)
+    failed -> queued            (a user's explicit retry; attempt + 1)
 
 Every change is one conditional ``UPDATE ... WHERE id = :id AND status IN
 (allowed sources) [AND attempt = :attempt]``, so two writers can never both win
@@ -29,7 +30,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.assigned: frozenset({S.running, S.queued, S.canceled, S.failed}),
     S.running: frozenset({S.succeeded, S.failed, S.canceled, S.queued}),
     S.succeeded: frozenset(),
-    S.failed: frozenset(),
+    # A user's explicit retry (a campaign's "retry failed") starts a new attempt.
+    S.failed: frozenset({S.queued}),
     S.canceled: frozenset(),
 }
 
@@ -227,6 +229,19 @@ def requeue_job(
     _transition(session, job_id, S.queued, attempt=attempt, values=values)
     logger.info("job %s re-queued as attempt %d: %s", job_id, attempt + 1, reason)
     return S.queued
+
+
+def retry_failed_jobs(session: Session, job_ids) -> int:
+    """Queue failed jobs again, each as a new attempt (quota is reserved by the caller)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == S.failed.value)
+        .values(status=S.queued.value, attempt=Job.attempt + 1, worker_id=None, error=None, finished_at=None,
+                assigned_at=None, started_at=None, progress_step=0, progress_total=0, eta_s=None, gpu_seconds=None,
+                excluded_workers=[], updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
 
 
 def renew_leases(session: Session, worker_id: str, lease_s: float) -> int:

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
     from dashboard import views as dashboard_views
-    from farm.api import errors, health, jobs, openapi, outputs, tokens, users, workers
+    from farm.api import campaigns, errors, health, jobs, openapi, outputs, tokens, users, workers
 
     settings = settings or (context.settings if context else get_settings())
     context = context or build_context(settings)
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.config["SECRET_KEY"] = settings.secret_key or _local_secret(settings)
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["farm"] = context
-    for module in (jobs, outputs, workers, users, tokens, openapi):
+    for module in (jobs, outputs, workers, users, tokens, campaigns, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard_views.bp)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from farm import states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
-from farm.models import Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
+from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,9 @@ class Scheduler:
                        Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id)
                 .join(ModelEntry, ModelEntry.id == Job.model_id)
                 .join(User, User.id == Job.user_id)
-                .where(Job.status == JobStatus.queued.value)
+                .outerjoin(Campaign, Campaign.id == Job.campaign_id)
+                .where(Job.status == JobStatus.queued.value,
+                       or_(Job.campaign_id.is_(None), Campaign.status != CampaignStatus.paused.value))
                 .order_by(Job.priority.desc(), Job.created_at)
                 .limit(MAX_JOBS_PER_SNAPSHOT)
             ).all()

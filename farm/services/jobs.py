@@ -116,11 +116,11 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
 
 
 def list_jobs(ctx: FarmContext, user: User, *, status: str | None = None, campaign: str | None = None,
-              cursor: str | None = None, limit: int = 50) -> JobPage:
+              cursor: str | None = None, limit: int = 50, any_owner: bool = False) -> JobPage:
     if not 1 <= limit <= 200:
         raise RequestError([FieldProblem("limit", "must be between 1 and 200")], status=400)
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    if not user.is_admin:
+    if not user.is_admin and not any_owner:
         query = query.where(Job.user_id == user.id)
     if status:
         names = status.split(",")

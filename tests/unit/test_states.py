@@ -27,8 +27,10 @@ def test_transition_table_is_the_documented_one():
     assert states.can_transition("running", "queued")
     assert not states.can_transition("queued", "running")
     assert not states.can_transition("queued", "succeeded")
-    for final in ("succeeded", "failed", "canceled"):
+    for final in ("succeeded", "canceled"):
         assert not any(states.can_transition(final, target) for target in JobStatus)
+    # A failed job may only be queued again (a user's explicit retry).
+    assert [t for t in JobStatus if states.can_transition("failed", t)] == [JobStatus.queued]
 
 
 def test_happy_path(ctx):

@@ -1,0 +1,347 @@
+"""Campaigns: a base request times a matrix and/or rows, submitted as one.
+
+Expansion is a cross product of the matrix (field -> list of values), then
+one job per row on top (each row overrides fields). Every expanded request
+is checked like a single job; the jobs, the campaign and the quota
+reservation are written in one transaction with a bulk insert, or nothing is.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import itertools
+import json
+import logging
+import secrets
+import uuid
+import zipfile
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func, insert, select
+
+from farm import states
+from farm.context import FarmContext
+from farm.costs import estimate_render_s
+from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, utcnow
+from farm.registry import model_infos
+from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
+from farm.services.quotas import Cost, reserve
+from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, parse_request, resolve_request
+
+logger = logging.getLogger(__name__)
+
+MAX_CAMPAIGN_JOBS = 100_000
+MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority"}) | {"seed_count"}
+# CSV cells are text: these fields are converted.
+_INT_FIELDS = {"width", "height", "steps", "seed", "num_images"}
+_FLOAT_FIELDS = {"guidance_scale"}
+_LIST_FIELDS = {"styles"}
+
+
+class CampaignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    base: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    rows: list[dict[str, Any]] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=-10, le=10)
+    budget_images: int | None = Field(default=None, ge=1)
+    deadline: dt.datetime | None = None
+    dry_run: bool = False
+
+
+def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str | None = None) -> CampaignRequest:
+    if not isinstance(payload, dict):
+        raise RequestError([FieldProblem("body", "send a JSON object with name, base and a matrix and/or rows")])
+    try:
+        req = CampaignRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestError([FieldProblem(".".join(map(str, e["loc"])) or "body",
+                                         "unknown field" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]) from None
+    if rows_text is not None:
+        req.rows = req.rows + parse_rows(rows_text, rows_format or "csv")
+    problems = []
+    for key, values in req.matrix.items():
+        if key not in MATRIX_FIELDS:
+            problems.append(FieldProblem(f"matrix.{key}", f"not a generation field; use one of {', '.join(sorted(MATRIX_FIELDS))}"))
+        elif key == "seed_count":
+            if len(values) != 1 or not isinstance(values[0], int) or not 1 <= values[0] <= MAX_CAMPAIGN_JOBS:
+                problems.append(FieldProblem("matrix.seed_count", f"give one number of seeds, 1..{MAX_CAMPAIGN_JOBS}, as [N]"))
+        elif not values:
+            problems.append(FieldProblem(f"matrix.{key}", "needs at least one value"))
+    if "seed_count" in req.matrix and "seed" in req.matrix:
+        problems.append(FieldProblem("matrix.seed_count", "give seeds or seed_count, not both"))
+    if req.deadline is not None and req.deadline.tzinfo is None:
+        problems.append(FieldProblem("deadline", "include a time zone, e.g. 2026-12-01T18:00:00Z"))
+    if problems:
+        raise RequestError(problems)
+    return req
+
+
+def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
+    """Rows from an uploaded CSV (header line of field names) or JSONL file."""
+    rows: list[dict[str, Any]] = []
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RequestError([FieldProblem(f"rows line {number}", f"not JSON: {exc.msg}")]) from None
+            if not isinstance(row, dict):
+                raise RequestError([FieldProblem(f"rows line {number}", "each line must be a JSON object")])
+            rows.append(row)
+        return rows
+    if fmt != "csv":
+        raise RequestError([FieldProblem("rows", f"unknown format {fmt!r}; upload .csv or .jsonl")])
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise RequestError([FieldProblem("rows", "the CSV needs a header line of field names")])
+    for number, record in enumerate(reader, start=2):
+        row: dict[str, Any] = {}
+        for key, value in record.items():
+            if key is None or value is None or value == "":
+                continue
+            key = key.strip()
+            try:
+                if key in _INT_FIELDS:
+                    row[key] = int(value)
+                elif key in _FLOAT_FIELDS:
+                    row[key] = float(value)
+                elif key in _LIST_FIELDS:
+                    row[key] = [part.strip() for part in value.split("|") if part.strip()]
+                else:
+                    row[key] = value
+            except ValueError:
+                raise RequestError([FieldProblem(f"rows line {number}", f"{key}={value!r} is not a number")]) from None
+        rows.append(row)
+    return rows
+
+
+def expand(req: CampaignRequest) -> list[dict[str, Any]]:
+    matrix = dict(req.matrix)
+    if "seed_count" in matrix:
+        count = matrix.pop("seed_count")[0]
+        rng = secrets.SystemRandom()
+        matrix["seed"] = [rng.randrange(MAX_SEED + 1) for _ in range(count)]
+    keys = sorted(matrix)
+    combos = list(itertools.product(*(matrix[k] for k in keys))) if keys else [()]
+    rows = req.rows or [{}]
+    total = len(combos) * len(rows)
+    if total > MAX_CAMPAIGN_JOBS:
+        raise RequestError([FieldProblem("matrix", f"expands to {total} jobs; a campaign has at most {MAX_CAMPAIGN_JOBS}")], status=422)
+    expanded = []
+    for combo in combos:
+        combined = {**req.base, **dict(zip(keys, combo))}
+        for row in rows:
+            expanded.append({**combined, **row, "priority": req.priority})
+    return expanded
+
+
+def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[str, Any]:
+    requests_ = expand(req)
+    with ctx.db.transaction() as session:
+        infos = model_infos(session)
+        rows, images, gpu_s, largest, most_steps = [], 0, 0.0, 0, 0
+        for number, payload in enumerate(requests_, start=1):
+            try:
+                resolved = resolve_request(parse_request(payload), infos, ctx.settings)
+            except RequestError as exc:
+                where = f"job {number} of {len(requests_)}"
+                raise RequestError([FieldProblem(f"{where}: {p.field}", p.message) for p in exc.problems]) from None
+            estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
+                                         resolved.num_images)
+            images += resolved.num_images
+            gpu_s += estimate
+            largest = max(largest, resolved.width * resolved.height)
+            most_steps = max(most_steps, resolved.steps)
+            rows.append(dict(
+                user_id=user.id, model_id=resolved.model_id, request=resolved.request, params=resolved.params,
+                width=resolved.width, height=resolved.height, steps=resolved.steps, num_images=resolved.num_images,
+                seed=resolved.seed, priority=resolved.priority, reserved_gpu_seconds=estimate,
+            ))
+        cost = Cost(len(rows), images, gpu_s, largest, most_steps)
+        if req.budget_images is not None and images > req.budget_images:
+            raise RequestError([FieldProblem("budget_images", f"the campaign makes {images} images; its budget is {req.budget_images}")])
+        if req.dry_run:
+            # Checked against the quota too, then rolled back: nothing is created.
+            reserve(session, user, cost)
+            session.rollback()
+            return {"jobs": cost.jobs, "cost": cost.as_dict()}
+        campaign = Campaign(
+            id=uuid.uuid4(), user_id=user.id, team_id=user.team_id, name=req.name, priority=req.priority,
+            base=req.base, matrix=req.matrix or None, row_count=len(req.rows), job_count=len(rows), image_count=images,
+            budget_images=req.budget_images, deadline=req.deadline,
+        )
+        session.add(campaign)
+        session.flush()
+        now = utcnow()
+        for row in rows:
+            row.update(id=uuid.uuid4(), campaign_id=campaign.id, created_at=now, updated_at=now)
+        reserve(session, user, cost, campaign_id=campaign.id)
+        session.execute(insert(Job), rows)
+    ctx.events.wake_scheduler()
+    logger.info("campaign %s (%s) submitted by %s: %d jobs", campaign.id, req.name, user.name, len(rows))
+    return {"id": str(campaign.id), "jobs": cost.jobs, "cost": cost.as_dict()}
+
+
+def visible_campaign(session, user: User, campaign_id: str) -> Campaign:
+    campaign = session.get(Campaign, parse_uuid(campaign_id, "campaign"))
+    # Members see their own and their team's campaigns; anything else is missing.
+    if campaign is None or not (user.is_admin or campaign.user_id == user.id
+                                or (user.team_id is not None and campaign.team_id == user.team_id)):
+        raise NotFoundError(f"no campaign {campaign_id}")
+    return campaign
+
+
+def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, Any]:
+    with ctx.db.transaction() as session:
+        campaign = visible_campaign(session, user, campaign_id)
+        counts = dict(session.execute(
+            select(Job.status, func.count()).where(Job.campaign_id == campaign.id).group_by(Job.status)).all())
+        since = utcnow() - dt.timedelta(minutes=5)
+        recent = session.execute(select(func.count()).select_from(Output).join(Job, Job.id == Output.job_id)
+                                 .where(Job.campaign_id == campaign.id, Output.created_at >= since)).scalar_one()
+        unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
+        if unfinished == 0 and campaign.status in (CampaignStatus.active.value, CampaignStatus.paused.value):
+            campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
+    done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
+    per_minute = recent / 5.0
+    jobs_per_minute = per_minute / max(campaign.image_count / max(campaign.job_count, 1), 1)
+    return {
+        "id": str(campaign.id), "name": campaign.name, "status": campaign.status, "priority": campaign.priority,
+        "jobs": campaign.job_count, "images": campaign.image_count,
+        "counts": {s.value: counts.get(s.value, 0) for s in JobStatus},
+        "percent": round(100.0 * done / campaign.job_count, 1) if campaign.job_count else 100.0,
+        "images_per_minute": round(per_minute, 2),
+        "eta_s": round(unfinished / jobs_per_minute * 60, 1) if unfinished and jobs_per_minute > 0 else (0.0 if not unfinished else None),
+        "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
+        "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+    }
+
+
+def set_paused(ctx: FarmContext, user: User, campaign_id: str, paused: bool) -> None:
+    with ctx.db.transaction() as session:
+        campaign = visible_campaign(session, user, campaign_id)
+        wanted_from = CampaignStatus.active.value if paused else CampaignStatus.paused.value
+        if campaign.status != wanted_from:
+            raise ConflictError(f"campaign {campaign_id} is {campaign.status}; only {wanted_from} campaigns can be "
+                                f"{'paused' if paused else 'resumed'}")
+        campaign.status = CampaignStatus.paused.value if paused else CampaignStatus.active.value
+    ctx.events.wake_scheduler()
+
+
+def cancel_campaign(ctx: FarmContext, user: User, campaign_id: str) -> int:
+    with ctx.db.transaction() as session:
+        campaign = visible_campaign(session, user, campaign_id)
+        if campaign.status in (CampaignStatus.canceled.value, CampaignStatus.completed.value):
+            raise ConflictError(f"campaign {campaign_id} is already {campaign.status}")
+        canceled = states.cancel_campaign_jobs(session, campaign.id)
+        campaign.status, campaign.finished_at = CampaignStatus.canceled.value, utcnow()
+    ctx.events.wake_scheduler()
+    return canceled
+
+
+def retry_failed(ctx: FarmContext, user: User, campaign_id: str) -> int:
+    """Queue the campaign's failed jobs again (a new attempt each), reserving their quota again."""
+    with ctx.db.transaction() as session:
+        campaign = visible_campaign(session, user, campaign_id)
+        if campaign.status == CampaignStatus.canceled.value:
+            raise ConflictError(f"campaign {campaign_id} is canceled")
+        failed = session.execute(select(Job).where(Job.campaign_id == campaign.id, Job.status == JobStatus.failed.value)).scalars().all()
+        if not failed:
+            return 0
+        owner = session.get(User, campaign.user_id)
+        reserve(session, owner, Cost(len(failed), sum(j.num_images for j in failed), sum(j.reserved_gpu_seconds for j in failed),
+                                     max(j.width * j.height for j in failed), max(j.steps for j in failed)), campaign_id=campaign.id)
+        states.retry_failed_jobs(session, [j.id for j in failed])
+        campaign.status, campaign.finished_at = CampaignStatus.active.value, None
+    ctx.events.wake_scheduler()
+    return len(failed)
+
+
+MANIFEST_FIELDS = ("job_id", "status", "output_id", "index", "url", "lineage_url", "model", "prompt", "seed",
+                   "width", "height", "steps", "object_key", "content_sha256", "byte_size")
+
+
+def manifest_rows(ctx: FarmContext, user: User, campaign_id: str) -> Iterator[dict[str, Any]]:
+    """Every job of the campaign with each of its outputs, read in batches."""
+    with ctx.db.session() as session:
+        campaign = visible_campaign(session, user, campaign_id)
+        query = (select(Job.id, Job.status, Job.model_id, Job.params, Output.id.label("output_id"), Output.index,
+                        Output.object_key, Output.content_sha256, Output.byte_size, Output.lineage)
+                 .outerjoin(Output, Output.job_id == Job.id).where(Job.campaign_id == campaign.id)
+                 .order_by(Job.created_at, Job.id, Output.index).execution_options(yield_per=500))
+        for row in session.execute(query):
+            output = str(row.output_id) if row.output_id else None
+            yield {
+                "job_id": str(row.id), "status": row.status, "output_id": output, "index": row.index,
+                "url": f"/api/v1/outputs/{output}/image" if output else None,
+                "lineage_url": f"/api/v1/outputs/{output}" if output else None,
+                "model": row.model_id, "prompt": row.params.get("final_prompt"), "seed": row.params.get("seed"),
+                "width": row.params.get("width"), "height": row.params.get("height"), "steps": row.params.get("steps"),
+                "object_key": row.object_key, "content_sha256": row.content_sha256, "byte_size": row.byte_size,
+                "lineage": row.lineage,
+            }
+
+
+def manifest_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def manifest_jsonl(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row, default=str) + "\n"
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream whose bytes are handed out as they are written."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.chunks.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+def export_zip(ctx: FarmContext, user: User, campaign_id: str) -> Iterator[bytes]:
+    """The campaign's images and its manifest as a ZIP, streamed one image at a time."""
+    rows = list(manifest_rows(ctx, user, campaign_id))  # metadata only; images are fetched one by one below
+    sink = _Sink()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for row in rows:
+            if row["object_key"]:
+                extension = row["object_key"].rsplit(".", 1)[-1]
+                archive.writestr(f"images/{row['job_id']}-{row['index']}.{extension}", ctx.storage.get(row["object_key"]))
+                yield sink.take()
+        archive.writestr("manifest.jsonl", "".join(manifest_jsonl(iter(rows))))
+        archive.writestr("manifest.csv", "".join(manifest_csv(iter(rows))))
+    yield sink.take()
