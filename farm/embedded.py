@@ -91,6 +91,9 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
     scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
     scheduler_thread.start()
+    from farm.services.webhooks import WebhookSender
+
+    threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
     server = create_server(create_app(settings, context=ctx), host=host, port=port, threads=settings.api_threads, ident="farm")
 
     def shut_down(*_):

@@ -217,6 +217,11 @@ class Campaign(Timestamped, Base):
     webhook_url: Mapped[Optional[str]] = mapped_column(String(2048))
     webhook_secret: Mapped[Optional[str]] = mapped_column(String(128))
     webhook_per_job: Mapped[bool] = mapped_column(default=False)
+    # Delivery of the completion webhook: pending -> delivered | failed.
+    webhook_state: Mapped[Optional[str]] = mapped_column(String(16))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[Optional[dt.datetime]]
+    webhook_last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]]
 
 

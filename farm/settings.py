@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     scheduler_poll_s: float = Field(default=1.0, gt=0, description="Longest the scheduler sleeps between passes when nothing wakes it.")
     progress_interval_s: float = Field(default=0.25, ge=0, description="Least time between two progress writes of one job.")
 
+    webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay of a failed webhook delivery; it doubles with each attempt (capped at an hour).")
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook deliveries tried before giving up.")
     max_prompt_chars: int = Field(default=4000, gt=0, description="Longest accepted prompt or negative prompt.")
     max_request_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")

@@ -344,5 +344,10 @@ class Scheduler:
 def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:
     from farm.workers.celery_app import create_celery
 
+    from farm.services.webhooks import WebhookSender
+
+    stop = stop or threading.Event()
+    # Webhooks go out from their own thread: a slow receiver never delays placement.
+    threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(ctx.settings)))
-    scheduler.run(stop or threading.Event())
+    scheduler.run(stop)

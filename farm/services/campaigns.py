@@ -41,6 +41,13 @@ _FLOAT_FIELDS = {"guidance_scale"}
 _LIST_FIELDS = {"styles"}
 
 
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    secret: str = Field(min_length=16, max_length=128)
+
+
 class CampaignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +58,7 @@ class CampaignRequest(BaseModel):
     priority: int = Field(default=0, ge=-10, le=10)
     budget_images: int | None = Field(default=None, ge=1)
     deadline: dt.datetime | None = None
+    webhook: WebhookSpec | None = None
     dry_run: bool = False
 
 
@@ -177,6 +185,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
             id=uuid.uuid4(), user_id=user.id, team_id=user.team_id, name=req.name, priority=req.priority,
             base=req.base, matrix=req.matrix or None, row_count=len(req.rows), job_count=len(rows), image_count=images,
             budget_images=req.budget_images, deadline=req.deadline,
+            webhook_url=req.webhook.url if req.webhook else None, webhook_secret=req.webhook.secret if req.webhook else None,
         )
         session.add(campaign)
         session.flush()

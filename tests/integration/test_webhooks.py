@@ -1,0 +1,121 @@
+"""Signed campaign webhooks against a local receiver: signature, retries with backoff, giving up."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import text
+
+from farm import states
+from farm.api import create_app
+from farm.auth import create_user
+from farm.context import build_context
+from farm.events import LocalEvents
+from farm.models import Campaign, Job
+from farm.services.webhooks import SIGNATURE_HEADER, deliver_due, mark_finished_campaigns, verify
+from farm.settings import Settings
+from tests.support.factories import ensure_model
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cret-webhook-key-123"
+
+
+class Receiver:
+    """A loopback HTTP endpoint that fails the first N posts."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.fail_first = fail_first
+        self.received: list[tuple[dict, bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                self.send_response(500 if len(receiver.received) <= receiver.fail_first else 204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+@pytest.fixture()
+def farm_api(tmp_path, migrated_postgres_url):
+    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, webhook_backoff_s=0.01, webhook_max_attempts=3)
+    ctx = build_context(settings, events=LocalEvents())
+    with ctx.db.transaction() as session:
+        ensure_model(session, "m-sd")
+        _, token = create_user(session, f"ana-{uuid.uuid4().hex[:6]}")
+    yield ctx, create_app(settings, context=ctx).test_client(), {"Authorization": f"Bearer {token}"}
+    with ctx.db.engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns CASCADE"))
+    ctx.db.dispose()
+
+
+def finish_all(ctx, campaign_id):
+    with ctx.db.session() as session:
+        ids = session.query(Job.id).filter(Job.campaign_id == uuid.UUID(campaign_id)).all()
+    with ctx.db.transaction() as session:
+        for (job_id,) in ids:
+            states.assign_job(session, job_id, 1, "w", 30)
+            states.start_job(session, job_id, 1, "w", 30)
+            states.complete_job(session, job_id, 1, "w", gpu_seconds=1.0)
+
+
+def wait_for(predicate, ctx, rounds=200):
+    import time
+
+    for _ in range(rounds):
+        mark_finished_campaigns(ctx)
+        deliver_due(ctx)
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("webhook did not reach the expected state")
+
+
+def test_signed_delivery_with_retries(farm_api):
+    ctx, client, headers = farm_api
+    receiver = Receiver(fail_first=2)
+    campaign_id = client.post("/api/v1/campaigns", json={"name": "hooked", "base": {"prompt": "x", "width": 64, "height": 64, "steps": 2},
+                                                         "matrix": {"seed": [1, 2]}, "webhook": {"url": receiver.url, "secret": SECRET}},
+                              headers=headers).get_json()["id"]
+    mark_finished_campaigns(ctx)
+    deliver_due(ctx)
+    assert receiver.received == []  # not finished yet: nothing is sent
+    finish_all(ctx, campaign_id)
+    wait_for(lambda: len(receiver.received) == 3, ctx)
+    headers_, body = receiver.received[-1]
+    assert verify(SECRET, body, headers_[SIGNATURE_HEADER])
+    assert not verify("another-secret-value", body, headers_[SIGNATURE_HEADER])
+    assert not verify(SECRET, body + b" ", headers_[SIGNATURE_HEADER])
+    payload = json.loads(body)
+    assert payload["event"] == "campaign.completed" and payload["campaign"]["counts"] == {"succeeded": 2}
+    with ctx.db.session() as session:
+        campaign = session.get(Campaign, uuid.UUID(campaign_id))
+    assert (campaign.webhook_state, campaign.webhook_attempts, campaign.status) == ("delivered", 3, "completed")
+
+
+def test_gives_up_after_max_attempts_and_refuses_bad_hooks(farm_api):
+    ctx, client, headers = farm_api
+    receiver = Receiver(fail_first=99)
+    base = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+    campaign_id = client.post("/api/v1/campaigns", json={"name": "doomed", "base": base,
+                                                         "webhook": {"url": receiver.url, "secret": SECRET}}, headers=headers).get_json()["id"]
+    client.post(f"/api/v1/campaigns/{campaign_id}/cancel", headers=headers)
+
+    def failed():
+        with ctx.db.session() as session:
+            return session.get(Campaign, uuid.UUID(campaign_id)).webhook_state == "failed"
+    wait_for(failed, ctx)
+    assert len(receiver.received) == 3 and json.loads(receiver.received[0][1])["event"] == "campaign.canceled"
+    bad = client.post("/api/v1/campaigns", json={"name": "b", "base": base, "webhook": {"url": "ftp://x", "secret": "short"}}, headers=headers)
+    assert bad.status_code == 422 and {d["field"] for d in bad.get_json()["error"]["details"]} == {"webhook.url", "webhook.secret"}
