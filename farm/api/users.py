@@ -65,3 +65,40 @@ def set_team_quota(team_id: int):
     from farm.services.quotas import quota_view, set_quota
 
     return jsonify(quota_view(set_quota(farm_context(), "team", team_id, json_body())))
+
+
+@bp.get("/usage")
+@require_admin
+def usage():
+    """Usage per user, team, model and/or day; ?format=csv for a spreadsheet."""
+    import csv
+    import datetime as dt
+    import io
+
+    from flask import Response, request
+
+    from farm.models import utcnow
+    from farm.services.quotas import usage_report
+
+    def parse_time(name: str, default: dt.datetime) -> dt.datetime:
+        value = request.args.get(name)
+        if not value:
+            return default
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ApiError(400, f"{name} must be an ISO date or time, e.g. 2026-11-01") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+    now = utcnow()
+    since = parse_time("since", now - dt.timedelta(days=30))
+    until = parse_time("until", now + dt.timedelta(seconds=1))
+    group_by = [g for g in request.args.get("group_by", "user").split(",") if g]
+    rows = usage_report(farm_context(), group_by, since, until)
+    if request.args.get("format") == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return Response(buffer.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=usage.csv"})
+    return jsonify({"since": since.isoformat(), "until": until.isoformat(), "group_by": group_by, "rows": rows})

@@ -203,3 +203,37 @@ def set_quota(ctx, owner: str, owner_id: int, payload) -> Quota:
             setattr(quota, name, None if value is None else (float(value) if name == "gpu_seconds_per_month" else int(value)))
     logger.info("%s %s quota set: %s", owner, owner_id, quota_view(quota))
     return quota
+
+
+USAGE_GROUPS = ("user", "team", "model", "day")
+
+
+def usage_report(ctx, group_by: list[str], since: dt.datetime, until: dt.datetime) -> list[dict]:
+    """Ledger sums (images, GPU seconds) grouped by user, team, model and/or day (admins)."""
+    from farm.models import Team
+    from farm.spec import FieldProblem, RequestError
+
+    unknown = [g for g in group_by if g not in USAGE_GROUPS]
+    if unknown or not group_by:
+        raise RequestError([FieldProblem("group_by", f"group by one or more of {', '.join(USAGE_GROUPS)}")], status=400)
+    columns, names = [], []
+    if "user" in group_by:
+        columns.append(User.name.label("user"))
+        names.append("user")
+    if "team" in group_by:
+        columns.append(Team.name.label("team"))
+        names.append("team")
+    if "model" in group_by:
+        columns.append(UsageEntry.model_id.label("model"))
+        names.append("model")
+    if "day" in group_by:
+        columns.append(func.date(UsageEntry.created_at).label("day"))
+        names.append("day")
+    query = (select(*columns, func.sum(UsageEntry.images).label("images"), func.sum(UsageEntry.gpu_seconds).label("gpu_seconds"))
+             .select_from(UsageEntry).join(User, User.id == UsageEntry.user_id).outerjoin(Team, Team.id == UsageEntry.team_id)
+             .where(UsageEntry.created_at >= since, UsageEntry.created_at < until)
+             .group_by(*columns).order_by(*columns))
+    with ctx.db.session() as session:
+        rows = session.execute(query).all()
+    return [{**{name: (str(getattr(row, name)) if getattr(row, name) is not None else None) for name in names},
+             "images": int(row.images or 0), "gpu_seconds": round(float(row.gpu_seconds or 0.0), 2)} for row in rows]

@@ -116,3 +116,22 @@ def test_cancel_refunds_and_completion_settles(served):
         gpu = session.execute(select(func.sum(UsageEntry.gpu_seconds)).where(UsageEntry.user_id == user.id)).scalar_one()
     assert kinds == {"reserve": 2, "refund": -1, "settle": 0}
     assert gpu == pytest.approx(7.5)  # estimate reserved, refunded for one, settled to measured for the other
+
+
+def test_usage_report_per_user_model_and_day(served):
+    ctx, base, tokens, user = served
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    ana = {"Authorization": f"Bearer {tokens['ana']}"}
+    for _ in range(2):
+        requests.post(f"{base}/jobs", json={"prompt": "x", "num_images": 2, "width": 64, "height": 64, "steps": 2}, headers=ana, timeout=10)
+    report = requests.get(f"{base}/usage", params={"group_by": "user,model,day"}, headers=admin, timeout=10).json()
+    [row] = report["rows"]
+    assert row["user"] == user.name and row["model"] == "m-sd" and row["images"] == 4 and row["day"]
+    csv_text = requests.get(f"{base}/usage", params={"group_by": "team", "format": "csv"}, headers=admin, timeout=10).text
+    from farm.models import Team
+
+    with ctx.db.session() as session:
+        team_name = session.get(Team, user.team_id).name
+    assert csv_text.splitlines()[0] == "team,images,gpu_seconds" and csv_text.splitlines()[1].startswith(team_name + ",4,")
+    assert requests.get(f"{base}/usage", headers=ana, timeout=10).status_code == 403
+    assert requests.get(f"{base}/usage", params={"group_by": "planet"}, headers=admin, timeout=10).status_code == 400
