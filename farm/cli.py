@@ -238,6 +238,99 @@ def shares_set(weight: float, user_name: str | None, team_name: str | None) -> N
     click.echo(f"{'user' if user_name else 'team'} {name} now has share weight {weight:g}")
 
 
+@main.group()
+def quotas() -> None:
+    """Per-user and per-team quotas (admins)."""
+
+
+def _quota_owner(session, user_name: str | None, team_name: str | None):
+    from sqlalchemy import select
+
+    from farm.models import Team, User
+
+    if (user_name is None) == (team_name is None):
+        raise CliError("name exactly one of --user or --team")
+    model, name = (User, user_name) if user_name else (Team, team_name)
+    row = session.execute(select(model).where(model.name == name)).scalar_one_or_none()
+    if row is None:
+        raise CliError(f"no {'user' if user_name else 'team'} named {name!r}")
+    return ("user" if user_name else "team"), row
+
+
+@quotas.command("set")
+@click.option("--user", "user_name", default=None)
+@click.option("--team", "team_name", default=None)
+@click.option("--images-per-day", type=click.IntRange(min=0), default=None)
+@click.option("--gpu-seconds-per-month", type=click.FloatRange(min=0), default=None)
+@click.option("--max-concurrent-jobs", type=click.IntRange(min=0), default=None)
+@click.option("--max-pixels", type=click.IntRange(min=0), default=None)
+@click.option("--max-steps", type=click.IntRange(min=0), default=None)
+@friendly_errors
+def quotas_set(user_name, team_name, **limits) -> None:
+    """Replace the limits of one user or team; a limit left out is unlimited."""
+    from farm.services.quotas import quota_view, set_quota
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        owner, row = _quota_owner(session, user_name, team_name)
+    quota = set_quota(ctx, owner, row.id, {k: v for k, v in limits.items() if v is not None})
+    click.echo(f"{owner} {row.name}: " + ", ".join(f"{k}={v if v is not None else 'unlimited'}" for k, v in quota_view(quota).items()))
+
+
+@quotas.command("show")
+@click.option("--user", "user_name", required=True)
+@friendly_errors
+def quotas_show(user_name: str) -> None:
+    """A user's limits, usage and what remains."""
+    from farm.services.quotas import me_report
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        _, user = _quota_owner(session, user_name, None)
+        report = me_report(session, user)
+    click.echo(json.dumps(report, indent=2, default=str))
+
+
+@main.group()
+def campaign() -> None:
+    """Campaigns: many jobs submitted as one."""
+
+
+@campaign.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rows", "rows_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A CSV or JSONL file of per-job overrides.")
+@click.option("--dry-run", is_flag=True, help="Report the job count and cost; create nothing.")
+@click.option("--api", "api_url", default=None, help="API base URL [FARM_API_URL].")
+@click.option("--token", default=None, help="API token [FARM_API_TOKEN].")
+def campaign_submit(file: Path, rows_file: Path | None, dry_run: bool, api_url, token) -> None:
+    """Submit the campaign described by FILE (JSON: name, base, matrix, rows, ...)."""
+    import requests
+
+    base, token = _client_target(api_url, token)
+    try:
+        request_body = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{file} is not JSON: {exc.msg} (line {exc.lineno})") from None
+    if dry_run:
+        request_body["dry_run"] = True
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        if rows_file is not None:
+            with open(rows_file, "rb") as handle:
+                response = requests.post(f"{base}/api/v1/campaigns", headers=headers, timeout=300,
+                                         data={"request": json.dumps(request_body)}, files={"rows": (rows_file.name, handle)})
+        else:
+            response = requests.post(f"{base}/api/v1/campaigns", headers=headers, json=request_body, timeout=300)
+    except requests.ConnectionError:
+        raise CliError(f"cannot reach the farm at {base}; is 'farm up' or 'farm api' running?") from None
+    result = _json_or_error(response)
+    if dry_run:
+        click.echo(f"{result['jobs']} jobs, {result['cost']['images']} images, about {result['cost']['gpu_seconds']:.0f} GPU-seconds")
+    else:
+        click.echo(f"campaign {result['id']}: {result['jobs']} jobs queued")
+
+
 # ---------------------------------------------------------------------- workers
 
 

@@ -49,3 +49,22 @@ def test_models_add_refuses_bad_sources(run, tmp_path):
     empty.mkdir()
     result = run("models", "add", "y", str(empty))
     assert result.exit_code == 1 and "--family" in result.output
+
+
+def test_quota_commands(run):
+    run("users", "create", "ana", "--team", "studio")
+    out = run("quotas", "set", "--team", "studio", "--images-per-day", "50", "--max-steps", "40")
+    assert out.exit_code == 0 and "images_per_day=50" in out.output and "gpu_seconds_per_month=unlimited" in out.output
+    shown = run("quotas", "show", "--user", "ana")
+    assert '"images_per_day": 50' in shown.output
+    assert run("quotas", "set", "--user", "nobody").exit_code == 1
+
+
+def test_campaign_submit_reports_unreachable_farm(run, tmp_path):
+    spec = tmp_path / "c.json"
+    spec.write_text('{"name": "x", "base": {"prompt": "y"}}')
+    result = run("campaign", "submit", str(spec), "--api", "http://127.0.0.1:9", "--token", "t")
+    assert result.exit_code == 1 and "cannot reach the farm" in result.output
+    spec.write_text("{not json")
+    result = run("campaign", "submit", str(spec), "--api", "http://127.0.0.1:9", "--token", "t")
+    assert result.exit_code == 1 and "is not JSON" in result.output
