@@ -70,10 +70,19 @@ def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
     return job
 
 
+def can_see(session: Session, user: User, owner_id: int) -> bool:
+    """Admins see everything; members their own and their team's."""
+    if user.is_admin or owner_id == user.id:
+        return True
+    if user.team_id is None:
+        return False
+    return session.execute(select(User.team_id).where(User.id == owner_id)).scalar_one_or_none() == user.team_id
+
+
 def visible_job(session: Session, user: User, job_id: uuid.UUID) -> Job:
     job = session.get(Job, job_id)
-    # Another user's job answers exactly like a missing one.
-    if job is None or (job.user_id != user.id and not user.is_admin):
+    # Anything a user may not see answers exactly like a missing job.
+    if job is None or not can_see(session, user, job.user_id):
         raise NotFoundError(f"no job {job_id}")
     return job
 
@@ -121,7 +130,10 @@ def list_jobs(ctx: FarmContext, user: User, *, status: str | None = None, campai
         raise RequestError([FieldProblem("limit", "must be between 1 and 200")], status=400)
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if not user.is_admin and not any_owner:
-        query = query.where(Job.user_id == user.id)
+        if user.team_id is None:
+            query = query.where(Job.user_id == user.id)
+        else:
+            query = query.where(Job.user_id.in_(select(User.id).where(User.team_id == user.team_id)))
     if status:
         names = status.split(",")
         unknown = [name for name in names if name not in JobStatus.__members__]
@@ -158,6 +170,6 @@ def get_output(ctx: FarmContext, user: User, output_id: str) -> Output:
     output_uuid = parse_uuid(output_id, "output")
     with ctx.db.session() as session:
         output = session.get(Output, output_uuid)
-        if output is None or (output.user_id != user.id and not user.is_admin):
+        if output is None or not can_see(session, user, output.user_id):
             raise NotFoundError(f"no output {output_id}")
         return output

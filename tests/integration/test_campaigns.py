@@ -183,3 +183,12 @@ def test_team_members_see_team_campaigns_others_get_404(api):
         response = getattr(client, method)(f"/api/v1/campaigns/{campaign_id}{path}", headers=h["eve"])
         assert response.status_code == 404, (method, path, response.status_code)
     assert client.get(f"/api/v1/campaigns/{uuid.uuid4()}", headers=h["ana"]).status_code == 404
+
+
+def test_team_members_see_each_others_jobs_and_outputs(api):
+    ctx, client, h = api
+    job_id = client.post("/api/v1/jobs", json=BASE, headers=h["ana"]).get_json()["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=h["ben"]).status_code == 200  # same team
+    assert [j["id"] for j in client.get("/api/v1/jobs", headers=h["ben"]).get_json()["jobs"]] == [job_id]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=h["eve"]).status_code == 404  # another team
+    assert client.get("/api/v1/jobs", headers=h["eve"]).get_json()["jobs"] == []
