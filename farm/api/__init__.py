@@ -22,6 +22,10 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["SECRET_KEY"] = settings.secret_key or _local_secret(settings)
     app.config["JSON_SORT_KEYS"] = False
+    # Dashboard sessions: signed cookie, not readable by scripts, not sent on cross-site posts.
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["PERMANENT_SESSION_LIFETIME"] = 12 * 3600
     app.extensions["farm"] = context
     for module in (jobs, outputs, workers, users, tokens, campaigns, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
