@@ -225,6 +225,22 @@ class Campaign(Timestamped, Base):
     finished_at: Mapped[Optional[dt.datetime]]
 
 
+class WebhookDelivery(Timestamped, Base):
+    """One per-job webhook event of a campaign that asked for them."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "event"), Index("ix_webhook_deliveries_state_next", "state", "next_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    event: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+
+
 class Quota(Timestamped, Base):
     """Limits of one user or one team; a null limit is unlimited."""
 

@@ -46,6 +46,7 @@ class WebhookSpec(BaseModel):
 
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
     secret: str = Field(min_length=16, max_length=128)
+    per_job: bool = False  # also one POST per finished job
 
 
 class CampaignRequest(BaseModel):
@@ -186,6 +187,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
             base=req.base, matrix=req.matrix or None, row_count=len(req.rows), job_count=len(rows), image_count=images,
             budget_images=req.budget_images, deadline=req.deadline,
             webhook_url=req.webhook.url if req.webhook else None, webhook_secret=req.webhook.secret if req.webhook else None,
+            webhook_per_job=bool(req.webhook and req.webhook.per_job),
         )
         session.add(campaign)
         session.flush()

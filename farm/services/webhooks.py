@@ -1,4 +1,5 @@
-"""Signed webhooks: a campaign's URL receives an HMAC-signed POST when it ends.
+"""Signed webhooks: a campaign's URL receives an HMAC-signed POST when it ends
+(and, if the campaign asks, one per finished job).
 
 The body is JSON; ``X-Farm-Signature: t=<unix seconds>,v1=<hex>`` where hex is
 HMAC-SHA256(secret, "<t>.<body>"). Receivers recompute it and reject old
@@ -22,7 +23,7 @@ import requests
 from sqlalchemy import exists, select
 
 from farm.context import FarmContext
-from farm.models import Campaign, CampaignStatus, Job, JobStatus, utcnow
+from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, WebhookDelivery, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,67 @@ def _payload(session, campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def _post(http: requests.Session, url: str, secret: str, payload: dict) -> str | None:
+    """Send one signed event; None on a 2xx, else what went wrong."""
+    body = json.dumps(payload, sort_keys=True, default=str).encode()
+    headers = {"Content-Type": "application/json", EVENT_HEADER: payload["event"],
+               SIGNATURE_HEADER: sign(secret, body, int(time.time()))}
+    try:
+        response = http.post(url, data=body, headers=headers, timeout=5, allow_redirects=False)
+    except requests.RequestException as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+
+
+def _backoff_s(settings, attempts: int) -> float:
+    return min(settings.webhook_backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
+
+
+def queue_job_events(ctx: FarmContext) -> int:
+    """A pending delivery for each newly finished job of a campaign that asked for per-job events."""
+    final = [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
+    delivered_already = exists().where(WebhookDelivery.job_id == Job.id)
+    with ctx.db.transaction() as session:
+        rows = session.execute(
+            select(Job.id, Job.campaign_id, Job.status).join(Campaign, Campaign.id == Job.campaign_id)
+            .where(Campaign.webhook_per_job, Job.status.in_(final), ~delivered_already).limit(1000)
+        ).all()
+        for row in rows:
+            session.add(WebhookDelivery(campaign_id=row.campaign_id, job_id=row.id, event=f"job.{row.status}"))
+    return len(rows)
+
+
+def deliver_job_events(ctx: FarmContext, http: requests.Session | None = None) -> int:
+    http = http or requests.Session()
+    with ctx.db.session() as session:
+        due = session.execute(
+            select(WebhookDelivery, Campaign.webhook_url, Campaign.webhook_secret, Job.attempt, Job.error)
+            .join(Campaign, Campaign.id == WebhookDelivery.campaign_id).join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.state == "pending", WebhookDelivery.next_at <= utcnow()).limit(200)
+        ).all()
+        outputs = {}
+        if due:
+            for output in session.execute(select(Output).where(Output.job_id.in_([d[0].job_id for d in due]))).scalars():
+                outputs.setdefault(output.job_id, []).append({"id": str(output.id), "url": f"/api/v1/outputs/{output.id}/image"})
+    delivered = 0
+    for delivery, url, secret, attempt, job_error in due:
+        payload = {"event": delivery.event, "campaign_id": str(delivery.campaign_id),
+                   "job": {"id": str(delivery.job_id), "status": delivery.event.split(".", 1)[1], "attempt": attempt,
+                           "error": job_error, "outputs": outputs.get(delivery.job_id, [])}}
+        error = _post(http, url, secret or "", payload)
+        with ctx.db.transaction() as session:
+            row = session.get(WebhookDelivery, delivery.id)
+            row.attempts += 1
+            if error is None:
+                row.state, row.last_error = "delivered", None
+                delivered += 1
+            elif row.attempts >= ctx.settings.webhook_max_attempts:
+                row.state, row.last_error = "failed", error
+            else:
+                row.next_at, row.last_error = utcnow() + dt.timedelta(seconds=_backoff_s(ctx.settings, row.attempts)), error
+    return delivered
+
+
 def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
     """Send every due webhook once; returns how many were delivered."""
     http = http or requests.Session()
@@ -91,16 +153,7 @@ def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
         work = [(c.id, c.webhook_url, c.webhook_secret or "", _payload(session, c)) for c in due]
     delivered = 0
     for campaign_id, url, secret, payload in work:
-        body = json.dumps(payload, sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", EVENT_HEADER: payload["event"],
-                   SIGNATURE_HEADER: sign(secret, body, int(time.time()))}
-        error = None
-        try:
-            response = http.post(url, data=body, headers=headers, timeout=5, allow_redirects=False)
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        error = _post(http, url, secret, payload)
         with ctx.db.transaction() as session:
             campaign = session.get(Campaign, campaign_id)
             campaign.webhook_attempts += 1
@@ -111,7 +164,7 @@ def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
                 campaign.webhook_state, campaign.webhook_last_error = "failed", error
                 logger.warning("webhook of campaign %s failed for good: %s", campaign_id, error)
             else:
-                backoff = min(settings.webhook_backoff_s * 2 ** (campaign.webhook_attempts - 1), MAX_BACKOFF_S)
+                backoff = _backoff_s(settings, campaign.webhook_attempts)
                 campaign.webhook_next_at = utcnow() + dt.timedelta(seconds=backoff)
                 campaign.webhook_last_error = error
                 logger.info("webhook of campaign %s: %s; retry in %.1fs", campaign_id, error, backoff)
@@ -131,5 +184,7 @@ class WebhookSender:
             try:
                 mark_finished_campaigns(self.ctx)
                 deliver_due(self.ctx, http)
+                queue_job_events(self.ctx)
+                deliver_job_events(self.ctx, http)
             except Exception:
                 logger.exception("webhook pass failed")

@@ -51,6 +51,24 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_campaigns_team_id'), ['team_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_campaigns_user_id'), ['user_id'], unique=False)
 
+    op.create_table('webhook_deliveries',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('campaign_id', sa.Uuid(), nullable=False),
+    sa.Column('job_id', sa.Uuid(), nullable=False),
+    sa.Column('event', sa.String(length=32), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_at', farm.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('created_at', farm.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', farm.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], name=op.f('fk_webhook_deliveries_campaign_id_campaigns'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_deliveries')),
+    sa.UniqueConstraint('job_id', 'event', name=op.f('uq_webhook_deliveries_job_id_event'))
+    )
+    with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_webhook_deliveries_state_next', ['state', 'next_at'], unique=False)
+
     op.create_table('quotas',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=True),
@@ -108,6 +126,9 @@ def downgrade() -> None:
 
     op.drop_table('usage_ledger')
     op.drop_table('quotas')
+    with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_deliveries_state_next')
+    op.drop_table('webhook_deliveries')
     with op.batch_alter_table('campaigns', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_campaigns_user_id'))
         batch_op.drop_index(batch_op.f('ix_campaigns_team_id'))

@@ -119,3 +119,32 @@ def test_gives_up_after_max_attempts_and_refuses_bad_hooks(farm_api):
     assert len(receiver.received) == 3 and json.loads(receiver.received[0][1])["event"] == "campaign.canceled"
     bad = client.post("/api/v1/campaigns", json={"name": "b", "base": base, "webhook": {"url": "ftp://x", "secret": "short"}}, headers=headers)
     assert bad.status_code == 422 and {d["field"] for d in bad.get_json()["error"]["details"]} == {"webhook.url", "webhook.secret"}
+
+
+def test_per_job_events_are_signed_and_retried(farm_api):
+    from farm.services.webhooks import deliver_job_events, queue_job_events
+
+    ctx, client, headers = farm_api
+    receiver = Receiver(fail_first=1)
+    campaign_id = client.post("/api/v1/campaigns", json={
+        "name": "per-job", "base": {"prompt": "x", "width": 64, "height": 64, "steps": 2}, "matrix": {"seed": [1, 2]},
+        "webhook": {"url": receiver.url, "secret": SECRET, "per_job": True}}, headers=headers).get_json()["id"]
+    finish_all(ctx, campaign_id)
+    import time
+
+    for _ in range(200):
+        queue_job_events(ctx)
+        deliver_job_events(ctx)
+        events = [json.loads(body) for _, body in receiver.received]
+        if sum(1 for e in events if e["event"] == "job.succeeded") >= 3:  # 2 jobs + 1 retried after the first 500
+            break
+        time.sleep(0.02)
+    delivered = [json.loads(body) for h, body in receiver.received if verify(SECRET, body, h[SIGNATURE_HEADER])]
+    assert len(delivered) == len(receiver.received) == 3
+    with ctx.db.session() as session:
+        job_ids = {str(j) for (j,) in session.query(Job.id).filter(Job.campaign_id == uuid.UUID(campaign_id))}
+    assert {e["job"]["id"] for e in delivered} == job_ids and all(e["campaign_id"] == campaign_id for e in delivered)
+    assert all(e["job"]["status"] == "succeeded" for e in delivered)
+    queue_job_events(ctx)
+    deliver_job_events(ctx)
+    assert len(receiver.received) == 3  # each job's event is delivered once
