@@ -58,3 +58,33 @@ def test_campaign_lifecycle_on_real_workers(tmp_path, s3, redis_url, tiny_models
         images = [name for name in archive.namelist() if name.startswith("images/")]
         assert len(images) == succeeded
         assert Image.open(io.BytesIO(archive.read(images[0]))).size == (256, 256)
+
+
+def test_retry_failed_on_real_workers(tmp_path, s3, redis_url, tiny_models):
+    import shutil
+
+    with running_cluster(tmp_path, s3, redis_url, {"tiny-a": tiny_models["tiny-a"]}, {"wa": ["tiny-a"]}) as cluster:
+        client = Client(cluster, cluster.token)
+        fragile = tmp_path / "fragile"
+        shutil.copytree(tiny_models["tiny-a"], fragile)
+        cluster.farm("models", "add", "fragile", str(fragile))
+        cluster.start_worker("wf", "--vram-gb", "4", "--models", "fragile")
+        from farm.localcluster import worker_is_online
+
+        wait_until(lambda: worker_is_online(cluster.api_url, cluster.admin_token, "wf"), 90, what="worker wf")
+        hidden = tmp_path / "fragile-away"
+        fragile.rename(hidden)  # the weights vanish: the worker cannot load the model
+        campaign_id = client.session.post(f"{client.base}/api/v1/campaigns", timeout=30, json={
+            "name": "fragile", "base": {"prompt": "x", "model": "fragile", "width": 64, "height": 64, "steps": 2},
+            "matrix": {"seed": [1, 2]}}).json()["id"]
+
+        def view():
+            return client.get(f"/api/v1/campaigns/{campaign_id}").json()
+
+        wait_until(lambda: view()["counts"]["failed"] == 2, 120, what="both jobs to fail")
+        hidden.rename(fragile)  # the operator restores the weights
+        retried = client.session.post(f"{client.base}/api/v1/campaigns/{campaign_id}/retry-failed", timeout=10).json()
+        assert retried["retried_jobs"] == 2 and retried["status"] == "active"
+        wait_until(lambda: view()["counts"]["succeeded"] == 2, 120, what="the retried jobs to succeed")
+        jobs = client.get(f"/api/v1/campaigns/{campaign_id}/jobs").json()["jobs"]
+        assert all(job["attempt"] == 2 and job["worker"] == "wf" and len(job["outputs"]) == 1 for job in jobs)
