@@ -6,8 +6,6 @@ import functools
 import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import click
@@ -121,7 +119,6 @@ def scheduler() -> None:
 @friendly_errors
 def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None) -> None:
     """Run a GPU (or CPU) worker consuming its own queue."""
-    from farm.settings import override_settings
     from farm.workers.main import run_worker
 
     settings = _load_settings()

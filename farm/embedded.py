@@ -105,7 +105,7 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     print(f"  API:             {url}api/v1", flush=True)
     print(f"  admin API token: {token}", flush=True)
     print(f"  demo model:      {DEMO_MODEL_ID} ({DEMO_NOTE})", flush=True)
-    print(f'  try:             farm submit "a lighthouse at dawn" --wait', flush=True)
+    print('  try:             farm submit "a lighthouse at dawn" --wait', flush=True)
     try:
         server.run()
     except (KeyboardInterrupt, OSError):

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from farm import lineage, states
-from farm.models import Job, ModelEntry, Output, utcnow
+from farm.models import Job, ModelEntry, Output
 from farm.storage import CONTENT_TYPES, output_key, sidecar_key
 from farm.workers.pipelines import RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime

@@ -10,17 +10,18 @@ import uuid
 import zipfile
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from farm import states
 from farm.api import create_app
 from farm.auth import create_user
 from farm.context import build_context
 from farm.events import LocalEvents
-from farm.models import Campaign, Job, Output, UsageEntry
+from farm.models import Job, Output, UsageEntry
 from farm.scheduler.service import CeleryDispatcher, Scheduler
 from farm.settings import Settings
 from tests.support.factories import ensure_model
+from tests.support.api import truncate_all
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,7 @@ def api(tmp_path, migrated_postgres_url):
     client = create_app(settings, context=ctx).test_client()
     headers = {name: {"Authorization": f"Bearer {token}"} for name, token in (("ana", ana), ("ben", ben), ("eve", eve))}
     yield ctx, client, headers
-    with ctx.db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns CASCADE"))
+    truncate_all(ctx)
     ctx.db.dispose()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import text
 
 from farm import states
 from farm.api import create_app
@@ -16,6 +15,7 @@ from farm.events import LocalEvents
 from farm.models import ApiToken, Job, Output, Worker
 from farm.settings import Settings
 from tests.support.factories import ensure_model
+from tests.support.api import truncate_all
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,7 @@ def world(tmp_path, migrated_postgres_url):
         ids = {"job_id": job_id, "output_id": str(output.id), "campaign_id": campaign_id, "token_id": str(token_id),
                "user_id": str(owner.id), "team_id": str(owner.team_id), "worker_id": "gpu0", "id": str(token_id)}
     yield ctx, app, client, ids, {"Authorization": f"Bearer {intruder_token}"}
-    with ctx.db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns CASCADE"))
+    truncate_all(ctx)
     ctx.db.dispose()
 
 

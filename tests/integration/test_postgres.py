@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 from farm import states
 from farm.context import build_context
@@ -15,6 +15,7 @@ from farm.localcluster import temporary_postgres_database
 from farm.scheduler.service import Leadership
 from farm.settings import Settings
 from tests.support.factories import make_job
+from tests.support.api import truncate_all
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +25,7 @@ def ctx(tmp_path, migrated_postgres_url):
     settings = Settings(home=tmp_path, database_url=migrated_postgres_url)
     context = build_context(settings, events=LocalEvents())
     yield context
-    with context.db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers CASCADE"))
+    truncate_all(context)
     context.db.dispose()
 
 

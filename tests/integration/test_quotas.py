@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import requests
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from waitress.server import create_server
 
 from farm import states
@@ -20,6 +20,7 @@ from farm.localcluster import free_port
 from farm.models import Job, UsageEntry
 from farm.settings import Settings
 from tests.support.factories import ensure_model
+from tests.support.api import truncate_all
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +40,7 @@ def served(tmp_path, migrated_postgres_url):
     thread.start()
     yield ctx, f"http://127.0.0.1:{port}/api/v1", {"admin": admin_token, "ana": token}, user
     server.close()
-    with ctx.db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns CASCADE"))
+    truncate_all(ctx)
     ctx.db.dispose()
 
 

@@ -8,7 +8,6 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from sqlalchemy import text
 
 from farm import states
 from farm.api import create_app
@@ -19,6 +18,7 @@ from farm.models import Campaign, Job
 from farm.services.webhooks import SIGNATURE_HEADER, deliver_due, mark_finished_campaigns, verify
 from farm.settings import Settings
 from tests.support.factories import ensure_model
+from tests.support.api import truncate_all
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-webhook-key-123"
@@ -55,8 +55,7 @@ def farm_api(tmp_path, migrated_postgres_url):
         ensure_model(session, "m-sd")
         _, token = create_user(session, f"ana-{uuid.uuid4().hex[:6]}")
     yield ctx, create_app(settings, context=ctx).test_client(), {"Authorization": f"Bearer {token}"}
-    with ctx.db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns CASCADE"))
+    truncate_all(ctx)
     ctx.db.dispose()
 
 

@@ -13,6 +13,7 @@ from farm.auth import create_user
 from farm.context import build_context
 from farm.events import LocalEvents
 from farm.models import Output
+from tests.support.api import assert_error, auth
 from tests.support.factories import ensure_model
 
 
@@ -28,21 +29,8 @@ def env(sqlite_settings):
     return ctx, app.test_client(), {"alice": alice, "bob": bob, "root": root}
 
 
-def auth(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
 def submit(client, token, **body):
     return client.post("/api/v1/jobs", json={"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, **body}, headers=auth(token))
-
-
-def assert_error(response, status, text):
-    assert response.status_code == status, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert text in error["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return error
 
 
 def test_submit_and_read_back(env):

@@ -2,27 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-from click.testing import CliRunner
-
-from farm.cli import main
-
-
-@pytest.fixture()
-def run(sqlite_settings, monkeypatch):
-    monkeypatch.setenv("FARM_HOME", str(sqlite_settings.home))
-    for name in ("FARM_DATABASE_URL", "FARM_BROKER_URL", "FARM_S3_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    import farm.settings
-
-    monkeypatch.setattr(farm.settings, "_settings", None)
-
-    def invoke(*args):
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-    return invoke
-
-
 def test_users_teams_and_share_weights(run):
     created = run("users", "create", "ana", "--team", "studio")
     assert created.exit_code == 0 and created.output.strip().splitlines()[-1].startswith("farm_")

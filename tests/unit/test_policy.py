@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import CLASS_AGE_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place, working_memory_gb
+from farm.scheduler.policy import CLASS_AGE_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
 def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):

@@ -6,7 +6,7 @@ import pytest
 
 from farm import states
 from farm.context import build_context
-from farm.models import Job, JobStatus, ModelEntry, User
+from farm.models import Job, JobStatus
 from tests.support.factories import make_job
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import event, select
 
 from farm.api import create_app
 from farm.auth import create_user, hash_token
-from farm.cli import main
 from farm.context import build_context
 from farm.events import LocalEvents
 from farm.models import ApiToken, User
 from farm.services import tokens as token_service
+from tests.support.api import assert_error, auth
 from tests.support.factories import ensure_model
 
 VIEW_KEYS = {"id", "name", "prefix", "scope", "created_at", "last_used_at", "revoked_at"}
@@ -31,19 +30,6 @@ def env(sqlite_settings):
     app = create_app(sqlite_settings, context=ctx)
     ids = {"alice": alice.id, "bob": bob.id, "root": root.id}
     return ctx, app.test_client(), {"alice": alice_token, "bob": bob_token, "root": root_token}, ids
-
-
-def auth(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(response, status, text):
-    assert response.status_code == status, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert text in error["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return error
 
 
 def submit(client, token):
@@ -209,21 +195,6 @@ def test_openapi_documents_the_token_operations(env):
 
 
 # ---------------------------------------------------------------------- CLI
-
-
-@pytest.fixture()
-def run(sqlite_settings, monkeypatch):
-    monkeypatch.setenv("FARM_HOME", str(sqlite_settings.home))
-    for name in ("FARM_DATABASE_URL", "FARM_BROKER_URL", "FARM_S3_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    import farm.settings
-
-    monkeypatch.setattr(farm.settings, "_settings", None)
-
-    def invoke(*args):
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def test_cli_creates_lists_and_revokes_tokens(run, sqlite_settings):

@@ -10,7 +10,7 @@ import torch
 from farm import states
 from farm.context import build_context
 from farm.events import LocalEvents
-from farm.models import Job, ModelEntry, Output
+from farm.models import Job, Output
 from farm.registry import add_model
 from farm.scheduler.service import CeleryDispatcher, Scheduler
 from farm.workers import render as render_module

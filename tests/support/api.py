@@ -1,0 +1,28 @@
+"""Helpers for API tests."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response, status: int, text_: str) -> dict:
+    """The response is a JSON error of ``status`` whose message contains ``text_``, never a traceback."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert text_ in error["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return error
+
+
+ALL_TABLES = "jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns, webhook_deliveries"
+
+
+def truncate_all(ctx) -> None:
+    """Empty every farm table of a test database (shared across one run's tests)."""
+    with ctx.db.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {ALL_TABLES} CASCADE"))
