@@ -94,7 +94,7 @@ def login():
             logger.info("dashboard sign-in: %s", user.name)
             target = request.args.get("next", "")
             return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("dashboard.index"))
-    return render_template("login.html", error=error), (401 if error else 200)
+    return render_template("login.html", error=error, name=request.form.get("name", "")), (401 if error else 200)
 
 
 @bp.post("/logout")

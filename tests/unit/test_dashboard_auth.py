@@ -35,6 +35,7 @@ def test_sign_in_with_password_and_sign_out(dash):
     csrf = csrf_from(client.get("/login").get_data(as_text=True))
     wrong = client.post("/login", data={"name": "ana", "password": "nope", "csrf_token": csrf})
     assert wrong.status_code == 401 and "did not match" in wrong.get_data(as_text=True)
+    assert 'value="ana"' in wrong.get_data(as_text=True)  # the name is kept for the next try
     ok = client.post("/login?next=/", data={"name": "ana", "password": "correct horse battery", "csrf_token": csrf})
     assert ok.status_code == 302 and ok.headers["Location"] == "/"
     cookie = ok.headers["Set-Cookie"]
