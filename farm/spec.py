@@ -30,6 +30,28 @@ FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3":
 _ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×]\s*(\d{2,5})\s*$")
 
 
+@dataclass(frozen=True)
+class PerformanceMode:
+    """Steps, sampler, sigma schedule and guidance a mode stands for."""
+
+    steps_factor: float | None  # times the model's default steps; None = fixed ``steps``
+    steps: int | None
+    sampler: str
+    scheduler: str
+    guidance_scale: float | None  # None = the model's default
+
+
+# Few-step modes trade quality for speed the way distilled/LCM checkpoints do;
+# the accelerating LoRA a family may configure is not applied yet, so on a
+# plain checkpoint they give rough images quickly.
+PERFORMANCE = {
+    "quality": PerformanceMode(1.5, None, "dpmpp_2m", "karras", None),
+    "speed": PerformanceMode(1.0, None, "dpmpp_2m", "karras", None),
+    "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
+    "lightning": PerformanceMode(None, 4, "euler", "sgm_uniform", 1.0),
+}
+
+
 @dataclass
 class FieldProblem:
     field: str
@@ -145,7 +167,7 @@ def resolve_request(
 
     # Fields of the contract whose features are not built yet are refused
     # rather than silently ignored.
-    for name, value in (("styles", req.styles), ("preset", req.preset), ("performance", req.performance), ("parent_output", req.parent_output)):
+    for name, value in (("styles", req.styles), ("preset", req.preset), ("parent_output", req.parent_output)):
         if value:
             problems.append(FieldProblem(name, "not supported by this farm yet; leave it out"))
     if req.prompt_expansion:
@@ -160,7 +182,16 @@ def resolve_request(
     if width and height and width * height > settings.max_pixels:
         problems.append(FieldProblem("width", f"{width}x{height} is {width * height} pixels; the limit is {settings.max_pixels}"))
 
-    steps = req.steps or (model.default_steps if model else 20)
+    # A performance mode fills steps, sampler, schedule and guidance; fields
+    # the request sets itself win.
+    mode = PERFORMANCE.get(req.performance) if req.performance else None
+    explicit = req.model_fields_set
+    sampler = req.sampler if mode is None or "sampler" in explicit else mode.sampler
+    schedule = req.scheduler if mode is None or "scheduler" in explicit else mode.scheduler
+    default_steps = model.default_steps if model else 20
+    if mode is not None and req.steps is None:
+        default_steps = mode.steps if mode.steps is not None else max(1, round(default_steps * mode.steps_factor))
+    steps = req.steps or default_steps
     if steps > settings.max_steps:
         problems.append(FieldProblem("steps", f"{steps} steps; the limit is {settings.max_steps}"))
     if req.num_images > settings.max_images_per_job:
@@ -168,7 +199,7 @@ def resolve_request(
     if model is not None:
         from farm.workers.pipelines import check_sampler
 
-        message = check_sampler(model.family, req.sampler, req.scheduler)
+        message = check_sampler(model.family, sampler, schedule)
         if message:
             problems.append(FieldProblem("sampler", message))
     if problems:
@@ -176,7 +207,8 @@ def resolve_request(
 
     assert model is not None
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    guidance = req.guidance_scale if req.guidance_scale is not None else model.default_guidance
+    guidance = req.guidance_scale if req.guidance_scale is not None else (
+        mode.guidance_scale if mode is not None and mode.guidance_scale is not None else model.default_guidance)
     params = {
         "model": model.id,
         "family": model.family,
@@ -189,8 +221,9 @@ def resolve_request(
         "height": height,
         "steps": steps,
         "guidance_scale": guidance,
-        "sampler": req.sampler,
-        "scheduler": req.scheduler,
+        "sampler": sampler,
+        "scheduler": schedule,
+        "performance": req.performance,
         "seed": seed,
         "num_images": req.num_images,
         "output_format": req.output_format,

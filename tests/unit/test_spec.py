@@ -90,3 +90,17 @@ def test_body_must_be_an_object():
 def test_many_problems_are_reported_together():
     found = problems(prompt="x", width=501, height=503, steps=1000)
     assert set(found) == {"width", "height", "steps"}
+
+
+def test_performance_modes_fill_steps_sampler_and_guidance():
+    quality = resolve(prompt="x", model="m-xl", performance="quality")
+    assert (quality.steps, quality.params["sampler"], quality.params["scheduler"]) == (45, "dpmpp_2m", "karras")
+    lightning = resolve(prompt="x", performance="lightning")
+    assert (lightning.steps, lightning.params["sampler"], lightning.params["scheduler"], lightning.params["guidance_scale"]) == (4, "euler", "sgm_uniform", 1.0)
+    extreme = resolve(prompt="x", performance="extreme_speed")
+    assert (extreme.steps, extreme.params["sampler"]) == (8, "lcm")
+    # What the request sets itself wins over the mode.
+    mine = resolve(prompt="x", performance="lightning", steps=6, sampler="dpmpp_2m", guidance_scale=3.0)
+    assert (mine.steps, mine.params["sampler"], mine.params["guidance_scale"]) == (6, "dpmpp_2m", 3.0)
+    assert mine.params["performance"] == "lightning"
+    assert "unknown value 'turbo'" in problems(prompt="x", performance="turbo")["performance"]
