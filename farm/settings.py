@@ -63,6 +63,10 @@ class Settings(BaseSettings):
 
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay of a failed webhook delivery; it doubles with each attempt (capped at an hour).")
     webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook deliveries tried before giving up.")
+    styles_dir: Path | None = Field(default=None, description="Directory of user style files (*.json lists of {name, category, positive, negative}); they add to and override the built-in library.")
+    presets_dir: Path | None = Field(default=None, description="Directory of user preset files (*.json); they add to and override the built-in presets.")
+    prompt_expansion_engine: Literal["builtin", "lm"] = Field(default="builtin", description="Prompt expansion: 'builtin' (curated vocabulary, no model) or 'lm' (a causal language model).")
+    prompt_expansion_model: str | None = Field(default=None, description="Local directory or hub id of the causal LM used when FARM_PROMPT_EXPANSION_ENGINE=lm.")
     max_prompt_chars: int = Field(default=4000, gt=0, description="Longest accepted prompt or negative prompt.")
     max_request_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")

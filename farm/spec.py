@@ -153,8 +153,16 @@ def resolve_request(
     models: dict[str, ModelInfo],
     settings,
     default_model: str | None = None,
+    resources=None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
+    submitted = req.model_dump(exclude_unset=True)
+    if req.preset:
+        if resources is None:
+            from farm.generation.resources import generation_resources
+
+            resources = generation_resources(settings)
+        req = _with_preset(req, models, resources, problems)
     for name, value in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
         if len(value) > settings.max_prompt_chars:
             problems.append(FieldProblem(name, f"is {len(value)} characters; the limit is {settings.max_prompt_chars}"))
@@ -167,11 +175,8 @@ def resolve_request(
 
     # Fields of the contract whose features are not built yet are refused
     # rather than silently ignored.
-    for name, value in (("styles", req.styles), ("preset", req.preset), ("parent_output", req.parent_output)):
-        if value:
-            problems.append(FieldProblem(name, "not supported by this farm yet; leave it out"))
-    if req.prompt_expansion:
-        problems.append(FieldProblem("prompt_expansion", "not supported by this farm yet; leave it out or set false"))
+    if req.parent_output:
+        problems.append(FieldProblem("parent_output", "image-to-image is not supported by this farm yet; leave it out"))
 
     width, height = _resolve_size(req, problems)
     if model is not None and width and height:
@@ -207,6 +212,13 @@ def resolve_request(
 
     assert model is not None
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    final_prompt, final_negative, styles = req.prompt, req.negative_prompt, []
+    if req.styles or req.prompt_expansion:
+        if resources is None:
+            from farm.generation.resources import generation_resources
+
+            resources = generation_resources(settings)
+        final_prompt, final_negative, styles = _styled_and_expanded(req, seed, resources)
     guidance = req.guidance_scale if req.guidance_scale is not None else (
         mode.guidance_scale if mode is not None and mode.guidance_scale is not None else model.default_guidance)
     params = {
@@ -214,9 +226,12 @@ def resolve_request(
         "family": model.family,
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
-        # After styles and prompt expansion (none yet), what the encoder sees.
-        "final_prompt": req.prompt,
-        "final_negative_prompt": req.negative_prompt,
+        # After preset, styles and prompt expansion: what the encoder sees.
+        "final_prompt": final_prompt,
+        "final_negative_prompt": final_negative,
+        "styles": styles,
+        "preset": req.preset,
+        "prompt_expansion": req.prompt_expansion,
         "width": width,
         "height": height,
         "steps": steps,
@@ -229,7 +244,7 @@ def resolve_request(
         "output_format": req.output_format,
     }
     return ResolvedRequest(
-        request=req.model_dump(exclude_unset=True),
+        request=submitted,
         params=params,
         model_id=model.id,
         width=width,
@@ -239,6 +254,45 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+def _with_preset(req: GenerationRequest, models: dict[str, ModelInfo], resources, problems: list[FieldProblem]) -> GenerationRequest:
+    """The request with the fields it left unset taken from its preset."""
+    from farm.generation.presets import PresetError, apply_preset
+
+    try:
+        preset = resources.presets.get(req.preset)
+    except PresetError as exc:
+        problems.append(FieldProblem("preset", str(exc)))
+        return req
+
+    def model_for_family(family: str) -> str | None:
+        return next((m for m in sorted(models) if models[m].family == family), None)
+
+    merged = apply_preset(preset, req.model_dump(exclude_unset=True), model_for_family=model_for_family)
+    try:
+        return GenerationRequest.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(_problem_from_pydantic(e) for e in exc.errors())
+        return req
+
+
+def _styled_and_expanded(req: GenerationRequest, seed: int, resources) -> tuple[str, str, list[str]]:
+    from farm.generation.expansion import ExpansionError
+    from farm.generation.styles import StyleError, apply_styles
+
+    prompt, negative, styles = req.prompt, req.negative_prompt, []
+    if req.styles:
+        try:
+            prompt, negative, styles = apply_styles(resources.styles, prompt, negative, req.styles, seed)
+        except StyleError as exc:
+            raise RequestError([FieldProblem("styles", str(exc))]) from None
+    if req.prompt_expansion:
+        try:
+            prompt = resources.expander().expand(prompt, seed)
+        except ExpansionError as exc:
+            raise RequestError([FieldProblem("prompt_expansion", str(exc))]) from None
+    return prompt, negative, styles
 
 
 def _resolve_size(req: GenerationRequest, problems: list[FieldProblem]) -> tuple[int, int]:

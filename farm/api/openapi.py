@@ -54,6 +54,8 @@ def build_document() -> dict:
             "/api/v1/workers/{worker_id}/resume": {"post": _op("Resume a drained worker (admin)", errors=(401, 403, 404, 409))},
             "/api/v1/models": {"get": _op("Registered models and which workers hold them", errors=(401,))},
             "/api/v1/users": {"post": _op("Create a user (admin); returns its first token", "201", None, (401, 403, 409, 422))},
+            "/api/v1/styles": {"get": _op("The style library (built-in and user styles)", errors=(401,))},
+            "/api/v1/presets": {"get": _op("Presets: named bundles of model, styles, performance, sampler, size", errors=(401,))},
             "/api/v1/me": {"get": _op("Who the token belongs to, with quota limits, usage and what remains", errors=(401,))},
             "/api/v1/users/{user_id}/quota": {"put": _op("Set a user's quota (admin)", errors=(401, 403, 404, 422))},
             "/api/v1/teams/{team_id}/quota": {"put": _op("Set a team's quota (admin)", errors=(401, 403, 404, 422))},

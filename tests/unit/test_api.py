@@ -172,3 +172,17 @@ def test_admins_drain_and_resume_workers(env):
     assert [(w["id"], w["state"]) for w in listed] == [("gpu0", "draining")]
     assert client.post("/api/v1/workers/gpu0/resume", headers=auth(tokens["root"])).get_json()["state"] == "online"
     assert_error(client.post("/api/v1/workers/nope/drain", headers=auth(tokens["root"])), 404, "no worker")
+
+
+def test_styles_and_presets_are_listed_and_used(env):
+    ctx, client, tokens = env
+    styles = client.get("/api/v1/styles", headers=auth(tokens["alice"])).get_json()
+    assert len(styles["styles"]) >= 100 and styles["categories"]
+    presets = client.get("/api/v1/presets", headers=auth(tokens["alice"])).get_json()["presets"]
+    assert {"realistic", "anime", "illustration", "fast-draft"} <= {p["name"] for p in presets}
+    name = styles["styles"][0]["name"]
+    job_id = submit(client, tokens["alice"], styles=[name], prompt_expansion=True, seed=3).get_json()["id"]
+    params = client.get(f"/api/v1/jobs/{job_id}", headers=auth(tokens["alice"])).get_json()["params"]
+    assert params["styles"] == [name] and params["prompt_expansion"] is True
+    assert params["final_prompt"] != "a lighthouse" and "lighthouse" in params["final_prompt"]
+    assert_error(submit(client, tokens["alice"], styles=["no-such-style"]), 422, "no-such-style")

@@ -78,8 +78,32 @@ def test_limits():
 
 
 def test_features_not_built_yet_are_refused_not_ignored():
-    assert "not supported" in problems(prompt="x", styles=["cinematic"])["styles"]
-    assert "not supported" in problems(prompt="x", prompt_expansion=True)["prompt_expansion"]
+    assert "not supported" in problems(prompt="x", parent_output="abc")["parent_output"]
+
+
+def test_styles_preset_and_expansion_shape_the_final_prompt():
+    from farm.generation.resources import generation_resources
+
+    resources = generation_resources(SETTINGS)
+    style = resources.styles.all()[0]
+    r = resolve_request(parse_request({"prompt": "a red bicycle", "styles": [style.name, "random"], "seed": 7}),
+                        MODELS, SETTINGS, resources=resources)
+    assert r.params["final_prompt"] != "a red bicycle" and "red bicycle" in r.params["final_prompt"]
+    assert r.params["styles"][0] == style.name and len(r.params["styles"]) == 2
+    again = resolve_request(parse_request({"prompt": "a red bicycle", "styles": [style.name, "random"], "seed": 7}),
+                            MODELS, SETTINGS, resources=resources)
+    assert again.params["final_prompt"] == r.params["final_prompt"]  # the random pick follows the seed
+    expanded = resolve_request(parse_request({"prompt": "a red bicycle", "prompt_expansion": True, "seed": 7}),
+                               MODELS, SETTINGS, resources=resources)
+    assert expanded.params["final_prompt"].startswith("a red bicycle") and len(expanded.params["final_prompt"]) > 20
+    preset = resources.presets.all()[0]
+    with_preset = resolve_request(parse_request({"prompt": "a red bicycle", "preset": preset.name}), MODELS, SETTINGS,
+                                  resources=resources)
+    assert with_preset.params["preset"] == preset.name
+    assert with_preset.request == {"prompt": "a red bicycle", "preset": preset.name}  # as submitted
+    bad = problems(prompt="x", styles=["no-such-style-anywhere"])
+    assert "no-such-style-anywhere" in bad["styles"]
+    assert "'nope'" in problems(prompt="x", preset="nope")["preset"]
 
 
 def test_body_must_be_an_object():
