@@ -33,12 +33,13 @@ def software_versions(device_kind: str) -> dict[str, str | None]:
     }
 
 
-def image_params(params: dict[str, Any], index: int, seed: int) -> dict[str, Any]:
+def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What made this one image: the same for a rerender, whatever its place in its job."""
     resolved = {key: params[key] for key in (
         "final_prompt", "final_negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "scheduler",
         "output_format",
     )}
-    resolved.update(seed=seed, index=index)
+    resolved["seed"] = seed
     return resolved
 
 

@@ -295,6 +295,8 @@ class Job(Timestamped, Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    # The output this job renders again (POST /outputs/{id}/rerender).
+    rerender_of: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
     # Estimated GPU seconds reserved against quotas at submission.
     reserved_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=1)

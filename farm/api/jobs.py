@@ -33,8 +33,9 @@ def get_job(job_id: str):
         wait_s = min(float(wait), MAX_WAIT_S)
     except ValueError:
         raise ApiError(400, f"wait must be a number of seconds (at most {MAX_WAIT_S:g})") from None
-    job = job_service.get_job(farm_context(), g.user, job_id, wait_s=max(wait_s, 0.0))
-    return jsonify(job_view(job))
+    ctx = farm_context()
+    job = job_service.get_job(ctx, g.user, job_id, wait_s=max(wait_s, 0.0))
+    return jsonify(job_view(job, job_service.rerender_match(ctx, job)))
 
 
 @bp.get("/jobs")

@@ -48,6 +48,7 @@ def build_document() -> dict:
             "/api/v1/jobs/{job_id}": {"get": _op("A job with progress and outputs; ?wait=N long-polls until it is final")},
             "/api/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a queued, assigned or running job", errors=(401, 404, 409))},
             "/api/v1/outputs/{output_id}": {"get": _op("The lineage record of one image")},
+            "/api/v1/outputs/{output_id}/rerender": {"post": _op("Render again from the lineage; the job reports rerender_matches", "202", errors=(401, 404, 429))},
             "/api/v1/outputs/{output_id}/image": {"get": _op("The image (a redirect to a presigned URL on S3)")},
             "/api/v1/workers": {"get": _op("Workers with VRAM and models held", errors=(401,))},
             "/api/v1/workers/{worker_id}/drain": {"post": _op("Drain a worker: finish current work, take no more (admin)", errors=(401, 403, 404, 409))},

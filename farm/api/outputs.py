@@ -22,6 +22,18 @@ def get_output(output_id: str):
     return jsonify(output_view(job_service.get_output(farm_context(), g.user, output_id)))
 
 
+@bp.post("/outputs/<output_id>/rerender")
+@require_user
+def rerender(output_id: str):
+    """Render the image again from its lineage; GET the job to see whether the hashes match."""
+    from flask import url_for
+
+    job = job_service.rerender_output(farm_context(), g.user, output_id)
+    body = {"id": str(job.id), "status": job.status, "polling_url": url_for("jobs.get_job", job_id=job.id),
+            "rerender_of": output_id}
+    return jsonify(body), 202
+
+
 @bp.get("/outputs/<output_id>/image")
 @require_user
 def get_output_image(output_id: str):

@@ -16,7 +16,7 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job, rerender_matches: bool | None = None) -> dict[str, Any]:
     total = job.progress_total or job.steps
     step = job.progress_step if job.status != "succeeded" else total
     return {
@@ -41,6 +41,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "worker": job.worker_id,
         "attempt": job.attempt,
+        "rerender_of": str(job.rerender_of) if job.rerender_of else None,
+        "rerender_matches": rerender_matches,
     }
 
 

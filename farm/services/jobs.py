@@ -166,6 +166,35 @@ def cancel_job(ctx: FarmContext, user: User, job_id: str) -> Job:
         return visible_job(session, user, job_uuid)
 
 
+def rerender_output(ctx: FarmContext, user: User, output_id: str) -> Job:
+    """A new job that renders one output again from its job's resolved parameters and its seed."""
+    output = get_output(ctx, user, output_id)
+    with ctx.db.transaction() as session:
+        original = session.get(Job, output.job_id)
+        owner = session.get(User, user.id)
+        params = {**original.params, "seed": output.seed, "num_images": 1}
+        job = Job(
+            id=uuid.uuid4(), user_id=user.id, model_id=original.model_id, request=original.request, params=params,
+            width=original.width, height=original.height, steps=original.steps, num_images=1, seed=output.seed,
+            priority=original.priority, rerender_of=output.id,
+            reserved_gpu_seconds=original.reserved_gpu_seconds / max(original.num_images, 1),
+        )
+        reserve(session, owner, Cost(1, 1, job.reserved_gpu_seconds, job.width * job.height, job.steps),
+                job_id=job.id, model_id=job.model_id)
+        session.add(job)
+    ctx.events.wake_scheduler()
+    return job
+
+
+def rerender_match(ctx: FarmContext, job: Job) -> bool | None:
+    """For a finished rerender: does the new image hash like the original? None until both exist."""
+    if job.rerender_of is None or job.status != JobStatus.succeeded.value or not job.outputs:
+        return None
+    with ctx.db.session() as session:
+        original = session.execute(select(Output.content_sha256).where(Output.id == job.rerender_of)).scalar_one_or_none()
+    return None if original is None else original == job.outputs[0].content_sha256
+
+
 def get_output(ctx: FarmContext, user: User, output_id: str) -> Output:
     output_uuid = parse_uuid(output_id, "output")
     with ctx.db.session() as session:

@@ -57,6 +57,7 @@ class JobSnapshot:
     assigned_at: object
     started_at: object
     model: ModelEntry
+    rerender_of: uuid.UUID | None = None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -75,7 +76,8 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
             return "skipped"
         job = session.get(Job, job_id)
         snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
-                               job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id))
+                               job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
+                               job.rerender_of)
     ctx.events.job_changed(job_id)
     if evict:
         runtime.evict(evict)
@@ -101,13 +103,19 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     ctx = runtime.ctx
     params = job.params
     loaded, load_s = runtime.pipeline_for(job.model)
-    render_params = RenderParams(
-        prompt=params["final_prompt"], negative_prompt=params["final_negative_prompt"], width=params["width"],
-        height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
-        sampler=params["sampler"], scheduler=params["scheduler"], seed=params["seed"], num_images=params["num_images"],
-    )
+    count = params["num_images"]
+    reporter = ProgressReporter(runtime, job.id, job.attempt)
     started = time.perf_counter()
-    images = render(loaded.pipe, render_params, on_step=ProgressReporter(runtime, job.id, job.attempt))
+    images = []
+    # One image per pipeline call: a batch rounds differently (a pixel value
+    # may move by one), and image i must hash like a rerender of seed + i.
+    for index in range(count):
+        image_params = RenderParams(
+            prompt=params["final_prompt"], negative_prompt=params["final_negative_prompt"], width=params["width"],
+            height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
+            sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
+        )
+        images += render(loaded.pipe, image_params, on_step=lambda step, total, i=index: reporter(i * total + step, count * total))
     inference_s = time.perf_counter() - started
 
     software = lineage.software_versions(runtime.device.type)
@@ -120,7 +128,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     upload_s = 0.0
     for index, image in enumerate(images):
         seed = (params["seed"] + index) % 2**64
-        resolved = lineage.image_params(params, index, seed)
+        resolved = lineage.image_params(params, seed)
         reproducible = lineage.reproducible_record(resolved, model, software, runtime.device.type)
         text = {"parameters": lineage.parameters_text(resolved, loaded.entry_id), "farm": lineage.dumps(reproducible)}
         data = encode_image(image, fmt, text)
@@ -129,7 +137,8 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         record = {
             "output_id": str(output_id), "job_id": str(job.id), "attempt": job.attempt,
             "campaign_id": str(job.campaign_id) if job.campaign_id else None, "user_id": job.user_id,
-            "request": job.request, "params": resolved, "model": model, "parent_output": None, "worker": worker,
+            "request": job.request, "params": resolved, "model": model, "parent_output": None,
+            "rerender_of": str(job.rerender_of) if job.rerender_of else None, "worker": worker,
             "software": software,
             "timings": {
                 "queued_at": job.created_at.isoformat(),

@@ -109,6 +109,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('reserved_gpu_seconds', sa.Float(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('rerender_of', sa.Uuid(), nullable=True))
+        batch_op.create_index(batch_op.f('ix_jobs_rerender_of'), ['rerender_of'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_jobs_campaign_id_campaigns'), 'campaigns', ['campaign_id'], ['id'], ondelete='CASCADE')
 
 
@@ -116,6 +118,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_jobs_campaign_id_campaigns'), type_='foreignkey')
+        batch_op.drop_index(batch_op.f('ix_jobs_rerender_of'))
+        batch_op.drop_column('rerender_of')
         batch_op.drop_column('reserved_gpu_seconds')
 
     with op.batch_alter_table('usage_ledger', schema=None) as batch_op:

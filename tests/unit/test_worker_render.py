@@ -91,3 +91,35 @@ def test_other_errors_fail_the_job_with_the_reason(farm_ctx, monkeypatch):
     with farm_ctx.db.session() as session:
         job = session.get(Job, job_id)
     assert job.status == "failed" and job.error == "ValueError: bad latent shape"
+
+
+def test_rerender_reproduces_the_same_bytes(farm_ctx):
+    from farm.api import create_app
+    from farm.auth import create_user
+    from farm.services import jobs as job_service
+
+    with farm_ctx.db.transaction() as session:
+        user, token = create_user(session, "ana")
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job = job_service.submit_job(farm_ctx, user, {"prompt": "a lighthouse", "model": "tiny", "width": 64, "height": 64,
+                                                  "steps": 2, "seed": 11, "num_images": 2})
+    with farm_ctx.db.transaction() as session:
+        states.assign_job(session, job.id, 1, "w1", 30)
+    assert render_module.execute_job(runtime, job.id, 1) == "succeeded"
+    with farm_ctx.db.session() as session:
+        second = session.query(Output).filter_by(job_id=job.id, index=1).one()
+    again = job_service.rerender_output(farm_ctx, user, str(second.id))
+    assert again.seed == 12 and again.params["num_images"] == 1
+    with farm_ctx.db.transaction() as session:
+        states.assign_job(session, again.id, 1, "w1", 30)
+    assert render_module.execute_job(runtime, again.id, 1) == "succeeded"
+    client = create_app(farm_ctx.settings, context=farm_ctx).test_client()
+    view = client.get(f"/api/v1/jobs/{again.id}", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert view["rerender_of"] == str(second.id) and view["rerender_matches"] is True
+    lineage = client.get(view["outputs"][0]["lineage_url"], headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert lineage["rerender_of"] == str(second.id) and lineage["content_sha256"] == second.content_sha256
+    # Another user cannot rerender it.
+    with farm_ctx.db.transaction() as session:
+        _, other = create_user(session, "eve")
+    refused = client.post(f"/api/v1/outputs/{second.id}/rerender", headers={"Authorization": f"Bearer {other}"})
+    assert refused.status_code == 404
