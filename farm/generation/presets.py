@@ -13,15 +13,14 @@ name. Every problem with a file raises :class:`PresetError` naming the file.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from farm.generation.jsonfiles import json_files, read_builtin, read_json
 from farm.generation.styles import RANDOM_STYLE, StyleLibrary
 from farm.spec import FAMILY_SIDES, PERFORMANCE_MODES, SAMPLERS, SIGMA_SCHEDULES
 
@@ -218,32 +217,15 @@ def _where(source: str) -> str:
 
 
 def _read_builtin() -> Any:
-    resource = resources.files("farm.generation").joinpath("data", "presets.json")
-    try:
-        return json.loads(resource.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PresetError(f"built-in presets.json: cannot be read: {exc}") from exc
+    return read_builtin("presets.json", PresetError)
 
 
 def _json_files(directory: Path) -> list[Path]:
-    if not directory.exists():
-        # A configured but not yet created directory means "no user presets".
-        logger.warning("preset directory %s does not exist; no user presets read from it", directory)
-        return []
-    if not directory.is_dir():
-        raise PresetError(f"{directory}: is not a directory of preset files")
-    return sorted(path for path in directory.glob("*.json") if path.is_file())
+    return json_files(directory, "preset", PresetError)
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PresetError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise PresetError(f"{path}: is not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise PresetError(f"{path}: is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    return read_json(path, PresetError)
 
 
 def _parse_presets(data: Any, source: str) -> list[Preset]:

@@ -13,15 +13,15 @@ name. Every problem with a file raises :class:`StyleError` naming the file.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from farm.generation.jsonfiles import json_files, read_builtin, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -224,32 +224,15 @@ def _clean_phrases(text: str) -> str:
 
 
 def _read_builtin() -> Any:
-    resource = resources.files("farm.generation").joinpath("data", "styles.json")
-    try:
-        return json.loads(resource.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StyleError(f"built-in styles.json: cannot be read: {exc}") from exc
+    return read_builtin("styles.json", StyleError)
 
 
 def _json_files(directory: Path) -> list[Path]:
-    if not directory.exists():
-        # A configured but not yet created directory means "no user styles".
-        logger.warning("style directory %s does not exist; no user styles read from it", directory)
-        return []
-    if not directory.is_dir():
-        raise StyleError(f"{directory}: is not a directory of style files")
-    return sorted(path for path in directory.glob("*.json") if path.is_file())
+    return json_files(directory, "style", StyleError)
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise StyleError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise StyleError(f"{path}: is not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise StyleError(f"{path}: is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    return read_json(path, StyleError)
 
 
 def _parse_styles(data: Any, source: str) -> list[Style]:
