@@ -247,8 +247,10 @@ class Scheduler:
             shares = self._load_shares(session, {r.user_id for r in rows}, active, now)
             team_shares = self._load_team_shares(session, {r.team_id for r in rows if r.team_id is not None}, now)
         in_use: dict[str, set[str]] = {}
+        busy_by_worker: dict[str, int] = {}
         for row in active:
             in_use.setdefault(row.worker_id, set()).add(row.model_id)
+            busy_by_worker[row.worker_id] = busy_by_worker.get(row.worker_id, 0) + 1
         jobs = [
             QueuedJob(
                 id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
@@ -261,7 +263,7 @@ class Scheduler:
         views = []
         for w in workers:
             loaded = {m["id"]: m["vram_gb"] for m in w.loaded_models}
-            busy = sum(1 for row in active if row.worker_id == w.id)
+            busy = busy_by_worker.get(w.id, 0)
             if self._still_preloading(w.id, loaded):
                 busy = w.capacity
             views.append(WorkerState(
@@ -330,15 +332,23 @@ class Scheduler:
         }
 
     def _note_unplaceable(self, session, decisions: Decisions) -> None:
-        # Said on the job so GET /jobs/{id} tells the user why it waits.
+        """Say on each unplaceable job why it waits (GET /jobs/{id} shows it).
+
+        One UPDATE per distinct reason, not per job: a backlog of thousands of
+        jobs for a model nobody can hold is noted every pass.
+        """
+        by_note: dict[str, list] = {}
         for job_id, reason in decisions.unplaceable.items():
-            note = f"waiting: no worker can run this job ({reason})"
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.queued.value, or_(Job.error.is_(None), Job.error != note))
-                .values(error=note[:4000])
-                .execution_options(synchronize_session=False)
-            )
+            by_note.setdefault(f"waiting: no worker can run this job ({reason})"[:4000], []).append(job_id)
+        for note, job_ids in by_note.items():
+            for start in range(0, len(job_ids), 1000):
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(job_ids[start:start + 1000]), Job.status == JobStatus.queued.value,
+                           or_(Job.error.is_(None), Job.error != note))
+                    .values(error=note)
+                    .execution_options(synchronize_session=False)
+                )
 
 
 def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:

@@ -91,3 +91,23 @@ def test_only_one_scheduler_leads(ctx):
     first.release()
     assert second.acquire()
     second.release()
+
+
+def test_unplaceable_jobs_are_told_why_in_one_statement_per_reason(ctx):
+    from sqlalchemy import event
+
+    from farm.models import Job
+    from farm.scheduler.service import CeleryDispatcher, Scheduler
+
+    job_ids = [make_job(ctx, model="m-sd") for _ in range(30)]  # no worker at all: every job waits
+    statements = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(ctx.db.engine, "before_cursor_execute", listener)
+    try:
+        Scheduler(ctx, CeleryDispatcher(None)).run_pass()
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", listener)
+    assert sum(1 for s in statements if s.lstrip().upper().startswith("UPDATE JOBS")) == 1
+    with ctx.db.session() as session:
+        notes = {session.get(Job, j).error for j in job_ids}
+    assert notes == {"waiting: no worker can run this job (no worker is online)"}
