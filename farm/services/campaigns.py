@@ -157,6 +157,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
     with ctx.db.transaction() as session:
         infos = model_infos(session)
         rows, images, gpu_s, largest, most_steps = [], 0, 0.0, 0, 0
+        by_model: dict[str, tuple[int, float]] = {}
         for number, payload in enumerate(requests_, start=1):
             try:
                 resolved = resolve_request(parse_request(payload), infos, ctx.settings)
@@ -167,6 +168,8 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
                                          resolved.num_images)
             images += resolved.num_images
             gpu_s += estimate
+            model_images, model_gpu = by_model.get(resolved.model_id, (0, 0.0))
+            by_model[resolved.model_id] = (model_images + resolved.num_images, model_gpu + estimate)
             largest = max(largest, resolved.width * resolved.height)
             most_steps = max(most_steps, resolved.steps)
             rows.append(dict(
@@ -194,7 +197,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
         now = utcnow()
         for row in rows:
             row.update(id=uuid.uuid4(), campaign_id=campaign.id, created_at=now, updated_at=now)
-        reserve(session, user, cost, campaign_id=campaign.id)
+        reserve(session, user, cost, campaign_id=campaign.id, by_model=by_model)
         session.execute(insert(Job), rows)
     ctx.events.wake_scheduler()
     logger.info("campaign %s (%s) submitted by %s: %d jobs", campaign.id, req.name, user.name, len(rows))
@@ -268,8 +271,13 @@ def retry_failed(ctx: FarmContext, user: User, campaign_id: str) -> int:
         if not failed:
             return 0
         owner = session.get(User, campaign.user_id)
+        by_model: dict[str, tuple[int, float]] = {}
+        for job in failed:
+            model_images, model_gpu = by_model.get(job.model_id, (0, 0.0))
+            by_model[job.model_id] = (model_images + job.num_images, model_gpu + job.reserved_gpu_seconds)
         reserve(session, owner, Cost(len(failed), sum(j.num_images for j in failed), sum(j.reserved_gpu_seconds for j in failed),
-                                     max(j.width * j.height for j in failed), max(j.steps for j in failed)), campaign_id=campaign.id)
+                                     max(j.width * j.height for j in failed), max(j.steps for j in failed)),
+                campaign_id=campaign.id, by_model=by_model)
         states.retry_failed_jobs(session, [j.id for j in failed])
         campaign.status, campaign.finished_at = CampaignStatus.active.value, None
     ctx.events.wake_scheduler()

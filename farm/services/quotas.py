@@ -83,11 +83,14 @@ def usage_since(session: Session, since: dt.datetime, *, user_id: int | None = N
 
 
 def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID | None = None,
-            job_id: uuid.UUID | None = None, model_id: str | None = None) -> None:
+            job_id: uuid.UUID | None = None, model_id: str | None = None,
+            by_model: dict[str, tuple[int, float]] | None = None) -> None:
     """Check every limit of the user and their team, then record the reservation.
 
     Must run in the transaction that creates the jobs; raises
     QuotaExceededError (nothing is written) when a limit would be passed.
+    ``by_model`` (model -> images, GPU seconds) splits the entry so usage per
+    model adds up; without it the whole cost is booked to ``model_id``.
     """
     now = utcnow()
     for owner, quota in quotas_for(session, user, lock=True):
@@ -118,8 +121,12 @@ def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID 
                     f"submission needs about {cost.gpu_seconds:.0f} more; the count resets at {resets.isoformat()}",
                     {"allowed": quota.gpu_seconds_per_month, "used": round(used_s, 2), "requested": round(cost.gpu_seconds, 2),
                      "resets_at": resets.isoformat()})
-    session.add(UsageEntry(kind="reserve", user_id=user.id, team_id=user.team_id, job_id=job_id, campaign_id=campaign_id,
-                           model_id=model_id, images=cost.images, gpu_seconds=cost.gpu_seconds))
+    parts = by_model or {model_id: (cost.images, cost.gpu_seconds)}
+    session.add_all([
+        UsageEntry(kind="reserve", user_id=user.id, team_id=user.team_id, job_id=job_id, campaign_id=campaign_id,
+                   model_id=model, images=images, gpu_seconds=gpu_seconds)
+        for model, (images, gpu_seconds) in parts.items()
+    ])
 
 
 def record_settlement(session: Session, job, measured_s: float) -> None:
@@ -130,10 +137,10 @@ def record_settlement(session: Session, job, measured_s: float) -> None:
 
 
 def record_refunds(session: Session, jobs) -> None:
-    """Jobs that will make no image give back what they reserved (one entry per user)."""
+    """Jobs that will make no image give back what they reserved (one entry per user, campaign and model)."""
     by_owner: dict[tuple, list] = {}
     for job in jobs:
-        by_owner.setdefault((job.user_id, job.campaign_id, job.model_id if len(jobs) == 1 else None), []).append(job)
+        by_owner.setdefault((job.user_id, job.campaign_id, job.model_id), []).append(job)
     teams = dict(session.execute(select(User.id, User.team_id).where(User.id.in_({k[0] for k in by_owner}))).all())
     for (user_id, campaign_id, model_id), owned in by_owner.items():
         session.add(UsageEntry(

@@ -192,3 +192,16 @@ def test_team_members_see_each_others_jobs_and_outputs(api):
     assert [j["id"] for j in client.get("/api/v1/jobs", headers=h["ben"]).get_json()["jobs"]] == [job_id]
     assert client.get(f"/api/v1/jobs/{job_id}", headers=h["eve"]).status_code == 404  # another team
     assert client.get("/api/v1/jobs", headers=h["eve"]).get_json()["jobs"] == []
+
+
+def test_usage_per_model_adds_up_for_campaigns(api):
+    ctx, client, h = api
+    campaign_id = client.post("/api/v1/campaigns", json={"name": "two models", "base": BASE,
+                                                         "matrix": {"model": ["m-sd", "m-xl"], "seed": [1, 2, 3]}},
+                              headers=h["ana"]).get_json()["id"]
+    client.post(f"/api/v1/campaigns/{campaign_id}/cancel", headers=h["ana"])
+    with ctx.db.session() as session:
+        rows = session.execute(select(UsageEntry.kind, UsageEntry.model_id, func.sum(UsageEntry.images))
+                               .where(UsageEntry.campaign_id == uuid.UUID(campaign_id))
+                               .group_by(UsageEntry.kind, UsageEntry.model_id)).all()
+    assert sorted(rows) == [("refund", "m-sd", -3), ("refund", "m-xl", -3), ("reserve", "m-sd", 3), ("reserve", "m-xl", 3)]
