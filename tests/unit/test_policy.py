@@ -114,12 +114,14 @@ def test_impatient_job_gets_its_load():
 
 
 def test_evictions_free_exactly_enough_and_prefer_models_nobody_waits_for():
-    # 8 GB worker holds x (3 GB, no demand) and y (3 GB, demand): loading z (3 GB) must evict x only.
-    z_job, y_job = job("z", gb=3.0, t=0.0), job("y", gb=3.0, t=100.0)
-    w = worker("w1", vram=8.0, held={"y": 3.0, "x": 3.0}, busy=0)
-    d = place(Snapshot([z_job, y_job], [w], now=1000.0))
-    [a] = d.assignments
-    assert a.job_id == y_job.id or a.evict == ("x",)
+    # 8 GB worker holds y (3 GB, jobs wait for it on a busy worker) and x (3 GB, nobody waits):
+    # loading z (3 GB + working memory) must evict x alone.
+    z_job = job("z", gb=3.0, t=0.0)
+    y_waiting = job("y", gb=3.0, t=1.0)
+    target = worker("w1", vram=8.0, held={"y": 3.0, "x": 3.0})
+    busy_holder = worker("w2", vram=8.0, held={"y": 3.0}, busy=1)
+    d = place(Snapshot([z_job, y_waiting], [target, busy_holder], now=1000.0))
+    assert [(a.job_id, a.worker_id, a.evict) for a in d.assignments] == [(z_job.id, "w1", ("x",))]
 
 
 def test_never_overcommits_and_never_evicts_models_in_use():
@@ -166,15 +168,22 @@ def test_ageing_lifts_a_low_priority_job_over_time():
 
 
 def test_idle_worker_preloads_the_most_wanted_model_nobody_holds():
-    # w1 is busy; the queued jobs need c (3 of them) and d (1) which only w1 can serve; w2 idle can hold c.
-    jobs = [job("c", t=float(i), size=512) for i in range(3)] + [job("d", t=5.0)]
+    # The only user is at their concurrency quota, so nothing is assigned; the
+    # idle worker loads the model most of the waiting jobs need (c over d).
+    jobs = [job("c", t=float(i)) for i in range(3)] + [job("d", t=5.0)]
+    shares = {1: Share(running=1, max_running=1)}
     busy = worker("w1", vram=24.0, busy=1)
-    idle = worker("w2", vram=8.0, held={"old": 3.0}, serves={"c"})
-    d = place(Snapshot(jobs, [busy, idle], now=6.0))
-    # c's jobs go to w2 right away (it serves c): that is an assignment with a load, not a preload.
-    assert {a.worker_id for a in d.assignments} == {"w2"}
-    d2 = place(Snapshot(jobs, [busy, worker("w3", vram=8.0, serves={"e"})], now=6.0))
-    assert d2.preloads == []  # w3 cannot serve c or d
+    idle = worker("w2", vram=8.0, held={"old": 3.0})
+    d = place(Snapshot(jobs, [busy, idle], now=6.0, shares=shares))
+    assert d.assignments == []
+    assert [(p.worker_id, p.model_id) for p in d.preloads] == [("w2", "c")]
+    # A model somebody waits for is never evicted to preload another.
+    wanted = worker("w3", vram=4.0, held={"d": 2.0})
+    d2 = place(Snapshot(jobs, [busy, wanted], now=6.0, shares=shares))
+    assert d2.preloads == []
+    # Nothing preloads where the worker cannot serve the model.
+    d3 = place(Snapshot(jobs, [busy, worker("w4", vram=8.0, serves={"e"})], now=6.0, shares=shares))
+    assert d3.preloads == []
 
 
 def test_oom_retry_goes_to_the_worker_with_most_free_vram():
