@@ -9,6 +9,7 @@ transit leaves its job assigned until the lease expires and it is re-queued.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -35,6 +36,7 @@ MAX_JOBS_PER_SNAPSHOT = 5000
 # Recent GPU use decays: full weight for 5 minutes, half to 15, a fifth to 30.
 USAGE_BANDS_S = ((300, 1.0), (900, 0.5), (1800, 0.2))
 PRELOAD_TIMEOUT_S = 600.0
+SHARES_TTL_S = 1.0
 
 
 class Dispatcher(Protocol):
@@ -129,6 +131,7 @@ class Scheduler:
         # worker id -> (model id, deadline): a worker loading a model the
         # scheduler asked for counts as busy until its heartbeat shows it held.
         self.preloading: dict[str, tuple[str, float]] = {}
+        self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
 
     def run(self, stop: threading.Event) -> None:
         wait = self.ctx.events.scheduler_waiter()
@@ -244,8 +247,8 @@ class Scheduler:
                 select(Job.worker_id, Job.model_id, Job.user_id)
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
-            shares = self._load_shares(session, {r.user_id for r in rows}, active, now)
-            team_shares = self._load_team_shares(session, {r.team_id for r in rows if r.team_id is not None}, now)
+            shares, team_shares = self._shares(session, {r.user_id for r in rows},
+                                               {r.team_id for r in rows if r.team_id is not None}, active, now)
         in_use: dict[str, set[str]] = {}
         busy_by_worker: dict[str, int] = {}
         for row in active:
@@ -307,8 +310,23 @@ class Scheduler:
         weights = dict(session.execute(select(Team.id, Team.share_weight).where(Team.id.in_(team_ids))).all())
         return {team_id: Share(weight=weights.get(team_id, 1.0), usage_s=float(usage.get(team_id) or 0.0)) for team_id in team_ids}
 
-    def _load_shares(self, session, user_ids: set[int], active, now: dt.datetime) -> dict[int, Share]:
-        """Each waiting user's weight and recent GPU use, decayed by age."""
+    def _shares(self, session, user_ids: set[int], team_ids: set[int], active, now: dt.datetime):
+        """Users' and teams' shares. Weights, limits and decayed use move on a
+        scale of minutes, so they are read at most every SHARES_TTL_S for the
+        same waiting users; running counts are always this pass's."""
+        cached = self._shares_cache
+        if cached is None or time.monotonic() > cached[0] or not (user_ids <= cached[1].keys() and team_ids <= cached[2].keys()):
+            cached = (time.monotonic() + SHARES_TTL_S, self._load_shares(session, user_ids, now),
+                      self._load_team_shares(session, team_ids, now))
+            self._shares_cache = cached
+        running: dict[int, int] = {}
+        for row in active:
+            running[row.user_id] = running.get(row.user_id, 0) + 1
+        shares = {u: dataclasses.replace(cached[1][u], running=running.get(u, 0)) for u in user_ids}
+        return shares, {t: cached[2][t] for t in team_ids}
+
+    def _load_shares(self, session, user_ids: set[int], now: dt.datetime) -> dict[int, Share]:
+        """Each waiting user's weight, concurrency limit and recent GPU use, decayed by age."""
         if not user_ids:
             return {}
         usage_expr = self._decayed_usage(now)
@@ -322,12 +340,9 @@ class Scheduler:
         limits = dict(session.execute(
             select(Quota.user_id, Quota.max_concurrent_jobs).where(Quota.user_id.in_(user_ids), Quota.max_concurrent_jobs.is_not(None))
         ).all())
-        running: dict[int, int] = {}
-        for row in active:
-            running[row.user_id] = running.get(row.user_id, 0) + 1
         return {
             user_id: Share(weight=weights.get(user_id, 1.0), usage_s=float(usage.get(user_id) or 0.0),
-                           running=running.get(user_id, 0), max_running=limits.get(user_id))
+                           max_running=limits.get(user_id))
             for user_id in user_ids
         }
 

@@ -111,3 +111,25 @@ def test_unplaceable_jobs_are_told_why_in_one_statement_per_reason(ctx):
     with ctx.db.session() as session:
         notes = {session.get(Job, j).error for j in job_ids}
     assert notes == {"waiting: no worker can run this job (no worker is online)"}
+
+
+def test_concurrency_quota_holds_across_passes_with_cached_shares(ctx):
+    from farm.models import Job, Quota, User, Worker, utcnow
+    from farm.scheduler.service import CeleryDispatcher, Scheduler
+
+    class Dispatcher(CeleryDispatcher):
+        def send(self, *args, **kwargs):
+            pass
+
+    job_ids = [make_job(ctx) for _ in range(3)]
+    with ctx.db.transaction() as session:
+        user = session.query(User).filter_by(name="alice").one()
+        session.add(Quota(user_id=user.id, max_concurrent_jobs=1))
+        for i in range(3):
+            session.add(Worker(id=f"w{i}", host="h", queue=f"q{i}", device="cpu", device_name="cpu", vram_total_gb=8,
+                               vram_free_gb=8, families=["sd"], max_pixels=10**7, last_heartbeat_at=utcnow()))
+    scheduler = Scheduler(ctx, Dispatcher(None))
+    assert scheduler.run_pass().assigned == 1
+    assert scheduler.run_pass().assigned == 0  # shares cached, running counted fresh
+    with ctx.db.session() as session:
+        assert sorted(session.get(Job, j).status for j in job_ids) == ["assigned", "queued", "queued"]
