@@ -19,7 +19,11 @@ How it decides, for each free worker slot in turn:
 4. Otherwise the job is loaded on the free worker where it costs least:
    the load time, plus the loss of what must be evicted, weighted by the
    queued demand for it. A job never goes where its model plus its
-   resolution-dependent working memory cannot fit.
+   resolution-dependent working memory cannot fit. When some busy worker
+   already holds the model, another copy is loaded only where it would take
+   at least ``REPLICATE_GAIN_S`` off the time the holders need for the
+   model's queue, net of the load; the gain asked for shrinks to nothing as
+   the job's patience runs out (delay scheduling).
 
 Idle workers left over preload the model with the most waiting demand that
 nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
@@ -31,6 +35,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
@@ -153,9 +158,14 @@ class Decisions:
 # makes everyone wait longer behind the loads.
 CLASS_AGE_S = 600.0  # a waiting job climbs one priority class per 10 minutes
 AGE_WEIGHT = 3.0  # one second of waiting offsets three GPU-seconds of recent use
-MIN_PATIENCE_S = 180.0  # a job may wait this long for affinity before a load is made for it
+MIN_PATIENCE_S = 300.0  # a job may wait this long for affinity before a load is made for it
 PATIENCE_LOADS = 3.0  # ... or this many times its own model's load time, whichever is longer
 REFERENCE_LOAD_GBPS = 2.0
+# Another copy of a model that some GPU already holds is loaded only if it
+# takes at least this many seconds off the holders' time for the model's
+# queue, net of its own load time (delay scheduling: waiting a little for a
+# worker that has the data beats moving it; Zaharia et al., EuroSys 2010).
+REPLICATE_GAIN_S = 10.0
 
 
 def patience_s(job: QueuedJob) -> float:
@@ -212,7 +222,11 @@ class _Placement:
         self.by_user: dict[int, _Queue] = {}
         self.demand: dict[str, int] = {}
         self.pixel_limits: dict[str, int] = {}
+        self.work_s: dict[str, float] = {}  # queued work per model, seconds at speed 1 (summed when first asked)
+        self.placed_work_s: dict[str, float] = {}  # ... of it placed in this call
+        self.holders: dict[str, list[WorkerState]] = {}  # model -> workers holding it (not draining)
         self.taken: set = set()
+        self.no_target: set = set()  # (model, pixels, exclusions, patient) with no free worker; see runnable_later_job
         self.placed: dict[str, int] = {}
         self.added_usage: dict[int, float] = {}
         self.decisions = Decisions()
@@ -234,9 +248,18 @@ class _Placement:
             models[job.model_id].append(job)
             users[job.user_id].append(job)
         workers = list(self.workers.values())
+        by_family = _workers_by_family(workers)
+        limits: dict[tuple, int] = {}
         refused: set = set()
         for model_id, model_jobs in models.items():
-            limit = self.pixel_limits[model_id] = _largest_runnable_pixels(model_jobs[0], workers)
+            first = model_jobs[0]
+            family_workers, restricted = by_family.get(first.family, ((), False))
+            # Without per-model serving lists, the limit depends on size alone.
+            key = (first.family, first.model_gb, model_id if restricted else None)
+            limit = limits.get(key)
+            if limit is None:
+                limit = limits[key] = _largest_runnable_pixels(first, family_workers)
+            self.pixel_limits[model_id] = limit
             if limit == 0:
                 reason = _why_unrunnable(model_jobs[0], workers) or "no worker can run it"
                 for job in model_jobs:
@@ -245,6 +268,12 @@ class _Placement:
                 continue
             self.by_model[model_id] = _Queue(model_jobs)
             self.demand[model_id] = len(model_jobs)
+        for worker in workers:
+            if worker.draining:
+                continue
+            for model_id in worker.loaded_models:
+                if model_id in self.by_model:
+                    self.holders.setdefault(model_id, []).append(worker)
         for user_id, user_jobs in users.items():
             if refused:
                 user_jobs = [job for job in user_jobs if job.id not in refused]
@@ -336,6 +365,7 @@ class _Placement:
         return self.demand.get(model_id, 0) - self.placed.get(model_id, 0)
 
     def assign(self, job: QueuedJob, worker: WorkerState, evict: tuple[str, ...] = ()) -> None:
+        self.no_target.clear()
         held = self.held[worker.id]
         for model_id in evict:
             self.free_gb[worker.id] += held.pop(model_id)
@@ -347,6 +377,7 @@ class _Placement:
         self.slots[worker.id] -= 1
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
+        self.placed_work_s[job.model_id] = self.placed_work_s.get(job.model_id, 0.0) + job.est_seconds
         self.added_usage[job.user_id] = self.added_usage.get(job.user_id, 0.0) + job.est_seconds / worker.speed
         if job.team_id is not None:
             self.added_team_usage[job.team_id] = self.added_team_usage.get(job.team_id, 0.0) + job.est_seconds / worker.speed
@@ -382,10 +413,40 @@ class _Placement:
                     best = (job, worker, priced[1])
         return best
 
+    def unplaced_work_s(self, model_id: str) -> float:
+        work = self.work_s.get(model_id)
+        if work is None:
+            work = self.work_s[model_id] = sum(map(_EST_SECONDS, self.by_model[model_id].jobs))
+        return work - self.placed_work_s.get(model_id, 0.0)
+
+    def copy_gain_s(self, job: QueuedJob, worker: WorkerState) -> float:
+        """Seconds a new copy of the job's model on ``worker`` would take off its queue, less the load.
+
+        The holders (total speed H) would take B seconds to work through the
+        model's queue; with the new worker (speed s) they take B·H/(H+s).
+        """
+        # Only holders that could take this very job count (size, exclusions).
+        holders = sum(w.speed * w.capacity for w in self.holders.get(job.model_id, ()) if _can_run_here(job, w))
+        if holders <= 0:
+            return math.inf
+        backlog = self.unplaced_work_s(job.model_id) / holders
+        speed = worker.speed * worker.capacity
+        return backlog * speed / (holders + speed) - job.model_gb / worker.load_gbps
+
+    def should_wait_for_holder(self, job: QueuedJob, worker: WorkerState) -> bool:
+        """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``."""
+        if job.excluded_workers:
+            return False
+        # The longer the job has waited, the smaller the gain that justifies a copy.
+        left = 1.0 - (self.now - job.queued_at) / patience_s(job)
+        return left > 0 and self.copy_gain_s(job, worker) < REPLICATE_GAIN_S * left
+
     def cheapest_worker(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
         best = None
         for worker in self.free_workers():
             if not _can_run_here(job, worker):
+                continue
+            if job.model_id not in self.held[worker.id] and self.should_wait_for_holder(job, worker):
                 continue
             priced = self.plan(worker, job)
             if priced is None:
@@ -409,9 +470,15 @@ class _Placement:
             looked += 1
             if looked > lookahead:
                 return None
+            # Whether a job has a target depends only on these, until the
+            # next assignment changes the workers (which clears the memo).
+            key = (job.model_id, job.pixels, job.excluded_workers, job.queued_at >= self.now - patience_s(job))
+            if key in self.no_target:
+                continue
             target = self.holder_for(job) or self.cheapest_worker(job)
             if target is not None:
                 return job, target[0], target[1]
+            self.no_target.add(key)
         return None
 
     def run(self) -> None:
@@ -499,6 +566,7 @@ class _Placement:
 
 
 _UNKNOWN = object()
+_EST_SECONDS = operator.attrgetter("est_seconds")
 _DEFAULT_SHARE = Share()
 
 
@@ -512,19 +580,32 @@ def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
     )
 
 
-def _largest_runnable_pixels(job: QueuedJob, workers: Sequence[WorkerState]) -> int:
-    """The largest width x height of this job's model that some worker could ever run."""
-    best = 0
+def _workers_by_family(workers: Sequence[WorkerState]) -> dict[str, tuple[list[tuple], bool]]:
+    """family -> ([(vram_total_gb, max_pixels, serves_models)], whether any serves only some models)."""
+    groups: dict[str, tuple[list[tuple], bool]] = {}
     for worker in workers:
-        if job.family not in worker.families:
+        for family in worker.families:
+            members, restricted = groups.get(family, ([], False))
+            members.append((worker.vram_total_gb, worker.max_pixels, worker.serves_models))
+            groups[family] = (members, restricted or worker.serves_models is not None)
+    return groups
+
+
+def _largest_runnable_pixels(job: QueuedJob, family_workers: Sequence[tuple]) -> int:
+    """The largest width x height of this job's model that one of its family's workers could ever run."""
+    best = 0
+    model_id, model_gb = job.model_id, job.model_gb
+    for vram_total_gb, max_pixels, serves in family_workers:
+        if serves is not None and model_id not in serves:
             continue
-        if worker.serves_models is not None and job.model_id not in worker.serves_models:
-            continue
-        room_gb = worker.vram_total_gb - job.model_gb - BASE_WORKING_GB
+        room_gb = vram_total_gb - model_gb - BASE_WORKING_GB
         if room_gb < 0:
             continue
-        by_memory = int(room_gb / WORKING_GB_PER_MEGAPIXEL * 1e6)
-        best = max(best, min(worker.max_pixels, by_memory))
+        limit = int(room_gb / WORKING_GB_PER_MEGAPIXEL * 1e6)
+        if limit > max_pixels:
+            limit = max_pixels
+        if limit > best:
+            best = limit
     return best
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import CLASS_AGE_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
+from farm.scheduler.policy import CLASS_AGE_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
 def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):
@@ -221,3 +221,64 @@ def test_concurrency_quota_caps_a_users_running_jobs():
     d = place(Snapshot(jobs, workers, now=11.0, shares=shares))
     per_user = [j.user_id for j in jobs if j.id in assigned(d)]
     assert per_user.count(1) == 1 and per_user.count(2) == 1
+
+
+def fast_worker(wid, *, speed=1.0, load_gbps=2.0, **kwargs):
+    base = worker(wid, **kwargs)
+    return WorkerState(**{**base.__dict__, "speed": speed, "load_gbps": load_gbps})
+
+
+def test_a_short_queue_waits_for_the_busy_holder_instead_of_loading_a_copy():
+    # The holder (speed 1) would clear 2 x 5 s of work in 10 s; a copy on the
+    # idle GPU would take 10 * 1/2 = 5 s off, minus a 1 s load: under the gain
+    # a copy must bring, so nothing is loaded.
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    idle = fast_worker("idle")
+    d = place(Snapshot(jobs, [holder, idle], now=1.0))
+    assert d.assignments == [] and d.preloads == []
+
+
+def test_a_long_queue_gets_a_copy_on_the_idle_gpu():
+    jobs = [job("a", t=i * 0.1, est=20.0) for i in range(6)]  # 120 s of work behind one holder
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    idle = fast_worker("idle")
+    d = place(Snapshot(jobs, [holder, idle], now=1.0))
+    assert assigned(d) == {jobs[0].id: "idle"}
+
+
+def test_a_copy_goes_to_the_gpu_where_it_gains_most_not_to_a_slow_one():
+    # 30 s of work behind the holder: a speed-1 copy halves it (15 s gained,
+    # minus a 1 s load); a speed-0.2 copy gains 30 * 0.2/1.2 = 5 s.
+    jobs = [job("a", t=i * 0.1, est=10.0) for i in range(3)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    slow = fast_worker("slow", speed=0.2)
+    assert place(Snapshot(jobs, [holder, slow], now=1.0)).assignments == []
+    d = place(Snapshot(jobs, [holder, slow, fast_worker("fast")], now=1.0))
+    assert assigned(d) == {jobs[0].id: "fast"}
+
+
+def test_the_gain_a_copy_needs_shrinks_as_the_job_waits():
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    idle = fast_worker("idle")
+    patience = patience_s(jobs[0])
+    # Gain 4 s: refused early, accepted once the required gain has shrunk below it.
+    assert REPLICATE_GAIN_S > 4.0
+    assert place(Snapshot(jobs, [holder, idle], now=0.1 * patience)).assignments == []
+    late = 1.0 - 3.5 / REPLICATE_GAIN_S  # the required gain is 3.5 s here
+    assert assigned(place(Snapshot(jobs, [holder, idle], now=late * patience))) == {jobs[0].id: "idle"}
+
+
+def test_a_model_nobody_holds_is_loaded_at_once():
+    j = job("a", t=0.0)
+    d = place(Snapshot([j], [fast_worker("idle")], now=0.5))
+    assert assigned(d) == {j.id: "idle"}
+
+
+def test_a_holder_that_cannot_take_the_job_does_not_hold_it_back():
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    jobs[0] = QueuedJob(**{**jobs[0].__dict__, "excluded_workers": frozenset({"holder"})})
+    d = place(Snapshot(jobs, [holder, fast_worker("idle")], now=1.0))
+    assert assigned(d) == {jobs[0].id: "idle"}

@@ -1,0 +1,64 @@
+"""The scheduler issue's targets on every shipped trace, farm against fifo in the same run.
+
+    .venv/bin/python bench/scheduler_targets.py [--seeds 0,1,2,3]
+
+For each trace in bench/traces and each seed (seed 0 = the workers file's
+order; others shuffle the order workers appear in snapshots, which fifo's
+results hang on), replays the trace with both policies on
+bench/workers/mixed.json and prints one JSON object: the raw metrics and the
+ratios the targets are stated in, with whether each holds. Then one decision
+benchmark (100 workers, 20 models, 10,000 queued), both policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from farm.scheduler.bench import run_bench, run_decision_bench
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+KEPT = ("model_loads", "evictions", "lower_bound_loads", "lower_bound_loads_at_max_wait", "wait_p50_s",
+        "wait_p95_s", "wait_max_s", "vram_overcommits", "double_assignments", "invalid_assignments", "stalled")
+
+
+def targets(farm: dict, fifo: dict) -> dict:
+    loads_vs_fifo = farm["model_loads"] / fifo["model_loads"]
+    loads_vs_bound = farm["model_loads"] / farm["lower_bound_loads_at_max_wait"]
+    p95 = farm["wait_p95_s"] / fifo["wait_p95_s"]
+    worst = farm["wait_max_s"] / fifo["wait_max_s"]
+    return {
+        "loads_vs_fifo": round(loads_vs_fifo, 3), "loads_vs_fifo_ok": loads_vs_fifo <= 0.35,
+        "loads_vs_bound": round(loads_vs_bound, 3), "loads_vs_bound_ok": loads_vs_bound <= 1.5,
+        "p95_vs_fifo": round(p95, 3), "p95_vs_fifo_ok": p95 <= 1.1,
+        "max_vs_fifo": round(worst, 3), "max_vs_fifo_ok": worst <= 2.0,
+        "overcommits_ok": farm["vram_overcommits"] == 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0", help="comma-separated; 0 keeps the workers file's order")
+    parser.add_argument("--workers", default=str(ROOT / "workers" / "mixed.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []
+    for trace in sorted((ROOT / "traces").glob("*.jsonl")):
+        for seed in seeds:
+            shuffle = seed or None
+            farm = run_bench(args.workers, trace, "farm", shuffle)
+            fifo = run_bench(args.workers, trace, "fifo", shuffle)
+            runs.append({"trace": trace.stem, "jobs": farm["jobs"], "seed": seed,
+                         "farm": {k: farm[k] for k in KEPT}, "fifo": {k: fifo[k] for k in KEPT},
+                         "targets": targets(farm, fifo)})
+    decision = run_decision_bench(100, 20, 10_000, 200)
+    print(json.dumps({"runs": runs, "decision": decision}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
