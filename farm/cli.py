@@ -459,13 +459,17 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default="sd", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--variant", default=None, help="flux: dev (guidance-distilled, the default) or schnell (few-step).")
 @friendly_errors
-def models_tiny(directory: Path, family: str, seed: int) -> None:
+def models_tiny(directory: Path, family: str, seed: int, variant: str | None) -> None:
     """Write a small random-weight pipeline to DIRECTORY (tests and the offline demo; its images are noise)."""
     from farm.workers.tiny import write_tiny_model
 
-    path = write_tiny_model(directory, family=family, seed=seed)
-    click.echo(f"wrote a tiny random-weight {family} pipeline to {path}")
+    try:
+        path = write_tiny_model(directory, family=family, seed=seed, variant=variant)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"wrote a tiny random-weight {family}{' ' + variant if variant else ''} pipeline to {path}")
 
 
 # ---------------------------------------------------------------------- client

@@ -27,6 +27,9 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**32 - 1
 # Smallest and largest side per family, in pixels.
 FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
+# Sides must be multiples of this: the VAE's factor of 8, times 2 where the
+# transformer works on 2x2 latent patches (FLUX packs them, SD3 patchifies).
+FAMILY_SIDE_MULTIPLE = {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
 _ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×]\s*(\d{2,5})\s*$")
 
 
@@ -181,9 +184,12 @@ def resolve_request(
     width, height = _resolve_size(req, problems)
     if model is not None and width and height:
         low, high = FAMILY_SIDES.get(model.family, (64, 2048))
+        multiple = FAMILY_SIDE_MULTIPLE.get(model.family, 8)
         for name, side in (("width", width), ("height", height)):
             if not low <= side <= high:
                 problems.append(FieldProblem(name, f"{side} is outside {low}..{high} for {model.family} models"))
+            elif side % multiple:
+                problems.append(FieldProblem(name, f"{side} is not a multiple of {multiple}, which {model.family} models need"))
     if width and height and width * height > settings.max_pixels:
         problems.append(FieldProblem("width", f"{width}x{height} is {width * height} pixels; the limit is {settings.max_pixels}"))
 

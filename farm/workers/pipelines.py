@@ -31,7 +31,11 @@ from PIL.PngImagePlugin import PngInfo
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "flux", "sd3")
+#: Families trained with flow matching (rectified flow): their samplers step
+#: along sigmas from 1 to 0 and predict a velocity, so they take the
+#: FlowMatch* schedulers or the multistep solvers in their flow mode.
+FLOW_FAMILIES = ("flux", "sd3")
 
 SIGMA_SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform")
 
@@ -68,11 +72,53 @@ SAMPLERS: dict[str, _Sampler] = {
     "lcm": _Sampler("LCMScheduler"),
 }
 
-#: Samplers each family may use. The same set for now; kept per family because
-#: flow-matching families (sd3, flux) will have a different one.
-FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {family: tuple(SAMPLERS) for family in FAMILIES}
+# The same stable names on flow-matching families. euler_ancestral is flow
+# Euler with stochastic sampling: each step re-noises the predicted clean
+# sample to the next sigma, the ancestral idea in flow form. The multistep
+# solvers run on flow sigmas with a velocity prediction.
+FLOW_SAMPLERS: dict[str, _Sampler] = {
+    "euler": _Sampler("FlowMatchEulerDiscreteScheduler"),
+    "euler_ancestral": _Sampler("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+    "heun": _Sampler("FlowMatchHeunDiscreteScheduler"),
+    "dpmpp_2m": _Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+    ),
+    "unipc": _Sampler("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
+    "lcm": _Sampler("FlowMatchLCMScheduler"),
+}
+
+#: Samplers each family may use. FLUX's pipeline hands the scheduler its own
+#: sigma list, which FlowMatchHeunDiscreteScheduler cannot take, so FLUX has
+#: no heun; the SDE samplers and DDIM exist only for noise-prediction models.
+FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "sd": tuple(SAMPLERS),
+    "sdxl": tuple(SAMPLERS),
+    "flux": ("euler", "euler_ancestral", "dpmpp_2m", "unipc", "lcm"),
+    "sd3": ("euler", "euler_ancestral", "heun", "dpmpp_2m", "unipc", "lcm"),
+}
+
+
+def _sampler_spec(family: str, sampler: str) -> _Sampler:
+    return (FLOW_SAMPLERS if family in FLOW_FAMILIES else SAMPLERS)[sampler]
+
 
 _SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+# Flow samplers whose class takes a sigma flag that its flow mode then
+# ignores or breaks on: refused rather than silently ignored.
+# (Measured on tiny FLUX and SD3 pipelines with diffusers 0.42: DPM++ 2M on
+# flow sigmas with Karras or exponential spacing, and UniPC with exponential
+# spacing, decode to NaN; "sgm_uniform" is trailing timestep spacing, which
+# flow sigmas do not use.)
+_FLOW_UNSUPPORTED_SCHEDULES: dict[str, tuple[str, ...]] = {
+    "euler": ("sgm_uniform",),
+    "euler_ancestral": ("sgm_uniform",),
+    "heun": ("sgm_uniform",),
+    "dpmpp_2m": ("karras", "exponential", "sgm_uniform"),
+    "unipc": ("exponential", "sgm_uniform"),
+    "lcm": ("sgm_uniform",),
+}
 
 # schedule -> (the __init__ parameter the class must have, the kwargs to set).
 # Every schedule switches the other sigma flags off explicitly so that a base
@@ -127,9 +173,9 @@ def _diffusers_class(name: str) -> type | None:
         return _CLASS_CACHE[name]
 
 
-def _scheduler_class(sampler: str) -> type | None:
-    """The real diffusers class for ``sampler``, or None where it cannot be used here."""
-    spec = SAMPLERS[sampler]
+def _scheduler_class(sampler: str, family: str = "sd") -> type | None:
+    """The real diffusers class for ``sampler`` on ``family``, or None where it cannot be used here."""
+    spec = _sampler_spec(family, sampler)
     if not all(_module_available(m) for m in spec.requires):
         return None
     cls = _diffusers_class(spec.class_name)
@@ -149,7 +195,7 @@ def _init_params(cls: type) -> set[str]:
 
 def available_samplers(family: str) -> tuple[str, ...]:
     """Sampler names ``family`` can use on this machine (optional packages considered)."""
-    return tuple(s for s in FAMILY_SAMPLERS.get(family, ()) if _scheduler_class(s) is not None)
+    return tuple(s for s in FAMILY_SAMPLERS.get(family, ()) if _scheduler_class(s, family) is not None)
 
 
 def check_sampler(family: str, sampler: str, schedule: str) -> str | None:
@@ -158,12 +204,16 @@ def check_sampler(family: str, sampler: str, schedule: str) -> str | None:
         return f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}"
     allowed = FAMILY_SAMPLERS[family]
     if sampler not in allowed:
+        if sampler in SAMPLERS:
+            return f"sampler {sampler!r} is not available for {family} models; choose one of {', '.join(allowed)}"
         return f"sampler {sampler!r} is not known; choose one of {', '.join(allowed)}"
     if schedule not in _SCHEDULES:
         return f"sigma schedule {schedule!r} is not known; choose one of {', '.join(SIGMA_SCHEDULES)}"
-    cls = _scheduler_class(sampler)
+    if family in FLOW_FAMILIES and schedule in _FLOW_UNSUPPORTED_SCHEDULES.get(sampler, ()):
+        return f"sigma schedule {schedule!r} is not available with sampler {sampler!r} on {family} models"
+    cls = _scheduler_class(sampler, family)
     if cls is None:
-        missing = [m for m in SAMPLERS[sampler].requires if not _module_available(m)]
+        missing = [m for m in _sampler_spec(family, sampler).requires if not _module_available(m)]
         if missing:
             return (
                 f"sampler {sampler!r} is not supported on this worker: it needs the "
@@ -182,6 +232,7 @@ def build_scheduler(
     schedule: str,
     *,
     noise_seed: int | list[int] | None = None,
+    family: str = "sd",
 ):
     """A new scheduler for ``sampler`` / ``schedule`` from a pipeline's scheduler config.
 
@@ -191,22 +242,24 @@ def build_scheduler(
     generators (dpmpp_sde's Brownian tree): one seed, or one per image.
     Raises ValueError where ``check_sampler`` would refuse the combination.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; choose one of {', '.join(SAMPLERS)}")
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"sigma schedule {schedule!r} is not known; choose one of {', '.join(SIGMA_SCHEDULES)}")
-    cls = _scheduler_class(sampler)
-    if cls is None:
-        # Reuse check_sampler's wording for the missing package.
-        raise ValueError(check_sampler(FAMILIES[0], sampler, schedule) or f"sampler {sampler!r} is unavailable")
+    problem = check_sampler(family, sampler, schedule) if family in FAMILY_SAMPLERS else f"model family {family!r} is not supported"
+    if problem:
+        raise ValueError(problem)
+    cls = _scheduler_class(sampler, family)
     params = _init_params(cls)
-    needed, schedule_kwargs = _SCHEDULES[schedule]
-    if needed is not None and needed not in params:
-        raise ValueError(f"sigma schedule {schedule!r} is not available with sampler {sampler!r}")
+    _, schedule_kwargs = _SCHEDULES[schedule]
 
     overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS}
-    overrides.update(SAMPLERS[sampler].kwargs)
+    overrides.update(_sampler_spec(family, sampler).kwargs)
     overrides.update(schedule_kwargs)
+    if family in FLOW_FAMILIES and overrides.get("use_flow_sigmas"):
+        # The multistep solvers shift flow sigmas by flow_shift: the model's
+        # own shift, or, where the pipeline passes a resolution-dependent mu
+        # (FLUX always does), exp(mu), which needs dynamic shifting on.
+        overrides["flow_shift"] = float(base_config.get("shift", 1.0))
+        if family == "flux":
+            overrides["use_dynamic_shifting"] = True
+            overrides["time_shift_type"] = "exponential"
     if noise_seed is not None:
         overrides["noise_sampler_seed"] = noise_seed
     overrides = {k: v for k, v in overrides.items() if k in params}
@@ -243,8 +296,12 @@ _DTYPES = {
 }
 
 
-def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
-    """float32 on the CPU always; elsewhere ``requested`` ("fp16", "bf16", "fp32"), fp16 by default."""
+def pick_dtype(device: torch.device, requested: str | None = None, family: str = "sd") -> torch.dtype:
+    """float32 on the CPU always; elsewhere ``requested`` ("fp16", "bf16", "fp32").
+
+    Unset: bf16 for the flow-matching families (FLUX and SD3 activations
+    overflow fp16) where the GPU has it, fp16 otherwise.
+    """
     if requested is not None and requested.lower() not in _DTYPES:
         raise ValueError(f"dtype {requested!r} is not known; choose one of fp16, bf16, fp32")
     if device.type == "cpu":
@@ -252,7 +309,7 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
             logger.info("dtype %s ignored on the CPU; using fp32", requested)
         return torch.float32
     if requested is None:
-        return torch.float16
+        requested = "bf16" if family in FLOW_FAMILIES else "fp16"
     dtype = _DTYPES[requested.lower()]
     if (
         dtype == torch.bfloat16
@@ -296,7 +353,24 @@ def _load_sdxl(path: str | os.PathLike, dtype: torch.dtype):
     return StableDiffusionXLPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
 
 
-_LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {"sd": _load_sd, "sdxl": _load_sdxl}
+def _load_flux(path: str | os.PathLike, dtype: torch.dtype):
+    from diffusers import FluxPipeline
+
+    return FluxPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
+
+
+def _load_sd3(path: str | os.PathLike, dtype: torch.dtype):
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline.from_pretrained(path, **_dtype_kwarg(dtype))
+
+
+_LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {
+    "sd": _load_sd,
+    "sdxl": _load_sdxl,
+    "flux": _load_flux,
+    "sd3": _load_sd3,
+}
 
 
 @contextlib.contextmanager
@@ -332,12 +406,12 @@ def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dt
 
 def pipeline_family(pipe) -> str:
     """The farm family name of a loaded pipeline object."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return "sdxl"
-    if isinstance(pipe, StableDiffusionPipeline):
-        return "sd"
+    for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
+                        (FluxPipeline, "flux"), (StableDiffusion3Pipeline, "sd3")):
+        if isinstance(pipe, cls):
+            return family
     raise ValueError(f"pipeline class {type(pipe).__name__} belongs to no supported family")
 
 
@@ -370,6 +444,16 @@ def _image_seeds(params: RenderParams) -> list[int]:
     return [(params.seed + i) % _SEED_MOD for i in range(params.num_images)]
 
 
+def _negative_prompt_kwargs(family: str, negative_prompt: str) -> dict[str, Any]:
+    """None lets each pipeline do its own thing for "no negative prompt" (SDXL
+    uses zero embeddings, SD encodes ""). FLUX is guidance-distilled: it takes
+    no negative prompt (diffusers would need a second, "true CFG" pass), so the
+    request's negative prompt is recorded but not used."""
+    if family == "flux":
+        return {}
+    return {"negative_prompt": negative_prompt or None}
+
+
 def render(
     pipe,
     params: RenderParams,
@@ -398,7 +482,7 @@ def render(
     seeds = _image_seeds(params)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     original = pipe.scheduler
-    scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds)
+    scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
     callback = None
     if on_step is not None:
@@ -410,12 +494,15 @@ def render(
 
     pipe.scheduler = scheduler
     try:
-        with torch.inference_mode():
+        # FLUX's and SD3's pipelines call scheduler.step without the
+        # generators, so the stochastic flow samplers (euler_ancestral, lcm)
+        # draw from torch's global generator: seed it for the call, and put
+        # it back afterwards.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seeds[0])
             result = pipe(
                 prompt=params.prompt,
-                # None lets each pipeline do its own thing for "no negative
-                # prompt" (SDXL uses zero embeddings, SD encodes "").
-                negative_prompt=params.negative_prompt or None,
+                **_negative_prompt_kwargs(family, params.negative_prompt),
                 width=params.width,
                 height=params.height,
                 num_inference_steps=params.steps,
@@ -499,6 +586,8 @@ def read_image_text(data: bytes) -> dict[str, str]:
 __all__ = [
     "FAMILIES",
     "FAMILY_SAMPLERS",
+    "FLOW_FAMILIES",
+    "FLOW_SAMPLERS",
     "IMAGE_FORMATS",
     "SAMPLERS",
     "SIGMA_SCHEDULES",

@@ -208,7 +208,7 @@ class WorkerRuntime:
         started = time.perf_counter()
         self._make_room(entry.vram_gb)
         path, revision = self.resolve_source(entry)
-        dtype = pick_dtype(self.device, entry.dtype)
+        dtype = pick_dtype(self.device, entry.dtype, entry.family)
         pipe = load_pipeline(path, entry.family, self.device, dtype)
         loaded = LoadedModel(entry.id, entry.family, pipe, estimate_vram_gb(pipe), entry.source, revision,
                              entry.weights_sha256, str(dtype).replace("torch.", ""))

@@ -23,20 +23,35 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from .pipelines import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
 #: Families this module can build.
-TINY_FAMILIES = ("sd", "sdxl")
-#: Families the farm knows about but that have no tiny builder yet.
-_PLANNED_FAMILIES = ("flux", "sd3")
+TINY_FAMILIES = ("sd", "sdxl", "flux", "sd3")
+#: Variants of a tiny family: FLUX "dev" is guidance-distilled (the guidance
+#: scale is an input of the transformer), "schnell" is not and runs in a few steps.
+TINY_VARIANTS = {"flux": ("dev", "schnell")}
 
 FARM_MODEL_FILE = "farm_model.json"
 TINY_NOTE = "random weights, for tests and the offline demo; images are noise"
@@ -145,7 +160,7 @@ def _text_config(tokenizer: CLIPTokenizer, projection_dim: int | None = None) ->
     return CLIPTextConfig(**kwargs)
 
 
-def _tiny_vae() -> AutoencoderKL:
+def _tiny_vae(**extra) -> AutoencoderKL:
     n = len(_VAE_CHANNELS)
     return AutoencoderKL(
         in_channels=3,
@@ -157,6 +172,7 @@ def _tiny_vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
+        **extra,
     )
 
 
@@ -251,48 +267,158 @@ def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
     )
 
 
-_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl}
+# The T5 encoder of FLUX and SD3: a unigram vocabulary with sentencepiece's
+# word-start marker, ASCII letters and digits as pieces, and a few whole words.
+_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+_T5_WORDS = ("a", "an", "the", "of", "and", "in", "on", "at", "cat", "dog", "photo", "portrait", "lighthouse", "dawn")
+_T5_HIDDEN = 2 * _TEXT_HIDDEN  # SD3 pads the two CLIP encoders' concatenation (2 x 32) to T5's width
+_T5_MAX_LENGTH = 512
 
 
-def _check_family(family: str) -> None:
-    if family in _BUILDERS:
-        return
-    if family in _PLANNED_FAMILIES:
-        raise ValueError(f"family {family!r} has no tiny builder yet (tiny builders: {', '.join(TINY_FAMILIES)})")
-    raise ValueError(f"unknown model family {family!r}; tiny builders exist for: {', '.join(TINY_FAMILIES)}")
+def build_tiny_t5_tokenizer() -> T5TokenizerFast:
+    """A T5 tokenizer over a tiny unigram vocabulary, built in memory."""
+    pieces = list(_T5_SPECIALS)
+    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    pieces += ["\u2581"] + ["\u2581" + w for w in _T5_WORDS]
+    # Longer pieces score higher, so whole words win over letters.
+    vocab = [(piece, 0.0 if piece in _T5_SPECIALS else -10.0 / len(piece)) for piece in pieces]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=_T5_SPECIALS.index("<unk>"), byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=_T5_MAX_LENGTH)
 
 
-def build_tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
-    """Build a tiny random-weight pipeline of ``family`` ("sd" or "sdxl").
+def _tiny_t5(tokenizer: T5TokenizerFast) -> T5EncoderModel:
+    # dropout_rate 0: a module built here is in training mode until eval(),
+    # and dropout would make two renders of the same seed differ.
+    config = T5Config(vocab_size=len(tokenizer), d_model=_T5_HIDDEN, d_kv=8, d_ff=2 * _T5_HIDDEN, num_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0)
+    return T5EncoderModel(config)
+
+
+def _tiny_flow_vae() -> AutoencoderKL:
+    # FLUX and SD3 VAEs have no quant convs and shift latents before scaling.
+    return _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1, scaling_factor=1.0)
+
+
+def _build_flux(seed: int, variant: str = "dev") -> FluxPipeline:
+    torch.manual_seed(seed)
+    # FLUX packs 2x2 latent patches, so the transformer sees 4 x 4 channels.
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_HIDDEN,
+        pooled_projection_dim=_TEXT_HIDDEN,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=variant == "dev",
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_flow_vae()
+    tokenizer = build_tiny_tokenizer()
+    tokenizer_2 = build_tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(seed)
+    text_encoder_2 = _tiny_t5(tokenizer_2)
+    # dev shifts its sigmas by image size; schnell uses them as they are.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0 if variant == "dev" else 1.0,
+        use_dynamic_shifting=variant == "dev",
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+def _build_sd3(seed: int) -> StableDiffusion3Pipeline:
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=64 // _vae_scale_factor(),
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=_TEXT_HIDDEN,
+        joint_attention_dim=_T5_HIDDEN,
+        pooled_projection_dim=2 * _TEXT_HIDDEN,  # both CLIP encoders' pooled, projected outputs
+        out_channels=4,
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_flow_vae()
+    tokenizer, tokenizer_2, tokenizer_3 = build_tiny_tokenizer(), build_tiny_tokenizer(), build_tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, projection_dim=_TEXT_HIDDEN))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=_TEXT_HIDDEN))
+    torch.manual_seed(seed)
+    text_encoder_3 = _tiny_t5(tokenizer_3)
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, transformer=transformer,
+    )
+
+
+_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "flux": _build_flux, "sd3": _build_sd3}
+
+
+def _check_family(family: str, variant: str | None = None) -> None:
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown model family {family!r}; tiny builders exist for: {', '.join(TINY_FAMILIES)}")
+    if variant is not None and variant not in TINY_VARIANTS.get(family, ()):
+        known = ", ".join(TINY_VARIANTS.get(family, ())) or "none"
+        raise ValueError(f"tiny {family} has no variant {variant!r} (variants: {known})")
+
+
+def build_tiny_pipeline(family: str, seed: int = 0, variant: str | None = None) -> DiffusionPipeline:
+    """Build a tiny random-weight pipeline of ``family`` ("sd", "sdxl", "flux" or "sd3").
 
     The same ``seed`` gives the same weights. The pipeline is on the CPU in
-    float32 with the progress bar off.
+    float32, in eval mode (as from_pretrained leaves it), with the progress bar off.
+    ``variant`` picks one of ``TINY_VARIANTS[family]`` (FLUX: "dev", the default, or "schnell").
     """
-    _check_family(family)
-    pipe = _BUILDERS[family](seed)
+    _check_family(family, variant)
+    pipe = _BUILDERS[family](seed, variant) if variant else _BUILDERS[family](seed)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
     pipe.set_progress_bar_config(disable=True)
     logger.debug("built tiny %s pipeline (seed %d)", family, seed)
     return pipe
 
 
-def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> pathlib.Path:
+def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int = 0,
+                     variant: str | None = None) -> pathlib.Path:
     """Build a tiny pipeline and save it as a diffusers model directory.
 
     The directory loads again with ``DiffusionPipeline.from_pretrained`` and
     holds a ``farm_model.json`` that marks it as a tiny random model.
     """
-    _check_family(family)
+    _check_family(family, variant)
     path = pathlib.Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    pipe = build_tiny_pipeline(family, seed=seed)
+    pipe = build_tiny_pipeline(family, seed=seed, variant=variant)
     with quiet_progress_bars():  # transformers 5 draws a bar per saved text encoder
         pipe.save_pretrained(path, safe_serialization=True)
     # transformers 5 saves only tokenizer.json; the slow CLIPTokenizer of
     # transformers 4 needs vocab.json and merges.txt, so write those as well.
-    for name in ("tokenizer", "tokenizer_2"):
-        if (path / name).is_dir() and not (path / name / "vocab.json").exists():
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if isinstance(getattr(pipe, name, None), CLIPTokenizer) and not (path / name / "vocab.json").exists():
             _write_tokenizer_files(path / name)
     meta = {"family": family, "tiny": True, "note": TINY_NOTE}
+    if variant:
+        meta["variant"] = variant
     (path / FARM_MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote tiny %s model to %s", family, path)
     return path

@@ -83,12 +83,59 @@ def test_every_sampler_renders(pipes, family, sampler):
     assert steps == [(i, total) for i in range(1, total + 1)]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("schedule", SIGMA_SCHEDULES)
-def test_every_schedule_renders(pipes, family, schedule):
-    (image,) = render(pipes[family], params(sampler="dpmpp_2m", scheduler=schedule, width=64, height=48))
-    assert image.size == (64, 48)
+SCHEDULE_CASES = [(f, s, sch) for f in FAMILIES for s in available_samplers(f) for sch in SIGMA_SCHEDULES
+                  if check_sampler(f, s, sch) is None]
+
+
+@pytest.mark.parametrize(("family", "sampler", "schedule"), SCHEDULE_CASES,
+                         ids=[f"{f}-{s}-{sch}" for f, s, sch in SCHEDULE_CASES])
+def test_every_accepted_schedule_renders_an_image(pipes, family, sampler, schedule):
+    # Every combination check_sampler accepts must give a real image (NaN
+    # latents decode to a constant black one).
+    (image,) = render(pipes[family], params(sampler=sampler, scheduler=schedule, width=64, height=48 if family in ("sd", "sdxl") else 80))
+    assert image.size == (64, 48 if family in ("sd", "sdxl") else 80)
     assert pixels(image).std() > 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_schedule_has_a_sampler_where_the_family_can_use_it(family):
+    usable = {sch for _, _, sch in [c for c in SCHEDULE_CASES if c[0] == family]}
+    expected = set(SIGMA_SCHEDULES) - ({"sgm_uniform"} if family in P.FLOW_FAMILIES else set())
+    assert usable == expected
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "lcm"])
+def test_stochastic_flow_samplers_are_seeded(pipes, family, sampler):
+    a = render(pipes[family], params(sampler=sampler, seed=99))[0]
+    torch.manual_seed(12345)  # the global generator's state must not matter
+    b = render(pipes[family], params(sampler=sampler, seed=99))[0]
+    c = render(pipes[family], params(sampler=sampler, seed=100))[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_flux_dev_takes_guidance_and_schnell_does_not():
+    dev, schnell = build_tiny_pipeline("flux", variant="dev"), build_tiny_pipeline("flux", variant="schnell")
+    assert dev.transformer.config.guidance_embeds and not schnell.transformer.config.guidance_embeds
+    for pipe, changes in ((dev, True), (schnell, False)):
+        low = render(pipe, params(guidance_scale=1.0))[0]
+        high = render(pipe, params(guidance_scale=6.0))[0]
+        assert (not np.array_equal(pixels(low), pixels(high))) is changes
+
+
+def test_flux_ignores_the_negative_prompt_and_sd3_uses_it(pipes):
+    for family, changes in (("flux", False), ("sd3", True)):
+        a = render(pipes[family], params(negative_prompt="blurry"))[0]
+        b = render(pipes[family], params(negative_prompt="sharp, detailed"))[0]
+        assert (not np.array_equal(pixels(a), pixels(b))) is changes
+
+
+def test_tiny_builder_refuses_unknown_variants():
+    with pytest.raises(ValueError, match="has no variant 'pro'"):
+        build_tiny_pipeline("flux", variant="pro")
+    with pytest.raises(ValueError, match="unknown model family 'sd4'"):
+        build_tiny_pipeline("sd4")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -188,8 +235,16 @@ def test_check_sampler_messages():
     assert check_sampler("sd", "lcm", "karras") == "sigma schedule 'karras' is not available with sampler 'lcm'"
     msg = check_sampler("sd", "euler", "linear")
     assert msg is not None and msg.startswith("sigma schedule 'linear' is not known; choose one of normal")
-    msg = check_sampler("flux", "euler", "normal")
-    assert msg is not None and "family 'flux'" in msg
+    assert check_sampler("flux", "euler", "normal") is None
+    assert check_sampler("flux", "heun", "normal") == (
+        "sampler 'heun' is not available for flux models; choose one of euler, euler_ancestral, dpmpp_2m, unipc, lcm"
+    )
+    assert check_sampler("sd3", "ddim", "normal").startswith("sampler 'ddim' is not available for sd3 models")
+    assert check_sampler("flux", "dpmpp_2m", "karras") == (
+        "sigma schedule 'karras' is not available with sampler 'dpmpp_2m' on flux models"
+    )
+    msg = check_sampler("sd4", "euler", "normal")
+    assert msg is not None and "family 'sd4'" in msg
 
 
 def test_dpmpp_sde_without_torchsde_is_reported(monkeypatch):
@@ -234,19 +289,29 @@ def test_write_tiny_model_round_trips(pipes, family, tmp_path):
     assert path == tmp_path / family
     meta = json.loads((path / "farm_model.json").read_text())
     assert meta["family"] == family and meta["tiny"] is True and "noise" in meta["note"]
-    assert list(path.glob("unet/*.safetensors")), "weights should be safetensors"
+    denoiser = "unet" if family in ("sd", "sdxl") else "transformer"
+    assert list(path.glob(f"{denoiser}/*.safetensors")), "weights should be safetensors"
 
     with quiet_progress_bars():
         loaded = DiffusionPipeline.from_pretrained(path)
     assert type(loaded) is type(pipes[family])
     assert pipeline_family(loaded) == family
-    assert state_equal(loaded.unet, pipes[family].unet)
-    assert state_equal(loaded.text_encoder, pipes[family].text_encoder)
+    for name, component in pipes[family].components.items():
+        if isinstance(component, torch.nn.Module):
+            assert state_equal(getattr(loaded, name), component), name
 
     via_loader = load_pipeline(path, family, torch.device("cpu"), torch.float32)
     a = render(via_loader, params(seed=3))[0]
     b = render(pipes[family], params(seed=3))[0]
-    assert np.array_equal(pixels(a), pixels(b))
+    if family == "flux":
+        # Same weights, yet FLUX's transformer computes ~2e-7 apart on tensors
+        # read from safetensors and on ones built in memory (CPU kernels pick
+        # paths by alignment); two loads from disk agree exactly (below).
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+        again = load_pipeline(path, family, torch.device("cpu"), torch.float32)
+        assert np.array_equal(pixels(a), pixels(render(again, params(seed=3))[0]))
+    else:
+        assert np.array_equal(pixels(a), pixels(b))
 
 
 def test_tiny_weights_follow_the_seed(pipes):
@@ -258,10 +323,9 @@ def test_tiny_weights_follow_the_seed(pipes):
 
 
 def test_tiny_unknown_family(tmp_path):
-    with pytest.raises(ValueError, match="family 'flux' has no tiny builder yet"):
-        build_tiny_pipeline("flux")
-    with pytest.raises(ValueError, match="family 'sd3' has no tiny builder yet"):
-        write_tiny_model(tmp_path / "x", family="sd3")
+    with pytest.raises(ValueError, match="unknown model family 'sd4'"):
+        write_tiny_model(tmp_path / "x", family="sd4")
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="'nope'"):
         build_tiny_pipeline("nope")
 
@@ -279,8 +343,8 @@ def test_family_and_vram(pipes):
         assert 0 < estimate_vram_gb(pipe) < 0.05
     with pytest.raises(ValueError):
         pipeline_family(object())
-    with pytest.raises(ValueError, match="'flux'"):
-        load_pipeline("/nonexistent", "flux", torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="'sd4'"):
+        load_pipeline("/nonexistent", "sd4", torch.device("cpu"), torch.float32)
 
 
 # --------------------------------------------------------------------------- device / dtype
@@ -297,6 +361,12 @@ def test_pick_device_and_dtype():
     assert pick_dtype(cuda, "fp32") == torch.float32
     if not torch.cuda.is_available() or torch.cuda.is_bf16_supported():
         assert pick_dtype(cuda, "bf16") == torch.bfloat16
+        # Flow-matching families default to bf16 (their activations overflow fp16).
+        assert pick_dtype(cuda, None, "flux") == torch.bfloat16
+        assert pick_dtype(cuda, None, "sd3") == torch.bfloat16
+    assert pick_dtype(cuda, None, "sdxl") == torch.float16
+    assert pick_dtype(cuda, "fp16", "flux") == torch.float16
+    assert pick_dtype(cpu, None, "flux") == torch.float32
     with pytest.raises(ValueError):
         pick_dtype(cuda, "int8")
     if not torch.cuda.is_available():
