@@ -40,6 +40,8 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
+    if params.get("image_task"):
+        resolved["image_task"] = params["image_task"]
     return resolved
 
 
@@ -59,6 +61,10 @@ def parameters_text(params: dict[str, Any], model_id: str) -> str:
         f"Model: {model_id}",
         f"Version: farm {farm.__version__}",
     ]
+    task = params.get("image_task")
+    if task:
+        settings.insert(5, f"Denoising strength: {task['strength']}")
+        settings.insert(6, f"Image mode: {task['mode']}")
     text = params["final_prompt"]
     if params.get("final_negative_prompt"):
         text += f"\nNegative prompt: {params['final_negative_prompt']}"

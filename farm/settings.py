@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=4000, gt=0, description="Longest accepted prompt or negative prompt.")
     max_request_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")
+    max_upload_bytes: int = Field(default=20_971_520, gt=0, description="Largest image accepted by POST /api/v1/uploads.")
+    upscale_tile_pixels: int = Field(default=1_048_576, gt=0, description="Upscales larger than this (width*height) are refined tile by tile, each tile at most this size.")
     max_steps: int = Field(default=150, gt=0, description="Most sampling steps a request may ask for.")
     max_images_per_job: int = Field(default=8, gt=0, description="Most images one job may ask for.")
     default_model: str | None = Field(default=None, description="Model used when a request names none; unset: the first registered model.")

@@ -53,6 +53,14 @@ PERFORMANCE = {
     "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
     "lightning": PerformanceMode(None, 4, "euler", "sgm_uniform", 1.0),
 }
+# Flow-matching families (FLUX, SD3) step along flow sigmas: Karras spacing
+# and trailing timesteps do not apply, so their modes keep the plain schedule.
+FLOW_PERFORMANCE = {
+    "quality": PerformanceMode(1.5, None, "dpmpp_2m", "normal", None),
+    "speed": PerformanceMode(1.0, None, "euler", "normal", None),
+    "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
+    "lightning": PerformanceMode(None, 4, "euler", "normal", 1.0),
+}
 
 
 @dataclass
@@ -94,7 +102,15 @@ class GenerationRequest(BaseModel):
     prompt_expansion: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
     priority: int = Field(default=0, ge=-10, le=10)
+    # Image to image: a mode and a source (one of parent_output or image, an
+    # upload id from POST /api/v1/uploads); inpaint also takes a mask upload
+    # (white = repaint); outpaint the directions to extend in.
+    image_mode: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "inpaint", "outpaint"] | None = None
     parent_output: str | None = None
+    image: str | None = None
+    mask: str | None = None
+    outpaint: list[Literal["left", "right", "top", "bottom"]] | None = None
+    denoise: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("prompt")
     @classmethod
@@ -112,6 +128,17 @@ class ModelInfo:
     family: str
     default_steps: int
     default_guidance: float
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The image an image-to-image request works on, as the job service found it."""
+
+    object_key: str
+    width: int
+    height: int
+    parent_output: str | None = None  # output id, when the source is an output
+    upload: str | None = None  # upload id, when it was uploaded
 
 
 @dataclass
@@ -157,6 +184,8 @@ def resolve_request(
     settings,
     default_model: str | None = None,
     resources=None,
+    source: SourceImage | None = None,
+    mask: SourceImage | None = None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
     submitted = req.model_dump(exclude_unset=True)
@@ -178,10 +207,16 @@ def resolve_request(
 
     # Fields of the contract whose features are not built yet are refused
     # rather than silently ignored.
-    if req.parent_output:
-        problems.append(FieldProblem("parent_output", "image-to-image is not supported by this farm yet; leave it out"))
+    image_task = _image_task(req, source, mask, problems)
 
-    width, height = _resolve_size(req, problems)
+    if image_task is not None and source is not None and model is not None:
+        from farm.generation.image_tasks import output_size
+
+        # The size follows from the source and the mode.
+        width, height = output_size(req.image_mode, source.width, source.height,
+                                    FAMILY_SIDE_MULTIPLE.get(model.family, 8), tuple(image_task["outpaint"] or ()))
+    else:
+        width, height = _resolve_size(req, problems)
     if model is not None and width and height:
         low, high = FAMILY_SIDES.get(model.family, (64, 2048))
         multiple = FAMILY_SIDE_MULTIPLE.get(model.family, 8)
@@ -195,7 +230,8 @@ def resolve_request(
 
     # A performance mode fills steps, sampler, schedule and guidance; fields
     # the request sets itself win.
-    mode = PERFORMANCE.get(req.performance) if req.performance else None
+    modes = FLOW_PERFORMANCE if model is not None and model.family in ("flux", "sd3") else PERFORMANCE
+    mode = modes.get(req.performance) if req.performance else None
     explicit = req.model_fields_set
     sampler = req.sampler if mode is None or "sampler" in explicit else mode.sampler
     schedule = req.scheduler if mode is None or "scheduler" in explicit else mode.scheduler
@@ -249,6 +285,8 @@ def resolve_request(
         "num_images": req.num_images,
         "output_format": req.output_format,
     }
+    if image_task is not None:
+        params["image_task"] = image_task
     return ResolvedRequest(
         request=submitted,
         params=params,
@@ -260,6 +298,52 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+def _image_task(req: GenerationRequest, source: SourceImage | None, mask: SourceImage | None,
+                problems: list[FieldProblem]) -> dict[str, Any] | None:
+    """The image-to-image part of the params, or None for text to image; problems noted."""
+    from farm.generation.image_tasks import IMAGE_MODES, OUTPAINT_DIRECTIONS
+
+    if req.image_mode is None:
+        for name in ("parent_output", "image", "mask", "outpaint", "denoise"):
+            if getattr(req, name) is not None:
+                problems.append(FieldProblem(name, f"only used with image_mode; set image_mode ({', '.join(IMAGE_MODES)}) or leave {name} out"))
+        return None
+    mode = IMAGE_MODES[req.image_mode]
+    if (req.parent_output is None) == (req.image is None):
+        problems.append(FieldProblem("parent_output", f"image_mode {req.image_mode!r} needs a source: give parent_output (an output id) or image (an upload id), one of them"))
+    for name in ("width", "height", "aspect_ratio"):
+        if getattr(req, name) is not None:
+            problems.append(FieldProblem(name, f"the size of an {req.image_mode} image follows from its source; leave {name} out"))
+    if mode.needs_mask and req.mask is None:
+        problems.append(FieldProblem("mask", "inpaint needs a mask: an upload id of an image whose white parts are repainted"))
+    if not mode.needs_mask and req.mask is not None:
+        problems.append(FieldProblem("mask", f"only inpaint takes a mask, not {req.image_mode}"))
+    if req.outpaint is not None and req.image_mode != "outpaint":
+        problems.append(FieldProblem("outpaint", f"only image_mode 'outpaint' takes directions, not {req.image_mode}"))
+    if req.image_mode == "outpaint" and req.outpaint is not None and not req.outpaint:
+        problems.append(FieldProblem("outpaint", f"give at least one direction of {', '.join(OUTPAINT_DIRECTIONS)}"))
+    if source is None or (mode.needs_mask and req.mask is not None and mask is None):
+        # The job service looks sources up and refuses missing ones before
+        # resolving; anything else (a campaign row, say) cannot use them.
+        if not any(p.field in ("parent_output", "image", "mask") for p in problems):
+            problems.append(FieldProblem("image_mode", "image-to-image requests are submitted one by one through POST /api/v1/jobs"))
+        return None
+    directions = None
+    if req.image_mode == "outpaint":
+        directions = [d for d in OUTPAINT_DIRECTIONS if d in (req.outpaint or OUTPAINT_DIRECTIONS)]
+    return {
+        "mode": req.image_mode,
+        "strength": req.denoise if req.denoise is not None else mode.strength,
+        "source_key": source.object_key,
+        "source_size": [source.width, source.height],
+        "parent_output": source.parent_output,
+        "upload": source.upload,
+        "mask_key": mask.object_key if mask is not None else None,
+        "mask_upload": mask.upload if mask is not None else None,
+        "outpaint": directions,
+    }
 
 
 def _with_preset(req: GenerationRequest, models: dict[str, ModelInfo], resources, problems: list[FieldProblem]) -> GenerationRequest:

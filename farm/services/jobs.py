@@ -18,7 +18,7 @@ from farm.models import Job, JobStatus, Output, User
 from farm.costs import estimate_render_s
 from farm.registry import model_infos
 from farm.services.quotas import Cost, reserve
-from farm.spec import FieldProblem, RequestError, parse_request, resolve_request
+from farm.spec import FieldProblem, RequestError, SourceImage, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,36 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise NotFoundError(f"no {what} {value!r}") from None
 
 
+def _image_sources(ctx: FarmContext, session: Session, user: User, req) -> tuple[SourceImage | None, SourceImage | None]:
+    """The source image and mask an image-to-image request names, looked up for this user."""
+    from farm.services.uploads import find_upload
+
+    source = mask = None
+    if req.parent_output is not None:
+        try:
+            output_id = uuid.UUID(str(req.parent_output))
+        except ValueError:
+            raise RequestError([FieldProblem("parent_output", f"{req.parent_output!r} is not an output id")]) from None
+        output = session.get(Output, output_id)
+        if output is None or not can_see(session, user, output.user_id):
+            raise RequestError([FieldProblem("parent_output", f"no output {req.parent_output} that you can see")])
+        source = SourceImage(object_key=output.object_key, width=output.width, height=output.height,
+                             parent_output=str(output.id))
+    elif req.image is not None:
+        source = find_upload(ctx, user, req.image, "image")
+    if req.mask is not None and req.image_mode == "inpaint":  # elsewhere the request check refuses the mask
+        mask = find_upload(ctx, user, req.mask, "mask")
+        if source is not None and (mask.width, mask.height) != (source.width, source.height):
+            raise RequestError([FieldProblem("mask", f"the mask is {mask.width}x{mask.height} but the image is {source.width}x{source.height}; they must match")])
+    return source, mask
+
+
 def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
     req = parse_request(payload)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
-        resolved = resolve_request(req, infos, ctx.settings)
+        source, mask = _image_sources(ctx, session, user, req) if req.image_mode else (None, None)
+        resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask)
         estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
                                      resolved.num_images)
         job = Job(

@@ -454,10 +454,47 @@ def _negative_prompt_kwargs(family: str, negative_prompt: str) -> dict[str, Any]
     return {"negative_prompt": negative_prompt or None}
 
 
+@dataclass(frozen=True)
+class ImageInputs:
+    """What an image-to-image call adds to a render: the source (already at the
+    output size), the denoising strength, and for inpainting the mask (white =
+    repaint)."""
+
+    image: PIL.Image.Image
+    strength: float
+    mask: PIL.Image.Image | None = None
+
+    @property
+    def kind(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img"
+
+
+def derived_pipeline(pipe, kind: str):
+    """The image-to-image or inpainting pipeline of a loaded text-to-image one.
+
+    ``from_pipe`` shares every component (no extra weights in memory); the
+    result is kept on the pipeline object, so a worker builds it once.
+    """
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    cache = pipe.__dict__.setdefault("_farm_derived", {})
+    if kind not in cache:
+        auto = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[kind]
+        derived = auto.from_pipe(pipe)
+        derived.set_progress_bar_config(disable=True)
+        cache[kind] = derived
+    return cache[kind]
+
+
+def _call_parameters(target) -> set[str]:
+    return set(inspect.signature(target.__call__).parameters)
+
+
 def render(
     pipe,
     params: RenderParams,
     on_step: Callable[[int, int], None] | None = None,
+    inputs: ImageInputs | None = None,
 ) -> list[PIL.Image.Image]:
     """Render ``params.num_images`` images with ``pipe``.
 
@@ -481,7 +518,10 @@ def render(
 
     seeds = _image_seeds(params)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    original = pipe.scheduler
+    # Image-to-image work runs the derived pipeline; its scheduler is swapped
+    # like the base one's (from_pipe gave it the same scheduler object).
+    target = pipe if inputs is None else derived_pipeline(pipe, inputs.kind)
+    original = target.scheduler
     scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
     callback = None
@@ -492,7 +532,26 @@ def render(
             on_step(step_index + 1, int(total))
             return callback_kwargs
 
-    pipe.scheduler = scheduler
+    call_kwargs: dict[str, Any] = dict(
+        prompt=params.prompt,
+        **_negative_prompt_kwargs(family, params.negative_prompt),
+        width=params.width,
+        height=params.height,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        num_images_per_prompt=params.num_images,
+        generator=generators,
+        output_type="pil",
+        callback_on_step_end=callback,
+    )
+    if inputs is not None:
+        call_kwargs.update(image=inputs.image, strength=inputs.strength)
+        if inputs.mask is not None:
+            call_kwargs["mask_image"] = inputs.mask
+        # SD's img2img pipeline takes its size from the image.
+        accepted = _call_parameters(target)
+        call_kwargs = {k: v for k, v in call_kwargs.items() if k in accepted}
+    target.scheduler = scheduler
     try:
         # FLUX's and SD3's pipelines call scheduler.step without the
         # generators, so the stochastic flow samplers (euler_ancestral, lcm)
@@ -500,20 +559,9 @@ def render(
         # it back afterwards.
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(seeds[0])
-            result = pipe(
-                prompt=params.prompt,
-                **_negative_prompt_kwargs(family, params.negative_prompt),
-                width=params.width,
-                height=params.height,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                num_images_per_prompt=params.num_images,
-                generator=generators,
-                output_type="pil",
-                callback_on_step_end=callback,
-            )
+            result = target(**call_kwargs)
     finally:
-        pipe.scheduler = original
+        target.scheduler = original
     return list(result.images)
 
 
@@ -588,6 +636,8 @@ __all__ = [
     "FAMILY_SAMPLERS",
     "FLOW_FAMILIES",
     "FLOW_SAMPLERS",
+    "ImageInputs",
+    "derived_pipeline",
     "IMAGE_FORMATS",
     "SAMPLERS",
     "SIGMA_SCHEDULES",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from farm import lineage, states
 from farm.models import Job, ModelEntry, Output
 from farm.storage import CONTENT_TYPES, output_key, sidecar_key
+from farm.spec import FAMILY_SIDE_MULTIPLE
+from farm.workers.img2img import render_task
 from farm.workers.pipelines import RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime
 
@@ -99,6 +101,20 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
     return outcome
 
 
+def _image_inputs(runtime: WorkerRuntime, task: dict, params: dict, family: str):
+    """The source (and mask) of an image-to-image job, read from the store and prepared for its mode."""
+    import io
+
+    import PIL.Image
+
+    from farm.workers.img2img import prepare_inputs
+
+    storage = runtime.ctx.storage
+    source = PIL.Image.open(io.BytesIO(storage.get(task["source_key"])))
+    mask = PIL.Image.open(io.BytesIO(storage.get(task["mask_key"]))) if task.get("mask_key") else None
+    return prepare_inputs(task, source, mask, params["width"], params["height"], FAMILY_SIDE_MULTIPLE.get(family, 8))
+
+
 def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str]) -> str:
     ctx = runtime.ctx
     params = job.params
@@ -107,6 +123,8 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     reporter = ProgressReporter(runtime, job.id, job.attempt)
     started = time.perf_counter()
     images = []
+    task = params.get("image_task")
+    inputs = _image_inputs(runtime, task, params, loaded.family) if task else None
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
     for index in range(count):
@@ -115,7 +133,12 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
         )
-        images += render(loaded.pipe, image_params, on_step=lambda step, total, i=index: reporter(i * total + step, count * total))
+        on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
+        if inputs is None:
+            images += render(loaded.pipe, image_params, on_step=on_step)
+        else:
+            images.append(render_task(loaded.pipe, image_params, inputs, tile_pixels=ctx.settings.upscale_tile_pixels,
+                                      multiple=FAMILY_SIDE_MULTIPLE.get(loaded.family, 8), on_step=on_step))
     inference_s = time.perf_counter() - started
 
     software = lineage.software_versions(runtime.device.type)
@@ -137,7 +160,9 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         record = {
             "output_id": str(output_id), "job_id": str(job.id), "attempt": job.attempt,
             "campaign_id": str(job.campaign_id) if job.campaign_id else None, "user_id": job.user_id,
-            "request": job.request, "params": resolved, "model": model, "parent_output": None,
+            "request": job.request, "params": resolved, "model": model,
+            "parent_output": task.get("parent_output") if task else None,
+            "source_upload": task.get("upload") if task else None,
             "rerender_of": str(job.rerender_of) if job.rerender_of else None, "worker": worker,
             "software": software,
             "timings": {

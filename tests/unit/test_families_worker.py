@@ -112,3 +112,13 @@ def test_every_output_format_carries_the_parameters(farm, fmt, magic):
     text = read_image_text(data)
     assert "Seed: 9" in text["parameters"] and "Steps: 2" in text["parameters"]
     assert '"seed":9' in text["farm"] and lineage["params"]["output_format"] == fmt
+
+
+@pytest.mark.parametrize("model", ["sd", "sdxl", "flux", "sd3"])
+@pytest.mark.parametrize("mode", ["quality", "speed", "extreme_speed", "lightning"])
+def test_every_performance_mode_resolves_for_every_family(farm, model, mode):
+    ctx, user, _ = farm
+    job = job_service.submit_job(ctx, user, {"prompt": "a cat", "model": f"tiny-{model}", "width": 64, "height": 64,
+                                            "performance": mode})
+    assert job.params["performance"] == mode
+    assert job.params["sampler"] in FAMILY_SAMPLERS[model]

@@ -77,8 +77,10 @@ def test_limits():
     assert "png" in problems(prompt="x", output_format="gif")["output_format"]
 
 
-def test_features_not_built_yet_are_refused_not_ignored():
-    assert "not supported" in problems(prompt="x", parent_output="abc")["parent_output"]
+def test_image_fields_without_a_mode_or_a_looked_up_source_are_refused_not_ignored():
+    assert "only used with image_mode" in problems(prompt="x", parent_output="abc")["parent_output"]
+    # Without the job service's look-up (a campaign row, say) a source cannot be used.
+    assert "one by one" in problems(prompt="x", image_mode="vary_subtle", parent_output="abc")["image_mode"]
 
 
 def test_styles_preset_and_expansion_shape_the_final_prompt():
