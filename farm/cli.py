@@ -405,7 +405,8 @@ def models_list() -> None:
     if not rows:
         click.echo("no models registered; add one with 'farm models add ID SOURCE'")
     for row in rows:
-        click.echo(f"{row.id}\t{row.family}\t{row.vram_gb:.3f} GB\t{row.source}\t{row.description}")
+        variant = f"{row.base}:{row.variant}" if row.variant else "-"
+        click.echo(f"{row.id}\t{row.family}\t{variant}\t{row.vram_gb:.3f} GB\t{row.default_steps} steps\t{row.source}\t{row.description}")
 
 
 @models.command("add")
@@ -417,16 +418,22 @@ def models_list() -> None:
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None, help="Weights dtype on CUDA.")
 @click.option("--steps", "default_steps", type=int, default=None, help="Default steps for this model.")
 @click.option("--description", default="", help="Free text shown in listings.")
+@click.option("--variant", default=None, help="Variant name (e.g. schnell, dev); requests pick it with 'variant'.")
+@click.option("--base", default=None, help="The model this is a variant of (default: the id without '-VARIANT').")
+@click.option("--guidance", "default_guidance", type=float, default=None, help="Default guidance scale for this model.")
 @friendly_errors
-def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps, description) -> None:
+def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps, description, variant, base,
+               default_guidance) -> None:
     """Register MODEL_ID from SOURCE: a local diffusers folder or a hub repo id."""
     from farm.registry import add_model
 
     ctx = _context()
     with ctx.db.transaction() as session:
         entry = add_model(session, model_id, source, family=family, vram_gb=vram_gb, revision=revision, dtype=dtype,
-                          description=description, default_steps=default_steps)
-    click.echo(f"registered {entry.id} ({entry.family}, {entry.vram_gb:.3f} GB) from {entry.source}")
+                          description=description, default_steps=default_steps, base=base, variant=variant,
+                          default_guidance=default_guidance)
+    as_variant = f", variant {entry.variant} of {entry.base}" if entry.variant else ""
+    click.echo(f"registered {entry.id} ({entry.family}{as_variant}, {entry.vram_gb:.3f} GB) from {entry.source}")
 
 
 @models.command("pull")

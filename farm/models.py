@@ -159,6 +159,12 @@ class ModelEntry(Timestamped, Base):
     weights_sha256: Mapped[Optional[str]] = mapped_column(String(64))
     files: Mapped[Optional[dict[str, Any]]]
     description: Mapped[str] = mapped_column(Text, default="")
+    # Variants: entries that share a base name ("flux") and differ by variant
+    # ("schnell", "dev"); a request names the entry's id, or base + variant.
+    base: Mapped[Optional[str]] = mapped_column(String(128), index=True)
+    variant: Mapped[Optional[str]] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("base", "variant"),)
 
 
 class Worker(Timestamped, Base):

@@ -34,6 +34,15 @@ class RegistryError(Exception):
     pass
 
 
+def _farm_marker(directory: Path) -> dict:
+    """farm_model.json of a local folder (tiny models write one), or {}."""
+    marker = directory / "farm_model.json"
+    try:
+        return json.loads(marker.read_text()) if marker.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def detect_family(directory: Path) -> str | None:
     """Read a diffusers folder's model_index.json (or farm_model.json) for its family."""
     marker = directory / "farm_model.json"
@@ -55,9 +64,22 @@ def measure_weights_gb(directory: Path) -> float:
 
 def add_model(session: Session, model_id: str, source: str, *, family: str | None = None, vram_gb: float | None = None,
               revision: str | None = None, dtype: str | None = None, description: str = "",
-              default_steps: int | None = None) -> ModelEntry:
+              default_steps: int | None = None, base: str | None = None, variant: str | None = None,
+              default_guidance: float | None = None) -> ModelEntry:
     if session.get(ModelEntry, model_id) is not None:
         raise RegistryError(f"model {model_id!r} is already registered")
+    marker = _farm_marker(Path(source).expanduser())
+    variant = variant or marker.get("variant")
+    if variant is not None:
+        # "flux-schnell" with variant "schnell" belongs to "flux"; otherwise the id is the base.
+        base = base or marker.get("base") or model_id.removesuffix(f"-{variant}")
+        clash = session.execute(select(ModelEntry.id).where(ModelEntry.base == base, ModelEntry.variant == variant)).scalar()
+        if clash is not None:
+            raise RegistryError(f"{base} already has a variant {variant!r}: model {clash}")
+    elif base is not None:
+        raise RegistryError("--base names the model a variant belongs to; give --variant as well")
+    default_steps = default_steps or marker.get("default_steps")
+    default_guidance = default_guidance if default_guidance is not None else marker.get("default_guidance")
     path = Path(source).expanduser()
     is_local = path.is_dir()
     if is_local:
@@ -89,8 +111,10 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         revision=revision,
         vram_gb=vram_gb or DEFAULT_VRAM_GB[family],
         default_steps=default_steps or DEFAULT_STEPS[family],
-        default_guidance=DEFAULT_GUIDANCE[family],
+        default_guidance=default_guidance if default_guidance is not None else DEFAULT_GUIDANCE[family],
         description=description,
+        base=base,
+        variant=variant,
         files=files,
         weights_sha256=weights_sha256,
     )
@@ -104,8 +128,10 @@ def list_models(session: Session) -> list[ModelEntry]:
 
 
 def model_infos(session: Session) -> dict[str, ModelInfo]:
-    rows = session.execute(select(ModelEntry.id, ModelEntry.family, ModelEntry.default_steps, ModelEntry.default_guidance))
-    return {row.id: ModelInfo(row.id, row.family, row.default_steps, row.default_guidance) for row in rows}
+    rows = session.execute(select(ModelEntry.id, ModelEntry.family, ModelEntry.default_steps, ModelEntry.default_guidance,
+                                  ModelEntry.base, ModelEntry.variant))
+    return {row.id: ModelInfo(row.id, row.family, row.default_steps, row.default_guidance, row.base, row.variant)
+            for row in rows}
 
 
 def is_local_source(entry: ModelEntry) -> bool:

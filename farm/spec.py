@@ -87,6 +87,7 @@ class GenerationRequest(BaseModel):
     prompt: str
     negative_prompt: str = ""
     model: str | None = None
+    variant: str | None = None  # with model naming a base: which of its variants
     styles: list[str] = Field(default_factory=list)
     preset: str | None = None
     performance: Literal["quality", "speed", "extreme_speed", "lightning"] | None = None
@@ -128,6 +129,8 @@ class ModelInfo:
     family: str
     default_steps: int
     default_guidance: float
+    base: str | None = None  # the model this entry is a variant of
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,11 @@ def resolve_request(
 
     model_id = req.model or default_model or settings.default_model or (sorted(models)[0] if models else None)
     model = models.get(model_id) if model_id else None
-    if model is None:
+    if req.variant is not None or (model is None and model_id is not None):
+        model = _pick_variant(models, model_id, req.variant, problems)
+        if model is not None:
+            model_id = model.id
+    if model is None and not any(p.field in ("model", "variant") for p in problems):
         known = ", ".join(sorted(models)) or "none registered (farm models add ...)"
         problems.append(FieldProblem("model", f"unknown model {model_id!r}; available: {known}"))
 
@@ -265,6 +272,7 @@ def resolve_request(
         mode.guidance_scale if mode is not None and mode.guidance_scale is not None else model.default_guidance)
     params = {
         "model": model.id,
+        "variant": model.variant,
         "family": model.family,
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
@@ -298,6 +306,30 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+def _pick_variant(models: dict[str, ModelInfo], name: str | None, variant: str | None,
+                  problems: list[FieldProblem]) -> ModelInfo | None:
+    """The entry a (model, variant) pair names: ``name`` is a base (or a variant's id) and
+    ``variant`` one of its variants; a bare base name picks its only variant."""
+    if name is None:
+        return None
+    base = models[name].base if name in models and models[name].base else name
+    family = [m for m in models.values() if m.base == base]
+    if not family:
+        if variant is not None:
+            problems.append(FieldProblem("variant", f"model {name!r} has no variants; leave variant out"))
+        return None
+    names = ", ".join(sorted(m.variant for m in family if m.variant))
+    if variant is None:
+        if len(family) == 1:
+            return family[0]
+        problems.append(FieldProblem("variant", f"{base} has variants {names}; pick one with variant (or name a model id)"))
+        return None
+    match = next((m for m in family if m.variant == variant), None)
+    if match is None:
+        problems.append(FieldProblem("variant", f"{base} has no variant {variant!r}; choose one of {names}"))
+    return match
 
 
 def _image_task(req: GenerationRequest, source: SourceImage | None, mask: SourceImage | None,

@@ -64,6 +64,12 @@ def list_models():
             "default_steps": m.default_steps,
             "default_guidance": m.default_guidance,
             "description": m.description,
+            "base": m.base,
+            "variant": m.variant,
+            # Every entry of the same base, this one included: what "variant" can pick.
+            "variants": [{"id": v.id, "variant": v.variant, "default_steps": v.default_steps, "vram_gb": v.vram_gb}
+                         for v in models if m.base is not None and v.base == m.base],
+            "weights_sha256": m.weights_sha256,
             "held_by": sorted(holders.get(m.id, [])),
         }
         for m in models

@@ -419,6 +419,9 @@ def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int
     meta = {"family": family, "tiny": True, "note": TINY_NOTE}
     if variant:
         meta["variant"] = variant
+        if (family, variant) == ("flux", "schnell"):
+            meta["default_steps"] = 4  # few-step, and guidance is not an input
+            meta["default_guidance"] = 0.0
     (path / FARM_MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote tiny %s model to %s", family, path)
     return path

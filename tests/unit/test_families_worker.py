@@ -122,3 +122,47 @@ def test_every_performance_mode_resolves_for_every_family(farm, model, mode):
                                             "performance": mode})
     assert job.params["performance"] == mode
     assert job.params["sampler"] in FAMILY_SAMPLERS[model]
+
+
+def test_variants_are_listed_and_picked_by_base_and_variant(farm):
+    from farm.api import create_app
+
+    ctx, user, runtime = farm
+    with ctx.db.transaction() as session:
+        _, token = create_user(session, "vera")
+    client = create_app(ctx.settings, context=ctx).test_client()
+    models = {m["id"]: m for m in client.get("/api/v1/models", headers={"Authorization": f"Bearer {token}"}).get_json()["models"]}
+    schnell = models["tiny-flux-schnell"]
+    assert schnell["base"] == "tiny-flux" and schnell["variant"] == "schnell" and schnell["default_steps"] == 4
+    assert [v["id"] for v in schnell["variants"]] == ["tiny-flux-schnell"]
+    assert schnell["weights_sha256"] and schnell["vram_gb"] > 0 and schnell["family"] == "flux"
+    assert models["tiny-sd"]["variants"] == [] and models["tiny-sd"]["variant"] is None
+    # A bare base name with a single variant picks it; the variant's defaults apply.
+    job = run_job(ctx, user, runtime, {"prompt": "a cat", "model": "tiny-flux", "variant": "schnell", "width": 64, "height": 64})
+    assert job.model_id == "tiny-flux-schnell" and job.params["variant"] == "schnell" and job.params["steps"] == 4
+    assert job.params["guidance_scale"] == 0.0
+
+
+def test_variant_mistakes_are_refused_with_the_choices(farm, tiny_dirs):
+    ctx, user, _ = farm
+    from farm.registry import RegistryError
+
+    with ctx.db.transaction() as session:
+        add_model(session, "flux-dev", str(tiny_dirs["flux"]), variant="dev", base="flux")
+        add_model(session, "flux-schnell", str(tiny_dirs["flux-schnell"]))
+        with pytest.raises(RegistryError, match="already has a variant 'schnell'"):
+            add_model(session, "flux-fast", str(tiny_dirs["flux-schnell"]), base="flux")
+
+    def problems(request):
+        with pytest.raises(RequestError) as caught:
+            job_service.submit_job(ctx, user, {"prompt": "a cat", "width": 64, "height": 64, **request})
+        return {p.field: p.message for p in caught.value.problems}
+
+    assert "has variants dev, schnell; pick one" in problems({"model": "flux"})["variant"]
+    assert "no variant 'pro'; choose one of dev, schnell" in problems({"model": "flux", "variant": "pro"})["variant"]
+    assert "has no variants" in problems({"model": "tiny-sd", "variant": "dev"})["variant"]
+    assert "unknown model 'nope'" in problems({"model": "nope"})["model"]
+    ok = job_service.submit_job(ctx, user, {"prompt": "a cat", "model": "flux", "variant": "dev", "width": 64, "height": 64})
+    assert ok.model_id == "flux-dev"
+    # Naming a variant's id picks it directly.
+    assert job_service.submit_job(ctx, user, {"prompt": "a cat", "model": "flux-schnell", "width": 64, "height": 64}).params["steps"] == 4
