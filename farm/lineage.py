@@ -40,8 +40,9 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
-    if params.get("image_task"):
-        resolved["image_task"] = params["image_task"]
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance"):
+        if params.get(extra):
+            resolved[extra] = params[extra]
     return resolved
 
 

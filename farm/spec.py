@@ -102,6 +102,11 @@ class GenerationRequest(BaseModel):
     num_images: int = Field(default=1, ge=1)
     prompt_expansion: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    # Guidance extras: CLIP skip (1 = last layer), FreeU, and detail guidance
+    # (perturbed-attention guidance scale, 0 = off).
+    clip_skip: int | None = Field(default=None, ge=1, le=12)
+    freeu: bool = False
+    detail_guidance: float | None = Field(default=None, ge=0, le=10)
     priority: int = Field(default=0, ge=-10, le=10)
     # Image to image: a mode and a source (one of parent_output or image, an
     # upload id from POST /api/v1/uploads); inpaint also takes a mask upload
@@ -256,6 +261,12 @@ def resolve_request(
         message = check_sampler(model.family, sampler, schedule)
         if message:
             problems.append(FieldProblem("sampler", message))
+        from farm.workers.pipelines import check_extras
+
+        inpainting = req.image_mode in ("inpaint", "outpaint")
+        problems.extend(FieldProblem(name, why) for name, why in check_extras(
+            model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
+            inpainting=inpainting))
     if problems:
         raise RequestError(problems)
 
@@ -295,6 +306,12 @@ def resolve_request(
     }
     if image_task is not None:
         params["image_task"] = image_task
+    # Recorded only when used, so the embedded metadata of plain renders stays as it was.
+    for name in ("clip_skip", "detail_guidance"):
+        if getattr(req, name):
+            params[name] = getattr(req, name)
+    if req.freeu:
+        params["freeu"] = True
     return ResolvedRequest(
         request=submitted,
         params=params,

@@ -135,6 +135,47 @@ class RenderCanceled(Exception):
     """Raised from an ``on_step`` callback to stop a render at that step."""
 
 
+# Guidance extras each family's pipelines provide (diffusers 0.42): CLIP skip
+# (SD, SDXL, SD3 text encoders), FreeU (UNets only) and perturbed-attention
+# guidance, "detail guidance" here (PAG pipelines exist for SD and SDXL in
+# every mode, for SD3 without inpainting, not for FLUX).
+FAMILY_EXTRAS: dict[str, frozenset[str]] = {
+    "sd": frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"}),
+    "sdxl": frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"}),
+    "sd3": frozenset({"clip_skip", "detail_guidance"}),
+    "flux": frozenset(),
+}
+
+# FreeU re-weights the UNet decoder's backbone (b1, b2) and skip (s1, s2)
+# features; the values are the FreeU authors' recommended settings for SD and
+# SDXL (Si et al., "FreeU: Free Lunch in Diffusion U-Net", CVPR 2024).
+FREEU_SETTINGS: dict[str, dict[str, float]] = {
+    "sd": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},
+    "sdxl": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},
+}
+
+
+def check_extras(family: str, *, clip_skip: int | None, freeu: bool, detail_guidance: float | None,
+                 inpainting: bool) -> list[tuple[str, str]]:
+    """(field, why) for each guidance extra ``family`` cannot use; empty when all can be used."""
+    have = FAMILY_EXTRAS.get(family, frozenset())
+    problems = []
+    if clip_skip is not None and clip_skip > 1 and "clip_skip" not in have:
+        problems.append(("clip_skip", f"{family} models have no CLIP text encoder to skip layers of; leave clip_skip out"))
+    if freeu and "freeu" not in have:
+        problems.append(("freeu", f"FreeU works on UNets (sd, sdxl), not on {family} models"))
+    if detail_guidance:
+        if "detail_guidance" not in have:
+            problems.append(("detail_guidance", f"detail guidance (perturbed attention) is not available for {family} models"))
+        elif inpainting and "detail_guidance_inpaint" not in have:
+            problems.append(("detail_guidance", f"detail guidance is not available for {family} inpainting or outpainting"))
+    return problems
+
+
+#: Above this many pixels the VAE decodes in tiles (diffusers' enable_tiling).
+LARGE_IMAGE_PIXELS = 2_097_152
+
+
 @dataclass(frozen=True)
 class RenderParams:
     prompt: str
@@ -148,6 +189,9 @@ class RenderParams:
     seed: int
     num_images: int = 1
     same_seed: bool = False
+    clip_skip: int | None = None  # 1 = the last layer (no skip)
+    freeu: bool = False
+    detail_guidance: float | None = None  # perturbed-attention guidance scale; None or 0 = off
 
 
 # --------------------------------------------------------------------------- samplers
@@ -398,8 +442,6 @@ def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dt
         pipe = _LOADERS[family](os.fspath(path), dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    # TODO: on CUDA, large sizes may want pipe.enable_attention_slicing() and
-    # pipe.vae.enable_tiling() (decided per job from width*height and free VRAM).
     logger.info("loaded %s pipeline from %s on %s as %s", family, path, device, dtype)
     return pipe
 
@@ -469,21 +511,35 @@ class ImageInputs:
         return "inpaint" if self.mask is not None else "img2img"
 
 
-def derived_pipeline(pipe, kind: str):
-    """The image-to-image or inpainting pipeline of a loaded text-to-image one.
+def derived_pipeline(pipe, kind: str, pag: bool = False):
+    """The image-to-image, inpainting or perturbed-attention pipeline of a loaded text-to-image one.
 
-    ``from_pipe`` shares every component (no extra weights in memory); the
-    result is kept on the pipeline object, so a worker builds it once.
+    ``kind`` is "text2img", "img2img" or "inpaint". ``from_pipe`` shares every
+    component (no extra weights in memory); the result is kept on the
+    pipeline object, so a worker builds each once.
     """
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
+    if kind == "text2img" and not pag:
+        return pipe
     cache = pipe.__dict__.setdefault("_farm_derived", {})
-    if kind not in cache:
-        auto = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[kind]
-        derived = auto.from_pipe(pipe)
+    if (kind, pag) not in cache:
+        auto = {"text2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting}[kind]
+        derived = auto.from_pipe(pipe, enable_pag=True) if pag else auto.from_pipe(pipe)
         derived.set_progress_bar_config(disable=True)
-        cache[kind] = derived
-    return cache[kind]
+        cache[(kind, pag)] = derived
+    return cache[(kind, pag)]
+
+
+def _alias_clip_text_model(text_encoder) -> None:
+    """SD's clip-skip path in diffusers 0.42 reads ``text_encoder.text_model.final_layer_norm``;
+    transformers 5 flattened CLIPTextModel (its final_layer_norm is on the model
+    itself). Point ``text_model`` at the model, outside the module tree (a plain
+    attribute, not a submodule, so parameters are not listed twice)."""
+    if text_encoder is None or hasattr(text_encoder, "text_model") or not hasattr(text_encoder, "final_layer_norm"):
+        return
+    object.__setattr__(text_encoder, "text_model", text_encoder)
 
 
 def _call_parameters(target) -> set[str]:
@@ -515,12 +571,17 @@ def render(
     problem = check_sampler(family, params.sampler, params.scheduler)
     if problem:
         raise ValueError(problem)
+    problems = check_extras(family, clip_skip=params.clip_skip, freeu=params.freeu,
+                            detail_guidance=params.detail_guidance, inpainting=inputs is not None and inputs.mask is not None)
+    if problems:
+        raise ValueError("; ".join(why for _, why in problems))
 
     seeds = _image_seeds(params)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     # Image-to-image work runs the derived pipeline; its scheduler is swapped
     # like the base one's (from_pipe gave it the same scheduler object).
-    target = pipe if inputs is None else derived_pipeline(pipe, inputs.kind)
+    detail = bool(params.detail_guidance)
+    target = derived_pipeline(pipe, "text2img" if inputs is None else inputs.kind, pag=detail)
     original = target.scheduler
     scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
@@ -551,6 +612,20 @@ def render(
         # SD's img2img pipeline takes its size from the image.
         accepted = _call_parameters(target)
         call_kwargs = {k: v for k, v in call_kwargs.items() if k in accepted}
+    if params.clip_skip is not None and params.clip_skip > 1:
+        # diffusers counts the layers skipped: clip_skip=1 there is our 2.
+        call_kwargs["clip_skip"] = params.clip_skip - 1
+        _alias_clip_text_model(getattr(target, "text_encoder", None))
+    if detail:
+        call_kwargs["pag_scale"] = float(params.detail_guidance)
+    if params.freeu:
+        # FreeU changes the shared UNet in place: on for this call only.
+        target.enable_freeu(**FREEU_SETTINGS[family])
+    # Large images decode tile by tile, so the VAE's activations (which grow
+    # with the pixel count) stay bounded up to 4 megapixels.
+    tiled_vae = params.width * params.height > LARGE_IMAGE_PIXELS and hasattr(getattr(target, "vae", None), "enable_tiling")
+    if tiled_vae:
+        target.vae.enable_tiling()
     target.scheduler = scheduler
     try:
         # FLUX's and SD3's pipelines call scheduler.step without the
@@ -562,6 +637,10 @@ def render(
             result = target(**call_kwargs)
     finally:
         target.scheduler = original
+        if params.freeu:
+            target.disable_freeu()
+        if tiled_vae:
+            target.vae.disable_tiling()
     return list(result.images)
 
 
@@ -636,7 +715,10 @@ __all__ = [
     "FAMILY_SAMPLERS",
     "FLOW_FAMILIES",
     "FLOW_SAMPLERS",
+    "FAMILY_EXTRAS",
+    "FREEU_SETTINGS",
     "ImageInputs",
+    "check_extras",
     "derived_pipeline",
     "IMAGE_FORMATS",
     "SAMPLERS",

@@ -132,6 +132,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             prompt=params["final_prompt"], negative_prompt=params["final_negative_prompt"], width=params["width"],
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
+            clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:

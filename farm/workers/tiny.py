@@ -346,7 +346,7 @@ def _build_sd3(seed: int) -> StableDiffusion3Pipeline:
         sample_size=64 // _vae_scale_factor(),
         patch_size=2,
         in_channels=4,
-        num_layers=1,
+        num_layers=2,  # perturbed-attention guidance perturbs block 1 by default
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=_TEXT_HIDDEN,

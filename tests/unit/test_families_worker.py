@@ -166,3 +166,30 @@ def test_variant_mistakes_are_refused_with_the_choices(farm, tiny_dirs):
     assert ok.model_id == "flux-dev"
     # Naming a variant's id picks it directly.
     assert job_service.submit_job(ctx, user, {"prompt": "a cat", "model": "flux-schnell", "width": 64, "height": 64}).params["steps"] == 4
+
+
+def test_guidance_extras_go_through_the_worker_into_the_lineage(farm):
+    ctx, user, runtime = farm
+    plain = run_job(ctx, user, runtime, {"prompt": "a cat", "model": "tiny-sdxl", "width": 64, "height": 64, "steps": 2, "seed": 4})
+    extra = run_job(ctx, user, runtime, {"prompt": "a cat", "model": "tiny-sdxl", "width": 64, "height": 64, "steps": 2,
+                                         "seed": 4, "clip_skip": 2, "freeu": True, "detail_guidance": 2.5})
+    [(plain_key, plain_lineage)] = plain.loaded_outputs
+    [(key, lineage)] = extra.loaded_outputs
+    assert {k: lineage["params"][k] for k in ("clip_skip", "freeu", "detail_guidance")} == \
+        {"clip_skip": 2, "freeu": True, "detail_guidance": 2.5}
+    assert "clip_skip" not in plain_lineage["params"]
+    assert ctx.storage.get(key) != ctx.storage.get(plain_key)
+
+
+@pytest.mark.parametrize(("model", "fields", "field"), [
+    ("flux", {"freeu": True}, "freeu"),
+    ("flux", {"detail_guidance": 2.0}, "detail_guidance"),
+    ("flux", {"clip_skip": 2}, "clip_skip"),
+    ("sd3", {"freeu": True}, "freeu"),
+    ("sd", {"clip_skip": 0}, "clip_skip"),
+])
+def test_extras_a_family_cannot_use_are_refused(farm, model, fields, field):
+    ctx, user, _ = farm
+    with pytest.raises(RequestError) as caught:
+        job_service.submit_job(ctx, user, {"prompt": "a cat", "model": f"tiny-{model}", "width": 64, "height": 64, **fields})
+    assert field in {p.field for p in caught.value.problems}

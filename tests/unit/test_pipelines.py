@@ -405,3 +405,62 @@ def test_encode_lossy_formats(pipes, fmt):
 def test_encode_rejects_unknown_format():
     with pytest.raises(ValueError, match="'gif'"):
         encode_image(Image.new("RGB", (8, 8)), "gif", {})
+
+
+# --------------------------------------------------------------------------- guidance extras
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_clip_skip_changes_the_image_and_one_means_none(pipes, family):
+    base = render(pipes[family], params())[0]
+    assert np.array_equal(pixels(base), pixels(render(pipes[family], params(clip_skip=1))[0]))
+    assert not np.array_equal(pixels(base), pixels(render(pipes[family], params(clip_skip=2))[0]))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_freeu_is_on_for_one_render_only(pipes, family):
+    base = render(pipes[family], params())[0]
+    with_freeu = render(pipes[family], params(freeu=True))[0]
+    assert not np.array_equal(pixels(base), pixels(with_freeu))
+    # The shared UNet is back to normal afterwards.
+    assert np.array_equal(pixels(base), pixels(render(pipes[family], params())[0]))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_detail_guidance_runs_the_perturbed_attention_pipeline(pipes, family):
+    base = render(pipes[family], params())[0]
+    detailed = render(pipes[family], params(detail_guidance=3.0))[0]
+    assert not np.array_equal(pixels(base), pixels(detailed))
+    assert np.array_equal(pixels(detailed), pixels(render(pipes[family], params(detail_guidance=3.0))[0]))
+    assert "PAG" in type(P.derived_pipeline(pipes[family], "text2img", pag=True)).__name__
+    # The base pipeline is untouched: its attention is not perturbed.
+    assert np.array_equal(pixels(base), pixels(render(pipes[family], params())[0]))
+
+
+def test_extras_a_family_lacks_are_refused(pipes):
+    with pytest.raises(ValueError, match="FreeU works on UNets"):
+        render(pipes["flux"], params(freeu=True))
+    with pytest.raises(ValueError, match="not available for flux"):
+        render(pipes["flux"], params(detail_guidance=2.0))
+    with pytest.raises(ValueError, match="no CLIP text encoder"):
+        render(pipes["flux"], params(clip_skip=2))
+    assert P.check_extras("sd3", clip_skip=None, freeu=False, detail_guidance=2.0, inpainting=True) == [
+        ("detail_guidance", "detail guidance is not available for sd3 inpainting or outpainting")]
+
+
+def test_large_images_decode_with_a_tiled_vae(pipes, monkeypatch):
+    monkeypatch.setattr(P, "LARGE_IMAGE_PIXELS", 64 * 64)
+    pipe = pipes["sd"]
+    seen = []
+    original_decode = pipe.vae.decode
+
+    def spy(*args, **kwargs):
+        seen.append(pipe.vae.use_tiling)
+        return original_decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", spy)
+    (image,) = render(pipe, params(width=160, height=128))
+    assert image.size == (160, 128) and pixels(image).std() > 1.0
+    render(pipe, params(width=64, height=64))
+    assert seen == [True, False]
+    assert pipe.vae.use_tiling is False
