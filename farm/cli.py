@@ -479,6 +479,55 @@ def models_tiny(directory: Path, family: str, seed: int, variant: str | None) ->
     click.echo(f"wrote a tiny random-weight {family}{' ' + variant if variant else ''} pipeline to {path}")
 
 
+@main.group()
+def loras() -> None:
+    """The LoRA registry: adapters requests apply with a weight."""
+
+
+@loras.command("add")
+@click.argument("lora_id")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), required=True, help="Model family the LoRA was trained for.")
+@click.option("--description", default="", help="Free text shown in listings.")
+@friendly_errors
+def loras_add(lora_id: str, source: Path, family: str, description: str) -> None:
+    """Register LORA_ID from SOURCE: a folder with one .safetensors file, or the file."""
+    from farm.loras import add_lora
+
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        entry = add_lora(session, lora_id, str(source), family=family, description=description)
+    click.echo(f"registered LoRA {entry.id} ({entry.family}, sha256 {entry.weights_sha256[:12]}) from {entry.source}")
+
+
+@loras.command("list")
+@friendly_errors
+def loras_list() -> None:
+    """List registered LoRAs."""
+    from farm.loras import list_loras
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        rows = list_loras(session)
+    if not rows:
+        click.echo("no LoRAs registered; add one with 'farm loras add ID SOURCE --family F'")
+    for row in rows:
+        click.echo(f"{row.id}\t{row.family}\t{row.weights_sha256[:12]}\t{row.source}\t{row.description}")
+
+
+@loras.command("tiny")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default="sd", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def loras_tiny(directory: Path, family: str, seed: int) -> None:
+    """Write a random LoRA for the tiny FAMILY pipeline to DIRECTORY (tests and the demo)."""
+    from farm.workers.tiny import write_tiny_lora
+
+    path = write_tiny_lora(directory, family=family, seed=seed)
+    click.echo(f"wrote a tiny random {family} LoRA to {path}")
+
+
 # ---------------------------------------------------------------------- client
 
 

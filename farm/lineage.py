@@ -40,7 +40,7 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
-    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance"):
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras"):
         if params.get(extra):
             resolved[extra] = params[extra]
     return resolved
@@ -62,6 +62,9 @@ def parameters_text(params: dict[str, Any], model_id: str) -> str:
         f"Model: {model_id}",
         f"Version: farm {farm.__version__}",
     ]
+    if params.get("loras"):
+        settings.insert(5, "Lora hashes: " + ", ".join(f"{l['name']}:{l['sha256'][:12]}" for l in params["loras"]))
+        settings.insert(6, "Loras: " + ", ".join(f"{l['name']}:{l['weight']}" for l in params["loras"]))
     task = params.get("image_task")
     if task:
         settings.insert(5, f"Denoising strength: {task['strength']}")

@@ -167,6 +167,19 @@ class ModelEntry(Timestamped, Base):
     __table_args__ = (UniqueConstraint("base", "variant"),)
 
 
+class LoraEntry(Timestamped, Base):
+    """A LoRA adapter a request can apply to models of its family, with a weight."""
+
+    __tablename__ = "loras"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))  # a local folder holding one LoRA weights file
+    family: Mapped[str] = mapped_column(String(16))
+    weights_file: Mapped[str] = mapped_column(String(255))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
 class Worker(Timestamped, Base):
     __tablename__ = "workers"
 

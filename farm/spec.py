@@ -81,6 +81,16 @@ class RequestError(Exception):
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
 
 
+class LoraRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    weight: float = Field(default=1.0, ge=-2, le=2)
+
+
+MAX_LORAS = 5
+
+
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -104,6 +114,7 @@ class GenerationRequest(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     # Guidance extras: CLIP skip (1 = last layer), FreeU, and detail guidance
     # (perturbed-attention guidance scale, 0 = off).
+    loras: list[LoraRequest] = Field(default_factory=list, max_length=MAX_LORAS)
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     freeu: bool = False
     detail_guidance: float | None = Field(default=None, ge=0, le=10)
@@ -194,6 +205,7 @@ def resolve_request(
     resources=None,
     source: SourceImage | None = None,
     mask: SourceImage | None = None,
+    loras: dict | None = None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
     submitted = req.model_dump(exclude_unset=True)
@@ -267,6 +279,7 @@ def resolve_request(
         problems.extend(FieldProblem(name, why) for name, why in check_extras(
             model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
             inpainting=inpainting))
+    chosen_loras = _resolve_loras(req, model, loras or {}, settings, problems) if model is not None else []
     if problems:
         raise RequestError(problems)
 
@@ -312,6 +325,8 @@ def resolve_request(
             params[name] = getattr(req, name)
     if req.freeu:
         params["freeu"] = True
+    if chosen_loras:
+        params["loras"] = chosen_loras
     return ResolvedRequest(
         request=submitted,
         params=params,
@@ -323,6 +338,35 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+def _resolve_loras(req: GenerationRequest, model: ModelInfo, loras: dict, settings,
+                   problems: list[FieldProblem]) -> list[dict[str, Any]]:
+    """The LoRAs the job applies (the request's, then the performance mode's accelerator), checked."""
+    chosen: list[dict[str, Any]] = []
+    wanted = [(f"loras.{i}.name", item.name, item.weight, False) for i, item in enumerate(req.loras)]
+    accelerator = settings.accelerator_loras.get(model.family, {}).get(req.performance or "")
+    if accelerator and accelerator not in {item.name for item in req.loras}:
+        wanted.append(("performance", accelerator, 1.0, True))
+    seen: set[str] = set()
+    for where, name, weight, is_accelerator in wanted:
+        info = loras.get(name)
+        if info is None:
+            known = ", ".join(sorted(n for n, i in loras.items() if i.family == model.family)) or "none registered (farm loras add ...)"
+            what = f"the accelerator LoRA {name!r} configured for {model.family} {req.performance} is not registered" \
+                if is_accelerator else f"unknown LoRA {name!r}; {model.family} LoRAs: {known}"
+            problems.append(FieldProblem(where, what))
+            continue
+        if info.family != model.family:
+            problems.append(FieldProblem(where, f"LoRA {name!r} is for {info.family} models, not {model.family} ({model.id})"))
+            continue
+        if name in seen:
+            problems.append(FieldProblem(where, f"LoRA {name!r} is listed twice"))
+            continue
+        seen.add(name)
+        chosen.append({"name": name, "weight": weight, "sha256": info.weights_sha256, "source": info.source,
+                       "file": info.weights_file, "accelerator": is_accelerator})
+    return chosen
 
 
 def _pick_variant(models: dict[str, ModelInfo], name: str | None, variant: str | None,

@@ -50,6 +50,7 @@ def build_document() -> dict:
             "/api/v1/outputs/{output_id}": {"get": _op("The lineage record of one image")},
             "/api/v1/outputs/{output_id}/rerender": {"post": _op("Render again from the lineage; the job reports rerender_matches", "202", errors=(401, 404, 429))},
             "/api/v1/outputs/{output_id}/image": {"get": _op("The image (a redirect to a presigned URL on S3)")},
+            "/api/v1/loras": {"get": _op("Registered LoRAs: id, family, weights sha256")},
             "/api/v1/uploads": {"post": _op("Upload a source image or mask (raw body or multipart field 'file'); 201 {id, width, height, byte_size}", "201", errors=(400, 401, 413, 422))},
             "/api/v1/workers": {"get": _op("Workers with VRAM and models held", errors=(401,))},
             "/api/v1/workers/{worker_id}/drain": {"post": _op("Drain a worker: finish current work, take no more (admin)", errors=(401, 403, 404, 409))},

@@ -43,6 +43,17 @@ def resume_worker(worker_id: str):
     return jsonify({"id": worker.id, "state": worker_state(worker)})
 
 
+@bp.get("/loras")
+@require_user
+def list_loras():
+    from farm.loras import list_loras as registered
+
+    with farm_context().db.session() as session:
+        rows = registered(session)
+    return jsonify({"loras": [{"id": r.id, "family": r.family, "weights_sha256": r.weights_sha256,
+                               "description": r.description} for r in rows]})
+
+
 @bp.get("/models")
 @require_user
 def list_models():

@@ -26,6 +26,7 @@ from farm import states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, utcnow
+from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
 from farm.services.quotas import Cost, reserve
@@ -156,11 +157,12 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
     requests_ = expand(req)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
+        loras = lora_infos(session)
         rows, images, gpu_s, largest, most_steps = [], 0, 0.0, 0, 0
         by_model: dict[str, tuple[int, float]] = {}
         for number, payload in enumerate(requests_, start=1):
             try:
-                resolved = resolve_request(parse_request(payload), infos, ctx.settings)
+                resolved = resolve_request(parse_request(payload), infos, ctx.settings, loras=loras)
             except RequestError as exc:
                 where = f"job {number} of {len(requests_)}"
                 raise RequestError([FieldProblem(f"{where}: {p.field}", p.message) for p in exc.problems]) from None

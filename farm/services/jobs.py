@@ -16,6 +16,7 @@ from farm import states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, Output, User
 from farm.costs import estimate_render_s
+from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm.services.quotas import Cost, reserve
 from farm.spec import FieldProblem, RequestError, SourceImage, parse_request, resolve_request
@@ -67,7 +68,8 @@ def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
     with ctx.db.transaction() as session:
         infos = model_infos(session)
         source, mask = _image_sources(ctx, session, user, req) if req.image_mode else (None, None)
-        resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask)
+        resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask,
+                                   loras=lora_infos(session) if req.loras or req.performance else None)
         estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
                                      resolved.num_images)
         job = Job(

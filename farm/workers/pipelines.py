@@ -192,6 +192,8 @@ class RenderParams:
     clip_skip: int | None = None  # 1 = the last layer (no skip)
     freeu: bool = False
     detail_guidance: float | None = None  # perturbed-attention guidance scale; None or 0 = off
+    # LoRAs as the job's params hold them: {"name", "weight", "sha256", "source", "file"}.
+    loras: tuple = ()
 
 
 # --------------------------------------------------------------------------- samplers
@@ -542,6 +544,41 @@ def _alias_clip_text_model(text_encoder) -> None:
     object.__setattr__(text_encoder, "text_model", text_encoder)
 
 
+class LoraIntegrityError(Exception):
+    """A LoRA file's sha256 differs from the one the registry recorded."""
+
+
+def apply_loras(pipe, loras) -> None:
+    """Load each of the job's LoRAs once per pipeline and activate them with their weights.
+
+    Adapters stay loaded (keyed by sha256) for later jobs; a job without LoRAs
+    turns them all off, so it renders exactly as the bare model.
+    """
+    import hashlib
+
+    loaded: dict[str, str] = pipe.__dict__.setdefault("_farm_loras", {})
+    if not loras:
+        if loaded:
+            pipe.disable_lora()
+        return
+    names = []
+    for lora in loras:
+        name = loaded.get(lora["sha256"])
+        if name is None:
+            path = os.path.join(lora["source"], lora["file"])
+            with open(path, "rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            if actual != lora["sha256"]:
+                raise LoraIntegrityError(f"LoRA {lora['name']} at {path} has sha256 {actual}, not the registered {lora['sha256']}")
+            name = f"lora_{len(loaded)}"
+            pipe.load_lora_weights(lora["source"], weight_name=lora["file"], adapter_name=name)
+            loaded[lora["sha256"]] = name
+            logger.info("loaded LoRA %s as adapter %s", lora["name"], name)
+        names.append(name)
+    pipe.enable_lora()
+    pipe.set_adapters(names, [float(lora["weight"]) for lora in loras])
+
+
 def _call_parameters(target) -> set[str]:
     return set(inspect.signature(target.__call__).parameters)
 
@@ -576,6 +613,7 @@ def render(
     if problems:
         raise ValueError("; ".join(why for _, why in problems))
 
+    apply_loras(pipe, params.loras)
     seeds = _image_seeds(params)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     # Image-to-image work runs the derived pipeline; its scheduler is swapped
@@ -718,6 +756,8 @@ __all__ = [
     "FAMILY_EXTRAS",
     "FREEU_SETTINGS",
     "ImageInputs",
+    "LoraIntegrityError",
+    "apply_loras",
     "check_extras",
     "derived_pipeline",
     "IMAGE_FORMATS",

@@ -133,6 +133,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
+            loras=tuple(params.get("loras", ())),
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:

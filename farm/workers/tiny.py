@@ -425,3 +425,28 @@ def write_tiny_model(directory: str | os.PathLike, family: str = "sd", seed: int
     (path / FARM_MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote tiny %s model to %s", family, path)
     return path
+
+
+def write_tiny_lora(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> pathlib.Path:
+    """A random LoRA (rank 4 on the attention projections) for the tiny ``family`` pipeline.
+
+    Saved with the pipeline class's ``save_lora_weights``, so it loads with
+    ``load_lora_weights`` like a published LoRA. Needs peft.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    _check_family(family)
+    pipe = build_tiny_pipeline(family, seed=seed)
+    denoiser = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    torch.manual_seed(seed)
+    # init_lora_weights=False: random B as well as A, so the LoRA changes the output.
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                    init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    path = pathlib.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    key = "unet_lora_layers" if family in ("sd", "sdxl") else "transformer_lora_layers"
+    type(pipe).save_lora_weights(path, **{key: layers})
+    logger.info("wrote tiny %s LoRA to %s", family, path)
+    return path

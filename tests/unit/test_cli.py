@@ -47,3 +47,22 @@ def test_campaign_submit_reports_unreachable_farm(run, tmp_path):
     spec.write_text("{not json")
     result = run("campaign", "submit", str(spec), "--api", "http://127.0.0.1:9", "--token", "t")
     assert result.exit_code == 1 and "is not JSON" in result.output
+
+
+def test_loras_and_variants_from_the_command_line(run, tmp_path):
+    assert "no LoRAs registered" in run("loras", "list").output
+    assert run("loras", "tiny", str(tmp_path / "lora"), "--family", "sd").exit_code == 0
+    added = run("loras", "add", "ink", str(tmp_path / "lora"), "--family", "sd")
+    assert added.exit_code == 0 and "registered LoRA ink (sd, sha256" in added.output
+    assert "ink\tsd\t" in run("loras", "list").output
+    again = run("loras", "add", "ink", str(tmp_path / "lora"), "--family", "sd")
+    assert again.exit_code == 1 and "already registered" in again.output and "Traceback" not in again.output
+    (tmp_path / "two").mkdir()
+    assert "exactly one .safetensors" in run("loras", "add", "x", str(tmp_path / "two"), "--family", "sd").output
+
+    assert run("models", "tiny", str(tmp_path / "schnell"), "--family", "flux", "--variant", "schnell").exit_code == 0
+    bad = run("models", "tiny", str(tmp_path / "pro"), "--family", "flux", "--variant", "pro")
+    assert bad.exit_code == 1 and "has no variant 'pro'" in bad.output
+    added = run("models", "add", "flux-schnell", str(tmp_path / "schnell"))
+    assert added.exit_code == 0 and "variant schnell of flux" in added.output
+    assert "flux:schnell" in run("models", "list").output and "4 steps" in run("models", "list").output
