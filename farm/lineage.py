@@ -40,7 +40,7 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
-    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras"):
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts"):
         if params.get(extra):
             resolved[extra] = params[extra]
     return resolved

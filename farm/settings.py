@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")
     max_upload_bytes: int = Field(default=20_971_520, gt=0, description="Largest image accepted by POST /api/v1/uploads.")
     accelerator_loras: dict[str, dict[str, str]] = Field(default_factory=dict, description='Accelerating LoRA per family and performance mode, as JSON: {"sdxl": {"lightning": "sdxl-lightning-4step", "extreme_speed": "lcm-sdxl"}}; each a registered LoRA id.')
+    ip_adapters: dict[str, str] = Field(default_factory=dict, description='IP-Adapter per family for image prompts, as JSON: {"sdxl": "/models/ip-adapter-sdxl"}; each a folder with one .safetensors adapter file and an image_encoder/ folder.')
     upscale_tile_pixels: int = Field(default=1_048_576, gt=0, description="Upscales larger than this (width*height) are refined tile by tile, each tile at most this size.")
     max_steps: int = Field(default=150, gt=0, description="Most sampling steps a request may ask for.")
     max_images_per_job: int = Field(default=8, gt=0, description="Most images one job may ask for.")

@@ -89,6 +89,14 @@ class LoraRequest(BaseModel):
 
 
 MAX_LORAS = 5
+MAX_IMAGE_PROMPTS = 4
+
+
+class ImagePromptRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None  # an upload id
+    parent_output: str | None = None  # or an output id
 
 
 class GenerationRequest(BaseModel):
@@ -115,6 +123,10 @@ class GenerationRequest(BaseModel):
     # Guidance extras: CLIP skip (1 = last layer), FreeU, and detail guidance
     # (perturbed-attention guidance scale, 0 = off).
     loras: list[LoraRequest] = Field(default_factory=list, max_length=MAX_LORAS)
+    # Image prompts: reference images steering the result through the
+    # family's IP-Adapter, all at one weight.
+    image_prompts: list[ImagePromptRequest] = Field(default_factory=list, max_length=MAX_IMAGE_PROMPTS)
+    image_prompt_weight: float = Field(default=0.6, ge=0, le=2)
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     freeu: bool = False
     detail_guidance: float | None = Field(default=None, ge=0, le=10)
@@ -206,6 +218,7 @@ def resolve_request(
     source: SourceImage | None = None,
     mask: SourceImage | None = None,
     loras: dict | None = None,
+    image_prompts: list[SourceImage] | None = None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
     submitted = req.model_dump(exclude_unset=True)
@@ -280,6 +293,12 @@ def resolve_request(
             model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
             inpainting=inpainting))
     chosen_loras = _resolve_loras(req, model, loras or {}, settings, problems) if model is not None else []
+    if req.image_prompts and model is not None:
+        if model.family not in settings.ip_adapters:
+            configured = ", ".join(sorted(settings.ip_adapters)) or "none"
+            problems.append(FieldProblem("image_prompts", f"image prompts need an IP-Adapter for {model.family} models; this farm has one for: {configured} (FARM_IP_ADAPTERS)"))
+        elif image_prompts is None or len(image_prompts) != len(req.image_prompts):
+            problems.append(FieldProblem("image_prompts", "image prompts are submitted one job at a time through POST /api/v1/jobs"))
     if problems:
         raise RequestError(problems)
 
@@ -327,6 +346,12 @@ def resolve_request(
         params["freeu"] = True
     if chosen_loras:
         params["loras"] = chosen_loras
+    if req.image_prompts and image_prompts:
+        params["image_prompts"] = {
+            "adapter": settings.ip_adapters[model.family],
+            "weight": req.image_prompt_weight,
+            "images": [{"key": p.object_key, "parent_output": p.parent_output, "upload": p.upload} for p in image_prompts],
+        }
     return ResolvedRequest(
         request=submitted,
         params=params,

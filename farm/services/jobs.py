@@ -63,13 +63,37 @@ def _image_sources(ctx: FarmContext, session: Session, user: User, req) -> tuple
     return source, mask
 
 
+def _image_prompt_sources(ctx: FarmContext, session: Session, user: User, req) -> list[SourceImage]:
+    """Each image prompt as a stored image this user may read."""
+    from farm.services.uploads import find_upload
+
+    found = []
+    for i, prompt in enumerate(req.image_prompts):
+        where = f"image_prompts.{i}"
+        if (prompt.image is None) == (prompt.parent_output is None):
+            raise RequestError([FieldProblem(where, "give image (an upload id) or parent_output (an output id), one of them")])
+        if prompt.image is not None:
+            found.append(find_upload(ctx, user, prompt.image, f"{where}.image"))
+            continue
+        output = None
+        try:
+            output = session.get(Output, uuid.UUID(str(prompt.parent_output)))
+        except ValueError:
+            pass
+        if output is None or not can_see(session, user, output.user_id):
+            raise RequestError([FieldProblem(f"{where}.parent_output", f"no output {prompt.parent_output} that you can see")])
+        found.append(SourceImage(output.object_key, output.width, output.height, parent_output=str(output.id)))
+    return found
+
+
 def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
     req = parse_request(payload)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
         source, mask = _image_sources(ctx, session, user, req) if req.image_mode else (None, None)
         resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask,
-                                   loras=lora_infos(session) if req.loras or req.performance else None)
+                                   loras=lora_infos(session) if req.loras or req.performance else None,
+                                   image_prompts=_image_prompt_sources(ctx, session, user, req) if req.image_prompts else None)
         estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
                                      resolved.num_images)
         job = Job(

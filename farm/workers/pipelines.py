@@ -194,6 +194,17 @@ class RenderParams:
     detail_guidance: float | None = None  # perturbed-attention guidance scale; None or 0 = off
     # LoRAs as the job's params hold them: {"name", "weight", "sha256", "source", "file"}.
     loras: tuple = ()
+    image_prompts: "ImagePrompts | None" = None
+
+
+@dataclass(frozen=True)
+class ImagePrompts:
+    """Reference images for the family's IP-Adapter (a folder with one
+    .safetensors adapter file and an image_encoder/ folder), at one weight."""
+
+    adapter: str
+    weight: float
+    images: tuple  # PIL images
 
 
 # --------------------------------------------------------------------------- samplers
@@ -579,6 +590,17 @@ def apply_loras(pipe, loras) -> None:
     pipe.set_adapters(names, [float(lora["weight"]) for lora in loras])
 
 
+def _load_ip_adapter(target, prompts: ImagePrompts) -> None:
+    folder = prompts.adapter
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if len(files) != 1:
+        raise ValueError(f"IP-Adapter folder {folder} must hold exactly one .safetensors file; found {len(files)}")
+    if not hasattr(target, "load_ip_adapter"):
+        raise ValueError(f"{type(target).__name__} takes no image prompts")
+    target.load_ip_adapter(folder, subfolder="", weight_name=files[0], image_encoder_folder="image_encoder")
+    target.set_ip_adapter_scale(float(prompts.weight))
+
+
 def _call_parameters(target) -> set[str]:
     return set(inspect.signature(target.__call__).parameters)
 
@@ -656,6 +678,10 @@ def render(
         _alias_clip_text_model(getattr(target, "text_encoder", None))
     if detail:
         call_kwargs["pag_scale"] = float(params.detail_guidance)
+    if params.image_prompts is not None:
+        _load_ip_adapter(target, params.image_prompts)
+        # One adapter, several images: their embeddings are stacked (a list per adapter).
+        call_kwargs["ip_adapter_image"] = [list(params.image_prompts.images)]
     if params.freeu:
         # FreeU changes the shared UNet in place: on for this call only.
         target.enable_freeu(**FREEU_SETTINGS[family])
@@ -679,6 +705,9 @@ def render(
             target.disable_freeu()
         if tiled_vae:
             target.vae.disable_tiling()
+        if params.image_prompts is not None:
+            # Off again, so the next job without image prompts renders as the bare model.
+            target.unload_ip_adapter()
     return list(result.images)
 
 
@@ -756,6 +785,7 @@ __all__ = [
     "FAMILY_EXTRAS",
     "FREEU_SETTINGS",
     "ImageInputs",
+    "ImagePrompts",
     "LoraIntegrityError",
     "apply_loras",
     "check_extras",

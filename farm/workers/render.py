@@ -16,7 +16,7 @@ from farm.models import Job, ModelEntry, Output
 from farm.storage import CONTENT_TYPES, output_key, sidecar_key
 from farm.spec import FAMILY_SIDE_MULTIPLE
 from farm.workers.img2img import render_task
-from farm.workers.pipelines import RenderCanceled, RenderParams, encode_image, render
+from farm.workers.pipelines import ImagePrompts, RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ def _image_inputs(runtime: WorkerRuntime, task: dict, params: dict, family: str)
     return prepare_inputs(task, source, mask, params["width"], params["height"], FAMILY_SIDE_MULTIPLE.get(family, 8))
 
 
+def _image_prompts(runtime: WorkerRuntime, spec: dict) -> ImagePrompts:
+    import io
+
+    import PIL.Image
+
+    images = tuple(PIL.Image.open(io.BytesIO(runtime.ctx.storage.get(item["key"]))).convert("RGB") for item in spec["images"])
+    return ImagePrompts(adapter=spec["adapter"], weight=float(spec["weight"]), images=images)
+
+
 def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str]) -> str:
     ctx = runtime.ctx
     params = job.params
@@ -125,6 +134,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     images = []
     task = params.get("image_task")
     inputs = _image_inputs(runtime, task, params, loaded.family) if task else None
+    image_prompts = _image_prompts(runtime, params["image_prompts"]) if params.get("image_prompts") else None
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
     for index in range(count):
@@ -133,7 +143,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
-            loras=tuple(params.get("loras", ())),
+            loras=tuple(params.get("loras", ())), image_prompts=image_prompts,
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:

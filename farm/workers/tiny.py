@@ -450,3 +450,52 @@ def write_tiny_lora(directory: str | os.PathLike, family: str = "sd", seed: int 
     type(pipe).save_lora_weights(path, **{key: layers})
     logger.info("wrote tiny %s LoRA to %s", family, path)
     return path
+
+
+def write_tiny_ip_adapter(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> pathlib.Path:
+    """A random IP-Adapter for the tiny ``family`` UNet, with a tiny CLIP image encoder.
+
+    The layout is what ``load_ip_adapter`` reads: ``ip_adapter.safetensors``
+    (an ``image_proj`` projection to 4 tokens and ``to_k_ip``/``to_v_ip`` for
+    every cross-attention layer, numbered 1, 3, 5, ... in processor order)
+    and ``image_encoder/``.
+    """
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if family not in ("sd", "sdxl"):
+        raise ValueError(f"tiny IP-Adapters exist for sd and sdxl, not {family!r}")
+    unet = build_tiny_pipeline(family, seed=seed).unet
+    cross, embed, tokens = unet.config.cross_attention_dim, _TEXT_HIDDEN, 4
+    channels = list(unet.config.block_out_channels)
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator) * 0.1
+
+    weights = {"image_proj.proj.weight": randn(tokens * cross, embed), "image_proj.proj.bias": torch.zeros(tokens * cross),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue  # self-attention takes no image tokens
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = channels[::-1][int(name.split(".")[1])]
+        else:
+            hidden = channels[int(name.split(".")[1])]
+        weights[f"ip_adapter.{key}.to_k_ip.weight"] = randn(hidden, cross)
+        weights[f"ip_adapter.{key}.to_v_ip.weight"] = randn(hidden, cross)
+        key += 2
+    path = pathlib.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / "ip_adapter.safetensors"))
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN, projection_dim=embed, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=4))
+    with quiet_progress_bars():
+        encoder.save_pretrained(path / "image_encoder")
+    logger.info("wrote tiny %s IP-Adapter to %s", family, path)
+    return path

@@ -8,19 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import states
 from farm.auth import create_user
 from farm.context import build_context
 from farm.events import LocalEvents
 from farm.loras import add_lora
-from farm.models import Job
 from farm.registry import RegistryError, add_model
 from farm.services import jobs as job_service
 from farm.spec import RequestError
-from farm.workers import render as render_module
 from farm.workers.pipelines import LoraIntegrityError, RenderParams, apply_loras, render
 from farm.workers.runtime import WorkerRuntime
 from farm.workers.tiny import build_tiny_pipeline, write_tiny_lora, write_tiny_model
+from tests.support.worker_jobs import submit_and_execute
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +50,8 @@ def farm(sqlite_settings, files):
 
 def run(farm, request):
     ctx, user, _, runtime = farm
-    job = job_service.submit_job(ctx, user, request)
-    with ctx.db.transaction() as session:
-        states.assign_job(session, job.id, 1, "w1", 30)
-    assert render_module.execute_job(runtime, job.id, 1) == "succeeded"
-    with ctx.db.session() as session:
-        output = session.get(Job, job.id).outputs[0]
-        return job, output.lineage, ctx.storage.get(output.object_key)
+    job, output, data = submit_and_execute(ctx, user, runtime, request)
+    return job, output.lineage, data
 
 
 def params(**overrides):
