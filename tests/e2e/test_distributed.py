@@ -21,7 +21,7 @@ LINEAGE_FIELDS = {
     "object_key", "sidecar_key", "content_sha256", "byte_size", "content_type",
 }
 # Fields that are legitimately empty for a plain text-to-image job of a local model.
-MAY_BE_EMPTY = {"campaign_id", "parent_output", "rerender_of"}
+MAY_BE_EMPTY = {"campaign_id", "parent_output", "source_upload", "rerender_of"}
 
 
 def small(**extra):
