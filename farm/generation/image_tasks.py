@@ -77,8 +77,3 @@ def outpaint_pads(source_w: int, source_h: int, directions: tuple[str, ...], mul
     left, right = axis(source_w, "left" in directions, "right" in directions)
     top, bottom = axis(source_h, "top" in directions, "bottom" in directions)
     return left, right, top, bottom
-
-
-def denoising_steps(steps: int, strength: float) -> int:
-    """Denoising iterations an img2img call runs: diffusers' int(steps x strength), at least 1."""
-    return max(1, min(steps, int(steps * strength)))

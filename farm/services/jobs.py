@@ -39,21 +39,26 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise NotFoundError(f"no {what} {value!r}") from None
 
 
+def _output_source(session: Session, user: User, value: str, field: str) -> SourceImage:
+    """An output this user can see, as a source image; else a RequestError naming ``field``."""
+    try:
+        output_id = uuid.UUID(str(value))
+    except ValueError:
+        raise RequestError([FieldProblem(field, f"{value!r} is not an output id")]) from None
+    output = session.get(Output, output_id)
+    if output is None or not can_see(session, user, output.user_id):
+        raise RequestError([FieldProblem(field, f"no output {value} that you can see")])
+    return SourceImage(object_key=output.object_key, width=output.width, height=output.height,
+                       parent_output=str(output.id))
+
+
 def _image_sources(ctx: FarmContext, session: Session, user: User, req) -> tuple[SourceImage | None, SourceImage | None]:
     """The source image and mask an image-to-image request names, looked up for this user."""
     from farm.services.uploads import find_upload
 
     source = mask = None
     if req.parent_output is not None:
-        try:
-            output_id = uuid.UUID(str(req.parent_output))
-        except ValueError:
-            raise RequestError([FieldProblem("parent_output", f"{req.parent_output!r} is not an output id")]) from None
-        output = session.get(Output, output_id)
-        if output is None or not can_see(session, user, output.user_id):
-            raise RequestError([FieldProblem("parent_output", f"no output {req.parent_output} that you can see")])
-        source = SourceImage(object_key=output.object_key, width=output.width, height=output.height,
-                             parent_output=str(output.id))
+        source = _output_source(session, user, req.parent_output, "parent_output")
     elif req.image is not None:
         source = find_upload(ctx, user, req.image, "image")
     if req.mask is not None and req.image_mode == "inpaint":  # elsewhere the request check refuses the mask
@@ -74,15 +79,8 @@ def _image_prompt_sources(ctx: FarmContext, session: Session, user: User, req) -
             raise RequestError([FieldProblem(where, "give image (an upload id) or parent_output (an output id), one of them")])
         if prompt.image is not None:
             found.append(find_upload(ctx, user, prompt.image, f"{where}.image"))
-            continue
-        output = None
-        try:
-            output = session.get(Output, uuid.UUID(str(prompt.parent_output)))
-        except ValueError:
-            pass
-        if output is None or not can_see(session, user, output.user_id):
-            raise RequestError([FieldProblem(f"{where}.parent_output", f"no output {prompt.parent_output} that you can see")])
-        found.append(SourceImage(output.object_key, output.width, output.height, parent_output=str(output.id)))
+        else:
+            found.append(_output_source(session, user, prompt.parent_output, f"{where}.parent_output"))
     return found
 
 

@@ -42,8 +42,7 @@ def prepare_inputs(task: dict, source: PIL.Image.Image, mask: PIL.Image.Image | 
         left, right, top, bottom = outpaint_pads(source.width, source.height, tuple(task["outpaint"]), multiple)
         pixels = np.asarray(source)
         canvas = np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
-        grown = np.zeros(canvas.shape[:2], dtype=np.uint8)
-        grown[:] = 255
+        grown = np.full(canvas.shape[:2], 255, dtype=np.uint8)
         inner = OUTPAINT_OVERLAP_PX
         y0, y1 = top + (inner if top else 0), top + source.height - (inner if bottom else 0)
         x0, x1 = left + (inner if left else 0), left + source.width - (inner if right else 0)

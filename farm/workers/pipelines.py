@@ -565,7 +565,7 @@ def apply_loras(pipe, loras) -> None:
     Adapters stay loaded (keyed by sha256) for later jobs; a job without LoRAs
     turns them all off, so it renders exactly as the bare model.
     """
-    import hashlib
+    from farm.loras import file_sha256
 
     loaded: dict[str, str] = pipe.__dict__.setdefault("_farm_loras", {})
     if not loras:
@@ -577,8 +577,7 @@ def apply_loras(pipe, loras) -> None:
         name = loaded.get(lora["sha256"])
         if name is None:
             path = os.path.join(lora["source"], lora["file"])
-            with open(path, "rb") as fh:
-                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            actual = file_sha256(path)
             if actual != lora["sha256"]:
                 raise LoraIntegrityError(f"LoRA {lora['name']} at {path} has sha256 {actual}, not the registered {lora['sha256']}")
             name = f"lora_{len(loaded)}"
@@ -590,14 +589,31 @@ def apply_loras(pipe, loras) -> None:
     pipe.set_adapters(names, [float(lora["weight"]) for lora in loras])
 
 
-def _load_ip_adapter(target, prompts: ImagePrompts) -> None:
-    folder = prompts.adapter
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if len(files) != 1:
-        raise ValueError(f"IP-Adapter folder {folder} must hold exactly one .safetensors file; found {len(files)}")
-    if not hasattr(target, "load_ip_adapter"):
-        raise ValueError(f"{type(target).__name__} takes no image prompts")
-    target.load_ip_adapter(folder, subfolder="", weight_name=files[0], image_encoder_folder="image_encoder")
+def _use_ip_adapter(pipe, target, prompts: ImagePrompts | None) -> None:
+    """Have the job's IP-Adapter loaded into ``target`` at its weight, or none at all.
+
+    An adapter stays loaded across images, tiles and jobs that use it; a
+    render without image prompts unloads it, so it runs as the bare model.
+    The record lives on the base pipeline, whose UNet every derived pipeline
+    shares: an adapter loaded through an img2img pipeline is unloaded before
+    a plain text-to-image render too.
+    """
+    loaded = pipe.__dict__.get("_farm_ip_adapter")  # (pipeline it was loaded into, folder)
+    wanted = (target, prompts.adapter) if prompts is not None else None
+    if loaded is not None and (wanted is None or loaded[0] is not wanted[0] or loaded[1] != wanted[1]):
+        loaded[0].unload_ip_adapter()
+        pipe.__dict__["_farm_ip_adapter"] = loaded = None
+    if prompts is None:
+        return
+    if loaded is None:
+        folder = prompts.adapter
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+        if len(files) != 1:
+            raise ValueError(f"IP-Adapter folder {folder} must hold exactly one .safetensors file; found {len(files)}")
+        if not hasattr(target, "load_ip_adapter"):
+            raise ValueError(f"{type(target).__name__} takes no image prompts")
+        target.load_ip_adapter(folder, subfolder="", weight_name=files[0], image_encoder_folder="image_encoder")
+        pipe.__dict__["_farm_ip_adapter"] = wanted
     target.set_ip_adapter_scale(float(prompts.weight))
 
 
@@ -678,8 +694,8 @@ def render(
         _alias_clip_text_model(getattr(target, "text_encoder", None))
     if detail:
         call_kwargs["pag_scale"] = float(params.detail_guidance)
+    _use_ip_adapter(pipe, target, params.image_prompts)
     if params.image_prompts is not None:
-        _load_ip_adapter(target, params.image_prompts)
         # One adapter, several images: their embeddings are stacked (a list per adapter).
         call_kwargs["ip_adapter_image"] = [list(params.image_prompts.images)]
     if params.freeu:
@@ -705,9 +721,6 @@ def render(
             target.disable_freeu()
         if tiled_vae:
             target.vae.disable_tiling()
-        if params.image_prompts is not None:
-            # Off again, so the next job without image prompts renders as the bare model.
-            target.unload_ip_adapter()
     return list(result.images)
 
 

@@ -99,3 +99,14 @@ def test_image_prompt_mistakes_are_refused(farm):
     assert "no upload" in refused(image_prompts=[{"image": "f" * 64}])
     assert "at most 4" in refused(image_prompts=[{"image": red}] * 5)
     assert "less than or equal to 2" in refused(image_prompts=[{"image": red}], image_prompt_weight=3)
+
+
+def test_an_adapter_loaded_for_a_variation_is_gone_for_the_next_plain_render(farm):
+    ctx, user, _, _ = farm
+    red = store_upload(ctx, user, png("red")).id
+    base = {"prompt": "a cat", "model": "tiny-sd", "width": 64, "height": 64, "steps": 2, "seed": 7}
+    first, plain = run(farm, base)
+    run(farm, {"prompt": "a cat", "model": "tiny-sd", "image_mode": "vary_subtle", "parent_output": first["output_id"],
+               "steps": 4, "image_prompts": [{"image": red}]})
+    _, again = run(farm, base)
+    assert again == plain
