@@ -612,7 +612,14 @@ def _use_ip_adapter(pipe, target, prompts: ImagePrompts | None) -> None:
             raise ValueError(f"IP-Adapter folder {folder} must hold exactly one .safetensors file; found {len(files)}")
         if not hasattr(target, "load_ip_adapter"):
             raise ValueError(f"{type(target).__name__} takes no image prompts")
-        target.load_ip_adapter(folder, subfolder="", weight_name=files[0], image_encoder_folder="image_encoder")
+        if pipeline_family(pipe) == "flux":
+            # FLUX's loader (XLabs layout) names the encoder folder by path and
+            # defaults it to fp16; keep it in the pipeline's dtype.
+            target.load_ip_adapter(folder, subfolder="", weight_name=files[0],
+                                   image_encoder_pretrained_model_name_or_path=os.path.join(folder, "image_encoder"),
+                                   image_encoder_dtype=target.transformer.dtype)
+        else:
+            target.load_ip_adapter(folder, subfolder="", weight_name=files[0], image_encoder_folder="image_encoder")
         pipe.__dict__["_farm_ip_adapter"] = wanted
     target.set_ip_adapter_scale(float(prompts.weight))
 

@@ -453,28 +453,51 @@ def write_tiny_lora(directory: str | os.PathLike, family: str = "sd", seed: int 
 
 
 def write_tiny_ip_adapter(directory: str | os.PathLike, family: str = "sd", seed: int = 0) -> pathlib.Path:
-    """A random IP-Adapter for the tiny ``family`` UNet, with a tiny CLIP image encoder.
+    """A random IP-Adapter for the tiny ``family`` pipeline, with a tiny CLIP image encoder.
 
     The layout is what ``load_ip_adapter`` reads: ``ip_adapter.safetensors``
-    (an ``image_proj`` projection to 4 tokens and ``to_k_ip``/``to_v_ip`` for
-    every cross-attention layer, numbered 1, 3, 5, ... in processor order)
-    and ``image_encoder/``.
+    and ``image_encoder/``. The file holds an ``image_proj`` projection of the
+    image embedding to 4 tokens, and key/value projections for those tokens:
+    on SD and SDXL ``to_k_ip``/``to_v_ip`` for every UNet cross-attention
+    layer, numbered 1, 3, 5, ... in processor order; on FLUX the same pair,
+    with biases, for every double-stream transformer block, numbered 0, 1, ...
     """
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    if family not in ("sd", "sdxl"):
-        raise ValueError(f"tiny IP-Adapters exist for sd and sdxl, not {family!r}")
-    unet = build_tiny_pipeline(family, seed=seed).unet
-    cross, embed, tokens = unet.config.cross_attention_dim, _TEXT_HIDDEN, 4
-    channels = list(unet.config.block_out_channels)
+    if family not in ("sd", "sdxl", "flux"):
+        raise ValueError(f"tiny IP-Adapters exist for sd, sdxl and flux, not {family!r}")
+    pipe = build_tiny_pipeline(family, seed=seed)
+    embed, tokens = _TEXT_HIDDEN, 4
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator) * 0.1
 
+    if family == "flux":
+        cross = pipe.transformer.config.joint_attention_dim
+        layers = _flux_ip_layers(pipe.transformer, cross, randn)
+    else:
+        cross = pipe.unet.config.cross_attention_dim
+        layers = _unet_ip_layers(pipe.unet, cross, randn)
     weights = {"image_proj.proj.weight": randn(tokens * cross, embed), "image_proj.proj.bias": torch.zeros(tokens * cross),
-               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross), **layers}
+    path = pathlib.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / "ip_adapter.safetensors"))
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN, projection_dim=embed, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=4))
+    with quiet_progress_bars():
+        encoder.save_pretrained(path / "image_encoder")
+    logger.info("wrote tiny %s IP-Adapter to %s", family, path)
+    return path
+
+
+def _unet_ip_layers(unet, cross: int, randn) -> dict[str, torch.Tensor]:
+    channels = list(unet.config.block_out_channels)
+    weights = {}
     key = 1
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
@@ -488,14 +511,14 @@ def write_tiny_ip_adapter(directory: str | os.PathLike, family: str = "sd", seed
         weights[f"ip_adapter.{key}.to_k_ip.weight"] = randn(hidden, cross)
         weights[f"ip_adapter.{key}.to_v_ip.weight"] = randn(hidden, cross)
         key += 2
-    path = pathlib.Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(path / "ip_adapter.safetensors"))
-    torch.manual_seed(seed)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN, projection_dim=embed, num_hidden_layers=2,
-        num_attention_heads=4, image_size=32, patch_size=4))
-    with quiet_progress_bars():
-        encoder.save_pretrained(path / "image_encoder")
-    logger.info("wrote tiny %s IP-Adapter to %s", family, path)
-    return path
+    return weights
+
+
+def _flux_ip_layers(transformer, cross: int, randn) -> dict[str, torch.Tensor]:
+    hidden = transformer.inner_dim
+    weights = {}
+    for key in range(len(transformer.transformer_blocks)):  # the single-stream blocks take no image tokens
+        for name in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{key}.{name}.weight"] = randn(hidden, cross)
+            weights[f"ip_adapter.{key}.{name}.bias"] = torch.zeros(hidden)
+    return weights

@@ -24,19 +24,20 @@ from tests.support.worker_jobs import submit_and_execute
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ip")
     return {"sd": write_tiny_model(root / "sd", family="sd"), "sdxl": write_tiny_model(root / "sdxl", family="sdxl"),
-            "flux": write_tiny_model(root / "flux", family="flux"),
+            "flux": write_tiny_model(root / "flux", family="flux"), "sd3": write_tiny_model(root / "sd3", family="sd3"),
             "ip-sd": write_tiny_ip_adapter(root / "ip-sd", family="sd"),
-            "ip-sdxl": write_tiny_ip_adapter(root / "ip-sdxl", family="sdxl")}
+            "ip-sdxl": write_tiny_ip_adapter(root / "ip-sdxl", family="sdxl"),
+            "ip-flux": write_tiny_ip_adapter(root / "ip-flux", family="flux")}
 
 
 @pytest.fixture()
 def farm(sqlite_settings, files):
     settings = sqlite_settings.model_copy(update={
         "device": "cpu", "worker_vram_gb": 4.0,
-        "ip_adapters": {"sd": str(files["ip-sd"]), "sdxl": str(files["ip-sdxl"])}})
+        "ip_adapters": {family: str(files[f"ip-{family}"]) for family in ("sd", "sdxl", "flux")}})
     ctx = build_context(settings, events=LocalEvents())
     with ctx.db.transaction() as session:
-        for family in ("sd", "sdxl", "flux"):
+        for family in ("sd", "sdxl", "flux", "sd3"):
             add_model(session, f"tiny-{family}", str(files[family]))
         user, _ = create_user(session, "ana")
         other, _ = create_user(session, "eve")
@@ -55,7 +56,7 @@ def run(farm, request) -> tuple[dict, bytes]:
     return output.lineage, data
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux"])
 def test_image_prompts_steer_the_render_and_are_recorded(farm, family):
     ctx, user, _, _ = farm
     red, blue = store_upload(ctx, user, png("red")).id, store_upload(ctx, user, png("blue")).id
@@ -92,8 +93,8 @@ def test_image_prompt_mistakes_are_refused(farm):
             job_service.submit_job(ctx, user, {"prompt": "a cat", "model": "tiny-sd", "width": 64, "height": 64, **fields})
         return str(caught.value)
 
-    assert "need an IP-Adapter for flux models; this farm has one for: sd, sdxl" in refused(
-        model="tiny-flux", image_prompts=[{"image": red}])
+    assert "need an IP-Adapter for sd3 models; this farm has one for: flux, sd, sdxl" in refused(
+        model="tiny-sd3", image_prompts=[{"image": red}])
     assert "one of them" in refused(image_prompts=[{"image": red, "parent_output": str(uuid.uuid4())}])
     assert "one of them" in refused(image_prompts=[{}])
     assert "no upload" in refused(image_prompts=[{"image": "f" * 64}])
@@ -101,12 +102,16 @@ def test_image_prompt_mistakes_are_refused(farm):
     assert "less than or equal to 2" in refused(image_prompts=[{"image": red}], image_prompt_weight=3)
 
 
-def test_an_adapter_loaded_for_a_variation_is_gone_for_the_next_plain_render(farm):
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_an_adapter_loaded_for_a_variation_is_gone_for_the_next_plain_render(farm, family):
     ctx, user, _, _ = farm
     red = store_upload(ctx, user, png("red")).id
-    base = {"prompt": "a cat", "model": "tiny-sd", "width": 64, "height": 64, "steps": 2, "seed": 7}
+    base = {"prompt": "a cat", "model": f"tiny-{family}", "width": 64, "height": 64, "steps": 2, "seed": 7}
     first, plain = run(farm, base)
-    run(farm, {"prompt": "a cat", "model": "tiny-sd", "image_mode": "vary_subtle", "parent_output": first["output_id"],
-               "steps": 4, "image_prompts": [{"image": red}]})
+    vary = {"prompt": "a cat", "model": f"tiny-{family}", "image_mode": "vary_subtle", "parent_output": first["output_id"],
+            "steps": 4, "seed": 3}
+    _, varied = run(farm, vary)
+    lineage, steered = run(farm, {**vary, "image_prompts": [{"image": red}], "image_prompt_weight": 1.0})
+    assert steered != varied and lineage["parent_output"] == first["output_id"]
     _, again = run(farm, base)
     assert again == plain
