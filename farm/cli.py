@@ -412,7 +412,7 @@ def models_list() -> None:
 @models.command("add")
 @click.argument("model_id")
 @click.argument("source")
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default=None, help="Pipeline family (read from a local folder when omitted).")
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3", "sdxl_refiner"]), default=None, help="Pipeline family (read from a local folder when omitted).")
 @click.option("--vram-gb", type=float, default=None, help="Estimated VRAM in GB (measured from local weights when omitted).")
 @click.option("--revision", default=None, help="Hub revision to pin (branch, tag or commit).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None, help="Weights dtype on CUDA.")
@@ -464,7 +464,7 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
 
 @models.command("tiny")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default="sd", show_default=True)
+@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3", "sdxl_refiner"]), default="sd", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--variant", default=None, help="flux: dev (guidance-distilled, the default) or schnell (few-step).")
 @friendly_errors

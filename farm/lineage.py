@@ -40,7 +40,7 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
-    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts"):
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts", "refiner"):
         if params.get(extra):
             resolved[extra] = params[extra]
     return resolved
@@ -69,6 +69,10 @@ def parameters_text(params: dict[str, Any], model_id: str) -> str:
     if task:
         settings.insert(5, f"Denoising strength: {task['strength']}")
         settings.insert(6, f"Image mode: {task['mode']}")
+    if params.get("refiner"):
+        # The names other tools use for an SDXL refiner pass.
+        settings.insert(-2, f"Refiner: {params['refiner']['model']}")
+        settings.insert(-2, f"Refiner switch at: {params['refiner']['switch']}")
     text = params["final_prompt"]
     if params.get("final_negative_prompt"):
         text += f"\nNegative prompt: {params['final_negative_prompt']}"

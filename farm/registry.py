@@ -17,16 +17,18 @@ from farm.spec import ModelInfo
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("sd", "sdxl", "flux", "sd3")
+FAMILIES = ("sd", "sdxl", "flux", "sd3", "sdxl_refiner")
 # Typical 16-bit footprints (GB) when the size cannot be measured from files.
-DEFAULT_VRAM_GB = {"sd": 2.2, "sdxl": 7.0, "flux": 24.0, "sd3": 16.0}
-DEFAULT_STEPS = {"sd": 25, "sdxl": 30, "flux": 28, "sd3": 28}
-DEFAULT_GUIDANCE = {"sd": 7.0, "sdxl": 7.0, "flux": 3.5, "sd3": 5.0}
+DEFAULT_VRAM_GB = {"sd": 2.2, "sdxl": 7.0, "flux": 24.0, "sd3": 16.0, "sdxl_refiner": 6.1}
+DEFAULT_STEPS = {"sd": 25, "sdxl": 30, "flux": 28, "sd3": 28, "sdxl_refiner": 30}
+DEFAULT_GUIDANCE = {"sd": 7.0, "sdxl": 7.0, "flux": 3.5, "sd3": 5.0, "sdxl_refiner": 7.0}
 _PIPELINE_CLASSES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "FluxPipeline": "flux",
     "StableDiffusion3Pipeline": "sd3",
+    # The published SDXL refiner is saved as an image-to-image pipeline.
+    "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner",
 }
 
 

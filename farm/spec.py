@@ -30,6 +30,9 @@ FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3":
 # Sides must be multiples of this: the VAE's factor of 8, times 2 where the
 # transformer works on 2x2 latent patches (FLUX packs them, SD3 patchifies).
 FAMILY_SIDE_MULTIPLE = {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
+#: Families that only finish another model's render (a request's "refiner"),
+#: never render on their own.
+REFINER_FAMILIES = ("sdxl_refiner",)
 _ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×]\s*(\d{2,5})\s*$")
 
 
@@ -127,6 +130,10 @@ class GenerationRequest(BaseModel):
     # family's IP-Adapter, all at one weight.
     image_prompts: list[ImagePromptRequest] = Field(default_factory=list, max_length=MAX_IMAGE_PROMPTS)
     image_prompt_weight: float = Field(default=0.6, ge=0, le=2)
+    # SDXL refiner: a registered sdxl_refiner model that denoises the last
+    # part of the schedule (from refiner_switch, a fraction of it).
+    refiner: str | None = None
+    refiner_switch: float | None = Field(default=None, gt=0, lt=1)
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     freeu: bool = False
     detail_guidance: float | None = Field(default=None, ge=0, le=10)
@@ -232,15 +239,20 @@ def resolve_request(
         if len(value) > settings.max_prompt_chars:
             problems.append(FieldProblem(name, f"is {len(value)} characters; the limit is {settings.max_prompt_chars}"))
 
-    model_id = req.model or default_model or settings.default_model or (sorted(models)[0] if models else None)
+    renderers = sorted(m.id for m in models.values() if m.family not in REFINER_FAMILIES)
+    model_id = req.model or default_model or settings.default_model or (renderers[0] if renderers else None)
     model = models.get(model_id) if model_id else None
     if req.variant is not None or (model is None and model_id is not None):
         model = _pick_variant(models, model_id, req.variant, problems)
         if model is not None:
             model_id = model.id
     if model is None and not any(p.field in ("model", "variant") for p in problems):
-        known = ", ".join(sorted(models)) or "none registered (farm models add ...)"
+        known = ", ".join(renderers) or "none registered (farm models add ...)"
         problems.append(FieldProblem("model", f"unknown model {model_id!r}; available: {known}"))
+    if model is not None and model.family in REFINER_FAMILIES:
+        problems.append(FieldProblem("model", f"{model.id} is an SDXL refiner, which only finishes renders: ask for an "
+                                              f"sdxl model and name {model.id} as \"refiner\""))
+        model = None
 
     # Fields of the contract whose features are not built yet are refused
     # rather than silently ignored.
@@ -292,6 +304,7 @@ def resolve_request(
         problems.extend(FieldProblem(name, why) for name, why in check_extras(
             model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
             inpainting=inpainting))
+    refiner = _resolve_refiner(req, model, models, image_task, problems)
     chosen_loras = _resolve_loras(req, model, loras or {}, settings, problems) if model is not None else []
     if req.image_prompts and model is not None:
         if model.family not in settings.ip_adapters:
@@ -346,6 +359,8 @@ def resolve_request(
         params["freeu"] = True
     if chosen_loras:
         params["loras"] = chosen_loras
+    if refiner is not None:
+        params["refiner"] = refiner
     if req.image_prompts and image_prompts:
         params["image_prompts"] = {
             "adapter": settings.ip_adapters[model.family],
@@ -363,6 +378,34 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+DEFAULT_REFINER_SWITCH = 0.8
+
+
+def _resolve_refiner(req: GenerationRequest, model: ModelInfo | None, models: dict[str, ModelInfo],
+                     image_task: dict | None, problems: list[FieldProblem]) -> dict[str, Any] | None:
+    """The job's refiner ({"model", "switch"}), checked; None without one."""
+    if req.refiner is None:
+        if req.refiner_switch is not None:
+            problems.append(FieldProblem("refiner_switch", "is the point a refiner takes over; name the \"refiner\" too"))
+        return None
+    refiners = ", ".join(sorted(m.id for m in models.values() if m.family in REFINER_FAMILIES)) or "none registered"
+    entry = models.get(req.refiner)
+    if entry is None:
+        problems.append(FieldProblem("refiner", f"unknown refiner {req.refiner!r}; refiners: {refiners}"))
+        return None
+    if entry.family not in REFINER_FAMILIES:
+        problems.append(FieldProblem("refiner", f"{entry.id} is a {entry.family} model, not a refiner; refiners: {refiners}"))
+        return None
+    if model is not None and model.family != "sdxl":
+        problems.append(FieldProblem("refiner", f"a refiner finishes sdxl renders; {model.id} is a {model.family} model"))
+        return None
+    if image_task is not None:
+        problems.append(FieldProblem("refiner", "a refiner finishes text-to-image renders; leave it out with image_mode"))
+        return None
+    switch = req.refiner_switch if req.refiner_switch is not None else DEFAULT_REFINER_SWITCH
+    return {"model": entry.id, "switch": switch}
 
 
 def _resolve_loras(req: GenerationRequest, model: ModelInfo, loras: dict, settings,

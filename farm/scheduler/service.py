@@ -25,6 +25,7 @@ from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
+from farm.spec import REFINER_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,8 @@ class Scheduler:
         with self.ctx.db.session() as session:
             rows = session.execute(
                 select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.steps, Job.priority,
-                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id)
+                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id,
+                       Job.params["refiner"]["model"].as_string().label("refiner_id"))
                 .join(ModelEntry, ModelEntry.id == Job.model_id)
                 .join(User, User.id == Job.user_id)
                 .outerjoin(Campaign, Campaign.id == Job.campaign_id)
@@ -237,6 +239,9 @@ class Scheduler:
             ).all()
             if not rows:  # most wake-ups after a completion find nothing to place
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
+            # A job with an SDXL refiner needs room for both models.
+            refiner_gb = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)
+                                              .where(ModelEntry.family.in_(REFINER_FAMILIES))).all())
             workers = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
@@ -256,7 +261,8 @@ class Scheduler:
             busy_by_worker[row.worker_id] = busy_by_worker.get(row.worker_id, 0) + 1
         jobs = [
             QueuedJob(
-                id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family, model_gb=r.vram_gb,
+                id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family,
+                model_gb=r.vram_gb + (refiner_gb.get(r.refiner_id, 0.0) if r.refiner_id else 0.0),
                 width=r.width, height=r.height, priority=r.priority, queued_at=r.created_at.timestamp(),
                 excluded_workers=frozenset(r.excluded_workers or ()), team_id=r.team_id,
                 est_seconds=estimate_render_s(r.family, r.width, r.height, r.steps),

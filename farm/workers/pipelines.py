@@ -29,8 +29,11 @@ import torch
 from PIL import ExifTags
 from PIL.PngImagePlugin import PngInfo
 
+from farm.spec import REFINER_FAMILIES  # noqa: F401  (families that only finish another model's render)
+
 logger = logging.getLogger(__name__)
 
+#: Families that render on their own (a refiner family only finishes renders of one of them).
 FAMILIES = ("sd", "sdxl", "flux", "sd3")
 #: Families trained with flow matching (rectified flow): their samplers step
 #: along sigmas from 1 to 0 and predict a velocity, so they take the
@@ -44,9 +47,10 @@ IMAGE_FORMATS = ("png", "jpeg", "webp")
 _SEED_MOD = 2**64
 
 # dpmpp_sde: diffusers hands torchsde float32 sigmas, and torchsde warns on
-# every job that the first one is "above" its float64 interval end by a
-# rounding error. Harmless; silence just that message.
-warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1 but got", category=UserWarning)
+# every job that the first one is "above" its float64 interval end (or, when
+# a refiner starts midway, "below" its start) by a rounding error. Harmless;
+# silence just those messages.
+warnings.filterwarnings("ignore", message=r"Should have t[ab](<=t1|>=t0) but got", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ FLOW_SAMPLERS: dict[str, _Sampler] = {
 FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
     "sd": tuple(SAMPLERS),
     "sdxl": tuple(SAMPLERS),
+    "sdxl_refiner": tuple(SAMPLERS),
     "flux": ("euler", "euler_ancestral", "dpmpp_2m", "unipc", "lcm"),
     "sd3": ("euler", "euler_ancestral", "heun", "dpmpp_2m", "unipc", "lcm"),
 }
@@ -144,6 +149,7 @@ FAMILY_EXTRAS: dict[str, frozenset[str]] = {
     "sdxl": frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"}),
     "sd3": frozenset({"clip_skip", "detail_guidance"}),
     "flux": frozenset(),
+    "sdxl_refiner": frozenset(),
 }
 
 # FreeU re-weights the UNet decoder's backbone (b1, b2) and skip (s1, s2)
@@ -195,6 +201,16 @@ class RenderParams:
     # LoRAs as the job's params hold them: {"name", "weight", "sha256", "source", "file"}.
     loras: tuple = ()
     image_prompts: "ImagePrompts | None" = None
+    refiner: "Refiner | None" = None
+
+
+@dataclass(frozen=True)
+class Refiner:
+    """An SDXL refiner finishing a text-to-image render: the base denoises the
+    first ``switch`` fraction of the schedule and hands its latents over."""
+
+    pipe: Any  # a loaded sdxl_refiner pipeline
+    switch: float  # 0 < switch < 1
 
 
 @dataclass(frozen=True)
@@ -410,6 +426,12 @@ def _load_sdxl(path: str | os.PathLike, dtype: torch.dtype):
     return StableDiffusionXLPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
 
 
+def _load_sdxl_refiner(path: str | os.PathLike, dtype: torch.dtype):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
+
+
 def _load_flux(path: str | os.PathLike, dtype: torch.dtype):
     from diffusers import FluxPipeline
 
@@ -427,6 +449,7 @@ _LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {
     "sdxl": _load_sdxl,
     "flux": _load_flux,
     "sd3": _load_sd3,
+    "sdxl_refiner": _load_sdxl_refiner,
 }
 
 
@@ -461,10 +484,12 @@ def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dt
 
 def pipeline_family(pipe) -> str:
     """The farm family name of a loaded pipeline object."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                           StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline)
 
     for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
-                        (FluxPipeline, "flux"), (StableDiffusion3Pipeline, "sd3")):
+                        (FluxPipeline, "flux"), (StableDiffusion3Pipeline, "sd3"),
+                        (StableDiffusionXLImg2ImgPipeline, "sdxl_refiner")):
         if isinstance(pipe, cls):
             return family
     raise ValueError(f"pipeline class {type(pipe).__name__} belongs to no supported family")
@@ -668,13 +693,30 @@ def render(
     original = target.scheduler
     scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
-    callback = None
-    if on_step is not None:
+    refiner = params.refiner
+    if refiner is not None and (family != "sdxl" or inputs is not None):
+        raise ValueError("a refiner finishes SDXL text-to-image renders only")
+    if refiner is not None and not 0 < refiner.switch < 1:
+        raise ValueError("the refiner switch must lie strictly between 0 and 1")
+
+    def callback_for(start: float, share: float):
+        """Progress of one phase (the base, or the refiner) as a part of the whole render."""
+        if on_step is None:
+            return None
 
         def callback(p, step_index: int, timestep, callback_kwargs: dict) -> dict:
-            total = getattr(p, "num_timesteps", None) or len(p.scheduler.timesteps)
-            on_step(step_index + 1, int(total))
+            total = int(getattr(p, "num_timesteps", None) or len(p.scheduler.timesteps))
+            if share == 1.0:
+                on_step(step_index + 1, total)
+            else:
+                # In base steps: the refiner's iterations count as the rest of the schedule.
+                done = (start + share * (step_index + 1) / total) * params.steps
+                on_step(min(params.steps, max(1, round(done))), params.steps)
             return callback_kwargs
+
+        return callback
+
+    callback = callback_for(0.0, refiner.switch if refiner is not None else 1.0)
 
     call_kwargs: dict[str, Any] = dict(
         prompt=params.prompt,
@@ -685,9 +727,11 @@ def render(
         guidance_scale=params.guidance_scale,
         num_images_per_prompt=params.num_images,
         generator=generators,
-        output_type="pil",
+        output_type="pil" if refiner is None else "latent",
         callback_on_step_end=callback,
     )
+    if refiner is not None:
+        call_kwargs["denoising_end"] = refiner.switch
     if inputs is not None:
         call_kwargs.update(image=inputs.image, strength=inputs.strength)
         if inputs.mask is not None:
@@ -728,6 +772,33 @@ def render(
             target.disable_freeu()
         if tiled_vae:
             target.vae.disable_tiling()
+    if refiner is not None:
+        return _refine(refiner, params, result.images, generators, seeds, callback_for(refiner.switch, 1 - refiner.switch))
+    return list(result.images)
+
+
+def _refine(refiner: Refiner, params: RenderParams, latents, generators, seeds, callback) -> list[PIL.Image.Image]:
+    """The refiner's part of a render: the same prompt and sampler from the
+    base's switch point to the end, on the base's latents (no noise added)."""
+    pipe = refiner.pipe
+    original = pipe.scheduler
+    pipe.scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds,
+                                     family="sdxl_refiner")
+    tiled_vae = params.width * params.height > LARGE_IMAGE_PIXELS
+    if tiled_vae:
+        pipe.vae.enable_tiling()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seeds[0])
+            result = pipe(
+                prompt=params.prompt, negative_prompt=params.negative_prompt or None, image=latents,
+                num_inference_steps=params.steps, denoising_start=refiner.switch, guidance_scale=params.guidance_scale,
+                num_images_per_prompt=1, generator=generators, output_type="pil", callback_on_step_end=callback,
+            )
+    finally:
+        pipe.scheduler = original
+        if tiled_vae:
+            pipe.vae.disable_tiling()
     return list(result.images)
 
 
@@ -813,6 +884,8 @@ __all__ = [
     "IMAGE_FORMATS",
     "SAMPLERS",
     "SIGMA_SCHEDULES",
+    "REFINER_FAMILIES",
+    "Refiner",
     "RenderCanceled",
     "RenderParams",
     "available_samplers",

@@ -16,7 +16,7 @@ from farm.models import Job, ModelEntry, Output
 from farm.storage import CONTENT_TYPES, output_key, sidecar_key
 from farm.spec import FAMILY_SIDE_MULTIPLE
 from farm.workers.img2img import render_task
-from farm.workers.pipelines import ImagePrompts, RenderCanceled, RenderParams, encode_image, render
+from farm.workers.pipelines import ImagePrompts, Refiner, RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class JobSnapshot:
     started_at: object
     model: ModelEntry
     rerender_of: uuid.UUID | None = None
+    refiner: ModelEntry | None = None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -80,6 +81,8 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
         snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
                                job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
                                job.rerender_of)
+        if job.params.get("refiner"):
+            snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
     ctx.events.job_changed(job_id)
     if evict:
         runtime.evict(evict)
@@ -135,6 +138,13 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     task = params.get("image_task")
     inputs = _image_inputs(runtime, task, params, loaded.family) if task else None
     image_prompts = _image_prompts(runtime, params["image_prompts"]) if params.get("image_prompts") else None
+    refiner, refiner_model = None, None
+    if params.get("refiner"):
+        if job.refiner is None:
+            raise ValueError(f"refiner {params['refiner']['model']!r} is no longer registered")
+        refiner_model, refiner_load_s = runtime.pipeline_for(job.refiner, keep=(loaded.entry_id,))
+        load_s += refiner_load_s
+        refiner = Refiner(refiner_model.pipe, float(params["refiner"]["switch"]))
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
     for index in range(count):
@@ -143,7 +153,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
-            loras=tuple(params.get("loras", ())), image_prompts=image_prompts,
+            loras=tuple(params.get("loras", ())), image_prompts=image_prompts, refiner=refiner,
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:
@@ -156,6 +166,9 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     software = lineage.software_versions(runtime.device.type)
     model = {"id": loaded.entry_id, "family": loaded.family, "source": loaded.source, "revision": loaded.revision,
              "weights_sha256": loaded.weights_sha256, "dtype": loaded.dtype}
+    if refiner_model is not None:
+        model["refiner"] = {"id": refiner_model.entry_id, "source": refiner_model.source, "revision": refiner_model.revision,
+                            "weights_sha256": refiner_model.weights_sha256, "dtype": refiner_model.dtype}
     worker = {"id": runtime.name, "host": runtime.host, "device": runtime.device.type, "gpu_name": runtime.device_name,
               "vram_total_gb": round(runtime.vram()[0], 3)}
     fmt = params["output_format"]

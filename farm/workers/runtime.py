@@ -196,8 +196,11 @@ class WorkerRuntime:
             )
         return result.path, result.revision
 
-    def pipeline_for(self, entry: ModelEntry) -> tuple[LoadedModel, float]:
-        """The pipeline for a model and the seconds spent loading it (0 if held)."""
+    def pipeline_for(self, entry: ModelEntry, keep: tuple[str, ...] = ()) -> tuple[LoadedModel, float]:
+        """The pipeline for a model and the seconds spent loading it (0 if held).
+
+        ``keep``: models that must stay loaded to make room (the base model a
+        refiner finishes renders of)."""
         from farm.workers.pipelines import estimate_vram_gb, load_pipeline, pick_dtype
 
         with self._lock:
@@ -206,7 +209,7 @@ class WorkerRuntime:
                 self._models.move_to_end(entry.id)
                 return held, 0.0
         started = time.perf_counter()
-        self._make_room(entry.vram_gb)
+        self._make_room(entry.vram_gb, keep)
         path, revision = self.resolve_source(entry)
         dtype = pick_dtype(self.device, entry.dtype, entry.family)
         pipe = load_pipeline(path, entry.family, self.device, dtype)
@@ -231,14 +234,17 @@ class WorkerRuntime:
 
             torch.cuda.empty_cache()
 
-    def _make_room(self, needed_gb: float) -> None:
+    def _make_room(self, needed_gb: float, keep: tuple[str, ...] = ()) -> None:
         total, _ = self.vram()
-        while self._models:
+        while True:
             held = sum(m.vram_gb for m in self._models.values())
             if held + needed_gb <= total:
                 return
             with self._lock:
-                model_id, evicted = self._models.popitem(last=False)
+                model_id = next((m for m in self._models if m not in keep), None)
+                if model_id is None:
+                    return
+                evicted = self._models.pop(model_id)
             logger.info("evicting model %s (%.3f GB) to make room", model_id, evicted.vram_gb)
             del evicted
             if self.device.type == "cuda":

@@ -29,6 +29,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -48,7 +49,7 @@ from .pipelines import quiet_progress_bars
 logger = logging.getLogger(__name__)
 
 #: Families this module can build.
-TINY_FAMILIES = ("sd", "sdxl", "flux", "sd3")
+TINY_FAMILIES = ("sd", "sdxl", "flux", "sd3", "sdxl_refiner")
 #: Variants of a tiny family: FLUX "dev" is guidance-distilled (the guidance
 #: scale is an input of the transformer), "schnell" is not and runs in a few steps.
 TINY_VARIANTS = {"flux": ("dev", "schnell")}
@@ -69,6 +70,7 @@ _VAE_CHANNELS = (8, 16, 16, 16)
 _UNET_CHANNELS = (32, 64)
 _SDXL_TIME_EMBED_DIM = 8
 _SDXL_TIME_IDS = 6  # original size (2) + crop top-left (2) + target size (2)
+_SDXL_REFINER_TIME_IDS = 5  # original size (2) + crop top-left (2) + aesthetic score (1)
 
 # A few merges so that common prompt words become single tokens; every other
 # character falls back to the byte-level base vocabulary.
@@ -224,10 +226,11 @@ def _build_sd(seed: int) -> StableDiffusionPipeline:
     )
 
 
-def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
-    projection_dim = _TEXT_HIDDEN
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+def _sdxl_unet(cross_attention_dim: int, time_ids: int, projection_dim: int) -> UNet2DConditionModel:
+    """An SDXL-style UNet with micro-conditioning: ``time_ids`` numbers, each
+    embedded to addition_time_embed_dim, plus the pooled, projected embedding
+    of the second text encoder."""
+    return UNet2DConditionModel(
         sample_size=64 // _vae_scale_factor(),
         in_channels=4,
         out_channels=4,
@@ -235,18 +238,22 @@ def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=_UNET_CHANNELS,
         layers_per_block=1,
-        # SDXL concatenates the penultimate hidden states of both encoders.
-        cross_attention_dim=2 * _TEXT_HIDDEN,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=(2, 4),
         transformer_layers_per_block=(1, 1),
         use_linear_projection=True,
         norm_num_groups=32,
-        # Micro-conditioning: six time ids, each embedded to addition_time_embed_dim,
-        # plus the pooled, projected embedding of the second text encoder.
         addition_embed_type="text_time",
         addition_time_embed_dim=_SDXL_TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=_SDXL_TIME_IDS * _SDXL_TIME_EMBED_DIM + projection_dim,
+        projection_class_embeddings_input_dim=time_ids * _SDXL_TIME_EMBED_DIM + projection_dim,
     )
+
+
+def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
+    projection_dim = _TEXT_HIDDEN
+    torch.manual_seed(seed)
+    # SDXL concatenates the penultimate hidden states of both encoders.
+    unet = _sdxl_unet(2 * _TEXT_HIDDEN, _SDXL_TIME_IDS, projection_dim)
     torch.manual_seed(seed)
     vae = _tiny_vae()
     tokenizer = build_tiny_tokenizer()
@@ -263,6 +270,26 @@ def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
         tokenizer_2=tokenizer_2,
         unet=unet,
         scheduler=_tiny_scheduler(),
+        add_watermarker=False,
+    )
+
+
+def _build_sdxl_refiner(seed: int) -> StableDiffusionXLImg2ImgPipeline:
+    """An SDXL refiner: an image-to-image pipeline with only the second text
+    encoder, conditioned on an aesthetic score instead of the target size,
+    denoising the last part of the schedule in the base model's latent space."""
+    projection_dim = _TEXT_HIDDEN
+    torch.manual_seed(seed + 100)
+    # The second encoder's penultimate hidden states only.
+    unet = _sdxl_unet(_TEXT_HIDDEN, _SDXL_REFINER_TIME_IDS, projection_dim)
+    torch.manual_seed(seed)
+    vae = _tiny_vae()  # the base's latent space: a refiner takes the base's latents as they are
+    tokenizer_2 = build_tiny_tokenizer()
+    torch.manual_seed(seed + 100)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=projection_dim))
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2, unet=unet,
+        scheduler=_tiny_scheduler(), requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
         add_watermarker=False,
     )
 
@@ -370,7 +397,8 @@ def _build_sd3(seed: int) -> StableDiffusion3Pipeline:
     )
 
 
-_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "flux": _build_flux, "sd3": _build_sd3}
+_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "flux": _build_flux, "sd3": _build_sd3,
+             "sdxl_refiner": _build_sdxl_refiner}
 
 
 def _check_family(family: str, variant: str | None = None) -> None:
