@@ -40,9 +40,16 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "output_format",
     )}
     resolved["seed"] = seed
-    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts", "refiner"):
+    # How the prompt and settings were arrived at, where the request used
+    # them (a plain render's record stays as short as it was).
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts", "refiner", "styles",
+                  "preset", "performance", "prompt_expansion", "prompt_expansion_engine", "prompt_expansion_model",
+                  "same_seed", "variant"):
         if params.get(extra):
             resolved[extra] = params[extra]
+    for written, final in (("prompt", "final_prompt"), ("negative_prompt", "final_negative_prompt")):
+        if params.get(written) is not None and params[written] != params[final]:
+            resolved[written] = params[written]
     return resolved
 
 

@@ -121,6 +121,7 @@ class GenerationRequest(BaseModel):
     scheduler: Literal[SIGMA_SCHEDULES] = "normal"  # type: ignore[valid-type]
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_images: int = Field(default=1, ge=1)
+    same_seed: bool = False  # every image of the job with the seed itself (default: seed, seed + 1, ...)
     prompt_expansion: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
     # Guidance extras: CLIP skip (1 = last layer), FreeU, and detail guidance
@@ -349,6 +350,12 @@ def resolve_request(
         "num_images": req.num_images,
         "output_format": req.output_format,
     }
+    if req.same_seed:
+        params["same_seed"] = True
+    if req.prompt_expansion:
+        params["prompt_expansion_engine"] = settings.prompt_expansion_engine
+        if settings.prompt_expansion_engine == "lm":
+            params["prompt_expansion_model"] = settings.prompt_expansion_model
     if image_task is not None:
         params["image_task"] = image_task
     # Recorded only when used, so the embedded metadata of plain renders stays as it was.

@@ -147,11 +147,12 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         refiner = Refiner(refiner_model.pipe, float(params["refiner"]["switch"]))
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
+    seeds = [params["seed"] if params.get("same_seed") else (params["seed"] + index) % 2**64 for index in range(count)]
     for index in range(count):
         image_params = RenderParams(
             prompt=params["final_prompt"], negative_prompt=params["final_negative_prompt"], width=params["width"],
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
-            sampler=params["sampler"], scheduler=params["scheduler"], seed=(params["seed"] + index) % 2**64, num_images=1,
+            sampler=params["sampler"], scheduler=params["scheduler"], seed=seeds[index], num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
             loras=tuple(params.get("loras", ())), image_prompts=image_prompts, refiner=refiner,
         )
@@ -175,7 +176,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     rows = []
     upload_s = 0.0
     for index, image in enumerate(images):
-        seed = (params["seed"] + index) % 2**64
+        seed = seeds[index]
         resolved = lineage.image_params(params, seed)
         reproducible = lineage.reproducible_record(resolved, model, software, runtime.device.type)
         text = {"parameters": lineage.parameters_text(resolved, loaded.entry_id), "farm": lineage.dumps(reproducible)}
