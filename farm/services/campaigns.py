@@ -220,24 +220,36 @@ def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, A
         campaign = visible_campaign(session, user, campaign_id)
         counts = dict(session.execute(
             select(Job.status, func.count()).where(Job.campaign_id == campaign.id).group_by(Job.status)).all())
-        since = utcnow() - dt.timedelta(minutes=5)
+        since = utcnow() - dt.timedelta(minutes=RECENT_MINUTES)
         recent = session.execute(select(func.count()).select_from(Output).join(Job, Job.id == Output.job_id)
                                  .where(Job.campaign_id == campaign.id, Output.created_at >= since)).scalar_one()
         unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
         if unfinished == 0 and campaign.status in (CampaignStatus.active.value, CampaignStatus.paused.value):
             campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
-    done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
-    per_minute = recent / 5.0
-    jobs_per_minute = per_minute / max(campaign.image_count / max(campaign.job_count, 1), 1)
     return {
         "id": str(campaign.id), "name": campaign.name, "status": campaign.status, "priority": campaign.priority,
         "jobs": campaign.job_count, "images": campaign.image_count,
+        **progress(campaign, counts, recent),
+        "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
+        "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+    }
+
+
+RECENT_MINUTES = 5  # images per minute is measured over this window
+
+
+def progress(campaign: Campaign, counts: dict[str, int], recent_outputs: int) -> dict[str, Any]:
+    """Status counts, percent done, images per minute and ETA from a campaign's
+    job counts and its outputs of the last RECENT_MINUTES."""
+    unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
+    done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
+    per_minute = recent_outputs / RECENT_MINUTES
+    jobs_per_minute = per_minute / max(campaign.image_count / max(campaign.job_count, 1), 1)
+    return {
         "counts": {s.value: counts.get(s.value, 0) for s in JobStatus},
         "percent": round(100.0 * done / campaign.job_count, 1) if campaign.job_count else 100.0,
         "images_per_minute": round(per_minute, 2),
         "eta_s": round(unfinished / jobs_per_minute * 60, 1) if unfinished and jobs_per_minute > 0 else (0.0 if not unfinished else None),
-        "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
-        "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
     }
 
 

@@ -1,0 +1,119 @@
+"""Campaigns: the list with progress, a campaign's live page and gallery, its controls and downloads."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response, abort, g, redirect, render_template, request, stream_with_context, url_for
+
+from dashboard import data
+from dashboard.core import bp, farm_ctx, login_required
+from farm.models import JobStatus
+from farm.services import campaigns as service
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = {"pause", "resume", "cancel", "retry-failed"}
+
+
+def _page_number() -> int:
+    try:
+        return max(1, int(request.args.get("page", 1)))
+    except ValueError:
+        return 1
+
+
+@bp.get("/campaigns")
+@login_required
+def campaigns():
+    page = _page_number()
+    with farm_ctx().db.session() as session:
+        rows, total = data.campaign_summaries(session, g.dashboard_user, page)
+    template = "partials/campaign_rows.html" if request.args.get("fragment") else "campaigns.html"
+    return render_template(template, rows=rows, total=total, page=page, pages=max(1, -(-total // data.CAMPAIGN_PAGE)))
+
+
+def _gallery_args() -> dict:
+    status = request.args.get("status") or None
+    if status is not None and status not in JobStatus.__members__:
+        abort(400, description=f"unknown status {status!r}; use one of {', '.join(JobStatus.__members__)}")
+    return {"status": status, "style": request.args.get("style") or None, "model": request.args.get("model") or None,
+            "page": _page_number()}
+
+
+def _filter_query(args: dict) -> dict:
+    """The gallery's filters as query arguments (page apart), for its links and its poll."""
+    return {k: v for k, v in args.items() if v and k != "page"}
+
+
+@bp.get("/campaigns/<campaign_id>")
+@login_required
+def campaign(campaign_id: str):
+    ctx, user = farm_ctx(), g.dashboard_user
+    view = service.campaign_view(ctx, user, campaign_id)
+    args = _gallery_args()
+    with ctx.db.session() as session:
+        found = service.visible_campaign(session, user, campaign_id)
+        filters = data.campaign_filters(session, found)
+        items, total = data.gallery_page(session, found.id, **args)
+    return render_template("campaign.html", view=view, items=items, total=total, filters=filters, args=args,
+                           pages=max(1, -(-total // data.GALLERY_PAGE)), query=_filter_query(args), statuses=list(JobStatus.__members__))
+
+
+@bp.get("/campaigns/<campaign_id>/progress")
+@login_required
+def campaign_progress(campaign_id: str):
+    return render_template("partials/campaign_progress.html", view=service.campaign_view(farm_ctx(), g.dashboard_user, campaign_id))
+
+
+@bp.get("/campaigns/<campaign_id>/gallery")
+@login_required
+def campaign_gallery(campaign_id: str):
+    ctx, user = farm_ctx(), g.dashboard_user
+    args = _gallery_args()
+    with ctx.db.session() as session:
+        found = service.visible_campaign(session, user, campaign_id)
+        items, total = data.gallery_page(session, found.id, **args)
+        live = found.status in ("active", "paused")
+    return render_template("partials/gallery.html", view={"id": campaign_id, "status": found.status}, items=items,
+                           total=total, args=args, pages=max(1, -(-total // data.GALLERY_PAGE)), live=live,
+                           query=_filter_query(args))
+
+
+@bp.post("/campaigns/<campaign_id>/<action>")
+@login_required
+def campaign_action(campaign_id: str, action: str):
+    ctx, user = farm_ctx(), g.dashboard_user
+    if action not in ACTIONS:
+        abort(404, description=f"no campaign action {action!r}")
+    if action in ("pause", "resume"):
+        service.set_paused(ctx, user, campaign_id, action == "pause")
+    elif action == "cancel":
+        service.cancel_campaign(ctx, user, campaign_id)
+    else:
+        service.retry_failed(ctx, user, campaign_id)
+    return redirect(url_for("dashboard.campaign", campaign_id=campaign_id))
+
+
+@bp.get("/campaigns/<campaign_id>/manifest.<fmt>")
+@login_required
+def campaign_manifest(campaign_id: str, fmt: str):
+    if fmt not in ("csv", "jsonl"):
+        abort(404, description="the manifest comes as .csv or .jsonl")
+    ctx, user = farm_ctx(), g.dashboard_user
+    with ctx.db.session() as session:
+        service.visible_campaign(session, user, campaign_id)  # 404 before streaming starts
+    rows = service.manifest_rows(ctx, user, campaign_id)
+    body = service.manifest_csv(rows) if fmt == "csv" else service.manifest_jsonl(rows)
+    return Response(stream_with_context(body), mimetype="text/csv" if fmt == "csv" else "application/x-ndjson",
+                    headers={"Content-Disposition": f"attachment; filename=campaign-{campaign_id}.{fmt}"})
+
+
+@bp.get("/campaigns/<campaign_id>/export.zip")
+@login_required
+def campaign_zip(campaign_id: str):
+    ctx, user = farm_ctx(), g.dashboard_user
+    with ctx.db.session() as session:
+        service.visible_campaign(session, user, campaign_id)
+    return Response(stream_with_context(service.export_zip(ctx, user, campaign_id)), mimetype="application/zip",
+                    headers={"Content-Disposition": f"attachment; filename=campaign-{campaign_id}.zip"})

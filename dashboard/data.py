@@ -1,0 +1,185 @@
+"""The dashboard's reads, each a fixed number of queries whatever the size of
+a campaign: counts are grouped in the database, a gallery page is one join,
+and nothing is queried per job in a loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy.orm import Session
+
+from farm.models import Campaign, Job, ModelEntry, Output, Team, UsageEntry, User, Worker, utcnow
+from farm.services.campaigns import RECENT_MINUTES, progress
+
+logger = logging.getLogger(__name__)
+
+UNPLACEABLE_PREFIX = "waiting: no worker can run this job"  # what the scheduler writes into a queued job's error when it cannot place it
+GALLERY_PAGE = 48
+CAMPAIGN_PAGE = 25
+
+
+def visible_owner_clause(user: User, owner_column, team_column=None):
+    """Rows a user may see: admins all, members their own and their team's."""
+    if user.is_admin:
+        return True
+    if user.team_id is None:
+        return owner_column == user.id
+    if team_column is not None:
+        return or_(owner_column == user.id, team_column == user.team_id)
+    return owner_column.in_(select(User.id).where(User.team_id == user.team_id))
+
+
+def campaign_summaries(session: Session, user: User, page: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of the campaigns a user may see, newest first, with progress: three queries."""
+    visible = visible_owner_clause(user, Campaign.user_id, Campaign.team_id)
+    total = session.execute(select(func.count()).select_from(Campaign).where(visible)).scalar_one()
+    campaigns = session.execute(select(Campaign, User.name).join(User, User.id == Campaign.user_id).where(visible)
+                                .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+                                .offset((page - 1) * CAMPAIGN_PAGE).limit(CAMPAIGN_PAGE)).all()
+    ids = [c.id for c, _ in campaigns]
+    counts: dict[uuid.UUID, dict[str, int]] = {i: {} for i in ids}
+    recent: dict[uuid.UUID, int] = {}
+    if ids:
+        for campaign_id, status, count in session.execute(
+                select(Job.campaign_id, Job.status, func.count()).where(Job.campaign_id.in_(ids))
+                .group_by(Job.campaign_id, Job.status)):
+            counts[campaign_id][status] = count
+        since = utcnow() - dt.timedelta(minutes=RECENT_MINUTES)
+        recent = dict(session.execute(
+            select(Job.campaign_id, func.count()).select_from(Output).join(Job, Job.id == Output.job_id)
+            .where(Job.campaign_id.in_(ids), Output.created_at >= since).group_by(Job.campaign_id)).all())
+    rows = [{"campaign": c, "owner": owner, **progress(c, counts[c.id], recent.get(c.id, 0))} for c, owner in campaigns]
+    return rows, total
+
+
+@dataclass
+class GalleryItem:
+    job_id: uuid.UUID
+    status: str
+    model_id: str
+    prompt: str
+    styles: list[str]
+    seed: int
+    step: int
+    total: int
+    error: str | None
+    output_id: uuid.UUID | None
+    outputs: int  # images of the job (a job can make several)
+
+    @property
+    def percent(self) -> float:
+        if self.status == "succeeded":
+            return 100.0
+        return round(100.0 * self.step / self.total, 1) if self.total else 0.0
+
+
+def _style_clause(session: Session, style: str):
+    styles = Job.params["styles"]
+    if session.bind.dialect.name == "postgresql":
+        return styles.contains([style])  # JSONB containment, exact
+    # SQLite: match the quoted name inside the JSON text of the list.
+    quoted = '"' + style.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return cast(styles, String).contains(quoted, autoescape=True)
+
+
+def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None, style: str | None, model: str | None,
+                 page: int) -> tuple[list[GalleryItem], int]:
+    """A page of a campaign's jobs with the first image of each: two queries (count, page)."""
+    where = [Job.campaign_id == campaign_id]
+    if status:
+        where.append(Job.status == status)
+    if model:
+        where.append(Job.model_id == model)
+    if style:
+        where.append(_style_clause(session, style))
+    total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
+    image_count = (select(func.count()).where(Output.job_id == Job.id).correlate(Job).scalar_subquery())
+    query = (select(Job.id, Job.status, Job.model_id, Job.params, Job.seed, Job.progress_step, Job.progress_total,
+                    Job.steps, Job.error, Output.id.label("output_id"), image_count.label("outputs"))
+             .outerjoin(Output, and_(Output.job_id == Job.id, Output.index == 0))
+             .where(*where).order_by(Job.created_at, Job.id)
+             .offset((page - 1) * GALLERY_PAGE).limit(GALLERY_PAGE))
+    items = [GalleryItem(job_id=row.id, status=row.status, model_id=row.model_id,
+                         prompt=row.params.get("final_prompt") or row.params.get("prompt") or "",
+                         styles=list(row.params.get("styles") or []), seed=row.seed, step=row.progress_step,
+                         total=row.progress_total or row.steps, error=row.error, output_id=row.output_id,
+                         outputs=row.outputs) for row in session.execute(query)]
+    return items, total
+
+
+def campaign_filters(session: Session, campaign: Campaign) -> dict[str, list[str]]:
+    """What a campaign's gallery can be filtered by: its models and styles, from its definition (no scan of the jobs)."""
+    models = {campaign.base.get("model")} | set((campaign.matrix or {}).get("model", []))
+    models.discard(None)
+    if not models or campaign.row_count:  # rows may name any model: ask the database (grouped, indexed)
+        models |= set(session.execute(select(Job.model_id).where(Job.campaign_id == campaign.id).distinct()).scalars())
+    styles = set(campaign.base.get("styles") or [])
+    for entry in (campaign.matrix or {}).get("styles", []):
+        styles |= set(entry if isinstance(entry, list) else [entry])
+    return {"models": sorted(models), "styles": sorted(styles)}
+
+
+def worker_overview(session: Session, now: dt.datetime) -> dict[str, Any]:
+    """Workers with their running jobs and throughput, queue depth per model, and unplaceable jobs."""
+    workers = session.execute(select(Worker).order_by(Worker.id)).scalars().all()
+    running = session.execute(select(Job.id, Job.worker_id, Job.model_id, Job.status, Job.progress_step, Job.progress_total,
+                                     Job.steps, Job.eta_s, Job.started_at)
+                              .where(Job.status.in_(("assigned", "running")))).all()
+    window = now - dt.timedelta(minutes=10)
+    finished = {row.worker_id: row for row in session.execute(
+        select(Job.worker_id, func.count().label("jobs"), func.sum(Job.steps * Job.num_images).label("steps"),
+               func.sum(Job.num_images).label("images"), func.sum(Job.gpu_seconds).label("gpu_seconds"))
+        .where(Job.status == "succeeded", Job.finished_at >= window).group_by(Job.worker_id))}
+    queue = session.execute(select(Job.model_id, func.count()).where(Job.status == "queued")
+                            .group_by(Job.model_id).order_by(func.count().desc())).all()
+    unplaceable = session.execute(
+        select(Job.error, Job.model_id, func.count()).where(Job.status == "queued", Job.error.like(UNPLACEABLE_PREFIX + "%"))
+        .group_by(Job.error, Job.model_id).order_by(func.count().desc())).all()
+    model_sizes = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)).all())
+    by_worker: dict[str, list] = {}
+    for job in running:
+        by_worker.setdefault(job.worker_id, []).append(job)
+    rows = []
+    for worker in workers:
+        stats = finished.get(worker.id)
+        held = [{"id": m["id"], "vram_gb": float(m.get("vram_gb") or model_sizes.get(m["id"], 0.0))} for m in worker.loaded_models]
+        rows.append({
+            "worker": worker, "held": held, "jobs": by_worker.get(worker.id, []),
+            "heartbeat_age_s": (now - worker.last_heartbeat_at).total_seconds(),
+            "it_per_s": round(stats.steps / stats.gpu_seconds, 2) if stats and stats.gpu_seconds else None,
+            "images_per_minute": round(stats.images / 10.0, 2) if stats else 0.0,
+        })
+    return {"workers": rows, "queue": queue, "unplaceable": unplaceable}
+
+
+def usage_per_day(session: Session, since: dt.datetime, *, user_id: int | None = None) -> list[tuple[str, int, float]]:
+    """(day, images, GPU seconds) from the ledger, oldest first, every day in the window present."""
+    query = (select(func.date(UsageEntry.created_at).label("day"), func.sum(UsageEntry.images), func.sum(UsageEntry.gpu_seconds))
+             .where(UsageEntry.created_at >= since).group_by(func.date(UsageEntry.created_at)))
+    if user_id is not None:
+        query = query.where(UsageEntry.user_id == user_id)
+    found = {str(day): (int(images or 0), float(gpu or 0.0)) for day, images, gpu in session.execute(query)}
+    days = []
+    day = since.date()
+    while day <= utcnow().date():
+        images, gpu = found.get(day.isoformat(), (0, 0.0))
+        days.append((day.isoformat(), images, gpu))
+        day += dt.timedelta(days=1)
+    return days
+
+
+def people(session: Session) -> dict[str, Any]:
+    """Users and teams with their quotas (admins): two queries and one for quotas."""
+    from farm.models import Quota
+
+    users = session.execute(select(User).order_by(User.name)).scalars().all()
+    teams = session.execute(select(Team).order_by(Team.name)).scalars().all()
+    quotas = session.execute(select(Quota)).scalars().all()
+    return {"users": users, "teams": teams,
+            "user_quotas": {q.user_id: q for q in quotas if q.user_id is not None},
+            "team_quotas": {q.team_id: q for q in quotas if q.team_id is not None}}

@@ -1,0 +1,217 @@
+"""Dashboard pages on a real app (SQLite, local store, an in-process worker
+with a tiny model): what each page shows, the same permissions as the API, and
+CSRF on every form post."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from farm import states
+from farm.api import create_app
+from farm.auth import create_user
+from farm.context import build_context
+from farm.events import LocalEvents
+from farm.models import Campaign, Job
+from farm.registry import add_model
+from farm.workers import render as render_module
+from farm.workers.runtime import WorkerRuntime
+from farm.workers.tiny import write_tiny_model
+
+SIZE = {"width": "64", "height": "64", "steps": "2"}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("dash") / "sd", family="sd")
+
+
+@pytest.fixture()
+def farm(sqlite_settings, tiny_sd):
+    settings = sqlite_settings.model_copy(update={"device": "cpu", "worker_vram_gb": 4.0})
+    ctx = build_context(settings, events=LocalEvents())
+    with ctx.db.transaction() as session:
+        add_model(session, "tiny-sd", str(tiny_sd))
+        create_user(session, "ana", password="ana password 1")
+        create_user(session, "bo", password="bo password 12")
+        create_user(session, "root", admin=True, password="root password 1")
+    app = create_app(settings, context=ctx)
+    return ctx, app, WorkerRuntime(ctx, name="w1")
+
+
+def csrf_from(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def signed_in(app, name: str):
+    client = app.test_client()
+    csrf = csrf_from(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"name": name, "password": f"{name} password {'12' if name == 'bo' else '1'}",
+                                       "csrf_token": csrf}).status_code == 302
+    client.csrf = csrf_from(client.get("/create").get_data(as_text=True))
+    return client
+
+
+def post(client, path, **data):
+    return client.post(path, data={"csrf_token": client.csrf, **data}, content_type="multipart/form-data")
+
+
+def run_queued(ctx, runtime) -> None:
+    with ctx.db.session() as session:
+        ids = session.execute(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).scalars().all()
+    for job_id in ids:
+        with ctx.db.transaction() as session:
+            states.assign_job(session, job_id, 1, runtime.name, 30)
+        assert render_module.execute_job(runtime, job_id, 1) == "succeeded"
+
+
+def only_campaign(ctx) -> Campaign:
+    with ctx.db.session() as session:
+        return session.execute(select(Campaign)).scalar_one()
+
+
+def test_a_matrix_campaign_is_checked_then_submitted(farm):
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    form = {"prompt": "a red boat\na blue kite", "model": "tiny-sd", "seed": "5", "seed_count": "2",
+            "campaign_name": "boats", "steps": "2", "aspect_ratio": ["256*256", "384*256"]}
+    check = post(ana, "/create/check", **form).get_data(as_text=True)
+    assert "<b>8</b> jobs" in check and "<b>8</b> images" in check  # 2 prompts x 2 seeds x 2 frames
+    with ctx.db.session() as session:
+        assert session.execute(select(Job)).first() is None  # the dry run created nothing
+    response = post(ana, "/create", **form)
+    campaign = only_campaign(ctx)
+    assert response.status_code == 302 and response.headers["Location"] == f"/campaigns/{campaign.id}"
+    with ctx.db.session() as session:
+        jobs = session.execute(select(Job).where(Job.campaign_id == campaign.id)).scalars().all()
+    assert sorted({(j.params["final_prompt"].split(",")[0], j.seed, j.width, j.height) for j in jobs}) == sorted(
+        (p, s, w, 256) for p in ("a blue kite", "a red boat") for s in (5, 6) for w in (256, 384))
+    page = ana.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert "8 jobs" in page and "queued 8" in page
+
+
+def test_field_errors_show_next_to_the_field_and_keep_the_input(farm):
+    _, app, _ = farm
+    ana = signed_in(app, "ana")
+    response = post(ana, "/create", prompt="a lighthouse", steps="many", width="64", height="64", model="tiny-sd")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert re.search(r'id="error-steps">[^<]*not a whole number', page)
+    assert "a lighthouse</textarea>" in page  # nothing typed is lost
+    unknown = post(ana, "/create", prompt="a lighthouse", model="no-such-model", **{k: v for k, v in SIZE.items()})
+    assert unknown.status_code == 422 and 'id="error-model"' in unknown.get_data(as_text=True)
+    empty = post(ana, "/create/check", prompt="  ")
+    assert "<b>prompt</b>" in empty.get_data(as_text=True)
+
+
+def test_csv_rows_are_previewed_and_become_a_campaign(farm):
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    csv_text = "prompt,seed,styles\na cat,1,\na dog,2,photo-golden-hour-landscape|3d-low-poly\na fox,3,\n"
+    preview = post(ana, "/create/rows-preview", rows=(io.BytesIO(csv_text.encode()), "rows.csv")).get_data(as_text=True)
+    assert "3 rows" in preview and "a dog" in preview and "photo-golden-hour-landscape | 3d-low-poly" in preview
+    bad = post(ana, "/create/rows-preview", rows=(io.BytesIO(b"prompt,seed\na cat,one\n"), "rows.csv")).get_data(as_text=True)
+    assert "is not a number" in bad
+    response = post(ana, "/create", model="tiny-sd", campaign_name="pets", rows=(io.BytesIO(csv_text.encode()), "rows.csv"), **SIZE)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    campaign = only_campaign(ctx)
+    assert campaign.job_count == 3 and campaign.row_count == 3
+
+
+def test_gallery_thumbnails_image_page_and_rerender(farm):
+    ctx, app, runtime = farm
+    ana = signed_in(app, "ana")
+    assert post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="3", seed="1", campaign_name="bells",
+                styles=["photo-golden-hour-landscape"], **SIZE).status_code == 302
+    campaign = only_campaign(ctx)
+    run_queued(ctx, runtime)
+    gallery = ana.get(f"/campaigns/{campaign.id}/gallery?status=succeeded").get_data(as_text=True)
+    thumbs = re.findall(r'src="(/thumbs/[^"]+\.webp)"', gallery)
+    assert len(thumbs) == 3
+    assert ana.get(f"/campaigns/{campaign.id}/gallery?status=failed").get_data(as_text=True).count("/thumbs/") == 0
+    assert ana.get(f"/campaigns/{campaign.id}/gallery?style=photo-golden-hour-landscape").get_data(as_text=True).count("/thumbs/") == 3
+    assert ana.get(f"/campaigns/{campaign.id}/gallery?style=3d-voxel").get_data(as_text=True).count("/thumbs/") == 0
+    assert ana.get(f"/campaigns/{campaign.id}/gallery?status=bogus").status_code == 400
+    thumb = ana.get(thumbs[0])
+    assert thumb.mimetype == "image/webp" and Image.open(io.BytesIO(thumb.data)).format == "WEBP"
+    output_id = thumbs[0].split("/")[-1].removesuffix(".webp")
+    with ctx.db.session() as session:
+        from farm.models import Output
+
+        key = session.get(Output, uuid.UUID(output_id)).object_key
+    assert ctx.storage.exists(f"thumbs/{key}.webp")  # made once, kept in the store
+    page = ana.get(f"/images/{output_id}").get_data(as_text=True)
+    assert 'id="lineage"' in page and "photo-golden-hour-landscape" in page and "content_sha256" in page
+    rerender = post(ana, f"/images/{output_id}/rerender")
+    assert rerender.status_code == 302 and rerender.headers["Location"].startswith("/jobs/")
+    run_queued(ctx, runtime)
+    assert "succeeded" in ana.get(rerender.headers["Location"]).get_data(as_text=True)
+    copy = ana.get(f"/create?from={output_id}").get_data(as_text=True)
+    assert "a bell</textarea>" in copy and 'value="photo-golden-hour-landscape" checked' in copy
+
+
+def test_campaign_controls(farm):
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="4", campaign_name="bells", **SIZE)
+    campaign = only_campaign(ctx)
+    assert post(ana, f"/campaigns/{campaign.id}/pause").status_code == 302
+    assert only_campaign(ctx).status == "paused"
+    again = post(ana, f"/campaigns/{campaign.id}/pause")
+    assert again.status_code == 409 and "only active campaigns can be paused" in again.get_data(as_text=True)
+    post(ana, f"/campaigns/{campaign.id}/cancel")
+    assert only_campaign(ctx).status == "canceled"
+    manifest = ana.get(f"/campaigns/{campaign.id}/manifest.csv").get_data(as_text=True).splitlines()
+    assert manifest[0].startswith("job_id,status") and len(manifest) == 5
+
+
+def test_members_see_only_what_the_api_shows_them(farm):
+    ctx, app, runtime = farm
+    ana, bo, root = signed_in(app, "ana"), signed_in(app, "bo"), signed_in(app, "root")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", campaign_name="ana's", **SIZE)
+    campaign = only_campaign(ctx)
+    run_queued(ctx, runtime)
+    with ctx.db.session() as session:
+        job = session.execute(select(Job)).scalar_one()
+        output_id = job.outputs[0].id
+    for path in (f"/campaigns/{campaign.id}", f"/campaigns/{campaign.id}/gallery", f"/campaigns/{campaign.id}/progress",
+                 f"/campaigns/{campaign.id}/manifest.csv", f"/campaigns/{campaign.id}/export.zip", f"/jobs/{job.id}",
+                 f"/images/{output_id}", f"/images/{output_id}/full", f"/thumbs/{output_id}.webp", f"/create?from={output_id}"):
+        assert ana.get(path).status_code == 200, path
+        assert root.get(path).status_code == 200, path  # admins see everything
+        assert bo.get(path).status_code == 404, path  # someone else's: missing, as in the API
+    for path in (f"/campaigns/{campaign.id}/pause", f"/images/{output_id}/rerender", f"/images/{output_id}/vary_subtle"):
+        assert post(bo, path).status_code == 404, path
+    assert "ana&#39;s" not in bo.get("/campaigns").get_data(as_text=True)
+    assert "ana&#39;s" in ana.get("/campaigns").get_data(as_text=True)
+
+
+GET_PAGES = ("/", "/create", "/create/styles", "/campaigns", f"/campaigns/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}",
+             f"/images/{uuid.uuid4()}", f"/thumbs/{uuid.uuid4()}.webp")
+POST_ACTIONS = ("/create", "/create/check", "/create/rows-preview", f"/campaigns/{uuid.uuid4()}/pause",
+                f"/campaigns/{uuid.uuid4()}/cancel", f"/campaigns/{uuid.uuid4()}/retry-failed",
+                f"/images/{uuid.uuid4()}/rerender", f"/images/{uuid.uuid4()}/upscale_2x", "/logout")
+
+
+@pytest.mark.parametrize("path", GET_PAGES)
+def test_every_page_needs_a_session(farm, path):
+    _, app, _ = farm
+    response = app.test_client().get(path)
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    polled = app.test_client().get(path, headers={"HX-Request": "true"})
+    assert polled.status_code == 401 and polled.headers["HX-Redirect"].startswith("/login")
+
+
+@pytest.mark.parametrize("path", POST_ACTIONS)
+def test_every_action_needs_the_csrf_token(farm, path):
+    _, app, _ = farm
+    ana = signed_in(app, "ana")
+    response = ana.post(path, data={"prompt": "a bell"})
+    assert response.status_code == 400 and "CSRF check failed" in response.get_data(as_text=True)
+    forged = ana.post(path, data={"prompt": "a bell", "csrf_token": "not-the-token"})
+    assert forged.status_code == 400
