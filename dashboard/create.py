@@ -150,7 +150,7 @@ def submit():
     except RequestError as exc:
         return _render_form(values, field_errors(exc), 422, "The request needs fixing: see the marked fields.")
     except QuotaExceededError as exc:
-        return _render_form(values, {"quota": str(exc)}, 429, str(exc))
+        return _render_form(values, {"quota": str(exc)}, 429)
     return redirect(url_for("dashboard.job", job_id=job.id))
 
 

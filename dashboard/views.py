@@ -1,5 +1,5 @@
 """Dashboard pages: sign-in with a session cookie and the status page; the
-other pages live in a module each (create, campaigns, images)."""
+other pages live in a module each (create, campaigns, images, operations)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from flask import redirect, render_template, request, session, url_for
 from sqlalchemy import func, select
 
-from dashboard import campaigns, create, images  # noqa: F401  (their routes join the blueprint)
+from dashboard import campaigns, create, images, operations  # noqa: F401  (their routes join the blueprint)
 from dashboard.core import bp, farm_ctx as _ctx, login_required
 from farm.auth import check_password, user_for_token
 from farm.models import Job, ModelEntry, User, Worker

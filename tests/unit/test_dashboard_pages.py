@@ -19,6 +19,7 @@ from farm.context import build_context
 from farm.events import LocalEvents
 from farm.models import Campaign, Job
 from farm.registry import add_model
+from farm.services.tokens import OPERATOR, list_tokens
 from farm.workers import render as render_module
 from farm.workers.runtime import WorkerRuntime
 from farm.workers.tiny import write_tiny_model
@@ -191,11 +192,12 @@ def test_members_see_only_what_the_api_shows_them(farm):
     assert "ana&#39;s" in ana.get("/campaigns").get_data(as_text=True)
 
 
-GET_PAGES = ("/", "/create", "/create/styles", "/campaigns", f"/campaigns/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}",
+GET_PAGES = ("/", "/create", "/create/styles", "/campaigns", "/workers", "/usage", "/admin", "/admin/usage.csv", f"/campaigns/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}",
              f"/images/{uuid.uuid4()}", f"/thumbs/{uuid.uuid4()}.webp")
 POST_ACTIONS = ("/create", "/create/check", "/create/rows-preview", f"/campaigns/{uuid.uuid4()}/pause",
                 f"/campaigns/{uuid.uuid4()}/cancel", f"/campaigns/{uuid.uuid4()}/retry-failed",
-                f"/images/{uuid.uuid4()}/rerender", f"/images/{uuid.uuid4()}/upscale_2x", "/logout")
+                f"/images/{uuid.uuid4()}/rerender", f"/images/{uuid.uuid4()}/upscale_2x", "/workers/w1/drain",
+                "/admin/quota/user/1", "/admin/tokens", "/admin/tokens/1/revoke", "/logout")
 
 
 @pytest.mark.parametrize("path", GET_PAGES)
@@ -215,3 +217,64 @@ def test_every_action_needs_the_csrf_token(farm, path):
     assert response.status_code == 400 and "CSRF check failed" in response.get_data(as_text=True)
     forged = ana.post(path, data={"prompt": "a bell", "csrf_token": "not-the-token"})
     assert forged.status_code == 400
+
+
+def test_workers_page_shows_vram_models_and_queue_and_only_admins_drain(farm):
+    ctx, app, runtime = farm
+    runtime.register()
+    ana, root = signed_in(app, "ana"), signed_in(app, "root")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="2", campaign_name="bells", **SIZE)
+    run_queued(ctx, runtime)
+    runtime.heartbeat()  # reports the model it now holds
+    post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="3", campaign_name="more bells", **SIZE)
+    with ctx.db.transaction() as session:
+        waiting = session.execute(select(Job).where(Job.status == "queued")).scalars().first()
+        waiting.error = "waiting: no worker can run this job (needs 40.0 GB, the largest GPU has 4.0 GB)"
+    page = ana.get("/workers").get_data(as_text=True)
+    assert 'id="worker-w1"' in page and "tiny-sd" in page and "of 4.0 GB" in page
+    assert re.search(r"<td>tiny-sd</td><td>3</td>", page)  # queue depth per model
+    assert "needs 40.0 GB" in page
+    assert 'id="drain-w1"' not in page  # members get no drain button
+    assert post(ana, "/workers/w1/drain").status_code == 403
+    assert 'id="drain-w1"' in root.get("/workers").get_data(as_text=True)
+    assert post(root, "/workers/w1/drain").status_code == 302
+    with ctx.db.session() as session:
+        from farm.models import Worker
+
+        assert session.get(Worker, "w1").draining
+    assert 'id="resume-w1"' in root.get("/workers?fragment=1").get_data(as_text=True)
+    assert post(root, "/workers/w1/resume").status_code == 302
+
+
+def test_usage_quota_editing_csv_and_tokens(farm):
+    ctx, app, runtime = farm
+    ana, root = signed_in(app, "ana"), signed_in(app, "root")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="2", campaign_name="bells", **SIZE)
+    run_queued(ctx, runtime)
+    mine = ana.get("/usage").get_data(as_text=True)
+    assert "<b>2</b> images" in mine and 'id="my-usage-chart"' in mine and "unlimited" in mine
+    for path in ("/admin", "/admin/usage.csv"):
+        assert ana.get(path).status_code == 403
+    assert post(ana, "/admin/quota/user/1", images_per_day="5").status_code == 403
+    with ctx.db.session() as session:
+        from farm.models import User
+
+        ana_id = session.execute(select(User.id).where(User.name == "ana")).scalar_one()
+    bad = post(root, f"/admin/quota/user/{ana_id}", images_per_day="lots")
+    assert bad.status_code == 422 and "is not a number" in bad.get_data(as_text=True)
+    assert post(root, f"/admin/quota/user/{ana_id}", images_per_day="3", max_steps="40").status_code == 302
+    admin_page = root.get("/admin").get_data(as_text=True)
+    assert f'aria-label="ana images_per_day" value="3"' in admin_page
+    assert "1 images today" in post(ana, "/create/check", prompt="a bell", model="tiny-sd", **SIZE).get_data(as_text=True)
+    over = post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="2", campaign_name="too many", **SIZE)
+    assert over.status_code == 429, over.status_code
+    assert over.get_data(as_text=True).count("has used 2 of 3 images today") == 1  # said once, above the form
+    csv_text = root.get("/admin/usage.csv?group_by=user,model").get_data(as_text=True).splitlines()
+    assert csv_text[0] == "user,model,images,gpu_seconds" and csv_text[1].startswith("ana,tiny-sd,2,")
+    created = post(root, "/admin/tokens", user_id=str(ana_id), name="ci", scope="read").get_data(as_text=True)
+    token = re.search(r'id="new-token">[^<]*<code>([^<]+)</code>', created).group(1)
+    assert app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    token_id = max(t.id for t in list_tokens(ctx, OPERATOR, all_users=True))
+    assert post(root, f"/admin/tokens/{token_id}/revoke").status_code == 302
+    assert app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
