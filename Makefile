@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: up test install install-dev services bench clean
+.PHONY: up test install install-dev services browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ up: install
 services:
 	bash scripts/ensure-services.sh
 
-test: install services
+browser:
+	bash scripts/ensure-browser.sh
+
+test: install services browser
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 bench: install services

@@ -1,0 +1,163 @@
+"""The dashboard in headless Chromium against a real farm (api, scheduler and a
+worker with a tiny model, on Postgres, Redis and S3): a member builds campaigns
+from a matrix and from a CSV upload and watches them complete, opens an image
+and rerenders it, and is refused admin pages; an admin drains a worker and
+edits a quota. Screenshots of each page go to test-artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import running_cluster
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture()
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make test` installs it (scripts/ensure-browser.sh)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(browser, cluster, token: str):
+    page = browser.new_context(viewport={"width": 1366, "height": 800}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(cluster.api_url + "/login")
+    shot(page, "01-login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(cluster.api_url + "/")
+    return page
+
+
+def fill_small(page) -> None:
+    page.select_option("#model", "tiny-a")
+    page.click("summary")  # advanced options
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    page.fill("#steps", "4")
+
+
+def wait_complete(page) -> None:
+    page.wait_for_function("document.querySelector('#campaign-percent') && document.querySelector('#campaign-percent').textContent.trim() === '100.0'",
+                           timeout=TIMEOUT_MS)
+
+
+THUMBNAILS_SHOWN = "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0 && i.naturalWidth <= 256)"
+
+
+def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
+    with running_cluster(tmp_path, s3, redis_url, {"tiny-a": tiny_models["tiny-a"]}, {"wa": ["tiny-a"]}) as cluster:
+        base = cluster.api_url
+        member = sign_in(browser, cluster, cluster.token)
+
+        # A campaign from a matrix: 2 prompts x 2 seeds, checked first.
+        member.goto(base + "/create")
+        member.fill("#prompt", "a red boat\na blue kite")
+        fill_small(member)
+        member.fill("#seed", "7")
+        member.fill("#seed_count", "2")
+        member.fill("#campaign_name", "matrix")
+        member.fill("#style-search", "golden")
+        member.wait_for_selector("#style-list input[value=photo-golden-hour-landscape]")
+        member.check("#style-list input[value=photo-golden-hour-landscape]")
+        member.click("#check-button")
+        member.wait_for_selector("#check-result")
+        assert "4 jobs" in member.inner_text("#check-result")
+        shot(member, "02-create-checked")
+        member.click("#submit-button")
+        member.wait_for_url(f"{base}/campaigns/*")
+        wait_complete(member)  # progress arrives by polling, without a reload
+        member.wait_for_function("document.querySelectorAll('#gallery img').length === 4", timeout=TIMEOUT_MS)
+        member.wait_for_function(THUMBNAILS_SHOWN, timeout=TIMEOUT_MS)  # served as small WebPs from the store
+        assert "succeeded 4" in member.inner_text("#campaign-counts")
+        shot(member, "03-campaign-matrix")
+
+        # A field error says what to fix, next to the field.
+        member.goto(base + "/create")
+        member.fill("#prompt", "a lighthouse")
+        fill_small(member)
+        member.fill("#steps", "0")
+        member.click("#submit-button")
+        assert "greater than or equal to 1" in member.inner_text("#error-steps")
+        shot(member, "04-create-field-error")
+
+        # A campaign from a CSV upload, previewed first.
+        rows = tmp_path / "rows.csv"
+        rows.write_text("prompt,seed\na green door,1\na yellow cab,2\na grey owl,3\n")
+        member.goto(base + "/create")
+        fill_small(member)
+        member.fill("#campaign_name", "from csv")
+        member.set_input_files("#rows", str(rows))
+        member.wait_for_selector("#rows-preview")
+        assert "a yellow cab" in member.inner_text("#rows-preview")
+        shot(member, "05-create-csv-preview")
+        member.click("#submit-button")
+        member.wait_for_url(f"{base}/campaigns/*")
+        wait_complete(member)
+        member.wait_for_function("document.querySelectorAll('#gallery img').length === 3", timeout=TIMEOUT_MS)
+
+        member.goto(base + "/campaigns")
+        assert "matrix" in member.inner_text("#campaign-rows") and "from csv" in member.inner_text("#campaign-rows")
+        shot(member, "06-campaigns")
+
+        # Open an image, read its lineage, rerender it.
+        member.goto(base + "/campaigns")
+        member.click("text=matrix")
+        member.click("#gallery a >> nth=0")
+        member.wait_for_selector("#lineage")
+        assert "photo-golden-hour-landscape" in member.inner_text("#lineage")
+        assert member.evaluate("document.querySelector('#full-image').naturalWidth") == 128
+        shot(member, "07-image")
+        member.click("#rerender")
+        member.wait_for_url(f"{base}/jobs/*")
+        member.wait_for_function("document.querySelector('#job-state').textContent === 'succeeded'", timeout=TIMEOUT_MS)
+        shot(member, "08-rerender-job")
+
+        # What a member may not do.
+        member.goto(base + "/workers")
+        member.wait_for_selector("#worker-wa")
+        assert member.locator("#drain-wa").count() == 0
+        shot(member, "09-workers-member")
+        refused = member.goto(base + "/admin")
+        assert refused.status == 403 and "only admins" in member.inner_text("body")
+        shot(member, "10-admin-refused")
+        member.goto(base + "/usage")
+        member.wait_for_selector("#my-usage-chart")
+        shot(member, "11-usage")
+
+        # An admin drains and resumes the worker and edits the member's quota.
+        admin = sign_in(browser, cluster, cluster.admin_token)
+        admin.goto(base + "/workers")
+        admin.click("#drain-wa")
+        admin.wait_for_selector("#resume-wa")
+        assert "draining" in admin.inner_text("#worker-wa")
+        shot(admin, "12-workers-drained")
+        admin.click("#resume-wa")
+        admin.wait_for_selector("#drain-wa")
+        admin.goto(base + "/admin")
+        admin.fill("[aria-label='alice images_per_day']", "50")
+        admin.click("#save-user-alice")
+        admin.wait_for_selector("#user-quotas")
+        assert admin.input_value("[aria-label='alice images_per_day']") == "50"
+        shot(admin, "13-admin-quota")
+        member.goto(base + "/usage")
+        assert "50" in member.inner_text("#my-quota")
