@@ -79,9 +79,11 @@ class GalleryItem:
 
 
 def _style_clause(session: Session, style: str):
-    styles = Job.params["styles"]
     if session.bind.dialect.name == "postgresql":
-        return styles.contains([style])  # JSONB containment, exact
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return cast(Job.params, JSONB)["styles"].contains([style])  # JSONB containment (@>), exact
+    styles = Job.params["styles"]
     # SQLite: match the quoted name inside the JSON text of the list.
     quoted = '"' + style.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return cast(styles, String).contains(quoted, autoescape=True)
