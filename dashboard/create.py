@@ -60,9 +60,18 @@ def _quota_summary():
         return me_report(session, g.dashboard_user)
 
 
+# Fields of the form that show their own error; problems with any other field are listed above the form.
+FIELD_SLOTS = frozenset({"prompt", "negative_prompt", "model", "variant", "preset", "performance", "aspect_ratio", "styles",
+                         "num_images", "seed", "seed_count", "steps", "guidance_scale", "width", "height", "sampler",
+                         "scheduler", "output_format", "clip_skip", "detail_guidance", "priority", "refiner",
+                         "refiner_switch", "name", "rows", "budget_images", "quota"})
+
+
 def _render_form(values, errors=None, status=200, message=None):
     chosen = values.get("styles", [])
-    return render_template("create.html", values=values, errors=errors or {}, message=message, styles=_styles("", chosen),
+    errors = errors or {}
+    other = {field: text for field, text in errors.items() if field not in FIELD_SLOTS}
+    return render_template("create.html", values=values, errors=errors, other_errors=other, message=message, styles=_styles("", chosen),
                            chosen_styles=chosen, quota=_quota_summary(), **_options()), status
 
 

@@ -278,3 +278,27 @@ def test_usage_quota_editing_csv_and_tokens(farm):
     assert post(root, f"/admin/tokens/{token_id}/revoke").status_code == 302
     assert app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
+
+
+def test_vary_upscale_and_image_prompt_start_jobs_from_the_image(farm):
+    ctx, app, runtime = farm
+    ana = signed_in(app, "ana")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", **SIZE)
+    run_queued(ctx, runtime)
+    with ctx.db.session() as session:
+        output_id = session.execute(select(Job)).scalar_one().outputs[0].id
+    for mode, size in (("vary_subtle", (64, 64)), ("upscale_1.5x", (96, 96))):
+        response = post(ana, f"/images/{output_id}/{mode}")
+        assert response.status_code == 302, response.get_data(as_text=True)
+        job_id = uuid.UUID(response.headers["Location"].split("/")[-1])
+        with ctx.db.session() as session:
+            job = session.get(Job, job_id)
+            assert job.request["image_mode"] == mode and job.request["parent_output"] == str(output_id)
+            assert (job.width, job.height) == size
+    assert post(ana, f"/images/{output_id}/sharpen").status_code == 404
+    form = ana.get(f"/create?image_prompt={output_id}").get_data(as_text=True)
+    assert f'name="image_prompt" value="{output_id}"' in form
+    response = post(ana, "/create", prompt="a bell", model="tiny-sd", image_prompt=str(output_id), **SIZE)
+    # The tiny model has no IP-Adapter: the refusal names the field, above the form (it has no input of its own).
+    assert response.status_code == 422
+    assert re.search(r'id="form-message">.*<b>image_prompts</b>: [^<]*IP-Adapter', response.get_data(as_text=True), re.S)
