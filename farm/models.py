@@ -308,6 +308,7 @@ class Job(Timestamped, Base):
     __table_args__ = (
         Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
         Index("ix_jobs_finished_at", "finished_at"),
+        Index("ix_jobs_campaign_created", "campaign_id", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
