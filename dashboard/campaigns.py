@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, abort, g, redirect, render_template, request, stream_with_context, url_for
+from flask import abort, g, redirect, render_template, request, url_for
 
 from dashboard import data
 from dashboard.core import bp, farm_ctx, login_required
+from farm.api.campaigns import manifest_download, zip_download
 from farm.models import JobStatus
 from farm.services import campaigns as service
 
@@ -100,20 +101,10 @@ def campaign_action(campaign_id: str, action: str):
 def campaign_manifest(campaign_id: str, fmt: str):
     if fmt not in ("csv", "jsonl"):
         abort(404, description="the manifest comes as .csv or .jsonl")
-    ctx, user = farm_ctx(), g.dashboard_user
-    with ctx.db.session() as session:
-        service.visible_campaign(session, user, campaign_id)  # 404 before streaming starts
-    rows = service.manifest_rows(ctx, user, campaign_id)
-    body = service.manifest_csv(rows) if fmt == "csv" else service.manifest_jsonl(rows)
-    return Response(stream_with_context(body), mimetype="text/csv" if fmt == "csv" else "application/x-ndjson",
-                    headers={"Content-Disposition": f"attachment; filename=campaign-{campaign_id}.{fmt}"})
+    return manifest_download(farm_ctx(), g.dashboard_user, campaign_id, fmt)
 
 
 @bp.get("/campaigns/<campaign_id>/export.zip")
 @login_required
 def campaign_zip(campaign_id: str):
-    ctx, user = farm_ctx(), g.dashboard_user
-    with ctx.db.session() as session:
-        service.visible_campaign(session, user, campaign_id)
-    return Response(stream_with_context(service.export_zip(ctx, user, campaign_id)), mimetype="application/zip",
-                    headers={"Content-Disposition": f"attachment; filename=campaign-{campaign_id}.zip"})
+    return zip_download(farm_ctx(), g.dashboard_user, campaign_id)

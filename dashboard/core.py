@@ -12,13 +12,15 @@ import functools
 import logging
 import secrets
 
-from werkzeug.exceptions import HTTPException
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
+from farm.api.errors import ApiError
+from farm.api.security import farm_context as farm_ctx
 from farm.services.jobs import ConflictError, NotFoundError
 from farm.services.quotas import QuotaExceededError
 from farm.services.tokens import ForbiddenError
 from farm.spec import RequestError
+from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static", static_url_path="/static/dashboard")
@@ -26,12 +28,6 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"  # htmx sends the token as a header (set once in base.html)
 POLL_S = 2  # live parts poll at most once a second; every two is enough to feel live
-
-
-def farm_ctx():
-    from farm.api.security import farm_context
-
-    return farm_context()
 
 
 def csrf_token() -> str:
@@ -108,42 +104,27 @@ def field_errors(exc: RequestError) -> dict[str, str]:
     return errors
 
 
-def back_to(default: str) -> str:
-    target = request.form.get("next") or request.args.get("next") or ""
-    return target if target.startswith("/") and not target.startswith("//") else default
-
-
 def _error_page(status: int, message: str):
     if is_htmx():
         return render_template("partials/error.html", message=message), status
     return render_template("error.html", status=status, message=message), status
 
 
-@bp.errorhandler(NotFoundError)
-def _not_found(exc):
-    return _error_page(404, str(exc))
+# The services' errors as HTML pages (the API answers the same errors in JSON, farm/api/errors.py).
+_ERROR_PAGES = (
+    (NotFoundError, lambda exc: 404), (ConflictError, lambda exc: 409), (ForbiddenError, lambda exc: 403),
+    (QuotaExceededError, lambda exc: 429), (ApiError, lambda exc: exc.status), (RequestError, lambda exc: exc.status),
+    (HTTPException, lambda exc: exc.code or 500),
+)
 
 
-@bp.errorhandler(ConflictError)
-def _conflict(exc):
-    return _error_page(409, str(exc))
+def _message(exc: Exception) -> str:
+    if isinstance(exc, RequestError):
+        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
+    if isinstance(exc, HTTPException):
+        return exc.description or exc.name
+    return str(exc)
 
 
-@bp.errorhandler(ForbiddenError)
-def _forbidden(exc):
-    return _error_page(403, str(exc))
-
-
-@bp.errorhandler(QuotaExceededError)
-def _quota(exc):
-    return _error_page(429, str(exc))
-
-
-@bp.errorhandler(RequestError)
-def _request(exc):
-    return _error_page(exc.status, "; ".join(f"{p.field}: {p.message}" for p in exc.problems))
-
-
-@bp.errorhandler(HTTPException)
-def _http(exc: HTTPException):
-    return _error_page(exc.code or 500, exc.description or exc.name)
+for _kind, _status in _ERROR_PAGES:
+    bp.register_error_handler(_kind, lambda exc, status=_status: _error_page(status(exc), _message(exc)))

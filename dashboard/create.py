@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 ASPECT_RATIOS = ("1024*1024", "1152*896", "896*1152", "1216*832", "832*1216", "1344*768", "768*1344", "1536*640",
                  "640*1536", "512*512", "768*512", "512*768", "256*256", "384*256", "256*384")
 PERFORMANCE_MODES = ("quality", "speed", "extreme_speed", "lightning")
-IMAGE_MODES = ("vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x")
 STYLE_MATCHES = 200
 
 
@@ -51,7 +50,7 @@ def _options():
         "models": [m for m in models if m.family not in REFINER_FAMILIES],
         "refiners": [m for m in models if m.family in REFINER_FAMILIES],
         "presets": _library().presets.listing(), "performance_modes": PERFORMANCE_MODES, "aspect_ratios": ASPECT_RATIOS,
-        "samplers": SAMPLERS, "schedules": SIGMA_SCHEDULES, "image_modes": IMAGE_MODES,
+        "samplers": SAMPLERS, "schedules": SIGMA_SCHEDULES,
     }
 
 
@@ -128,16 +127,15 @@ def rows_preview():
     upload = request.files.get("rows")
     if upload is None or not upload.filename:
         return render_template("partials/rows_preview.html", rows=[], total=0, error=None)
-    name = upload.filename.lower()
-    fmt = "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv" if name.endswith(".csv") else None
+    fmt = campaign_service.rows_format(upload.filename)
+    if fmt is None:
+        return render_template("partials/rows_preview.html", rows=[], total=0, error="upload a .csv or .jsonl file")
     try:
-        if fmt is None:
-            raise RequestError([])
         rows = campaign_service.parse_rows(upload.read().decode("utf-8-sig"), fmt)
     except UnicodeDecodeError:
         return render_template("partials/rows_preview.html", rows=[], total=0, error="the file must be UTF-8 text")
     except RequestError as exc:
-        message = "; ".join(f"{p.field}: {p.message}" for p in exc.problems) or "upload a .csv or .jsonl file"
+        message = "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
         return render_template("partials/rows_preview.html", rows=[], total=0, error=message)
     columns = sorted({key for row in rows[:10] for key in row})
     return render_template("partials/rows_preview.html", rows=rows[:10], columns=columns, total=len(rows), error=None)

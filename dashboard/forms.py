@@ -10,6 +10,8 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
+from farm.services.campaigns import MAX_CAMPAIGN_JOBS
+from farm.services.campaigns import rows_format as campaign_rows_format
 from farm.spec import FieldProblem, RequestError
 
 logger = logging.getLogger(__name__)
@@ -19,7 +21,6 @@ FLOAT_FIELDS = ("guidance_scale", "detail_guidance", "refiner_switch", "image_pr
 TEXT_FIELDS = ("negative_prompt", "variant", "preset", "performance", "sampler", "scheduler", "output_format",
                "refiner", "image_mode", "parent_output")
 FLAGS = ("prompt_expansion", "freeu", "same_seed")
-MAX_SEEDS = 10_000
 
 
 @dataclass
@@ -102,22 +103,19 @@ def read_create_form(form: MultiDict, files: MultiDict) -> Submission:
         base["styles"] = styles
 
     seed = _number(form, "seed", int, problems)
-    seed_count = _number(form, "seed_count", int, problems) or 1
-    if not 1 <= seed_count <= MAX_SEEDS:
-        problems.append(FieldProblem("seed_count", f"give 1 to {MAX_SEEDS} seeds"))
-    elif seed_count > 1:
-        matrix["seed"] = [seed + i for i in range(seed_count)] if seed is not None else []
-        if seed is None:
-            del matrix["seed"]
-            matrix["seed_count"] = [seed_count]
+    seed_count = _number(form, "seed_count", int, problems)
+    if seed_count is not None and not 1 <= seed_count <= MAX_CAMPAIGN_JOBS:
+        problems.append(FieldProblem("seed_count", f"give 1 to {MAX_CAMPAIGN_JOBS} seeds"))
+    elif seed_count and seed_count > 1:
+        # From a given seed: seed, seed + 1, ...; else the campaign draws them.
+        matrix.update({"seed": [seed + i for i in range(seed_count)]} if seed is not None else {"seed_count": [seed_count]})
     elif seed is not None:
         base["seed"] = seed
 
     rows_text = rows_format = None
     upload = files.get("rows")
     if upload is not None and upload.filename:
-        name = upload.filename.lower()
-        rows_format = "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv" if name.endswith(".csv") else None
+        rows_format = campaign_rows_format(upload.filename)
         if rows_format is None:
             problems.append(FieldProblem("rows", "upload a .csv or .jsonl file"))
         else:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import Response, g, render_template, request
+from flask import Response, abort, g, redirect, render_template, request, url_for
 
 from dashboard.core import bp, farm_ctx, login_required
+from farm.api.outputs import image_response
+from farm.models import Job
 from farm.services import jobs as job_service
 from farm.storage import ObjectNotFoundError
 
 logger = logging.getLogger(__name__)
 
 THUMB_PX = 256
+IMAGE_ACTIONS = {"vary_subtle": "Vary (subtle)", "vary_strong": "Vary (strong)", "upscale_1.5x": "Upscale 1.5×", "upscale_2x": "Upscale 2×"}
 
 
 @bp.get("/jobs/<job_id>")
@@ -57,12 +60,7 @@ def thumbnail(output_id: str):
 @login_required
 def full_image(output_id: str):
     ctx = farm_ctx()
-    output = job_service.get_output(ctx, g.dashboard_user, output_id)
-    try:
-        data = ctx.storage.get(output.object_key)
-    except ObjectNotFoundError:
-        return Response("the image is missing from the store", status=404, mimetype="text/plain")
-    return Response(data, mimetype=output.content_type, headers={"Cache-Control": "private, max-age=86400"})
+    return image_response(ctx, job_service.get_output(ctx, g.dashboard_user, output_id))
 
 
 def _lineage_rows(value, prefix: str = "") -> list[tuple[str, str]]:
@@ -86,14 +84,9 @@ def image(output_id: str):
     return render_template("image.html", output=output, lineage=_lineage_rows(output.lineage), image_modes=IMAGE_ACTIONS)
 
 
-IMAGE_ACTIONS = {"vary_subtle": "Vary (subtle)", "vary_strong": "Vary (strong)", "upscale_1.5x": "Upscale 1.5×", "upscale_2x": "Upscale 2×"}
-
-
 @bp.post("/images/<output_id>/rerender")
 @login_required
 def rerender(output_id: str):
-    from flask import redirect, url_for
-
     new = job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id)
     return redirect(url_for("dashboard.job", job_id=new.id))
 
@@ -102,10 +95,6 @@ def rerender(output_id: str):
 @login_required
 def image_task(output_id: str, mode: str):
     """Vary or upscale an image: a new image-to-image job from it, with its job's prompt and model."""
-    from flask import abort, redirect, url_for
-
-    from farm.models import Job
-
     if mode not in IMAGE_ACTIONS:
         abort(404, description=f"no image action {mode!r}")
     ctx, user = farm_ctx(), g.dashboard_user

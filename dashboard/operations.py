@@ -3,15 +3,14 @@ for admins every user and team, editable limits, usage charts, CSV, tokens)."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import logging
 
-from flask import Response, g, redirect, render_template, request, url_for
+from flask import abort, g, redirect, render_template, request, url_for
 
 from dashboard import data
 from dashboard.core import admin_required, bp, farm_ctx, field_errors, login_required
+from farm.api.users import usage_csv as usage_csv_response
 from farm.models import utcnow
 from farm.services import tokens as token_service
 from farm.services.quotas import LIMIT_FIELDS, USAGE_GROUPS, me_report, set_quota, usage_report
@@ -35,8 +34,6 @@ def workers():
 @bp.post("/workers/<worker_id>/<action>")
 @admin_required
 def worker_action(worker_id: str, action: str):
-    from flask import abort
-
     if action not in ("drain", "resume"):
         abort(404, description=f"no worker action {action!r}")
     set_draining(farm_ctx(), worker_id, action == "drain")
@@ -82,19 +79,12 @@ def admin(errors: dict | None = None, status: int = 200, new_token: str | None =
 @admin_required
 def usage_csv():
     group_by = _group_by()
-    rows = usage_report(farm_ctx(), group_by, *_window())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return Response(buffer.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=usage.csv"})
+    return usage_csv_response(usage_report(farm_ctx(), group_by, *_window()), group_by)
 
 
 @bp.post("/admin/quota/<owner>/<int:owner_id>")
 @admin_required
 def edit_quota(owner: str, owner_id: int):
-    from flask import abort
-
     if owner not in ("user", "team"):
         abort(404, description="quotas belong to a user or a team")
     payload: dict = {}

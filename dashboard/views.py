@@ -9,7 +9,7 @@ from flask import redirect, render_template, request, session, url_for
 from sqlalchemy import func, select
 
 from dashboard import campaigns, create, images, operations  # noqa: F401  (their routes join the blueprint)
-from dashboard.core import bp, farm_ctx as _ctx, login_required
+from dashboard.core import bp, farm_ctx, login_required
 from farm.auth import check_password, user_for_token
 from farm.models import Job, ModelEntry, User, Worker
 
@@ -24,7 +24,7 @@ def login():
         password = request.form.get("password", "")
         token = request.form.get("token", "").strip()
         user = None
-        with _ctx().db.session() as db_session:
+        with farm_ctx().db.session() as db_session:
             if token:
                 found = user_for_token(db_session, token)
                 user = found[0] if found else None
@@ -53,7 +53,7 @@ def logout():
 @bp.get("/")
 @login_required
 def index():
-    ctx = _ctx()
+    ctx = farm_ctx()
     with ctx.db.session() as db_session:
         counts = dict(db_session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         workers = db_session.execute(select(Worker).order_by(Worker.id)).scalars().all()

@@ -26,8 +26,7 @@ def _campaign_payload():
         upload = request.files.get("rows")
         if upload is None:
             return payload, None, None
-        name = (upload.filename or "").lower()
-        fmt = "jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv"
+        fmt = service.rows_format(upload.filename) or "csv"
         try:
             text = upload.read().decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -101,7 +100,17 @@ def manifest(campaign_id: str):
     fmt = request.args.get("format", "jsonl")
     if fmt not in ("csv", "jsonl"):
         raise ApiError(400, "format must be csv or jsonl")
-    ctx, user = farm_context(), g.user
+    return manifest_download(farm_context(), g.user, campaign_id, fmt)
+
+
+@bp.get("/campaigns/<campaign_id>/export.zip")
+@require_user
+def export(campaign_id: str):
+    return zip_download(farm_context(), g.user, campaign_id)
+
+
+def manifest_download(ctx, user, campaign_id: str, fmt: str) -> Response:
+    """The campaign's manifest (csv or jsonl) as a streamed attachment; the API and the dashboard both serve it."""
     with ctx.db.session() as session:
         service.visible_campaign(session, user, campaign_id)  # 404 before streaming starts
     rows = service.manifest_rows(ctx, user, campaign_id)
@@ -111,10 +120,8 @@ def manifest(campaign_id: str):
                     headers={"Content-Disposition": f"attachment; filename=campaign-{campaign_id}.{fmt}"})
 
 
-@bp.get("/campaigns/<campaign_id>/export.zip")
-@require_user
-def export(campaign_id: str):
-    ctx, user = farm_context(), g.user
+def zip_download(ctx, user, campaign_id: str) -> Response:
+    """The campaign's images and manifest as a streamed ZIP attachment."""
     with ctx.db.session() as session:
         service.visible_campaign(session, user, campaign_id)
     return Response(stream_with_context(service.export_zip(ctx, user, campaign_id)), mimetype="application/zip",

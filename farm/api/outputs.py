@@ -38,12 +38,16 @@ def rerender(output_id: str):
 @require_user
 def get_output_image(output_id: str):
     ctx = farm_context()
-    output = job_service.get_output(ctx, g.user, output_id)
+    return image_response(ctx, job_service.get_output(ctx, g.user, output_id))
+
+
+def image_response(ctx, output) -> Response:
+    """An output's image: a redirect to a presigned store URL where the store has them, else the bytes."""
     url = ctx.storage.url(output.object_key, ctx.settings.s3_presign_s)
     if url:
         return redirect(url, code=302)
     try:
         data = ctx.storage.get(output.object_key)
     except ObjectNotFoundError:
-        raise ApiError(404, f"the image of output {output_id} is missing from the store") from None
+        raise ApiError(404, f"the image of output {output.id} is missing from the store") from None
     return Response(data, mimetype=output.content_type, headers={"Cache-Control": "private, max-age=86400", "ETag": output.content_sha256})

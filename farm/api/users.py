@@ -71,11 +71,9 @@ def set_team_quota(team_id: int):
 @require_admin
 def usage():
     """Usage per user, team, model and/or day; ?format=csv for a spreadsheet."""
-    import csv
     import datetime as dt
-    import io
 
-    from flask import Response, request
+    from flask import request
 
     from farm.models import utcnow
     from farm.services.quotas import usage_report
@@ -96,9 +94,19 @@ def usage():
     group_by = [g for g in request.args.get("group_by", "user").split(",") if g]
     rows = usage_report(farm_context(), group_by, since, until)
     if request.args.get("format") == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
-        writer.writeheader()
-        writer.writerows(rows)
-        return Response(buffer.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=usage.csv"})
+        return usage_csv(rows, group_by)
     return jsonify({"since": since.isoformat(), "until": until.isoformat(), "group_by": group_by, "rows": rows})
+
+
+def usage_csv(rows: list[dict], group_by: list[str]):
+    """Usage rows as a CSV attachment (the API's ?format=csv and the dashboard's export)."""
+    import csv
+    import io
+
+    from flask import Response
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(buffer.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=usage.csv"})

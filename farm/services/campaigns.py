@@ -35,6 +35,7 @@ from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, p
 logger = logging.getLogger(__name__)
 
 MAX_CAMPAIGN_JOBS = 100_000
+RECENT_MINUTES = 5  # images per minute is measured over this window
 MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority"}) | {"seed_count"}
 # CSV cells are text: these fields are converted.
 _INT_FIELDS = {"width", "height", "steps", "seed", "num_images"}
@@ -90,6 +91,14 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
     if problems:
         raise RequestError(problems)
     return req
+
+
+def rows_format(filename: str | None) -> str | None:
+    """"jsonl" or "csv" from an uploaded rows file's name; None for any other name."""
+    name = (filename or "").lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return "csv" if name.endswith(".csv") else None
 
 
 def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
@@ -233,9 +242,6 @@ def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, A
         "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
         "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
     }
-
-
-RECENT_MINUTES = 5  # images per minute is measured over this window
 
 
 def progress(campaign: Campaign, counts: dict[str, int], recent_outputs: int) -> dict[str, Any]:

@@ -106,6 +106,8 @@ def test_field_errors_show_next_to_the_field_and_keep_the_input(farm):
     assert "a lighthouse</textarea>" in page  # nothing typed is lost
     unknown = post(ana, "/create", prompt="a lighthouse", model="no-such-model", **{k: v for k, v in SIZE.items()})
     assert unknown.status_code == 422 and 'id="error-model"' in unknown.get_data(as_text=True)
+    no_seeds = post(ana, "/create", prompt="a lighthouse", model="tiny-sd", seed_count="0", **SIZE)
+    assert no_seeds.status_code == 422 and re.search(r'id="error-seed_count">give 1 to 100000 seeds', no_seeds.get_data(as_text=True))
     empty = post(ana, "/create/check", prompt="  ")
     assert "<b>prompt</b>" in empty.get_data(as_text=True)
 
