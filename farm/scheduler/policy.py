@@ -16,14 +16,18 @@ How it decides, for each free worker slot in turn:
 3. Otherwise, while the job is still within its patience (a few load-times),
    free workers are given jobs for models they already hold: grouping
    same-model work on the same worker is what saves loads.
-4. Otherwise the job is loaded on the free worker where it costs least:
-   the load time, plus the loss of what must be evicted, weighted by the
-   queued demand for it. A job never goes where its model plus its
+4. Otherwise the job's model is loaded on a free worker. One where it fits
+   without evicting anything comes first, the smallest such GPU first (best
+   fit: the big GPUs stay free for the big models and for the copies a burst
+   needs), then the shortest load. Where every choice must evict, the cost
+   is the load time plus the loss of what is evicted, weighted by the queued
+   demand for it. A job never goes where its model plus its
    resolution-dependent working memory cannot fit. When some busy worker
-   already holds the model, another copy is loaded only where it would take
-   at least ``REPLICATE_GAIN_S`` off the time the holders need for the
-   model's queue, net of the load; the gain asked for shrinks to nothing as
-   the job's patience runs out (delay scheduling).
+   already holds the model, another copy is loaded only when the holders
+   would need at least ``MIN_COPY_BACKLOG_S`` for the model's queue and the
+   copy would take at least ``REPLICATE_GAIN_S`` off that time, net of its
+   load; both shrink to nothing as the job's patience runs out (delay
+   scheduling).
 
 Idle workers left over preload the model with the most waiting demand that
 nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
@@ -153,12 +157,17 @@ class Decisions:
                [(p.worker_id, m) for p in self.preloads for m in p.evict]
 
 
-# Tunables, chosen by replaying bench/traces with `farm bench scheduler`
-# (docs/benchmarks.md): shorter patience loads more and, on a busy farm,
-# makes everyone wait longer behind the loads.
+# Tunables, chosen by replaying the shipped traces and two sets generated
+# with other seeds (bench/scheduler_targets.py, docs/benchmarks.md): shorter
+# patience loads more and, on a busy farm, makes everyone wait longer behind
+# the loads; longer patience saves loads but makes light users wait for
+# holders.
 CLASS_AGE_S = 600.0  # a waiting job climbs one priority class per 10 minutes
-AGE_WEIGHT = 3.0  # one second of waiting offsets three GPU-seconds of recent use
-MIN_PATIENCE_S = 300.0  # a job may wait this long for affinity before a load is made for it
+# One second of waiting offsets 30 GPU-seconds of recent use: a light user's
+# image still goes ahead of a campaign, but a campaign's oldest job is not held
+# back for as long as its owner's usage alone would say.
+AGE_WEIGHT = 30.0
+MIN_PATIENCE_S = 450.0  # a job may wait this long for affinity before a load is made for it
 PATIENCE_LOADS = 3.0  # ... or this many times its own model's load time, whichever is longer
 REFERENCE_LOAD_GBPS = 2.0
 # Another copy of a model that some GPU already holds is loaded only if it
@@ -166,6 +175,9 @@ REFERENCE_LOAD_GBPS = 2.0
 # queue, net of its own load time (delay scheduling: waiting a little for a
 # worker that has the data beats moving it; Zaharia et al., EuroSys 2010).
 REPLICATE_GAIN_S = 10.0
+# ... and only if the holders would need at least this long for the model's
+# queued work: a short queue drains on its holders before a copy pays off.
+MIN_COPY_BACKLOG_S = 30.0
 
 
 def patience_s(job: QueuedJob) -> float:
@@ -419,17 +431,26 @@ class _Placement:
             work = self.work_s[model_id] = sum(map(_EST_SECONDS, self.by_model[model_id].jobs))
         return work - self.placed_work_s.get(model_id, 0.0)
 
+    def holders_backlog_s(self, job: QueuedJob) -> tuple[float, float]:
+        """(B, H): the seconds the job's model's holders need for its queued work, and their total speed.
+
+        Only holders that could take this very job count (size, exclusions);
+        with none, B is infinite.
+        """
+        holders = sum(w.speed * w.capacity for w in self.holders.get(job.model_id, ()) if _can_run_here(job, w))
+        if holders <= 0:
+            return math.inf, 0.0
+        return self.unplaced_work_s(job.model_id) / holders, holders
+
     def copy_gain_s(self, job: QueuedJob, worker: WorkerState) -> float:
         """Seconds a new copy of the job's model on ``worker`` would take off its queue, less the load.
 
         The holders (total speed H) would take B seconds to work through the
         model's queue; with the new worker (speed s) they take B·H/(H+s).
         """
-        # Only holders that could take this very job count (size, exclusions).
-        holders = sum(w.speed * w.capacity for w in self.holders.get(job.model_id, ()) if _can_run_here(job, w))
+        backlog, holders = self.holders_backlog_s(job)
         if holders <= 0:
             return math.inf
-        backlog = self.unplaced_work_s(job.model_id) / holders
         speed = worker.speed * worker.capacity
         return backlog * speed / (holders + speed) - job.model_gb / worker.load_gbps
 
@@ -437,9 +458,13 @@ class _Placement:
         """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``."""
         if job.excluded_workers:
             return False
-        # The longer the job has waited, the smaller the gain that justifies a copy.
+        # The longer the job has waited, the less a copy has to be justified.
         left = 1.0 - (self.now - job.queued_at) / patience_s(job)
-        return left > 0 and self.copy_gain_s(job, worker) < REPLICATE_GAIN_S * left
+        if left <= 0:
+            return False
+        if self.holders_backlog_s(job)[0] < MIN_COPY_BACKLOG_S * left:
+            return True
+        return self.copy_gain_s(job, worker) < REPLICATE_GAIN_S * left
 
     def cheapest_worker(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
         best = None
@@ -453,8 +478,12 @@ class _Placement:
                 continue
             cost, evict = priced
             # After an out-of-memory failure the most free VRAM matters most;
-            # otherwise best fit keeps the big GPUs free for the big models.
-            rank = (-self.free_gb[worker.id], cost) if job.excluded_workers else (cost, -worker.speed, self.free_gb[worker.id])
+            # otherwise no eviction first, then best fit (the smallest GPU)
+            # keeps the big GPUs free for big models and for copies.
+            if job.excluded_workers:
+                rank = (-self.free_gb[worker.id], cost)
+            else:
+                rank = (bool(evict), worker.vram_total_gb, cost, -worker.speed)
             if best is None or rank < best[0]:
                 best = (rank, worker, evict)
         return (best[1], best[2]) if best else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import CLASS_AGE_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
+from farm.scheduler.policy import AGE_WEIGHT, CLASS_AGE_S, MIN_COPY_BACKLOG_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
 def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):
@@ -136,12 +136,17 @@ def test_never_overcommits_and_never_evicts_models_in_use():
     assert place(Snapshot([too_big], [w], now=1000.0)).assignments == []
 
 
-def test_fair_share_light_user_beats_heavy_campaign():
-    heavy = [job("a", t=float(i), user=1) for i in range(100)]
-    light = job("a", t=150.0, user=2)
+def test_fair_share_light_user_beats_heavy_campaign_but_the_campaign_does_not_starve():
     shares = {1: Share(weight=1.0, usage_s=3000.0), 2: Share(weight=1.0, usage_s=0.0)}
-    d = place(Snapshot(heavy + [light], [worker("w1", held={"a": 2.0})], now=151.0, shares=shares))
-    assert assigned(d) == {light.id: "w1"}
+    # 3,000 GPU-seconds of recent use weigh as much as 3000 / AGE_WEIGHT
+    # seconds of waiting: a campaign head that has waited less goes after the
+    # light user's fresh image, one that has waited much longer goes first.
+    offset = 3000.0 / AGE_WEIGHT
+    for head_wait, first in ((0.5 * offset, "light"), (2.0 * offset, "heavy")):
+        heavy = [job("a", t=float(i), user=1) for i in range(100)]
+        light = job("a", t=head_wait - 1.0, user=2)
+        d = place(Snapshot(heavy + [light], [worker("w1", held={"a": 2.0})], now=head_wait, shares=shares))
+        assert assigned(d) == {(light if first == "light" else heavy[0]).id: "w1"}, head_wait
 
 
 def test_weights_scale_shares():
@@ -152,7 +157,9 @@ def test_weights_scale_shares():
 
 
 def test_slots_are_spread_across_users_in_one_pass():
-    jobs = [job("a", t=float(i), user=1, est=60.0) for i in range(5)] + [job("a", t=10.0, user=2, est=60.0)]
+    # User 2's job is half a second younger than user 1's second one, but the
+    # minute of GPU time user 1 gets from the first slot outweighs that.
+    jobs = [job("a", t=float(i), user=1, est=60.0) for i in range(5)] + [job("a", t=1.5, user=2, est=60.0)]
     workers = [worker(f"w{i}", held={"a": 2.0}) for i in range(2)]
     d = place(Snapshot(jobs, workers, now=11.0))
     assert {jobs[0].id, jobs[5].id} == set(assigned(d))
@@ -258,16 +265,29 @@ def test_a_copy_goes_to_the_gpu_where_it_gains_most_not_to_a_slow_one():
     assert assigned(d) == {jobs[0].id: "fast"}
 
 
-def test_the_gain_a_copy_needs_shrinks_as_the_job_waits():
+def test_what_a_copy_must_justify_shrinks_as_the_job_waits():
     jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
     idle = fast_worker("idle")
     patience = patience_s(jobs[0])
-    # Gain 4 s: refused early, accepted once the required gain has shrunk below it.
-    assert REPLICATE_GAIN_S > 4.0
+    # Backlog 10 s, gain 4 s: refused early, accepted once both the backlog
+    # and the gain a copy must show have shrunk below them.
+    assert REPLICATE_GAIN_S > 4.0 and MIN_COPY_BACKLOG_S > 10.0
     assert place(Snapshot(jobs, [holder, idle], now=0.1 * patience)).assignments == []
-    late = 1.0 - 3.5 / REPLICATE_GAIN_S  # the required gain is 3.5 s here
-    assert assigned(place(Snapshot(jobs, [holder, idle], now=late * patience))) == {jobs[0].id: "idle"}
+    left = min(3.5 / REPLICATE_GAIN_S, 9.5 / MIN_COPY_BACKLOG_S)
+    assert assigned(place(Snapshot(jobs, [holder, idle], now=(1.0 - left) * patience))) == {jobs[0].id: "idle"}
+
+
+def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain():
+    # A holder of speed 0.5 needs 2 x B s for B s of work; a speed-2 copy
+    # would take 80% of that off. Under MIN_COPY_BACKLOG_S of backlog the
+    # queue still waits; above it the copy is made.
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1, speed=0.5)
+    idle = fast_worker("idle", speed=2.0)
+    short = [job("a", t=0.0, est=0.4 * MIN_COPY_BACKLOG_S)]
+    assert place(Snapshot(short, [holder, idle], now=1.0)).assignments == []
+    long = [job("a", t=0.0, est=0.8 * MIN_COPY_BACKLOG_S)]
+    assert assigned(place(Snapshot(long, [holder, idle], now=1.0))) == {long[0].id: "idle"}
 
 
 def test_a_model_nobody_holds_is_loaded_at_once():
