@@ -223,22 +223,30 @@ def describe(name: str, records: list[dict]) -> str:
             f"{work / (sum(w[2] for w in MIXED_WORKERS) * span):.2f} (FLUX GPUs {flux_work / (flux_speed * span):.2f})")
 
 
+def write_workload(out: Path, seed: int = SEED, scale: int = 1) -> list[str]:
+    """Write OUT/workers/*.json and OUT/traces/*.jsonl; one line describing each trace."""
+    (out / "traces").mkdir(parents=True, exist_ok=True)
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    mixed = [{"id": i, "vram_gb": v, "speed": s, "load_gbps": g, "families": f} for i, v, s, g, f in MIXED_WORKERS]
+    (out / "workers" / "mixed.json").write_text(json.dumps(mixed, indent=1) + "\n")
+    (out / "workers" / "big.json").write_text(json.dumps(big_workers(rng), indent=1) + "\n")
+    lines = []
+    for name, make in (("mixed", make_mixed), ("bursty", make_bursty), ("heavy_user", make_heavy_user)):
+        records = make(rng, scale)
+        write_jsonl(out / "traces" / f"{name}.jsonl", records)
+        lines.append(describe(name, records))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT, help="writes OUT/traces/*.jsonl and OUT/workers/*.json")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--scale", type=int, default=1, help="multiply the jobs (and the span) of every trace")
     args = parser.parse_args()
-    (args.out / "traces").mkdir(parents=True, exist_ok=True)
-    (args.out / "workers").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(args.seed)
-    mixed = [{"id": i, "vram_gb": v, "speed": s, "load_gbps": g, "families": f} for i, v, s, g, f in MIXED_WORKERS]
-    (args.out / "workers" / "mixed.json").write_text(json.dumps(mixed, indent=1) + "\n")
-    (args.out / "workers" / "big.json").write_text(json.dumps(big_workers(rng), indent=1) + "\n")
-    for name, make in (("mixed", make_mixed), ("bursty", make_bursty), ("heavy_user", make_heavy_user)):
-        records = make(rng, args.scale)
-        write_jsonl(args.out / "traces" / f"{name}.jsonl", records)
-        print(describe(name, records))
+    for line in write_workload(args.out, args.seed, args.scale):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ For each trace in bench/traces and each seed (seed 0 = the workers file's
 order; others shuffle the order workers appear in snapshots, which fifo's
 results hang on), replays the trace with both policies on
 bench/workers/mixed.json and prints one JSON object: the raw metrics and the
-ratios the targets are stated in, with whether each holds. Then one decision
-benchmark (100 workers, 20 models, 10,000 queued), both policies.
+ratios the targets are stated in, with whether each holds. The policy's
+tunables were chosen on these traces, so the same is done for traces that
+bench/make_traces.py writes with other seeds (--trace-seeds, in the workers
+file's order; "fresh" in the output), which show how far the figures carry
+over to workloads the tuning never saw. Then one decision benchmark (100
+workers, 20 models, 10,000 queued), both policies.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from pathlib import Path
+
+from make_traces import write_workload
 
 from farm.scheduler.bench import run_bench, run_decision_bench
 
@@ -44,20 +51,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated; 0 keeps the workers file's order")
     parser.add_argument("--workers", default=str(ROOT / "workers" / "mixed.json"))
+    parser.add_argument("--trace-seeds", default="1,2",
+                        help="comma-separated seeds of bench/make_traces.py for the fresh traces ('' for none)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = []
-    for trace in sorted((ROOT / "traces").glob("*.jsonl")):
-        for seed in seeds:
-            shuffle = seed or None
-            farm = run_bench(args.workers, trace, "farm", shuffle)
-            fifo = run_bench(args.workers, trace, "fifo", shuffle)
-            runs.append({"trace": trace.stem, "jobs": farm["jobs"], "seed": seed,
-                         "farm": {k: farm[k] for k in KEPT}, "fifo": {k: fifo[k] for k in KEPT},
-                         "targets": targets(farm, fifo)})
+    runs = [compare(args.workers, trace, trace.stem, seed)
+            for trace in sorted((ROOT / "traces").glob("*.jsonl")) for seed in seeds]
+    fresh = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for trace_seed in [int(s) for s in args.trace_seeds.split(",") if s.strip()]:
+            out = Path(scratch) / str(trace_seed)
+            write_workload(out, seed=trace_seed)
+            fresh += [compare(out / "workers" / "mixed.json", trace, f"{trace.stem}@{trace_seed}", 0)
+                      for trace in sorted((out / "traces").glob("*.jsonl"))]
     decision = run_decision_bench(100, 20, 10_000, 200)
-    print(json.dumps({"runs": runs, "decision": decision}, indent=1))
+    print(json.dumps({"runs": runs, "fresh": fresh, "decision": decision}, indent=1))
+
+
+def compare(workers: str | Path, trace: Path, name: str, seed: int) -> dict:
+    """Both policies on one trace; the kept metrics and the targets."""
+    shuffle = seed or None
+    farm = run_bench(workers, trace, "farm", shuffle)
+    fifo = run_bench(workers, trace, "fifo", shuffle)
+    return {"trace": name, "jobs": farm["jobs"], "seed": seed, "farm": {k: farm[k] for k in KEPT},
+            "fifo": {k: fifo[k] for k in KEPT}, "targets": targets(farm, fifo)}
 
 
 if __name__ == "__main__":

@@ -479,11 +479,12 @@ class _Placement:
             cost, evict = priced
             # After an out-of-memory failure the most free VRAM matters most;
             # otherwise no eviction first, then best fit (the smallest GPU)
-            # keeps the big GPUs free for big models and for copies.
+            # keeps the big GPUs free for big models and for copies; where
+            # every choice evicts, the least demand-weighted loss comes first.
             if job.excluded_workers:
                 rank = (-self.free_gb[worker.id], cost)
             else:
-                rank = (bool(evict), worker.vram_total_gb, cost, -worker.speed)
+                rank = (bool(evict), cost if evict else 0.0, worker.vram_total_gb, cost, -worker.speed)
             if best is None or rank < best[0]:
                 best = (rank, worker, evict)
         return (best[1], best[2]) if best else None
