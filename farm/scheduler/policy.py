@@ -29,6 +29,11 @@ How it decides, for each free worker slot in turn:
    load; both shrink to nothing as the job's patience runs out (delay
    scheduling).
 
+Before that, a free worker whose own models have only short queues takes a
+copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
+``REBALANCE_MARGIN_S``): a GPU that holds a popular model is otherwise never
+free to help with a burst for a model few GPUs can run.
+
 Idle workers left over preload the model with the most waiting demand that
 nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
 age), as the scheduler's query returns it; the policy does not re-sort.
@@ -178,6 +183,12 @@ REPLICATE_GAIN_S = 10.0
 # ... and only if the holders would need at least this long for the model's
 # queued work: a short queue drains on its holders before a copy pays off.
 MIN_COPY_BACKLOG_S = 30.0
+# A free worker with queued work for its own models still takes a copy of
+# another model when that model's holders need at least this many times as
+# long for its queue, plus this many seconds (see _Placement.rebalance).
+REBALANCE_FACTOR = 3.0
+REBALANCE_MARGIN_S = 60.0
+REBALANCE_SAMPLE = 32  # the next jobs whose mean size stands for a model's queued jobs there
 
 
 def patience_s(job: QueuedJob) -> float:
@@ -511,16 +522,81 @@ class _Placement:
             self.no_target.add(key)
         return None
 
+    def rebalance(self, started: dict[int, int]) -> None:
+        """A free worker whose own models' queues are short takes a copy of a model whose holders are swamped.
+
+        Without this a GPU that holds a popular model is never free of work
+        for it, so a burst for a model only a few GPUs can run (FLUX on the
+        big cards) waits on its one holder while the other big cards render
+        SDXL images that small GPUs could take. The move is made when the
+        swamped model's holders need at least REBALANCE_FACTOR times as long
+        for its queue as this worker's own models' holders need for theirs,
+        plus REBALANCE_MARGIN_S, the copy gains REPLICATE_GAIN_S net of its
+        load, and it fits without evicting anything.
+        """
+        speeds: dict[str, float] = {}  # model -> its holders' total speed (all of them)
+        rough: dict[str, float] = {}  # model -> its queued work, estimated
+
+        def backlog_s(model_id: str) -> float:
+            """Seconds the model's holders need for its queue, roughly.
+
+            Summing every queued job of every model would cost more than the
+            rest of a decision, so the waiting count is multiplied by the
+            mean size of the next few jobs.
+            """
+            speed = speeds.get(model_id)
+            if speed is None:
+                speed = speeds[model_id] = sum(w.speed * w.capacity for w in self.holders.get(model_id, ()))
+            if speed <= 0:
+                return math.inf
+            work = rough.get(model_id)
+            if work is None:
+                queue = self.by_model[model_id]
+                queue.head(self.taken)
+                sample = queue.jobs[queue.cursor:queue.cursor + REBALANCE_SAMPLE]
+                work = rough[model_id] = self.waiting(model_id) * sum(map(_EST_SECONDS, sample)) / max(len(sample), 1)
+            return work / speed
+
+        for worker in self.free_workers():
+            if self.slots[worker.id] <= 0:
+                continue
+            held = [m for m in self.held[worker.id] if m in self.by_model and self.by_model[m].head(self.taken) is not None]
+            if not held:
+                continue  # nothing of its own to leave: the copy rule in cheapest_worker decides
+            own = max(backlog_s(m) for m in held)
+            speed = worker.speed * worker.capacity
+            candidates = sorted(((backlog_s(m), m) for m in self.by_model
+                                 if m not in self.held[worker.id] and m in self.holders), reverse=True)
+            for backlog, model_id in candidates:
+                if backlog < REBALANCE_FACTOR * own + REBALANCE_MARGIN_S:
+                    break
+                job = self.by_model[model_id].first_runnable_on(worker, self.taken)
+                if job is None or not _can_run_here(job, worker) or self.at_quota(job.user_id, started):
+                    continue
+                if backlog * speed / (speeds[model_id] + speed) - job.model_gb / worker.load_gbps < REPLICATE_GAIN_S:
+                    continue
+                priced = self.plan(worker, job)
+                if priced is None or priced[1]:
+                    continue
+                self.assign(job, worker, ())
+                started[job.user_id] = started.get(job.user_id, 0) + 1
+                rough.clear()
+                break
+
+    def at_quota(self, user_id: int, started: dict[int, int]) -> bool:
+        share = self.shares.get(user_id, _DEFAULT_SHARE)
+        return share.max_running is not None and share.running + started.get(user_id, 0) >= share.max_running
+
     def run(self) -> None:
-        heap = self.ranked_users()
         started: dict[int, int] = {}
+        self.rebalance(started)
+        heap = self.ranked_users()
         while heap and any(slots > 0 for slots in self.slots.values()):
             _, user_id = heapq.heappop(heap)
             job = self.by_user[user_id].head(self.taken)
             if job is None:
                 continue
-            share = self.shares.get(user_id, _DEFAULT_SHARE)
-            if share.max_running is not None and share.running + started.get(user_id, 0) >= share.max_running:
+            if self.at_quota(user_id, started):
                 continue  # at their concurrency quota: done for this call
             if self.refuse_if_too_large(job) or self.refuse_if_excluded_everywhere(job):
                 self._requeue_user(heap, user_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import AGE_WEIGHT, CLASS_AGE_S, MIN_COPY_BACKLOG_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
+from farm.scheduler.policy import AGE_WEIGHT, CLASS_AGE_S, MIN_COPY_BACKLOG_S, REBALANCE_FACTOR, REBALANCE_MARGIN_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
 def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):
@@ -302,3 +302,38 @@ def test_a_holder_that_cannot_take_the_job_does_not_hold_it_back():
     jobs[0] = QueuedJob(**{**jobs[0].__dict__, "excluded_workers": frozenset({"holder"})})
     d = place(Snapshot(jobs, [holder, fast_worker("idle")], now=1.0))
     assert assigned(d) == {jobs[0].id: "idle"}
+
+
+def _swamped(count, user=2):
+    """`count` jobs of 10 s for model "f", which only the busy worker holds."""
+    return [job("f", t=1.0 + i * 0.01, est=10.0, user=user) for i in range(count)]
+
+
+def test_a_free_gpu_with_a_short_queue_of_its_own_helps_a_swamped_model():
+    # w1's own model "a" has 5 s queued; "f" has 20 x 10 s = 200 s behind
+    # its one holder, over REBALANCE_FACTOR x 5 + REBALANCE_MARGIN_S: w1
+    # takes a copy of "f" although its own job is older.
+    own = job("a", t=0.0, est=5.0, user=1)
+    swamped = _swamped(20)
+    workers = [fast_worker("w1", held={"a": 2.0}), fast_worker("busy", held={"f": 2.0}, busy=1)]
+    assert 20 * 10.0 >= REBALANCE_FACTOR * 5.0 + REBALANCE_MARGIN_S
+    d = place(Snapshot([own] + swamped, workers, now=2.0))
+    assert assigned(d) == {swamped[0].id: "w1"}
+
+
+def test_a_moderate_backlog_elsewhere_does_not_pull_a_gpu_off_its_own_work():
+    own = job("a", t=0.0, est=5.0, user=1)
+    swamped = _swamped(5)  # 50 s: under REBALANCE_FACTOR x 5 + REBALANCE_MARGIN_S
+    assert 5 * 10.0 < REBALANCE_FACTOR * 5.0 + REBALANCE_MARGIN_S
+    workers = [fast_worker("w1", held={"a": 2.0}), fast_worker("busy", held={"f": 2.0}, busy=1)]
+    d = place(Snapshot([own] + swamped, workers, now=2.0))
+    assert assigned(d) == {own.id: "w1"}
+
+
+def test_the_move_respects_the_concurrency_quota():
+    own = job("a", t=0.0, est=5.0, user=1)
+    swamped = _swamped(20)
+    workers = [fast_worker("w1", held={"a": 2.0}), fast_worker("busy", held={"f": 2.0}, busy=1)]
+    shares = {2: Share(running=1, max_running=1)}
+    d = place(Snapshot([own] + swamped, workers, now=2.0, shares=shares))
+    assert assigned(d) == {own.id: "w1"}
