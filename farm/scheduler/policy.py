@@ -248,6 +248,7 @@ class _Placement:
         self.work_s: dict[str, float] = {}  # queued work per model, seconds at speed 1 (summed when first asked)
         self.placed_work_s: dict[str, float] = {}  # ... of it placed in this call
         self.holders: dict[str, list[WorkerState]] = {}  # model -> workers holding it (not draining)
+        self.holder_speed: dict[str, float] = {}  # model -> those workers' total speed x slots
         self.taken: set = set()
         self.no_target: set = set()  # (model, pixels, exclusions, patient) with no free worker; see runnable_later_job
         self.placed: dict[str, int] = {}
@@ -297,6 +298,7 @@ class _Placement:
             for model_id in worker.loaded_models:
                 if model_id in self.by_model:
                     self.holders.setdefault(model_id, []).append(worker)
+                    self.holder_speed[model_id] = self.holder_speed.get(model_id, 0.0) + worker.speed * worker.capacity
         for user_id, user_jobs in users.items():
             if refused:
                 user_jobs = [job for job in user_jobs if job.id not in refused]
@@ -453,18 +455,6 @@ class _Placement:
             return math.inf, 0.0
         return self.unplaced_work_s(job.model_id) / holders, holders
 
-    def copy_gain_s(self, job: QueuedJob, worker: WorkerState) -> float:
-        """Seconds a new copy of the job's model on ``worker`` would take off its queue, less the load.
-
-        The holders (total speed H) would take B seconds to work through the
-        model's queue; with the new worker (speed s) they take B·H/(H+s).
-        """
-        backlog, holders = self.holders_backlog_s(job)
-        if holders <= 0:
-            return math.inf
-        speed = worker.speed * worker.capacity
-        return backlog * speed / (holders + speed) - job.model_gb / worker.load_gbps
-
     def should_wait_for_holder(self, job: QueuedJob, worker: WorkerState) -> bool:
         """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``."""
         if job.excluded_workers:
@@ -473,9 +463,10 @@ class _Placement:
         left = 1.0 - (self.now - job.queued_at) / patience_s(job)
         if left <= 0:
             return False
-        if self.holders_backlog_s(job)[0] < MIN_COPY_BACKLOG_S * left:
+        backlog, holders = self.holders_backlog_s(job)
+        if backlog < MIN_COPY_BACKLOG_S * left:
             return True
-        return self.copy_gain_s(job, worker) < REPLICATE_GAIN_S * left
+        return _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left
 
     def cheapest_worker(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
         best = None
@@ -534,19 +525,16 @@ class _Placement:
         plus REBALANCE_MARGIN_S, the copy gains REPLICATE_GAIN_S net of its
         load, and it fits without evicting anything.
         """
-        speeds: dict[str, float] = {}  # model -> its holders' total speed (all of them)
         rough: dict[str, float] = {}  # model -> its queued work, estimated
 
         def backlog_s(model_id: str) -> float:
-            """Seconds the model's holders need for its queue, roughly.
+            """Seconds the model's holders (all of them) need for its queue, roughly.
 
             Summing every queued job of every model would cost more than the
             rest of a decision, so the waiting count is multiplied by the
             mean size of the next few jobs.
             """
-            speed = speeds.get(model_id)
-            if speed is None:
-                speed = speeds[model_id] = sum(w.speed * w.capacity for w in self.holders.get(model_id, ()))
+            speed = self.holder_speed.get(model_id, 0.0)
             if speed <= 0:
                 return math.inf
             work = rough.get(model_id)
@@ -558,29 +546,25 @@ class _Placement:
             return work / speed
 
         for worker in self.free_workers():
-            if self.slots[worker.id] <= 0:
-                continue
             held = [m for m in self.held[worker.id] if m in self.by_model and self.by_model[m].head(self.taken) is not None]
             if not held:
                 continue  # nothing of its own to leave: the copy rule in cheapest_worker decides
-            own = max(backlog_s(m) for m in held)
-            speed = worker.speed * worker.capacity
-            candidates = sorted(((backlog_s(m), m) for m in self.by_model
-                                 if m not in self.held[worker.id] and m in self.holders), reverse=True)
+            need = REBALANCE_FACTOR * max(map(backlog_s, held)) + REBALANCE_MARGIN_S
+            candidates = sorted(((backlog_s(m), m) for m in self.holders if m not in self.held[worker.id]), reverse=True)
             for backlog, model_id in candidates:
-                if backlog < REBALANCE_FACTOR * own + REBALANCE_MARGIN_S:
+                if backlog < need:
                     break
                 job = self.by_model[model_id].first_runnable_on(worker, self.taken)
                 if job is None or not _can_run_here(job, worker) or self.at_quota(job.user_id, started):
                     continue
-                if backlog * speed / (speeds[model_id] + speed) - job.model_gb / worker.load_gbps < REPLICATE_GAIN_S:
+                if _copy_gain_s(backlog, self.holder_speed[model_id], job, worker) < REPLICATE_GAIN_S:
                     continue
                 priced = self.plan(worker, job)
                 if priced is None or priced[1]:
                     continue
                 self.assign(job, worker, ())
                 started[job.user_id] = started.get(job.user_id, 0) + 1
-                rough.clear()
+                rough.pop(model_id, None)  # one job fewer waiting for it
                 break
 
     def at_quota(self, user_id: int, started: dict[int, int]) -> bool:
@@ -674,6 +658,17 @@ class _Placement:
 _UNKNOWN = object()
 _EST_SECONDS = operator.attrgetter("est_seconds")
 _DEFAULT_SHARE = Share()
+
+
+def _copy_gain_s(backlog_s: float, holders_speed: float, job: QueuedJob, worker: WorkerState) -> float:
+    """Seconds a copy on ``worker`` takes off a queue its holders (total speed H) need B seconds for, less the load.
+
+    With the copy (speed s) the queue takes B·H/(H+s); no holders: infinite.
+    """
+    if holders_speed <= 0:
+        return math.inf
+    speed = worker.speed * worker.capacity
+    return backlog_s * speed / (holders_speed + speed) - job.model_gb / worker.load_gbps
 
 
 def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
