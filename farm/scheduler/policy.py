@@ -182,7 +182,7 @@ REFERENCE_LOAD_GBPS = 2.0
 REPLICATE_GAIN_S = 10.0
 # ... and only if the holders would need at least this long for the model's
 # queued work: a short queue drains on its holders before a copy pays off.
-MIN_COPY_BACKLOG_S = 30.0
+MIN_COPY_BACKLOG_S = 45.0
 # A free worker with queued work for its own models still takes a copy of
 # another model when that model's holders need at least this many times as
 # long for its queue, plus this many seconds (see _Placement.rebalance).
@@ -399,6 +399,11 @@ class _Placement:
         else:
             held[job.model_id] = job.model_gb
             self.free_gb[worker.id] -= job.model_gb
+            # The new copy holds the model for the rest of this call too: the
+            # next job of a burst weighs another copy against it instead of
+            # seeing no holder and loading the model on every free GPU.
+            self.holders.setdefault(job.model_id, []).append(worker)
+            self.holder_speed[job.model_id] = self.holder_speed.get(job.model_id, 0.0) + worker.speed * worker.capacity
         self.slots[worker.id] -= 1
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1

@@ -215,7 +215,7 @@ def _queued_job(job: TraceJob, job_id: int, user_id: int, team_id: int | None) -
                      queued_at=job.t, team_id=team_id, est_seconds=job.work_s)
 
 
-def _eligible_masks(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob]) -> list[int]:
+def eligible_masks(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob]) -> list[int]:
     """For each job, a bit mask of the workers that could ever run it (0: none)."""
     states = _template_states(workers)
     by_shape: dict[tuple, int] = {}
@@ -284,23 +284,30 @@ def lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], 
     which no job waits longer, and adds the workers a model needs at once to
     start its jobs in time (``_window_bound``).
     """
-    masks = _eligible_masks(workers, trace)
+    by_model = window_bounds_by_model(workers, trace, max_wait_s)
+    return sum(by_model.values()) if max_wait_s is not None else len(by_model)
+
+
+def window_bounds_by_model(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob],
+                           max_wait_s: float | None) -> dict[str, int]:
+    """For each model some worker can run: the workers that must load it (``_window_bound``; 1 without a wait limit)."""
+    masks = eligible_masks(workers, trace)
     by_model: dict[str, list[int]] = {}
     for index, (job, mask) in enumerate(zip(trace, masks)):
         if mask:
             by_model.setdefault(job.model, []).append(index)
     if max_wait_s is None:
-        return len(by_model)
-    total = 0
-    for indices in by_model.values():
+        return {model: 1 for model in by_model}
+    bounds = {}
+    for model, indices in by_model.items():
         union = 0
         for i in indices:
             union |= masks[i]
         eligible = [w for bit, w in enumerate(workers) if union >> bit & 1]
         ordered = sorted(indices, key=lambda i: trace[i].t)
-        total += _window_bound(np.array([trace[i].t for i in ordered]), np.array([trace[i].work_s for i in ordered]),
-                               max_wait_s, eligible)
-    return total
+        bounds[model] = _window_bound(np.array([trace[i].t for i in ordered]),
+                                      np.array([trace[i].work_s for i in ordered]), max_wait_s, eligible)
+    return bounds
 
 
 # --- the virtual cluster -----------------------------------------------------
@@ -410,7 +417,7 @@ class Simulation:
         self.weights = dict(weights or {})
         self.models = {job.model: (job.model_gb, job.family) for job in self.trace}
 
-        masks = _eligible_masks(specs, self.trace)
+        masks = eligible_masks(specs, self.trace)
         self.user_ids: dict[str, int] = {}
         self.user_names: dict[int, str] = {}
         team_ids: dict[str, int] = {}

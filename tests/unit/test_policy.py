@@ -255,9 +255,10 @@ def test_a_long_queue_gets_a_copy_on_the_idle_gpu():
 
 
 def test_a_copy_goes_to_the_gpu_where_it_gains_most_not_to_a_slow_one():
-    # 30 s of work behind the holder: a speed-1 copy halves it (15 s gained,
-    # minus a 1 s load); a speed-0.2 copy gains 30 * 0.2/1.2 = 5 s.
-    jobs = [job("a", t=i * 0.1, est=10.0) for i in range(3)]
+    # 60 s of work behind the holder: a speed-1 copy halves it (30 s gained,
+    # minus a 1 s load); a speed-0.2 copy gains 60 * 0.2/1.2 - 1 = 9 s.
+    jobs = [job("a", t=i * 0.1, est=10.0) for i in range(6)]
+    assert 60.0 >= MIN_COPY_BACKLOG_S and 9.0 < REPLICATE_GAIN_S < 29.0
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
     slow = fast_worker("slow", speed=0.2)
     assert place(Snapshot(jobs, [holder, slow], now=1.0)).assignments == []
@@ -288,6 +289,18 @@ def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain()
     assert place(Snapshot(short, [holder, idle], now=1.0)).assignments == []
     long = [job("a", t=0.0, est=0.8 * MIN_COPY_BACKLOG_S)]
     assert assigned(place(Snapshot(long, [holder, idle], now=1.0))) == {long[0].id: "idle"}
+
+
+def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short():
+    # The first job loads the model; that GPU now holds it, so the second
+    # short job waits for it rather than loading a second copy in the same call.
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    d = place(Snapshot(jobs, [fast_worker("w1"), fast_worker("w2")], now=0.5))
+    assert list(assigned(d)) == [jobs[0].id] and d.preloads == []
+    # A long queue for it still gets a second copy at once.
+    long = [job("a", t=i * 0.1, est=30.0) for i in range(6)]
+    d = place(Snapshot(long, [fast_worker("w1"), fast_worker("w2")], now=0.5))
+    assert set(assigned(d).values()) == {"w1", "w2"}
 
 
 def test_a_model_nobody_holds_is_loaded_at_once():
