@@ -55,19 +55,31 @@ def policy_function(name: str) -> Callable[[Snapshot], Decisions]:
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
-def run_bench(workers_path, trace_path, policy: str, seed: int | None = None) -> dict:
+def run_bench(workers_path, trace_path, policy: str, seed: int | None = None, clairvoyant: bool = False) -> dict:
     """Replay the trace on the workers with the named policy; the metrics.
 
     The seed shuffles the order in which workers appear in every snapshot
     (None keeps the file's order), to show whether a policy's results hang on
-    that order.
+    that order. With ``clairvoyant`` the metrics also get the clairvoyant
+    lower bound on loads at the run's worst wait (a solver run of seconds).
     """
     place = policy_function(policy)
     workers = load_workers(workers_path)
     trace = load_trace(trace_path)
     metrics = simulate(workers, trace, place, policy_name=policy, worker_order_seed=seed)
     metrics["seed"] = seed
+    if clairvoyant:
+        metrics.update(clairvoyant_metrics(workers, trace, metrics["wait_max_s"]))
     return metrics
+
+
+def clairvoyant_metrics(workers, trace, max_wait_s: float) -> dict:
+    """``lower_bound_loads_clairvoyant`` and how it was solved (docs/scheduler-bench.md)."""
+    from farm.scheduler.clairvoyant import clairvoyant_lower_bound_loads  # scipy: only when asked for
+
+    bound = clairvoyant_lower_bound_loads(workers, trace, max_wait_s)
+    return {"lower_bound_loads_clairvoyant": bound.loads, "clairvoyant_optimal": bound.optimal,
+            "clairvoyant_solve_s": round(bound.seconds, 2), "clairvoyant_bucket_s": bound.bucket_s}
 
 
 def synthetic_snapshot(workers: int = 100, models: int = 20, queued: int = 10_000, seed: int = 0) -> Snapshot:
@@ -158,10 +170,12 @@ def bench() -> None:
 @click.option("--policy", type=click.Choice(POLICIES), default="farm", show_default=True,
               help="farm: farm.scheduler.policy.place; fifo: the baseline.")
 @click.option("--seed", type=int, default=None, help="Shuffle the worker order in snapshots (default: file order).")
-def scheduler_command(workers_path: str, trace_path: str, policy: str, seed: int | None) -> None:
+@click.option("--clairvoyant", is_flag=True,
+              help="Also solve for the clairvoyant lower bound on loads at the run's worst wait (seconds to a minute).")
+def scheduler_command(workers_path: str, trace_path: str, policy: str, seed: int | None, clairvoyant: bool) -> None:
     """Replay a workload trace on a virtual cluster and print the metrics."""
     try:
-        metrics = run_bench(workers_path, trace_path, policy, seed)
+        metrics = run_bench(workers_path, trace_path, policy, seed, clairvoyant)
     except TraceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(metrics, indent=2))

@@ -443,6 +443,7 @@ class Simulation:
         self.sequence = 0
         self.decision_s: list[float] = []
         self.unplaceable: set[int] = set()
+        self.loads_by_worker: dict[str, list[str]] = {}  # worker id -> models it loaded, in order
         self.counts = dict(model_loads=0, evictions=0, preloads=0, vram_overcommits=0, double_assignments=0,
                            invalid_assignments=0, stalled=0)
 
@@ -601,6 +602,7 @@ class Simulation:
         worker.ready_at[model] = now + load_s
         worker.load_s += load_s
         self.counts["model_loads"] += 1
+        self.loads_by_worker.setdefault(worker.spec.id, []).append(model)
         return load_s
 
     def _start_job(self, worker: _Worker, job: _Job, now: float) -> None:
@@ -722,6 +724,7 @@ class Simulation:
             "decision_ms_p50": round(_percentile(decision_ms, 50), 4),
             "decision_ms_p99": round(_percentile(decision_ms, 99), 4),
             "users": users,
+            "loads_by_worker": {w.spec.id: self.loads_by_worker.get(w.spec.id, []) for w in self.workers},
         }
 
 
