@@ -34,7 +34,9 @@ def test_campaign_lifecycle_on_real_workers(tmp_path, s3, redis_url, tiny_models
         wait_until(lambda: view()["counts"]["succeeded"] >= 2, 120, what="two images")
         paused = client.session.post(f"{client.base}/api/v1/campaigns/{campaign_id}/pause", timeout=10).json()
         assert paused["status"] == "paused"
-        time.sleep(2)  # the job running at the pause finishes; nothing new starts
+        # The job running at the pause finishes (however slow the machine is); nothing new starts.
+        wait_until(lambda: view()["counts"]["running"] == 0 and view()["counts"]["assigned"] == 0, 60,
+                   what="the running job to finish after the pause")
         settled = view()["counts"]
         time.sleep(2)
         assert view()["counts"] == settled and settled["queued"] > 0 and settled["running"] == 0 and settled["assigned"] == 0
