@@ -27,7 +27,8 @@ How it decides, for each free worker slot in turn:
    would need at least ``MIN_COPY_BACKLOG_S`` for the model's queue and the
    copy would take at least ``REPLICATE_GAIN_S`` off that time, net of its
    load; both shrink to nothing as the job's patience runs out (delay
-   scheduling).
+   scheduling). A GPU that loads a model in this call counts as its holder
+   for the rest of the call.
 
 Before that, a free worker whose own models have only short queues takes a
 copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
