@@ -19,8 +19,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from make_traces import write_workload
-from scheduler_targets import ROOT, compare
+from scheduler_targets import compare, fresh_workloads, shipped_workload
 
 from farm.scheduler import policy
 
@@ -42,11 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as scratch:
-        workloads = [(ROOT / "workers" / "mixed.json", sorted((ROOT / "traces").glob("*.jsonl")), "")]
-        for seed in [int(s) for s in args.trace_seeds.split(",") if s.strip()]:
-            out = Path(scratch) / str(seed)
-            write_workload(out, seed=seed)
-            workloads.append((out / "workers" / "mixed.json", sorted((out / "traces").glob("*.jsonl")), f"@{seed}"))
+        workloads = [shipped_workload()] + fresh_workloads(Path(scratch), args.trace_seeds)
         names = [name for name, _ in args.set]
         for values in itertools.product(*(v for _, v in args.set)):
             for name, value in zip(names, values):

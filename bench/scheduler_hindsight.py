@@ -10,10 +10,11 @@ policy, then restricts every GPU to serve only the models it loaded
 one at a time, latest load first, keeping a drop only when the replay still
 renders every job with p95 wait <= 1.1 x fifo's and a worst wait no longer
 than farm's own run (so the clairvoyant bound at that wait applies to it
-too). A greedy search, so its result is an upper bound on the fewest loads
-possible at those waits, not the fewest. One JSON object: per trace, the
+too), and starting over after each kept drop until none can go. A greedy
+search, so its result is an upper bound on the fewest loads possible at
+those waits, not the fewest. One JSON object: per trace, the
 loads of fifo, farm, the hindsight schedule and the clairvoyant bound, and
-the pairs hindsight kept.
+the pairs hindsight dropped and kept.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from make_traces import write_workload
-from scheduler_targets import ROOT
+from scheduler_targets import fresh_workloads, shipped_workload
 
 from farm.scheduler.clairvoyant import clairvoyant_lower_bound_loads
 from farm.scheduler.fifo import place_fifo
@@ -52,20 +52,28 @@ def hindsight(workers: list[WorkerSpec], trace, name: str) -> dict:
     for worker_id, model in loaded:
         serves[worker_id].add(model)
     best = farm
-    for worker_id, model in reversed(list(dict.fromkeys(loaded))):
-        serves[worker_id].discard(model)
-        run = simulate(restricted(workers, serves), trace, place, policy_name="hindsight")
-        if (run["rendered"] == len(trace) and run["wait_p95_s"] <= p95_limit and run["wait_max_s"] <= max_wait
-                and run["model_loads"] < best["model_loads"]):
-            best = run
-        else:
+    dropped: list[tuple[str, str]] = []
+    candidates = list(reversed(list(dict.fromkeys(loaded))))
+    while True:  # until no single pair can go: then every remaining drop breaks a wait
+        for worker_id, model in candidates:
+            serves[worker_id].discard(model)
+            run = simulate(restricted(workers, serves), trace, place, policy_name="hindsight")
+            if (run["rendered"] == len(trace) and run["wait_p95_s"] <= p95_limit and run["wait_max_s"] <= max_wait
+                    and run["model_loads"] < best["model_loads"]):
+                best = run
+                dropped.append((worker_id, model))
+                candidates.remove((worker_id, model))
+                break
             serves[worker_id].add(model)
+        else:
+            break
     bound = clairvoyant_lower_bound_loads(workers, trace, max_wait)
     return {"trace": name, "fifo_loads": fifo["model_loads"], "farm_loads": farm["model_loads"],
             "hindsight_loads": best["model_loads"], "clairvoyant_bound": bound.loads,
             "farm_vs_bound": round(farm["model_loads"] / bound.loads, 3),
             "hindsight_vs_bound": round(best["model_loads"] / bound.loads, 3),
             "max_wait_s": max_wait, "hindsight_wait_p95_vs_fifo": round(best["wait_p95_s"] / fifo["wait_p95_s"], 3),
+            "hindsight_dropped": [f"{w}:{m}" for w, m in dropped],
             "hindsight_serves": {w: sorted(m) for w, m in serves.items()}}
 
 
@@ -74,14 +82,9 @@ def main() -> None:
     parser.add_argument("--trace-seeds", default="1,2", help="bench/make_traces.py seeds besides the shipped traces")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    workloads = [(ROOT / "workers" / "mixed.json", sorted((ROOT / "traces").glob("*.jsonl")), "")]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in [int(s) for s in args.trace_seeds.split(",") if s.strip()]:
-            out = Path(scratch) / str(seed)
-            write_workload(out, seed=seed)
-            workloads.append((out / "workers" / "mixed.json", sorted((out / "traces").glob("*.jsonl")), f"@{seed}"))
-        for workers_path, traces, suffix in workloads:
+        for workers_path, traces, suffix in [shipped_workload()] + fresh_workloads(Path(scratch), args.trace_seeds):
             workers = load_workers(workers_path)
             for trace_path in traces:
                 results.append(hindsight(workers, load_trace(trace_path), trace_path.stem + suffix))

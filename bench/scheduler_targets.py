@@ -60,16 +60,30 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [compare(args.workers, trace, trace.stem, seed)
-            for trace in sorted((ROOT / "traces").glob("*.jsonl")) for seed in seeds]
-    fresh = []
+            for trace in shipped_workload()[1] for seed in seeds]
     with tempfile.TemporaryDirectory() as scratch:
-        for trace_seed in [int(s) for s in args.trace_seeds.split(",") if s.strip()]:
-            out = Path(scratch) / str(trace_seed)
-            write_workload(out, seed=trace_seed)
-            fresh += [compare(out / "workers" / "mixed.json", trace, f"{trace.stem}@{trace_seed}", 0)
-                      for trace in sorted((out / "traces").glob("*.jsonl"))]
+        fresh = [compare(workers, trace, trace.stem + suffix, 0)
+                 for workers, traces, suffix in fresh_workloads(Path(scratch), args.trace_seeds) for trace in traces]
     decision = run_decision_bench(100, 20, 10_000, 200)
     print(json.dumps({"runs": runs, "fresh": fresh, "decision": decision}, indent=1))
+
+
+def seed_list(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def shipped_workload() -> tuple[Path, list[Path], str]:
+    return ROOT / "workers" / "mixed.json", sorted((ROOT / "traces").glob("*.jsonl")), ""
+
+
+def fresh_workloads(scratch: Path, trace_seeds: str) -> list[tuple[Path, list[Path], str]]:
+    """(workers file, traces, name suffix "@seed") for each make_traces seed, written under scratch."""
+    workloads = []
+    for seed in seed_list(trace_seeds):
+        out = scratch / str(seed)
+        write_workload(out, seed=seed)
+        workloads.append((out / "workers" / "mixed.json", sorted((out / "traces").glob("*.jsonl")), f"@{seed}"))
+    return workloads
 
 
 def compare(workers: str | Path, trace: Path, name: str, seed: int) -> dict:

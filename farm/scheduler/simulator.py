@@ -284,8 +284,7 @@ def lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], 
     which no job waits longer, and adds the workers a model needs at once to
     start its jobs in time (``_window_bound``).
     """
-    by_model = window_bounds_by_model(workers, trace, max_wait_s)
-    return sum(by_model.values()) if max_wait_s is not None else len(by_model)
+    return sum(window_bounds_by_model(workers, trace, max_wait_s).values())
 
 
 def window_bounds_by_model(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob],

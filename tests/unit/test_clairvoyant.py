@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farm.scheduler.bench import bench
 from farm.scheduler.clairvoyant import clairvoyant_lower_bound_loads
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import place
@@ -82,12 +88,6 @@ def test_no_real_schedule_loads_fewer_than_the_bound_at_its_own_worst_wait(jobs,
 
 
 def test_the_cli_adds_the_clairvoyant_bound_when_asked(tmp_path):
-    import json
-
-    from click.testing import CliRunner
-
-    from farm.scheduler.bench import bench
-
     workers = tmp_path / "w.json"
     workers.write_text('[{"id": "a", "vram_gb": 8, "load_gbps": 2, "speed": 1, "families": ["sd"]},'
                        ' {"id": "b", "vram_gb": 8, "load_gbps": 2, "speed": 1, "families": ["sd"]}]')
@@ -115,9 +115,6 @@ def test_the_simulator_lists_each_workers_loads_in_order():
 
 
 def test_hindsight_keeps_the_waits_and_never_loads_more_than_farm(monkeypatch):
-    import sys
-    from pathlib import Path
-
     bench_dir = Path(__file__).resolve().parents[2] / "bench"
     monkeypatch.syspath_prepend(str(bench_dir))
     sys.modules.pop("scheduler_hindsight", None)
@@ -134,3 +131,5 @@ def test_hindsight_keeps_the_waits_and_never_loads_more_than_farm(monkeypatch):
     again = simulate(scheduler_hindsight.restricted(workers, {w: set(m) for w, m in out["hindsight_serves"].items()}),
                      trace, place, policy_name="again")
     assert again["model_loads"] == out["hindsight_loads"] and again["wait_max_s"] <= out["max_wait_s"]
+    # Each kept drop saves at least one load.
+    assert 1 <= len(out["hindsight_dropped"]) <= out["farm_loads"] - out["hindsight_loads"]
