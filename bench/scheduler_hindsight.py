@@ -12,9 +12,18 @@ renders every job with p95 wait <= 1.1 x fifo's and a worst wait no longer
 than farm's own run (so the clairvoyant bound at that wait applies to it
 too), and starting over after each kept drop until none can go. A greedy
 search, so its result is an upper bound on the fewest loads possible at
-those waits, not the fewest. One JSON object: per trace, the
-loads of fifo, farm, the hindsight schedule and the clairvoyant bound, and
-the pairs hindsight dropped and kept.
+those waits, not the fewest.
+
+Then the bound's own plan: the GPUs restricted to the models the solver
+chose for them, each job to the first free GPU that serves its model,
+fastest GPUs first, oldest job first (fifo's order). Its waits are not
+farm's, so the bound is solved again at its own worst wait; the two show
+how close a real schedule comes to the bound, and so how much of farm's gap
+is the bound's and how much is the policy's.
+
+One JSON object: per trace, the loads of fifo, farm, the hindsight schedule
+and the clairvoyant bound, the pairs hindsight dropped and kept, and the
+plan replay's loads, waits and bound.
 """
 
 from __future__ import annotations
@@ -68,13 +77,27 @@ def hindsight(workers: list[WorkerSpec], trace, name: str) -> dict:
         else:
             break
     bound = clairvoyant_lower_bound_loads(workers, trace, max_wait)
-    return {"trace": name, "fifo_loads": fifo["model_loads"], "farm_loads": farm["model_loads"],
+    return {**plan_replay(workers, trace, bound, fifo), "trace": name, "fifo_loads": fifo["model_loads"], "farm_loads": farm["model_loads"],
             "hindsight_loads": best["model_loads"], "clairvoyant_bound": bound.loads,
             "farm_vs_bound": round(farm["model_loads"] / bound.loads, 3),
             "hindsight_vs_bound": round(best["model_loads"] / bound.loads, 3),
             "max_wait_s": max_wait, "hindsight_wait_p95_vs_fifo": round(best["wait_p95_s"] / fifo["wait_p95_s"], 3),
             "hindsight_dropped": [f"{w}:{m}" for w, m in dropped],
             "hindsight_serves": {w: sorted(m) for w, m in serves.items()}}
+
+
+def plan_replay(workers: list[WorkerSpec], trace, bound, fifo: dict) -> dict:
+    """The bound's choice of holders replayed oldest-first (see the module docstring)."""
+    if bound.holders is None:
+        return {}
+    fastest_first = sorted(restricted(workers, bound.holders), key=lambda w: -w.speed)
+    run = simulate(fastest_first, trace, place_fifo, policy_name="bound plan")
+    again = clairvoyant_lower_bound_loads(workers, trace, run["wait_max_s"])
+    return {"plan_loads": run["model_loads"], "plan_rendered": run["rendered"],
+            "plan_wait_p95_vs_fifo": round(run["wait_p95_s"] / fifo["wait_p95_s"], 3),
+            "plan_wait_max_s": run["wait_max_s"], "plan_wait_max_vs_fifo": round(run["wait_max_s"] / fifo["wait_max_s"], 3),
+            "plan_bound_at_its_max_wait": again.loads,
+            "plan_holders": {w: sorted(m) for w, m in bound.holders.items() if m}}
 
 
 def main() -> None:

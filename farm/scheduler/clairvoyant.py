@@ -21,9 +21,10 @@ What the program asks of a schedule (each holds for a real one):
   all models, and work of a model only if it holds that model at some time;
 - each model has at least as many holders as its own window bound
   (``window_bounds_by_model``), so this bound is never below that one;
-- GPUs alike in speed, slots and which jobs they can run are pooled: the
-  program counts how many of a pool hold a model, not which (a relaxation
-  that removes the pools' symmetry, which otherwise makes the solver slow).
+- each GPU holds its own models, and its rate is shared between them only.
+  (An earlier version pooled alike GPUs and counted how many of a pool held
+  a model. That let three models each take a whole GPU's rate from a pool
+  of two, and gave a bound one load lower on the shipped mixed trace.)
 
 What it leaves out, each of which could only raise the bound: the time loads
 take, VRAM (a GPU too small to keep its models together reloads them), and
@@ -44,7 +45,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -69,6 +70,10 @@ class ClairvoyantBound:
     optimal: bool  # solved to optimality; False: the solver's proven bound at its time limit
     seconds: float
     bucket_s: float
+    # The best choice of holders the solver found (worker id -> models), or
+    # None: a plan for the fluid program, which a real schedule may not keep
+    # to within the waits (bench/scheduler_hindsight.py replays it).
+    holders: Mapping[str, frozenset[str]] | None = None
 
 
 def clairvoyant_lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], max_wait_s: float, *,
@@ -89,20 +94,27 @@ def clairvoyant_lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence
     seconds = time.perf_counter() - started
     if result.status == 2:
         return ClairvoyantBound(None, True, seconds, bucket_s)
+    holders = None
+    if result.x is not None:
+        chosen: defaultdict[str, set[str]] = defaultdict(set)
+        for (i, model), pair in program.pairs.items():
+            if result.x[pair] > 0.5:
+                chosen[workers[i].id].add(model)
+        holders = {worker.id: frozenset(chosen[worker.id]) for worker in workers}
     floor = program.window_total
     proven = getattr(result, "mip_dual_bound", None)
     loads = floor if proven is None or not math.isfinite(proven) else max(floor, math.ceil(proven - 1e-6))
     optimal = result.status == 0
     logger.info("clairvoyant bound %d loads (%s) in %.1fs, %d buckets of %.0fs", loads,
                 "optimal" if optimal else "time limit", seconds, program.buckets, bucket_s)
-    return ClairvoyantBound(loads, optimal, seconds, bucket_s)
+    return ClairvoyantBound(loads, optimal, seconds, bucket_s, holders)
 
 
 class _Program:
     """The mixed-integer program, built as sparse rows.
 
-    Variables, in this order: n[pool, model] (integer, 0..pool size),
-    x[pool, class, bucket] (work done), c[class, bucket] (work done so far).
+    Variables, in this order: n[gpu, model] (0 or 1: the GPU holds the model),
+    x[gpu, class, bucket] (work done), c[class, bucket] (work done so far).
     A class is a model with one set of GPUs able to run its jobs (sizes can
     narrow it).
     """
@@ -120,25 +132,20 @@ class _Program:
             return
         window = window_bounds_by_model(workers, trace, wait_s)
         self.window_total = sum(window.values())
-        pools: defaultdict[tuple, list[int]] = defaultdict(list)
-        for i, worker in enumerate(workers):
-            runs = tuple(bool(mask >> i & 1) for _, mask in self.classes)
-            if any(runs):
-                pools[(worker.speed, worker.capacity, runs)].append(i)
-        self.pools = list(pools.values())
+        self.gpus = [i for i in range(len(workers)) if any(mask >> i & 1 for _, mask in self.classes)]
         start = min(job.t for jobs in jobs_by_class.values() for job in jobs)
         slowest = [min(workers[i].speed for i in range(len(workers)) if mask >> i & 1) for _, mask in self.classes]
         horizon = max(job.t - start + wait_s + job.work_s / slowest[q]
                       for q, key in enumerate(self.classes) for job in jobs_by_class[key])
         self.buckets = buckets = int(math.ceil(horizon / bucket_s)) + 1
 
-        pairs: dict[tuple[int, str], int] = {}
-        flows: list[tuple[int, int]] = []  # (pool, class)
+        pairs: dict[tuple[int, str], int] = {}  # (worker index, model) -> its n variable
+        flows: list[tuple[int, int]] = []  # (worker index, class)
         for q, (model, mask) in enumerate(self.classes):
-            for p, members in enumerate(self.pools):
-                if mask >> members[0] & 1:
-                    pairs.setdefault((p, model), len(pairs))
-                    flows.append((p, q))
+            for i in self.gpus:
+                if mask >> i & 1:
+                    pairs.setdefault((i, model), len(pairs))
+                    flows.append((i, q))
         self.pairs = pairs
         x0 = len(pairs)
         c0 = x0 + len(flows) * buckets
@@ -158,22 +165,21 @@ class _Program:
             lower.append(lo)
             upper.append(hi)
 
-        rate = [workers[m[0]].speed * workers[m[0]].capacity * bucket_s for m in self.pools]
-        by_pool: defaultdict[int, list[int]] = defaultdict(list)
+        rate = {i: workers[i].speed * workers[i].capacity * bucket_s for i in self.gpus}
+        by_gpu: defaultdict[int, list[int]] = defaultdict(list)
         by_class: defaultdict[int, list[int]] = defaultdict(list)
-        for f, (p, q) in enumerate(flows):
-            by_pool[p].append(f)
+        for f, (i, q) in enumerate(flows):
+            by_gpu[i].append(f)
             by_class[q].append(f)
-            pair = pairs[(p, self.classes[q][0])]
+            pair = pairs[(i, self.classes[q][0])]
             for k in range(buckets):  # work only on the GPUs holding the model
-                row([(x0 + f * buckets + k, 1.0), (pair, -rate[p])], -np.inf, 0.0)
-        for p, members in enumerate(self.pools):
-            for k in range(buckets):  # a pool's GPUs do at most their rate between them
-                row([(x0 + f * buckets + k, 1.0) for f in by_pool[p]], -np.inf, rate[p] * len(members))
+                row([(x0 + f * buckets + k, 1.0), (pair, -rate[i])], -np.inf, 0.0)
+        for i in self.gpus:
+            for k in range(buckets):  # a GPU does at most its rate, over all its models
+                row([(x0 + f * buckets + k, 1.0) for f in by_gpu[i]], -np.inf, rate[i])
         var_lower = np.zeros(n_vars)
         var_upper = np.full(n_vars, np.inf)
-        for (p, _), pair in pairs.items():
-            var_upper[pair] = len(self.pools[p])
+        var_upper[:len(pairs)] = 1.0
         for q, key in enumerate(self.classes):
             arrived = np.zeros(buckets)
             due = np.zeros(buckets)

@@ -55,12 +55,26 @@ def test_jobs_no_worker_can_run_are_left_out():
     assert clairvoyant_lower_bound_loads([gpu("small", vram=8.0)], [flux, job(0.0, "a")], 10.0).loads == 1
 
 
-def test_alike_gpus_are_pooled_without_losing_the_count():
+def test_alike_gpus_each_count_their_own_models():
     # Four alike GPUs and four 10 s jobs of one model that must all start at
-    # once: all four GPUs load it, though the program counts them as one pool.
+    # once: all four GPUs load it.
     workers = [gpu(f"w{i}") for i in range(4)]
     trace = [job(0.0, "a") for _ in range(4)]
     assert clairvoyant_lower_bound_loads(workers, trace, 0.5, bucket_s=1.0).loads == 4
+
+
+def test_two_gpus_cannot_share_three_busy_models_with_three_loads():
+    # Three models, four 5 s jobs each, all at t=0, every job started within
+    # 25 s: each model needs 20 s of work by t=30, so both GPUs work all the
+    # time and each model takes two thirds of a GPU. With three loads one GPU
+    # would hold two models and give them 31 s where they need 40: a fourth
+    # load is needed. Each model alone fits on one GPU (the per-model bound),
+    # and a count of alike GPUs holding each model would allow three too.
+    workers = [gpu("w0"), gpu("w1")]
+    trace = [job(0.0, model, work=5.0) for model in "abc" for _ in range(4)]
+    assert lower_bound_loads(workers, trace, max_wait_s=25.0) == 3
+    bound = clairvoyant_lower_bound_loads(workers, trace, 25.0, bucket_s=1.0)
+    assert bound.loads == 4 and bound.optimal
 
 
 MODELS = [("s1", 2.2, "sd", 512), ("s2", 2.1, "sd", 768), ("x1", 6.9, "sdxl", 1024), ("f1", 23.8, "flux", 1024)]
@@ -133,3 +147,8 @@ def test_hindsight_keeps_the_waits_and_never_loads_more_than_farm(monkeypatch):
     assert again["model_loads"] == out["hindsight_loads"] and again["wait_max_s"] <= out["max_wait_s"]
     # Each kept drop saves at least one load.
     assert 1 <= len(out["hindsight_dropped"]) <= out["farm_loads"] - out["hindsight_loads"]
+    # The bound's own holders, replayed oldest-first, are a real schedule too:
+    # every job renders, and the bound at its worst wait is no more than its loads.
+    assert out["plan_rendered"] == len(trace)
+    assert out["plan_bound_at_its_max_wait"] <= out["plan_loads"]
+    assert sum(map(len, out["plan_holders"].values())) == out["clairvoyant_bound"]
