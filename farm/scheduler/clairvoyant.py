@@ -207,13 +207,13 @@ class _Program:
         cost[:len(self.pairs)] = 1.0
         integrality = np.zeros(n_vars)
         integrality[:len(self.pairs)] = 1
-        with _stdout_to_stderr():
+        with solver_stdout_to_stderr():
             return milp(cost, constraints=LinearConstraint(self.matrix, *self.row_bounds), integrality=integrality,
                         bounds=Bounds(*self.var_bounds), options={"time_limit": time_limit_s, "disp": False})
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
+def solver_stdout_to_stderr():
     """HiGHS writes some notes to file descriptor 1 even with disp off; the benchmarks print JSON there."""
     sys.stdout.flush()
     saved = os.dup(1)

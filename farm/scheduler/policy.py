@@ -28,7 +28,9 @@ How it decides, for each free worker slot in turn:
    copy would take at least ``REPLICATE_GAIN_S`` off that time, net of its
    load; both shrink to nothing as the job's patience runs out (delay
    scheduling). A GPU that loads a model in this call counts as its holder
-   for the rest of the call.
+   for the rest of the call. A snapshot may carry a copy plan, the
+   (worker, model) pairs where copies may go (an experiment's, see
+   bench/scheduler_plan.py; the live scheduler sends none).
 
 Before that, a free worker whose own models have only short queues takes a
 copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
@@ -132,6 +134,10 @@ class Snapshot:
     now: float
     shares: Mapping[int, Share] = field(default_factory=dict)  # by user id; absent = weight 1, no use
     team_shares: Mapping[int, Share] = field(default_factory=dict)  # by team id; absent = teams not weighed
+    # (worker id, model id) pairs where another copy of a model may be loaded;
+    # None: anywhere the copy rule allows. The live scheduler leaves it None;
+    # bench/scheduler_plan.py (an experiment, docs/benchmarks.md) fills it.
+    copy_plan: frozenset[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,7 @@ class _Placement:
     def __init__(self, snapshot: Snapshot) -> None:
         self.now = snapshot.now
         self.shares = snapshot.shares
+        self.copy_plan = snapshot.copy_plan
         self.team_shares = snapshot.team_shares
         self.added_team_usage: dict[int, float] = {}
         self.workers = {w.id: w for w in snapshot.workers}
@@ -465,6 +472,8 @@ class _Placement:
         """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``."""
         if job.excluded_workers:
             return False
+        if not self.copy_allowed(worker.id, job.model_id):
+            return True
         # The longer the job has waited, the less a copy has to be justified.
         left = 1.0 - (self.now - job.queued_at) / patience_s(job)
         if left <= 0:
@@ -473,6 +482,10 @@ class _Placement:
         if backlog < MIN_COPY_BACKLOG_S * left:
             return True
         return _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left
+
+    def copy_allowed(self, worker_id: str, model_id: str) -> bool:
+        """Whether the snapshot's copy plan, if any, lets ``worker_id`` load another copy of a model others hold."""
+        return self.copy_plan is None or not self.holders.get(model_id) or (worker_id, model_id) in self.copy_plan
 
     def cheapest_worker(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
         best = None
@@ -561,7 +574,8 @@ class _Placement:
                 if backlog < need:
                     break
                 job = self.by_model[model_id].first_runnable_on(worker, self.taken)
-                if job is None or not _can_run_here(job, worker) or self.at_quota(job.user_id, started):
+                if job is None or not _can_run_here(job, worker) or self.at_quota(job.user_id, started) \
+                        or not self.copy_allowed(worker.id, model_id):
                     continue
                 if _copy_gain_s(backlog, self.holder_speed[model_id], job, worker) < REPLICATE_GAIN_S:
                     continue

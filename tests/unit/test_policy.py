@@ -303,6 +303,19 @@ def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short(
     assert set(assigned(d).values()) == {"w1", "w2"}
 
 
+def test_a_copy_plan_limits_where_copies_go_but_not_first_loads():
+    # The 60 s backlog of the fast-gain case above: with a copy plan that
+    # leaves "fast" out, the copy waits; with "fast" in it, it is made.
+    # A model nobody holds is loaded wherever it fits, plan or not.
+    jobs = [job("a", t=i * 0.1, est=10.0) for i in range(6)]
+    workers = [fast_worker("holder", held={"a": 2.0}, busy=1), fast_worker("fast")]
+    assert place(Snapshot(jobs, workers, now=1.0, copy_plan=frozenset())).assignments == []
+    planned = place(Snapshot(jobs, workers, now=1.0, copy_plan=frozenset({("fast", "a")})))
+    assert assigned(planned) == {jobs[0].id: "fast"}
+    fresh = [job("b", t=0.0)]
+    assert assigned(place(Snapshot(fresh, [fast_worker("idle")], now=0.5, copy_plan=frozenset()))) == {fresh[0].id: "idle"}
+
+
 def test_a_model_nobody_holds_is_loaded_at_once():
     j = job("a", t=0.0)
     d = place(Snapshot([j], [fast_worker("idle")], now=0.5))
@@ -341,6 +354,16 @@ def test_a_moderate_backlog_elsewhere_does_not_pull_a_gpu_off_its_own_work():
     workers = [fast_worker("w1", held={"a": 2.0}), fast_worker("busy", held={"f": 2.0}, busy=1)]
     d = place(Snapshot([own] + swamped, workers, now=2.0))
     assert assigned(d) == {own.id: "w1"}
+
+
+def test_the_move_respects_a_copy_plan():
+    own = job("a", t=0.0, est=5.0, user=1)
+    swamped = _swamped(20)
+    workers = [fast_worker("w1", held={"a": 2.0}), fast_worker("busy", held={"f": 2.0}, busy=1)]
+    d = place(Snapshot([own] + swamped, workers, now=2.0, copy_plan=frozenset({("busy", "f")})))
+    assert assigned(d) == {own.id: "w1"}
+    d = place(Snapshot([own] + swamped, workers, now=2.0, copy_plan=frozenset({("w1", "f")})))
+    assert assigned(d) == {swamped[0].id: "w1"}
 
 
 def test_the_move_respects_the_concurrency_quota():

@@ -12,7 +12,7 @@ SIDES = [256, 512, 768, 1024, 1536]
 
 
 @st.composite
-def snapshots(draw):
+def snapshots(draw, copy_plans=False):
     n_workers = draw(st.integers(0, 6))
     workers = []
     for i in range(n_workers):
@@ -45,7 +45,10 @@ def snapshots(draw):
     jobs.sort(key=lambda j: (-j.priority, j.queued_at))
     shares = {u: Share(weight=draw(st.sampled_from([0.5, 1.0, 3.0])), usage_s=float(draw(st.integers(0, 5000))))
               for u in range(1, 5)}
-    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares)
+    # A copy plan only narrows where copies go (bench/scheduler_plan.py); the invariants hold with any.
+    plan = draw(st.none() | st.frozensets(st.tuples(st.sampled_from([w.id for w in workers] or ["w0"]),
+                                                    st.sampled_from(sorted(MODELS))))) if copy_plans else None
+    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares, copy_plan=plan)
 
 
 def can_run(job: QueuedJob, worker: WorkerState) -> bool:
@@ -55,7 +58,7 @@ def can_run(job: QueuedJob, worker: WorkerState) -> bool:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(snapshots())
+@given(snapshots(copy_plans=True))
 def test_policy_invariants(snapshot):
     decisions = place(snapshot)
     jobs = {j.id: j for j in snapshot.jobs}
