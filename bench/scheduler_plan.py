@@ -1,6 +1,6 @@
 """An experiment: farm's policy with an online copy plan, against the shipped policy and fifo.
 
-    .venv/bin/python bench/scheduler_plan.py [--period 5] [--horizon 60] [--utilisation 0.9]
+    .venv/bin/python bench/scheduler_plan.py [--period 5] [--horizon 60] [--utilisation 0.9] [--overload 0]
                                              [--trace-seeds 1,2,3,4,5] [--seeds 0]
 
 Not the shipped policy (docs/benchmarks.md says why). Every ``period``
@@ -12,7 +12,9 @@ within ``horizon`` seconds plus its recent arrival rate asks for, scaled down
 to ``utilisation`` of the cluster when the demand is larger, and each GPU's
 models fit in its VRAM. The plan goes into the snapshot as ``copy_plan``:
 farm's policy then loads another copy of a model only on a planned GPU
-(first loads and held models are unaffected).
+(first loads and held models are unaffected). With ``--overload S`` the plan
+binds only while the farm needs at least S seconds for its whole queue;
+otherwise the shipped copy rule decides alone.
 
 The planner keeps state between calls (the arrivals it has seen), so each
 simulation gets a fresh one. For each trace (the shipped ones and
@@ -57,8 +59,9 @@ SOLVE_LIMIT_S = 2.0
 class Planner:
     """A policy callable: farm's ``place`` with a copy plan refreshed every ``period_s``."""
 
-    def __init__(self, period_s: float, horizon_s: float, utilisation: float) -> None:
+    def __init__(self, period_s: float, horizon_s: float, utilisation: float, overload_s: float = 0.0) -> None:
         self.period_s, self.horizon_s, self.utilisation = period_s, horizon_s, utilisation
+        self.overload_s = overload_s
         self.seen: set = set()
         self.arrivals: deque[tuple[float, str, float]] = deque()  # (queued_at, model, est_seconds)
         self.samples: dict[str, QueuedJob] = {}  # model -> a job of it, for can_ever_run and sizes
@@ -73,6 +76,8 @@ class Planner:
             started = time.perf_counter()
             self.plan = self.make_plan(snapshot)
             self.solve_s.append(time.perf_counter() - started)
+        if self.overload_s > 0 and drain_s(snapshot) < self.overload_s:
+            return place(snapshot)  # not overloaded: copies add capacity, the shipped copy rule decides
         return place(dataclasses.replace(snapshot, copy_plan=self.plan))
 
     def observe(self, snapshot: Snapshot) -> None:
@@ -100,6 +105,12 @@ class Planner:
     def make_plan(self, snapshot: Snapshot) -> frozenset[tuple[str, str]] | None:
         return plan_copies([w for w in snapshot.workers if not w.draining], self.demand(snapshot), self.samples,
                            self.utilisation)
+
+
+def drain_s(snapshot: Snapshot) -> float:
+    """Seconds the whole farm needs for everything queued (speed-1 work over the workers' total speed)."""
+    speed = sum(w.speed * w.capacity for w in snapshot.workers if not w.draining)
+    return sum(job.est_seconds for job in snapshot.jobs) / speed if speed > 0 else float("inf")
 
 
 def plan_copies(workers: list[WorkerState], need: dict[str, float], samples: dict[str, QueuedJob],
@@ -159,7 +170,7 @@ def replay(workers_path: Path, trace_path: Path, name: str, seed: int, args) -> 
     shuffle = seed or None
     fifo = simulate(workers, trace, place_fifo, policy_name="fifo", worker_order_seed=shuffle)
     shipped = simulate(workers, trace, place, policy_name="farm", worker_order_seed=shuffle)
-    planner = Planner(args.period, args.horizon, args.utilisation)
+    planner = Planner(args.period, args.horizon, args.utilisation, args.overload)
     planned = simulate(workers, trace, planner, policy_name="farm+plan", worker_order_seed=shuffle)
     out = {"trace": name, "seed": seed}
     for label, run in (("shipped", shipped), ("planned", planned)):
@@ -178,6 +189,8 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=5.0, help="seconds of trace time between plans")
     parser.add_argument("--horizon", type=float, default=60.0, help="seconds in which the queue should drain")
     parser.add_argument("--utilisation", type=float, default=0.9, help="share of the cluster a plan hands out")
+    parser.add_argument("--overload", type=float, default=0.0,
+                        help="the plan binds only while the farm needs at least this many seconds for its queue (0: always)")
     parser.add_argument("--trace-seeds", default="1,2,3,4,5")
     parser.add_argument("--seeds", default="0", help="worker orders of the shipped traces (0: the file's)")
     args = parser.parse_args()
@@ -201,7 +214,7 @@ def main() -> None:
     summary["plan_solve_s_100_workers_20_models"] = round(time.perf_counter() - started, 2)
     summary["traces"] = len(lines)
     print(json.dumps({"summary": summary, "period_s": args.period, "horizon_s": args.horizon,
-                      "utilisation": args.utilisation}))
+                      "utilisation": args.utilisation, "overload_s": args.overload}))
 
 
 if __name__ == "__main__":
