@@ -38,13 +38,12 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from scheduler_targets import fresh_workloads, seed_list, shipped_workload, targets
+from scheduler_targets import compare, fresh_workloads, seed_list, shipped_workload, targets
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from farm.scheduler.bench import clairvoyant_metrics, synthetic_snapshot
 from farm.scheduler.clairvoyant import solver_stdout_to_stderr
-from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import Decisions, QueuedJob, Snapshot, WorkerState, place, working_memory_gb
 from farm.scheduler.simulator import load_trace, load_workers, simulate
 
@@ -166,20 +165,20 @@ def plan_copies(workers: list[WorkerState], need: dict[str, float], samples: dic
 
 
 def replay(workers_path: Path, trace_path: Path, name: str, seed: int, args) -> dict:
+    """The shipped policy and fifo as scheduler_targets compares them, and the planned policy graded the same way."""
+    shipped = compare(workers_path, trace_path, name, seed)
     workers, trace = load_workers(workers_path), load_trace(trace_path)
-    shuffle = seed or None
-    fifo = simulate(workers, trace, place_fifo, policy_name="fifo", worker_order_seed=shuffle)
-    shipped = simulate(workers, trace, place, policy_name="farm", worker_order_seed=shuffle)
     planner = Planner(args.period, args.horizon, args.utilisation, args.overload)
-    planned = simulate(workers, trace, planner, policy_name="farm+plan", worker_order_seed=shuffle)
+    planned = simulate(workers, trace, planner, policy_name="farm+plan", worker_order_seed=seed or None)
+    planned.update(clairvoyant_metrics(workers, trace, planned["wait_max_s"]))
+    fifo = shipped["fifo"]
     out = {"trace": name, "seed": seed}
-    for label, run in (("shipped", shipped), ("planned", planned)):
-        run.update(clairvoyant_metrics(workers, trace, run["wait_max_s"]))
-        graded = targets(run, fifo)
+    for label, run, graded in (("shipped", shipped["farm"], shipped["targets"]),
+                               ("planned", planned, targets(planned, fifo))):
         out[label] = {"loads": run["model_loads"], "bound": run["lower_bound_loads_clairvoyant"],
                       "loads_vs_bound": graded["loads_vs_bound"], "p50_vs_fifo": round(run["wait_p50_s"] / fifo["wait_p50_s"], 3),
                       "p95_vs_fifo": graded["p95_vs_fifo"], "max_vs_fifo": graded["max_vs_fifo"],
-                      "all_targets": all(v for k, v in graded.items() if k.endswith("_ok"))}
+                      "all_targets": graded["every_target_ok"]}
     out["plan_solve_ms_p50"] = round(1000 * statistics.median(planner.solve_s), 2) if planner.solve_s else None
     return out
 

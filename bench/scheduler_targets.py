@@ -40,7 +40,7 @@ def targets(farm: dict, fifo: dict) -> dict:
     loads_vs_bound = farm["model_loads"] / farm["lower_bound_loads_clairvoyant"]
     p95 = farm["wait_p95_s"] / fifo["wait_p95_s"]
     worst = farm["wait_max_s"] / fifo["wait_max_s"]
-    return {
+    graded = {
         "loads_vs_fifo": round(loads_vs_fifo, 3), "loads_vs_fifo_ok": loads_vs_fifo <= 0.35,
         "loads_vs_bound": round(loads_vs_bound, 3), "loads_vs_bound_ok": loads_vs_bound <= 1.5,
         "loads_vs_window_bound": round(farm["model_loads"] / farm["lower_bound_loads_at_max_wait"], 3),
@@ -48,6 +48,8 @@ def targets(farm: dict, fifo: dict) -> dict:
         "max_vs_fifo": round(worst, 3), "max_vs_fifo_ok": worst <= 2.0,
         "overcommits_ok": farm["vram_overcommits"] == 0,
     }
+    graded["every_target_ok"] = all(v for k, v in graded.items() if k.endswith("_ok"))
+    return graded
 
 
 def main() -> None:

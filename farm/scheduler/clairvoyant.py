@@ -28,8 +28,9 @@ What the program asks of a schedule (each holds for a real one):
 
 What it leaves out, each of which could only raise the bound: the time loads
 take, VRAM (a GPU too small to keep its models together reloads them), and
-that a job renders on one slot without a break. So the bound stays below
-what even a clairvoyant scheduler reaches; see docs/scheduler-bench.md.
+that a job renders on one slot without a break. So the bound can stay below
+what even a clairvoyant scheduler reaches; bench/scheduler_hindsight.py
+replays the solver's own holders to see how far (docs/scheduler-bench.md).
 
 If the solver stops at its time limit, the bound is the best one it proved
 by then (its dual bound), which is still valid.
@@ -130,7 +131,7 @@ class _Program:
         self.window_total = 0
         if not self.classes:
             return
-        window = window_bounds_by_model(workers, trace, wait_s)
+        window = window_bounds_by_model(workers, trace, wait_s, masks)
         self.window_total = sum(window.values())
         self.gpus = [i for i in range(len(workers)) if any(mask >> i & 1 for _, mask in self.classes)]
         start = min(job.t for jobs in jobs_by_class.values() for job in jobs)
@@ -196,7 +197,7 @@ class _Program:
                 var_lower[done] = due[k] * (1 - 1e-9)
                 var_upper[done] = arrived[k] * (1 + 1e-9) + 1e-9
         for model, holders in window.items():
-            row([(pair, 1.0) for (p, m), pair in pairs.items() if m == model], holders, np.inf)
+            row([(pair, 1.0) for (_, m), pair in pairs.items() if m == model], holders, np.inf)
         self.matrix = coo_matrix((vals, (rows, cols)), shape=(len(lower), n_vars)).tocsr()
         self.row_bounds = (np.array(lower), np.array(upper))
         self.var_bounds = (var_lower, var_upper)

@@ -287,10 +287,14 @@ def lower_bound_loads(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], 
     return sum(window_bounds_by_model(workers, trace, max_wait_s).values())
 
 
-def window_bounds_by_model(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob],
-                           max_wait_s: float | None) -> dict[str, int]:
-    """For each model some worker can run: the workers that must load it (``_window_bound``; 1 without a wait limit)."""
-    masks = eligible_masks(workers, trace)
+def window_bounds_by_model(workers: Sequence[WorkerSpec], trace: Sequence[TraceJob], max_wait_s: float | None,
+                           masks: Sequence[int] | None = None) -> dict[str, int]:
+    """For each model some worker can run: the workers that must load it (``_window_bound``; 1 without a wait limit).
+
+    ``masks``: ``eligible_masks(workers, trace)`` when the caller has them already.
+    """
+    if masks is None:
+        masks = eligible_masks(workers, trace)
     by_model: dict[str, list[int]] = {}
     for index, (job, mask) in enumerate(zip(trace, masks)):
         if mask:
