@@ -26,9 +26,13 @@ How it decides, for each free worker slot in turn:
    already holds the model, another copy is loaded only when the holders
    would need at least ``MIN_COPY_BACKLOG_S`` for the model's queue and the
    copy would take at least ``REPLICATE_GAIN_S`` off that time, net of its
-   load; both shrink to nothing as the job's patience runs out (delay
-   scheduling). A GPU that loads a model in this call counts as its holder
-   for the rest of the call. A snapshot may carry a copy plan, the
+   load, and, unless the holders' backlog is a burst (``BURST_BACKLOG_S``),
+   the work that arrived for the model in the last ``COPY_RATE_WINDOW_S``
+   asks for at least ``COPY_DEMAND_SHARE`` of the holders' speed (the tail
+   of a spent burst drains on its holders; a copy made for it is a load that
+   is not used again). All three shrink to nothing as the job's patience runs
+   out (delay scheduling), and until then a copy evicts nothing. A GPU that
+   loads a model in this call counts as its holder for the rest of the call. A snapshot may carry a copy plan, the
    (worker, model) pairs where copies may go (an experiment's, see
    bench/scheduler_plan.py; the live scheduler sends none).
 
@@ -196,6 +200,14 @@ MIN_COPY_BACKLOG_S = 45.0
 REBALANCE_FACTOR = 3.0
 REBALANCE_MARGIN_S = 60.0
 REBALANCE_SAMPLE = 32  # the next jobs whose mean size stands for a model's queued jobs there
+# ... and only if the work that arrived for the model in the last
+# COPY_RATE_WINDOW_S seconds asks for at least COPY_DEMAND_SHARE of its
+# holders' speed, unless their backlog is a burst (BURST_BACKLOG_S or more):
+# a queue that is the tail of a spent burst drains on its holders, and a copy
+# made for it is a load that is never used again.
+COPY_RATE_WINDOW_S = 60.0
+COPY_DEMAND_SHARE = 0.9
+BURST_BACKLOG_S = 90.0
 
 
 def patience_s(job: QueuedJob) -> float:
@@ -257,6 +269,7 @@ class _Placement:
         self.placed_work_s: dict[str, float] = {}  # ... of it placed in this call
         self.holders: dict[str, list[WorkerState]] = {}  # model -> workers holding it (not draining)
         self.holder_speed: dict[str, float] = {}  # model -> those workers' total speed x slots
+        self.arrival_rate: dict[str, float] = {}  # model -> recent work per second (recent_rate)
         self.taken: set = set()
         self.no_target: set = set()  # (model, pixels, exclusions, patient) with no free worker; see runnable_later_job
         self.placed: dict[str, int] = {}
@@ -481,7 +494,23 @@ class _Placement:
         backlog, holders = self.holders_backlog_s(job)
         if backlog < MIN_COPY_BACKLOG_S * left:
             return True
-        return _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left
+        if _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left:
+            return True
+        return backlog < BURST_BACKLOG_S * left and self.recent_rate(job.model_id) < COPY_DEMAND_SHARE * holders
+
+    def recent_rate(self, model_id: str) -> float:
+        """Speed-1 seconds of work per second that arrived for a model in the last COPY_RATE_WINDOW_S.
+
+        Counted from the queue, so it misses jobs already placed: a lower
+        bound, exact while the model is backlogged, which is when the copy
+        rule asks.
+        """
+        rate = self.arrival_rate.get(model_id)
+        if rate is None:
+            since = self.now - COPY_RATE_WINDOW_S
+            work = sum(job.est_seconds for job in self.by_model[model_id].jobs if job.queued_at >= since)
+            rate = self.arrival_rate[model_id] = work / COPY_RATE_WINDOW_S
+        return rate
 
     def copy_allowed(self, worker_id: str, model_id: str) -> bool:
         """Whether the snapshot's copy plan, if any, lets ``worker_id`` load another copy of a model others hold."""
@@ -498,6 +527,12 @@ class _Placement:
             if priced is None:
                 continue
             cost, evict = priced
+            # A copy evicts nothing while the job is within its patience (the
+            # evicted model's next job would cost a load of its own), unless
+            # the job is an out-of-memory retry, which goes where it fits.
+            if evict and not job.excluded_workers and job.model_id not in self.held[worker.id] \
+                    and self.holders.get(job.model_id) and self.now - job.queued_at < patience_s(job):
+                continue
             # After an out-of-memory failure the most free VRAM matters most;
             # otherwise no eviction first, then best fit (the smallest GPU)
             # keeps the big GPUs free for big models and for copies; where

@@ -134,11 +134,11 @@ def test_hindsight_keeps_the_waits_and_never_loads_more_than_farm(monkeypatch):
     sys.modules.pop("scheduler_hindsight", None)
     import scheduler_hindsight
 
-    # The shipped heavy-user trace: farm loads a copy or two that, in
-    # hindsight, the waits did not need (docs/benchmarks.md).
+    # The shipped bursty trace: farm loads a copy or two that, in hindsight,
+    # the waits did not need (docs/benchmarks.md).
     workers = load_workers(bench_dir / "workers" / "mixed.json")
-    trace = load_trace(bench_dir / "traces" / "heavy_user.jsonl")
-    out = scheduler_hindsight.hindsight(workers, trace, "heavy_user")
+    trace = load_trace(bench_dir / "traces" / "bursty.jsonl")
+    out = scheduler_hindsight.hindsight(workers, trace, "bursty")
     assert out["clairvoyant_bound"] <= out["hindsight_loads"] < out["farm_loads"]
     assert out["hindsight_wait_p95_vs_fifo"] <= scheduler_hindsight.P95_VS_FIFO
     # Replaying with what it kept gives what it reported.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from farm.scheduler.policy import AGE_WEIGHT, CLASS_AGE_S, MIN_COPY_BACKLOG_S, REBALANCE_FACTOR, REBALANCE_MARGIN_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
+from farm.scheduler.policy import AGE_WEIGHT, BURST_BACKLOG_S, CLASS_AGE_S, COPY_DEMAND_SHARE, COPY_RATE_WINDOW_S, MIN_COPY_BACKLOG_S, REBALANCE_FACTOR, REBALANCE_MARGIN_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
 def job(model="a", *, t=0.0, priority=0, gb=2.0, family="sd", size=512, excluded=(), user=1, est=5.0):
@@ -271,11 +271,12 @@ def test_what_a_copy_must_justify_shrinks_as_the_job_waits():
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
     idle = fast_worker("idle")
     patience = patience_s(jobs[0])
-    # Backlog 10 s, gain 4 s: refused early, accepted once both the backlog
-    # and the gain a copy must show have shrunk below them.
-    assert REPLICATE_GAIN_S > 4.0 and MIN_COPY_BACKLOG_S > 10.0
+    # Backlog 10 s, gain 4 s, no recent arrivals: refused early, accepted
+    # once the backlog, the gain and the burst backlog (which a queue without
+    # recent demand must reach) a copy must show have shrunk below them.
+    assert REPLICATE_GAIN_S > 4.0 and MIN_COPY_BACKLOG_S > 10.0 and BURST_BACKLOG_S > 10.0
     assert place(Snapshot(jobs, [holder, idle], now=0.1 * patience)).assignments == []
-    left = min(3.5 / REPLICATE_GAIN_S, 9.5 / MIN_COPY_BACKLOG_S)
+    left = min(3.5 / REPLICATE_GAIN_S, 9.5 / MIN_COPY_BACKLOG_S, 9.5 / BURST_BACKLOG_S)
     assert assigned(place(Snapshot(jobs, [holder, idle], now=(1.0 - left) * patience))) == {jobs[0].id: "idle"}
 
 
@@ -289,6 +290,45 @@ def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain()
     assert place(Snapshot(short, [holder, idle], now=1.0)).assignments == []
     long = [job("a", t=0.0, est=0.8 * MIN_COPY_BACKLOG_S)]
     assert assigned(place(Snapshot(long, [holder, idle], now=1.0))) == {long[0].id: "idle"}
+
+
+def test_the_tail_of_a_spent_burst_drains_on_its_holder_but_fresh_demand_gets_a_copy():
+    # 60 s of work behind one holder; a copy on an idle GPU of the same speed
+    # would gain 29 s. Arrived two minutes ago with nothing since, the queue
+    # is the tail of a burst and waits; arrived in the last minute (the same
+    # work per second as the holder's speed), it gets the copy; twice the
+    # backlog is a burst of its own and gets the copy however old.
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    idle = fast_worker("idle")
+    now = 120.0
+    assert now - COPY_RATE_WINDOW_S > 1.0 and 60.0 / COPY_RATE_WINDOW_S >= COPY_DEMAND_SHARE
+    left = 1.0 - now / patience_s(job("a"))
+    assert MIN_COPY_BACKLOG_S * left <= 60.0 < BURST_BACKLOG_S * left <= 120.0
+    spent = [job("a", t=i * 0.1, est=10.0) for i in range(6)]
+    assert place(Snapshot(spent, [holder, idle], now=now)).assignments == []
+    fresh = [job("a", t=now - 20.0 + i * 0.1, est=10.0) for i in range(6)]
+    assert assigned(place(Snapshot(fresh, [holder, idle], now=now))) == {fresh[0].id: "idle"}
+    big = [job("a", t=i * 0.1, est=10.0) for i in range(12)]
+    assert assigned(place(Snapshot(big, [holder, idle], now=now))) == {big[0].id: "idle"}
+
+
+def test_a_copy_evicts_nothing_while_the_job_can_wait():
+    # The idle GPU is full of "b", which nobody waits for: loading a copy of
+    # "a" there would drop it. Within the job's patience the copy waits for a
+    # GPU with room; after it, the copy is made.
+    jobs = [job("a", t=i * 0.1, est=20.0) for i in range(6)]  # 120 s of work behind one holder
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    full = fast_worker("full", vram=4.0, held={"b": 3.0})
+    assert place(Snapshot(jobs, [holder, full], now=1.0)).assignments == []
+    d = place(Snapshot(jobs, [holder, full, fast_worker("roomy")], now=1.0))
+    assert assigned(d) == {jobs[0].id: "roomy"}
+    late = patience_s(jobs[0]) + 1.0
+    d = place(Snapshot(jobs, [holder, full], now=late))
+    assert assigned(d) == {jobs[0].id: "full"} and d.assignments[0].evict == ("b",)
+    # A model nobody holds still evicts to be loaded at once.
+    first = [job("c", t=0.0)]
+    d = place(Snapshot(first, [full], now=1.0))
+    assert assigned(d) == {first[0].id: "full"} and d.assignments[0].evict == ("b",)
 
 
 def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short():
