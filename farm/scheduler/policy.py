@@ -204,7 +204,9 @@ REBALANCE_SAMPLE = 32  # the next jobs whose mean size stands for a model's queu
 # COPY_RATE_WINDOW_S seconds asks for at least COPY_DEMAND_SHARE of its
 # holders' speed, unless their backlog is a burst (BURST_BACKLOG_S or more):
 # a queue that is the tail of a spent burst drains on its holders, and a copy
-# made for it is a load that is never used again.
+# made for it is a load that is never used again. These three were chosen on
+# the shipped traces at four worker orders and make_traces seeds 1-10, then
+# checked once on seeds 11-15 (docs/benchmarks.md, fourth session).
 COPY_RATE_WINDOW_S = 60.0
 COPY_DEMAND_SHARE = 0.9
 BURST_BACKLOG_S = 90.0
