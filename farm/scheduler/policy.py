@@ -31,10 +31,11 @@ How it decides, for each free worker slot in turn:
    asks for at least ``COPY_DEMAND_SHARE`` of the holders' speed (the tail
    of a spent burst drains on its holders; a copy made for it is a load that
    is not used again). All three shrink to nothing as the job's patience runs
-   out (delay scheduling), and until then a copy evicts nothing. A GPU that
-   loads a model in this call counts as its holder for the rest of the call. A snapshot may carry a copy plan, the
-   (worker, model) pairs where copies may go (an experiment's, see
-   bench/scheduler_plan.py; the live scheduler sends none).
+   out (delay scheduling), and until then a copy evicts nothing. A GPU
+   that loads a model in this call counts as its holder for the rest of the
+   call. A snapshot may carry a copy plan, the (worker, model) pairs where
+   copies may go (an experiment's, see bench/scheduler_plan.py; the live
+   scheduler sends none).
 
 Before that, a free worker whose own models have only short queues takes a
 copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
@@ -483,16 +484,24 @@ class _Placement:
             return math.inf, 0.0
         return self.unplaced_work_s(job.model_id) / holders, holders
 
-    def should_wait_for_holder(self, job: QueuedJob, worker: WorkerState) -> bool:
-        """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``."""
+    def should_wait_for_holder(self, job: QueuedJob, worker: WorkerState, evicts: bool) -> bool:
+        """Leave the job for the GPUs that hold its model rather than load another copy on ``worker``.
+
+        An out-of-memory retry never waits: it goes where it fits. Otherwise,
+        until the job's patience runs out, a copy that would evict waits (the
+        evicted model's next job would cost a load of its own), and one that
+        would not must pass the copy rule (module docstring), whose
+        thresholds shrink as the job waits.
+        """
         if job.excluded_workers:
             return False
         if not self.copy_allowed(worker.id, job.model_id):
             return True
-        # The longer the job has waited, the less a copy has to be justified.
         left = 1.0 - (self.now - job.queued_at) / patience_s(job)
         if left <= 0:
             return False
+        if evicts and self.holders.get(job.model_id):
+            return True
         backlog, holders = self.holders_backlog_s(job)
         if backlog < MIN_COPY_BACKLOG_S * left:
             return True
@@ -523,17 +532,11 @@ class _Placement:
         for worker in self.free_workers():
             if not _can_run_here(job, worker):
                 continue
-            if job.model_id not in self.held[worker.id] and self.should_wait_for_holder(job, worker):
-                continue
             priced = self.plan(worker, job)
             if priced is None:
                 continue
             cost, evict = priced
-            # A copy evicts nothing while the job is within its patience (the
-            # evicted model's next job would cost a load of its own), unless
-            # the job is an out-of-memory retry, which goes where it fits.
-            if evict and not job.excluded_workers and job.model_id not in self.held[worker.id] \
-                    and self.holders.get(job.model_id) and self.now - job.queued_at < patience_s(job):
+            if job.model_id not in self.held[worker.id] and self.should_wait_for_holder(job, worker, bool(evict)):
                 continue
             # After an out-of-memory failure the most free VRAM matters most;
             # otherwise no eviction first, then best fit (the smallest GPU)
