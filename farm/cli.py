@@ -353,7 +353,8 @@ def workers_list() -> None:
     for w in rows:
         held = ",".join(m["id"] for m in w.loaded_models) or "-"
         click.echo(f"{w.id}\t{'draining' if w.draining and w.state == 'online' else w.state}\t{w.device_name}\t{w.vram_free_gb:.1f}/{w.vram_total_gb:.1f} GB free\t"
-                   f"holds {held}\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago")
+                   f"holds {held}\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago"
+                   + (f"\t{w.health_error}" if w.health_error else ""))
 
 
 @workers.command("drain")

@@ -9,12 +9,35 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from farm.retry import call_with_retry
+
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A connection attempt to a server that is down but whose host answers fails
+# at once; one whose host is gone must not hang a worker for the OS timeout.
+CONNECT_TIMEOUT_S = 5
+
+
+def classify_database_error(exc: BaseException) -> str | None:
+    """Transient: the server is unreachable, restarting, or dropped the
+    connection (pool_pre_ping replaces such connections on the next checkout)."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return "transient"
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return "transient"
+    return None
+
+
+def describe_database_error(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
 
 
 def make_engine(url: str, **kwargs) -> Engine:
@@ -37,6 +60,7 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
@@ -61,6 +85,20 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    def retrying(self, work: Callable[[Session], T], *, what: str, budget_s: float) -> T:
+        """Run ``work`` in a transaction of its own, again in a fresh one after
+        a transient database error, for at most ``budget_s`` seconds.
+
+        ``work`` must be safe to run again: a dropped COMMIT may have landed,
+        so it should find out (fenced writes do) rather than assume."""
+
+        def attempt() -> T:
+            with self.transaction() as session:
+                return work(session)
+
+        return call_with_retry(attempt, service="database", what=what, budget_s=budget_s,
+                               classify=classify_database_error, explain=describe_database_error)
 
     def dispose(self) -> None:
         self.engine.dispose()

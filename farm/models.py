@@ -199,7 +199,13 @@ class Worker(Timestamped, Base):
     capacity: Mapped[int] = mapped_column(Integer, default=1)
     speed: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     load_gbps: Mapped[float] = mapped_column(Float, default=2.0, server_default="2.0")
-    state: Mapped[str] = mapped_column(String(16), default="online")  # online | offline
+    # online | stopping (SIGTERM: finishing, takes no work) | unhealthy (its
+    # object store refuses it for good; see health_error) | offline
+    state: Mapped[str] = mapped_column(String(16), default="online")
+    # The process now registered under this name: a restart under the same
+    # name gets a new one, so it adopts none of its predecessor's jobs.
+    instance_id: Mapped[Optional[str]] = mapped_column(String(32))
+    health_error: Mapped[Optional[str]] = mapped_column(Text)
     # An operator's drain: finish current work, take no more. Kept apart from
     # state so a worker lost and back keeps it.
     draining: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
@@ -331,7 +337,14 @@ class Job(Timestamped, Base):
     num_images: Mapped[int] = mapped_column(Integer, default=1)
     seed: Mapped[int] = mapped_column(BigInteger)
     worker_id: Mapped[Optional[str]] = mapped_column(String(128), index=True)
+    # The worker process (Worker.instance_id) running this attempt; only it
+    # renews the lease.
+    worker_instance: Mapped[Optional[str]] = mapped_column(String(32))
     lease_expires_at: Mapped[Optional[dt.datetime]]
+    # Attempts that ended in an error or a lost worker; FARM_MAX_ATTEMPTS caps
+    # these. A job handed back by a stopping worker starts a new attempt
+    # (fencing) without adding one.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Workers this job must not go to again (out of memory there).
     excluded_workers: Mapped[list[Any]] = mapped_column(default=list)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=10.0, gt=0, description="A worker silent this long is declared lost and its jobs re-queued.")
     lease_s: float = Field(default=30.0, gt=0, description="Lease on an assignment; renewed by the worker's heartbeat while it runs the job.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job fails for good.")
+    db_retry_s: float = Field(default=60.0, ge=0, description="How long a process keeps retrying a database call through an outage (backoff with jitter) before it gives up on that call; a worker keeps a rendered result this long and then lets its lease hand the job on.")
+    storage_retry_s: float = Field(default=30.0, ge=0, description="How long one object-store call is retried through an outage before the attempt is given up (the job is re-queued with attempt + 1 until FARM_MAX_ATTEMPTS).")
+    storage_timeout_s: float = Field(default=30.0, gt=0, description="Connect and read timeout of one object-store request; a store that hangs longer is retried.")
+    worker_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM a worker finishes the image it renders if it can within this many seconds; otherwise it hands the job back to the queue at once.")
+    orphan_grace_s: float = Field(default=3600.0, ge=0, description="Objects no output row references are deleted by the janitor once older than this (seconds).")
+    janitor_interval_s: float = Field(default=300.0, gt=0, description="Seconds between two sweeps of the leading scheduler's janitor for objects of superseded, failed and canceled attempts.")
+    janitor_lookback_s: float = Field(default=86400.0, gt=0, description="The janitor sweeps the objects of jobs changed within this many seconds.")
     scheduler_poll_s: float = Field(default=1.0, gt=0, description="Longest the scheduler sleeps between passes when nothing wakes it.")
     progress_interval_s: float = Field(default=0.25, ge=0, description="Least time between two progress writes of one job.")
 

@@ -17,7 +17,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from farm.models import FINAL_STATUSES, Job, JobStatus, utcnow
@@ -109,7 +109,9 @@ def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str
     )
 
 
-def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> None:
+def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float,
+              instance_id: str | None = None) -> None:
+    """The worker process ``instance_id`` starts the attempt and owns its lease."""
     now = utcnow()
     _transition(
         session,
@@ -117,7 +119,7 @@ def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str,
         S.running,
         attempt=attempt,
         worker_id=worker_id,
-        values={"started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s)},
+        values={"started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s), "worker_instance": instance_id},
     )
 
 
@@ -203,18 +205,26 @@ def requeue_job(
     reason: str,
     max_attempts: int,
     exclude_worker: str | None = None,
+    charge: bool = True,
 ) -> JobStatus:
     """Return an assigned or running attempt to the queue with attempt + 1.
 
-    A job that has used ``max_attempts`` fails with the reason instead.
+    ``charge``: the attempt ended in an error or a lost worker and counts
+    against ``max_attempts``; a job that has used them all fails with the
+    reason instead. A hand-back (a worker stopping) is not charged.
     Returns the status the job ended in.
     """
-    if attempt >= max_attempts:
-        fail_job(session, job_id, attempt, f"gave up after {attempt} attempts: {reason}")
-        return S.failed
+    failures = session.execute(select(Job.failures).where(Job.id == job_id)).scalar_one_or_none() or 0
+    if charge:
+        failures += 1
+        if failures >= max_attempts:
+            fail_job(session, job_id, attempt, f"gave up after {failures} failed attempts: {reason}")
+            return S.failed
     values: dict[str, Any] = {
         "attempt": attempt + 1,
+        "failures": failures,
         "worker_id": None,
+        "worker_instance": None,
         "lease_expires_at": None,
         "assigned_at": None,
         "started_at": None,
@@ -236,7 +246,8 @@ def retry_failed_jobs(session: Session, job_ids) -> int:
     result = session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status == S.failed.value)
-        .values(status=S.queued.value, attempt=Job.attempt + 1, worker_id=None, error=None, finished_at=None,
+        .values(status=S.queued.value, attempt=Job.attempt + 1, failures=0, worker_id=None, worker_instance=None,
+                error=None, finished_at=None,
                 assigned_at=None, started_at=None, progress_step=0, progress_total=0, eta_s=None, gpu_seconds=None,
                 excluded_workers=[], updated_at=utcnow())
         .execution_options(synchronize_session=False)
@@ -244,19 +255,36 @@ def retry_failed_jobs(session: Session, job_ids) -> int:
     return result.rowcount
 
 
-def renew_leases(session: Session, worker_id: str, lease_s: float) -> int:
-    """Extend the leases of the jobs a worker is running (its heartbeat).
+def renew_lease(session: Session, job_id: uuid.UUID, attempt: int, instance_id: str, lease_s: float) -> bool:
+    """Extend the lease of the one attempt a worker process is running (its
+    heartbeat). False: the attempt is no longer this process's to run.
 
-    Assigned jobs keep their first lease: one whose Celery message was lost
-    (broker down between commit and send) expires and is re-queued.
+    Only work in hand is renewed: a job whose task ended without a final
+    state, or an assigned job whose Celery message was lost, keeps the lease
+    it has and is re-queued when it expires.
     """
     result = session.execute(
         update(Job)
-        .where(Job.worker_id == worker_id, Job.status == S.running.value)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == S.running.value, Job.worker_instance == instance_id)
         .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return result.rowcount == 1
+
+
+def requeue_predecessor_jobs(session: Session, worker_id: str, instance_id: str, max_attempts: int) -> int:
+    """A worker process registering under ``worker_id`` hands back at once the
+    jobs an earlier process of that name was running: that process is gone
+    (or superseded), so their leases would only run out."""
+    rows = session.execute(
+        select(Job.id, Job.attempt).where(
+            Job.worker_id == worker_id, Job.status == S.running.value,
+            or_(Job.worker_instance.is_(None), Job.worker_instance != instance_id),
+        )
+    ).all()
+    for row in rows:
+        requeue_job(session, row.id, row.attempt, f"worker {worker_id} restarted while running it", max_attempts)
+    return len(rows)
 
 
 def is_final(status: str) -> bool:

@@ -5,14 +5,23 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
+
+from farm.db import classify_database_error, describe_database_error
+from farm.retry import ServiceError, ServicePermanentError
 
 from farm.services.jobs import ConflictError, NotFoundError
 from farm.services.quotas import QuotaExceededError
 from farm.spec import RequestError
 
 logger = logging.getLogger(__name__)
+
+# Seconds a client should wait before trying again during an outage: the
+# database comes back from a restart within about a second; the store's
+# clients already retried for FARM_STORAGE_RETRY_S.
+DATABASE_RETRY_AFTER_S = 1
+STORAGE_RETRY_AFTER_S = 5
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "quota_exceeded",
@@ -55,10 +64,25 @@ def register_error_handlers(app: Flask) -> None:
     def _conflict(exc: ConflictError):
         return error_response(409, str(exc))
 
-    @app.errorhandler(OperationalError)
-    def _database_down(exc: OperationalError):
-        logger.error("database unavailable: %s", exc)
-        return error_response(503, "the database is unavailable; try again shortly")
+    def _database_down(exc: Exception):
+        if classify_database_error(exc) is None:
+            return _unexpected(exc)
+        logger.warning("database unavailable: %s", describe_database_error(exc))
+        response, status = error_response(503, "the database is unavailable; try again shortly")
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response, status
+
+    for database_error in (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError):
+        app.register_error_handler(database_error, _database_down)
+
+    @app.errorhandler(ServiceError)
+    def _service_down(exc: ServiceError):
+        logger.warning("%s", exc)
+        if isinstance(exc, ServicePermanentError):
+            return error_response(503, f"the {exc.service} refuses the farm; an operator must fix it: {exc}")
+        response, status = error_response(503, f"the {exc.service} is unavailable; try again shortly")
+        response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

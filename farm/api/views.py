@@ -60,7 +60,8 @@ def output_view(output: Output) -> dict[str, Any]:
 
 
 def worker_state(worker: Worker) -> str:
-    """online, draining (online but taking no work) or offline."""
+    """online, draining (online but taking no work), stopping (SIGTERM),
+    unhealthy (its store refuses it; see health_error) or offline."""
     return "draining" if worker.draining and worker.state == "online" else worker.state
 
 
@@ -70,6 +71,7 @@ def worker_view(worker: Worker, heartbeat_age_s: float) -> dict[str, Any]:
         "host": worker.host,
         "state": worker_state(worker),
         "draining": worker.draining,
+        "health_error": worker.health_error,
         "device": worker.device,
         "device_name": worker.device_name,
         "vram_total_gb": worker.vram_total_gb,

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from sqlalchemy import case, func, or_, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from farm import states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
+from farm.db import classify_database_error, describe_database_error
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 from farm.spec import REFINER_FAMILIES
@@ -77,14 +78,14 @@ class Leadership:
             try:
                 self._connection.execute(text("SELECT 1"))
                 return True
-            except OperationalError:
+            except DBAPIError:
                 logger.warning("lost the database connection that held leadership")
                 self.release()
         try:
             connection = self.ctx.db.engine.connect()
             got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}).scalar()
             connection.commit()
-        except OperationalError as exc:
+        except DBAPIError as exc:
             logger.warning("cannot reach the database to take leadership: %s", exc)
             return False
         if not got:
@@ -135,20 +136,26 @@ class Scheduler:
         self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
 
     def run(self, stop: threading.Event) -> None:
+        from farm.janitor import Janitor
+
         wait = self.ctx.events.scheduler_waiter()
         poll_s = self.ctx.settings.scheduler_poll_s
         logger.info("scheduler started (poll %.2fs)", poll_s)
+        # The leader also sweeps objects of attempts that did not complete.
+        threading.Thread(target=Janitor(self.ctx).run, args=(stop, lambda: self.leadership.held),
+                         name="farm-janitor", daemon=True).start()
         while not stop.is_set():
             if not self.leadership.acquire():
                 stop.wait(poll_s)
                 continue
             try:
                 self.run_pass()
-            except OperationalError as exc:
-                logger.warning("database unavailable during a pass: %s", exc)
-                stop.wait(poll_s)
-            except Exception:
-                logger.exception("scheduler pass failed")
+            except Exception as exc:
+                # The next pass is the retry: a pass reads everything afresh.
+                if classify_database_error(exc) is None:
+                    logger.exception("scheduler pass failed")
+                else:
+                    logger.warning("database unavailable during a pass: %s", describe_database_error(exc))
                 stop.wait(poll_s)
             wait(poll_s)
         self.leadership.release()
@@ -246,7 +253,8 @@ class Scheduler:
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
                        Worker.speed, Worker.load_gbps)
-                .where(Worker.state != "offline", Worker.last_heartbeat_at >= fresh_since)
+                # Stopping and unhealthy workers are alive but take no work.
+                .where(Worker.state == "online", Worker.last_heartbeat_at >= fresh_since)
             ).all()
             active = session.execute(
                 select(Job.worker_id, Job.model_id, Job.user_id)

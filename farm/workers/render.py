@@ -1,5 +1,15 @@
 """Running one job attempt on a worker: start (fenced), load, render with
 progress and cancellation, encode, upload, record (fenced).
+
+Faults (farm/retry.py classifies them): the database and the store are
+retried at their boundary for a bounded time. A rendered result is kept while
+its fenced completion is retried (``FARM_DB_RETRY_S``); if the database stays
+away longer, the attempt is abandoned and its lease, which only this process
+renews, hands the job on. A store that stays away costs the attempt (re-queued
+with attempt + 1, failing only after ``FARM_MAX_ATTEMPTS``); a store that
+refuses the farm for good marks the worker unhealthy. Every object an attempt
+writes is under its own attempt's keys, and an attempt that does not complete
+deletes them (the janitor catches what it cannot).
 """
 
 from __future__ import annotations
@@ -11,9 +21,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy import func, select
+
 from farm import lineage, states
-from farm.models import Job, ModelEntry, Output
-from farm.storage import CONTENT_TYPES, output_key, sidecar_key
+from farm.db import classify_database_error
+from farm.models import Job, JobStatus, ModelEntry, Output
+from farm.retry import ServiceError, ServiceUnavailableError
+from farm.storage import CONTENT_TYPES, StorageError, StoragePermanentError, output_key, sidecar_key
 from farm.spec import FAMILY_SIDE_MULTIPLE
 from farm.workers.img2img import render_task
 from farm.workers.pipelines import ImagePrompts, Refiner, RenderCanceled, RenderParams, encode_image, render
@@ -21,10 +35,20 @@ from farm.workers.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
 
+# Bookkeeping after a render that did not complete (hand-backs, failure
+# records, checks before deleting objects) gets a shorter budget than a
+# completion: nothing rendered is at stake.
+BOOKKEEPING_RETRY_S = 10.0
+
+
+class HandBack(Exception):
+    """A stopping worker's grace ran out: the job goes back to the queue now."""
+
 
 class ProgressReporter:
     """The step callback: writes progress at most every ``interval_s`` and
-    stops the render when the write is refused (canceled, or a stale attempt)."""
+    stops the render when the write is refused (canceled, or a stale attempt)
+    or when a stopping worker's grace has run out."""
 
     def __init__(self, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> None:
         self.runtime = runtime
@@ -33,16 +57,30 @@ class ProgressReporter:
         self.interval_s = runtime.ctx.settings.progress_interval_s
         self.started = time.perf_counter()
         self.last_write = self.started
+        self.db_down = False
 
     def __call__(self, step: int, total: int) -> None:
+        if self.runtime.hand_back_requested:
+            raise HandBack(f"worker {self.runtime.name} is stopping and its grace ran out at step {step} of {total}")
         now = time.perf_counter()
         if now - self.last_write < self.interval_s and step < total:
             return
         self.last_write = now
         elapsed = now - self.started
         eta = elapsed / step * (total - step) if step else None
-        with self.runtime.ctx.db.transaction() as session:
-            still_ours = states.record_progress(session, self.job_id, self.attempt, step, total, eta)
+        try:
+            with self.runtime.ctx.db.transaction() as session:
+                still_ours = states.record_progress(session, self.job_id, self.attempt, step, total, eta)
+        except Exception as exc:
+            if classify_database_error(exc) is None:
+                raise
+            # Progress is best effort: the render goes on through a database
+            # outage; its completion is retried.
+            if not self.db_down:
+                logger.warning("job %s: progress not recorded, the database is unavailable: %s", self.job_id, exc)
+            self.db_down = True
+            return
+        self.db_down = False
         if not still_ours:
             raise RenderCanceled(f"job {self.job_id} attempt {self.attempt} is no longer running")
 
@@ -71,36 +109,113 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: list[str] | None = None) -> str:
     ctx = runtime.ctx
-    with ctx.db.transaction() as session:
-        try:
-            states.start_job(session, job_id, attempt, runtime.name, ctx.settings.lease_s)
-        except states.JobStateError as exc:
-            logger.info("not running job %s attempt %d: %s", job_id, attempt, exc)
-            return "skipped"
-        job = session.get(Job, job_id)
-        snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
-                               job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
-                               job.rerender_of)
-        if job.params.get("refiner"):
-            snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
-    ctx.events.job_changed(job_id)
-    if evict:
-        runtime.evict(evict)
-    keys: list[str] = []
+    if not runtime.accepting:
+        # A message that reached a stopping or unhealthy worker.
+        return _hand_back(runtime, job_id, attempt, f"worker {runtime.name} is {runtime.state}")
     try:
-        outcome = _render_and_store(runtime, snapshot, keys)
-    except RenderCanceled as exc:
-        logger.info("render stopped: %s", exc)
-        outcome = "stopped"
-        _forget_objects_of_canceled(runtime, job_id, keys)
+        snapshot = ctx.db.retrying(lambda session: _start(session, runtime, job_id, attempt),
+                                   what=f"start job {job_id}", budget_s=ctx.settings.db_retry_s)
     except states.JobStateError as exc:
-        logger.info("result of job %s attempt %d refused: %s", job_id, attempt, exc)
-        outcome = "refused"
-        _forget_objects_of_canceled(runtime, job_id, keys)
-    except Exception as exc:
-        outcome = _record_failure(runtime, snapshot, exc)
+        logger.info("not running job %s attempt %d: %s", job_id, attempt, exc)
+        return "skipped"
+    except ServiceUnavailableError as exc:
+        # The job stays assigned; its lease runs out and the scheduler re-queues it.
+        logger.warning("not running job %s attempt %d: %s", job_id, attempt, exc)
+        return "skipped"
+    runtime.take(job_id, attempt)
+    try:
+        ctx.events.job_changed(job_id)
+        if evict:
+            runtime.evict(evict)
+        keys: list[str] = []
+        try:
+            outcome = _render_and_store(runtime, snapshot, keys)
+        except Exception as exc:
+            outcome = _settle_failure(runtime, snapshot, exc)
+            _discard_attempt_objects(runtime, snapshot, keys)
+    finally:
+        runtime.release(job_id)
     ctx.events.job_changed(job_id)
     ctx.events.wake_scheduler()
+    return outcome
+
+
+def _start(session, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> JobSnapshot:
+    settings = runtime.ctx.settings
+    try:
+        states.start_job(session, job_id, attempt, runtime.name, settings.lease_s, instance_id=runtime.instance_id)
+    except states.InvalidTransitionError:
+        # A retry after a dropped COMMIT that had landed finds the job
+        # already started by this very process.
+        row = session.execute(select(Job.status, Job.attempt, Job.worker_instance).where(Job.id == job_id)).one()
+        if (row.status, row.attempt, row.worker_instance) != (JobStatus.running.value, attempt, runtime.instance_id):
+            raise
+    job = session.get(Job, job_id)
+    snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
+                           job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
+                           job.rerender_of)
+    if job.params.get("refiner"):
+        snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
+    return snapshot
+
+
+def _settle_failure(runtime: WorkerRuntime, job: "JobSnapshot", exc: Exception) -> str:
+    """Record how an attempt that did not complete ended; the outcome's name."""
+    settings = runtime.ctx.settings
+    if isinstance(exc, RenderCanceled):
+        logger.info("render stopped: %s", exc)
+        return "stopped"
+    if isinstance(exc, states.JobStateError):
+        logger.info("result of job %s attempt %d refused: %s", job.id, job.attempt, exc)
+        return "refused"
+    if isinstance(exc, HandBack):
+        return _hand_back(runtime, job.id, job.attempt, str(exc))
+    if isinstance(exc, ServiceUnavailableError) and exc.service == "database":
+        logger.warning("job %s attempt %d abandoned, the database stayed unavailable: %s; its lease hands it on",
+                       job.id, job.attempt, exc)
+        return "abandoned"
+    if isinstance(exc, StoragePermanentError):
+        runtime.mark_unhealthy(str(exc))
+        return _record(runtime, job.id, job.attempt, "requeued", lambda s: states.requeue_job(
+            s, job.id, job.attempt, f"object store refused worker {runtime.name}: {exc}", settings.max_attempts))
+    if isinstance(exc, ServiceUnavailableError):
+        # The store stayed away for FARM_STORAGE_RETRY_S: this attempt is
+        # spent; the next one may find the store back.
+        logger.warning("job %s attempt %d: %s; re-queueing", job.id, job.attempt, exc)
+        return _record(runtime, job.id, job.attempt, "requeued", lambda s: states.requeue_job(
+            s, job.id, job.attempt, str(exc), settings.max_attempts))
+    if _is_out_of_memory(exc):
+        # Never again on this worker at this size (the scheduler skips it).
+        logger.warning("job %s ran out of memory on %s; re-queueing elsewhere", job.id, runtime.name)
+        return _record(runtime, job.id, job.attempt, "requeued", lambda s: states.requeue_job(
+            s, job.id, job.attempt, f"out of memory on {runtime.name}", settings.max_attempts, exclude_worker=runtime.name))
+    logger.error("job %s attempt %d failed", job.id, job.attempt, exc_info=exc)
+    return _record(runtime, job.id, job.attempt, "failed", lambda s: states.fail_job(s, job.id, job.attempt, f"{type(exc).__name__}: {exc}"))
+
+
+def _record(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, outcome: str, write) -> str:
+    """Write how an attempt ended (retried briefly); the outcome's name, or
+    why it could not be written."""
+    try:
+        runtime.ctx.db.retrying(write, what=f"record the end of job {job_id}", budget_s=BOOKKEEPING_RETRY_S)
+    except states.JobStateError as refused:
+        logger.info("end of job %s attempt %d not recorded: %s", job_id, attempt, refused)
+        return "refused"
+    except ServiceError as exc:
+        logger.warning("end of job %s attempt %d not recorded (%s); its lease hands it on", job_id, attempt, exc)
+        return "abandoned"
+    return outcome
+
+
+def _hand_back(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, reason: str) -> str:
+    """Return a job this worker will not finish to the queue now, without
+    charging it an attempt."""
+    max_attempts = runtime.ctx.settings.max_attempts
+    outcome = _record(runtime, job_id, attempt, "handed back",
+                      lambda s: states.requeue_job(s, job_id, attempt, reason, max_attempts, charge=False))
+    if outcome == "handed back":
+        logger.info("job %s attempt %d handed back: %s", job_id, attempt, reason)
+        runtime.ctx.events.job_changed(job_id)
     return outcome
 
 
@@ -174,14 +289,14 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
               "vram_total_gb": round(runtime.vram()[0], 3)}
     fmt = params["output_format"]
     rows = []
-    upload_s = 0.0
+    objects: list[tuple[str, bytes, str]] = []
     for index, image in enumerate(images):
         seed = seeds[index]
         resolved = lineage.image_params(params, seed)
         reproducible = lineage.reproducible_record(resolved, model, software, runtime.device.type)
         text = {"parameters": lineage.parameters_text(resolved, loaded.entry_id), "farm": lineage.dumps(reproducible)}
         data = encode_image(image, fmt, text)
-        key = output_key(job.user_id, job.id, index, fmt)
+        key = output_key(job.user_id, job.id, job.attempt, index, fmt)
         output_id = uuid.uuid4()
         record = {
             "output_id": str(output_id), "job_id": str(job.id), "attempt": job.attempt,
@@ -202,65 +317,72 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             "object_key": key, "sidecar_key": sidecar_key(key), "content_type": CONTENT_TYPES[fmt],
             "content_sha256": hashlib.sha256(data).hexdigest(), "byte_size": len(data),
         }
-        put_started = time.perf_counter()
-        keys.append(key)
-        ctx.storage.put(key, data, CONTENT_TYPES[fmt])
-        record["timings"]["upload_s"] = round(time.perf_counter() - put_started, 4)
-        upload_s += time.perf_counter() - put_started
-        rows.append(Output(
+        objects.append((key, data, CONTENT_TYPES[fmt]))
+        rows.append(dict(
             id=output_id, job_id=job.id, user_id=job.user_id, attempt=job.attempt, index=index, object_key=key,
             sidecar_key=record["sidecar_key"], content_type=CONTENT_TYPES[fmt], content_sha256=record["content_sha256"],
             byte_size=len(data), width=image.width, height=image.height, seed=seed, lineage=record,
         ))
-    # The sidecars go up while the outputs are recorded; both must finish
-    # before the task returns.
-    sidecars = [(row.sidecar_key, lineage.dumps(row.lineage).encode()) for row in rows]
-    keys += [key for key, _ in sidecars]
-    pending = _SIDECAR_POOL.submit(_put_sidecars, ctx.storage, sidecars)
-    try:
-        with ctx.db.transaction() as session:
-            gpu_seconds = (load_s + inference_s) * ctx.settings.worker_gpu_factor
-            states.complete_job(session, job.id, job.attempt, runtime.name, gpu_seconds=round(gpu_seconds, 4))
-            session.add_all(rows)
-    finally:
-        pending.result()
+    # The images go up first and their measured upload time goes into the
+    # sidecars; every object is in place before the fenced completion, so a
+    # completed job never points at a missing object.
+    put_started = time.perf_counter()
+    keys += [key for key, _, _ in objects]
+    _put_all(ctx.storage, objects)
+    upload_s = time.perf_counter() - put_started
+    for row in rows:
+        row["lineage"]["timings"]["upload_s"] = round(upload_s / len(rows), 4)
+    sidecars = [(row["sidecar_key"], lineage.dumps(row["lineage"]).encode(), CONTENT_TYPES["json"]) for row in rows]
+    keys += [key for key, _, _ in sidecars]
+    _put_all(ctx.storage, sidecars)
+    gpu_seconds = round((load_s + inference_s) * ctx.settings.worker_gpu_factor, 4)
+
+    def complete(session) -> None:
+        try:
+            states.complete_job(session, job.id, job.attempt, runtime.name, gpu_seconds=gpu_seconds)
+        except states.JobStateError:
+            if _completed_by(session, job):
+                return  # a retry after a dropped COMMIT that had landed
+            raise
+        session.add_all([Output(**row) for row in rows])
+
+    ctx.db.retrying(complete, what=f"complete job {job.id}", budget_s=ctx.settings.db_retry_s)
     logger.info("job %s attempt %d done: load %.3fs, inference %.3fs, upload %.3fs", job.id, job.attempt, load_s, inference_s, upload_s)
     return "succeeded"
 
 
-_SIDECAR_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-sidecar")
+_UPLOAD_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="farm-upload")
 
 
-def _put_sidecars(storage, sidecars: list[tuple[str, bytes]]) -> None:
-    for key, data in sidecars:
-        storage.put(key, data, CONTENT_TYPES["json"])
+def _put_all(storage, objects: list[tuple[str, bytes, str]]) -> None:
+    """Upload in parallel; the first error (already retried by the store) is raised."""
+    futures = [_UPLOAD_POOL.submit(storage.put, key, data, content_type) for key, data, content_type in objects]
+    for future in futures:
+        future.result()
 
 
-def _forget_objects_of_canceled(runtime: WorkerRuntime, job_id: uuid.UUID, keys: list[str]) -> None:
-    """A canceled job keeps no objects. A re-queued one keeps them: the newer
-    attempt writes the same keys (deterministic), so deleting could race it."""
+def _completed_by(session, job: "JobSnapshot") -> bool:
+    """Did this very attempt complete the job (its outputs recorded)?"""
+    row = session.execute(select(Job.status, Job.attempt).where(Job.id == job.id)).one_or_none()
+    if row is None or (row.status, row.attempt) != (JobStatus.succeeded.value, job.attempt):
+        return False
+    return bool(session.execute(select(func.count()).select_from(Output)
+                                .where(Output.job_id == job.id, Output.attempt == job.attempt)).scalar_one())
+
+
+def _discard_attempt_objects(runtime: WorkerRuntime, job: "JobSnapshot", keys: list[str]) -> None:
+    """Delete what an attempt that did not complete uploaded. Its keys are its
+    own (they name the attempt), so no other attempt's objects can go; they
+    stay only if its completion did land after all. What cannot be deleted
+    now is left to the janitor."""
     if not keys:
         return
-    with runtime.ctx.db.session() as session:
-        status = session.get(Job, job_id).status
-    if status == "canceled":
+    try:
+        if runtime.ctx.db.retrying(lambda s: _completed_by(s, job), what=f"check job {job.id}", budget_s=BOOKKEEPING_RETRY_S):
+            return
         for key in keys:
             runtime.ctx.storage.delete(key)
-
-
-def _record_failure(runtime: WorkerRuntime, job: JobSnapshot, exc: Exception) -> str:
-    settings = runtime.ctx.settings
-    try:
-        with runtime.ctx.db.transaction() as session:
-            if _is_out_of_memory(exc):
-                # Never again on this worker at this size (the scheduler skips it).
-                logger.warning("job %s ran out of memory on %s; re-queueing elsewhere", job.id, runtime.name)
-                states.requeue_job(session, job.id, job.attempt, f"out of memory on {runtime.name}", settings.max_attempts,
-                                   exclude_worker=runtime.name)
-                return "requeued"
-            logger.exception("job %s attempt %d failed", job.id, job.attempt)
-            states.fail_job(session, job.id, job.attempt, f"{type(exc).__name__}: {exc}")
-    except states.JobStateError as refused:
-        logger.info("failure of job %s not recorded: %s", job.id, refused)
-        return "refused"
-    return "failed"
+    except (ServiceError, StorageError) as exc:
+        logger.info("objects of job %s attempt %d left to the janitor: %s", job.id, job.attempt, exc)
+        return
+    logger.info("deleted %d object(s) of job %s attempt %d, which did not complete", len(keys), job.id, job.attempt)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import signal
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,15 @@ from sqlalchemy import select
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import ModelEntry, Worker, utcnow
+from farm.models import Job, JobStatus, ModelEntry, Worker, utcnow
+from farm.retry import ServiceError
 from farm.workers.celery_app import worker_queue
 
 logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_VRAM_GB = 8.0
+# An unhealthy worker asks its store again every this many heartbeats.
+HEALTH_PROBE_EVERY = 5
 _runtime: "WorkerRuntime | None" = None
 
 
@@ -72,6 +78,16 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        # This process: a restart under the same name is another instance.
+        self.instance_id = uuid.uuid4().hex
+        # online | stopping | unhealthy: what the heartbeat writes to the row.
+        self.state = "online"
+        self.health_error: str | None = None
+        # (job id -> attempt) this process is running: the only leases it renews.
+        self._in_hand: dict[uuid.UUID, int] = {}
+        self._hand_back = threading.Event()
+        self._superseded = False
+        self._beats = 0
 
     # ------------------------------------------------------------------ device
 
@@ -115,34 +131,56 @@ class WorkerRuntime:
             families=self.families, max_pixels=self.ctx.settings.worker_max_pixels, capacity=1,
             speed=self.ctx.settings.worker_speed, load_gbps=self.ctx.settings.worker_load_gbps,
             software=farm.lineage.software_versions(self.device.type), started_at=utcnow(), last_heartbeat_at=utcnow(),
+            instance_id=self.instance_id, state=self.state, health_error=self.health_error,
         )
-        with self.ctx.db.transaction() as session:
+
+        def write(session) -> int:
             worker = session.get(Worker, self.name)
             if worker is None:
-                session.add(Worker(id=self.name, state="online", **values))
+                session.add(Worker(id=self.name, **values))
             else:
                 for key, value in values.items():
-                    setattr(worker, key, value)
-                worker.state = "online"  # a drain (worker.draining) outlives restarts
+                    setattr(worker, key, value)  # a drain (worker.draining) outlives restarts
+            return states.requeue_predecessor_jobs(session, self.name, self.instance_id, self.ctx.settings.max_attempts)
+
+        handed_back = self.ctx.db.retrying(write, what=f"register worker {self.name}", budget_s=self.ctx.settings.db_retry_s)
+        if handed_back:
+            logger.warning("worker %s: re-queued %d job(s) an earlier process of this name was running", self.name, handed_back)
         logger.info("worker %s registered: %s, %.2f GB VRAM, queue %s", self.name, self.device_name, total, self.queue)
         self.ctx.events.wake_scheduler()
 
     def heartbeat(self) -> None:
+        if self._superseded:
+            return
+        self._beats += 1
+        if self.state == "unhealthy" and self._beats % HEALTH_PROBE_EVERY == 0:
+            self.probe_storage()
         total, free = self.vram()
+        with self._lock:
+            in_hand = dict(self._in_hand)
         with self.ctx.db.transaction() as session:
             worker = session.get(Worker, self.name)
             if worker is None:
                 session.rollback()
                 self.register()
                 return
+            if worker.instance_id not in (None, self.instance_id):
+                # Another process registered under this name while this one
+                # was frozen: it owns the name and the queue now.
+                self._superseded = True
+                logger.error("worker %s: a newer process (instance %s) took this name; this one stops",
+                             self.name, worker.instance_id)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             worker.vram_total_gb, worker.vram_free_gb = total, free
             worker.loaded_models = self.loaded_models()
             worker.last_heartbeat_at = utcnow()
-            if worker.state == "offline":
-                # Declared lost while alive (a long pause): its old jobs were
-                # re-queued and their late writes are refused; take new work.
-                worker.state = "online"
-            states.renew_leases(session, self.name, self.ctx.settings.lease_s)
+            # Back from "offline" too: declared lost during a long pause, its
+            # jobs were re-queued and their late writes are refused.
+            worker.state, worker.health_error = self.state, self.health_error
+            for job_id, attempt in in_hand.items():
+                if not states.renew_lease(session, job_id, attempt, self.instance_id, self.ctx.settings.lease_s):
+                    logger.info("job %s attempt %d is no longer this worker's; its lease is not renewed", job_id, attempt)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.ctx.settings.heartbeat_s):
@@ -151,7 +189,72 @@ class WorkerRuntime:
             except Exception as exc:
                 logger.warning("heartbeat failed: %s", exc)
 
+    # ------------------------------------------------------------------ work in hand
+
+    def take(self, job_id: uuid.UUID, attempt: int) -> None:
+        with self._lock:
+            self._in_hand[job_id] = attempt
+
+    def release(self, job_id: uuid.UUID) -> None:
+        with self._lock:
+            self._in_hand.pop(job_id, None)
+
+    @property
+    def hand_back_requested(self) -> bool:
+        return self._hand_back.is_set()
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "online" and not self._superseded
+
+    def begin_stop(self, grace_s: float) -> None:
+        """SIGTERM: take no new work, and hand back the job in hand unless it
+        finishes within ``grace_s``. Called from a signal handler: no waiting."""
+        if self.state == "stopping":
+            return
+        self.state = "stopping"
+        logger.info("worker %s stopping: finishing the current image within %.0fs, taking no new work", self.name, grace_s)
+        threading.Thread(target=self._announce_stopping, name="farm-stopping", daemon=True).start()
+        timer = threading.Timer(grace_s, self._hand_back.set)
+        timer.daemon = True
+        timer.start()
+
+    def _announce_stopping(self) -> None:
+        try:
+            self.heartbeat()
+            self.ctx.events.wake_scheduler()
+        except Exception as exc:
+            logger.warning("could not tell the farm that %s is stopping: %s", self.name, exc)
+
+    def mark_unhealthy(self, reason: str) -> None:
+        """The store refuses this worker for good: take no work until it answers again."""
+        self.state, self.health_error = "unhealthy", reason
+        logger.error("worker %s is unhealthy and takes no work until this is fixed: %s", self.name, reason)
+        try:
+            self.heartbeat()
+        except Exception as exc:
+            logger.warning("could not record that %s is unhealthy: %s", self.name, exc)
+
+    def probe_storage(self) -> bool:
+        """Check the store; an unhealthy worker whose store answers again is online."""
+        from farm.storage import StorageError
+
+        try:
+            check = getattr(self.ctx.storage, "check", None)
+            if check is not None:
+                check()
+        except StorageError as exc:
+            if self.state != "unhealthy" or self.health_error != str(exc):
+                self.state, self.health_error = "unhealthy", str(exc)
+                logger.error("worker %s is unhealthy: %s", self.name, exc)
+            return False
+        if self.state == "unhealthy":
+            logger.info("worker %s: the object store answers again; taking work", self.name)
+            self.state, self.health_error = "online", None
+        return True
+
     def start(self) -> None:
+        self.probe_storage()
         self.register()
         # Heartbeats first: a preload can take longer than the heartbeat timeout.
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
@@ -166,15 +269,34 @@ class WorkerRuntime:
         set_runtime(self)
 
     def stop(self) -> None:
+        """Go offline and hand back at once the jobs sent to this worker that it
+        will not run (their Celery messages die with its queue's consumer)."""
         self._stop.set()
-        try:
-            with self.ctx.db.transaction() as session:
-                worker = session.get(Worker, self.name)
-                if worker is not None:
-                    worker.state, worker.loaded_models = "offline", []
-        except Exception as exc:
-            logger.warning("could not mark worker %s offline: %s", self.name, exc)
+        if not self._superseded:
+            try:
+                self.ctx.db.retrying(self._go_offline, what=f"take worker {self.name} offline",
+                                     budget_s=min(self.ctx.settings.db_retry_s, 10.0))
+            except ServiceError as exc:
+                logger.warning("could not mark worker %s offline (its jobs' leases will hand them on): %s", self.name, exc)
         set_runtime(None)
+
+    def _go_offline(self, session) -> None:
+        worker = session.get(Worker, self.name)
+        if worker is None or worker.instance_id not in (None, self.instance_id):
+            return
+        worker.state, worker.loaded_models = "offline", []
+        rows = session.execute(
+            select(Job.id, Job.attempt).where(
+                Job.worker_id == self.name,
+                (Job.status == JobStatus.assigned.value)
+                | ((Job.status == JobStatus.running.value) & (Job.worker_instance == self.instance_id)),
+            )
+        ).all()
+        for row in rows:
+            states.requeue_job(session, row.id, row.attempt, f"worker {self.name} stopped", self.ctx.settings.max_attempts,
+                               charge=False)
+        if rows:
+            logger.info("worker %s handed back %d job(s) as it stopped", self.name, len(rows))
 
     # ------------------------------------------------------------------ models
 

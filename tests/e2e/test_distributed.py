@@ -122,7 +122,8 @@ def test_killed_worker_job_finishes_elsewhere_exactly_once(tmp_path, s3, redis_u
         assert job["worker"] != victim
         assert len(job["outputs"]) == 1
         objects = sorted(o.object_name for o in _minio(cluster).list_objects(cluster.env["FARM_S3_BUCKET"], recursive=True))
-        assert len(objects) == 2 and objects[0].endswith(f"{job_id}/0.json") and objects[1].endswith(f"{job_id}/0.png")
+        # Only the completing attempt's objects remain (keys name the attempt).
+        assert len(objects) == 2 and objects[0].endswith(f"{job_id}/a2/0.json") and objects[1].endswith(f"{job_id}/a2/0.png")
         lineage = client.get(job["outputs"][0]["lineage_url"]).json()
         assert lineage["attempt"] == 2 and lineage["worker"]["id"] != victim
         assert time.monotonic() - killed_at < 120

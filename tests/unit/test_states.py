@@ -96,7 +96,7 @@ def test_requeue_gives_up_after_max_attempts(ctx):
                 JobStatus.queued if attempt == 1 else JobStatus.failed)
     job = status_of(ctx, job_id)
     assert job.status == "failed"
-    assert "gave up after 2 attempts: worker lost" in job.error
+    assert "gave up after 2 failed attempts: worker lost" in job.error
 
 
 def test_requeue_excludes_worker_on_out_of_memory(ctx):
@@ -134,17 +134,54 @@ def test_only_one_of_two_assignments_wins(ctx):
     assert status_of(ctx, job_id).worker_id == "w1"
 
 
-def test_heartbeat_renews_only_running_leases(ctx):
-    running, assigned = make_job(ctx), make_job(ctx)
+def test_a_heartbeat_renews_only_the_attempt_its_process_runs(ctx):
+    mine, other_process, assigned = make_job(ctx), make_job(ctx), make_job(ctx)
     with ctx.db.transaction() as s:
-        states.assign_job(s, running, 1, "w1", 1)
-        states.start_job(s, running, 1, "w1", 1)
-        states.assign_job(s, assigned, 1, "w1", 1)
-    before = {j: status_of(ctx, j).lease_expires_at for j in (running, assigned)}
+        for job_id in (mine, other_process, assigned):
+            states.assign_job(s, job_id, 1, "w1", 1)
+        states.start_job(s, mine, 1, "w1", 1, instance_id="now")
+        # A job an earlier process of the same name started and never finished.
+        states.start_job(s, other_process, 1, "w1", 1, instance_id="before")
+    before = {j: status_of(ctx, j).lease_expires_at for j in (mine, other_process, assigned)}
     with ctx.db.transaction() as s:
-        assert states.renew_leases(s, "w1", 60) == 1
-    assert status_of(ctx, running).lease_expires_at > before[running]
+        assert states.renew_lease(s, mine, 1, "now", 60)
+        assert not states.renew_lease(s, other_process, 1, "now", 60)
+        assert not states.renew_lease(s, mine, 2, "now", 60)  # a stale attempt renews nothing
+        assert not states.renew_lease(s, assigned, 1, "now", 60)
+    assert status_of(ctx, mine).lease_expires_at > before[mine]
+    assert status_of(ctx, other_process).lease_expires_at == before[other_process]
     assert status_of(ctx, assigned).lease_expires_at == before[assigned]
+
+
+def test_a_restarted_worker_hands_back_its_predecessors_jobs(ctx):
+    old, current, elsewhere = make_job(ctx), make_job(ctx), make_job(ctx)
+    with ctx.db.transaction() as s:
+        for job_id, worker in ((old, "w1"), (current, "w1"), (elsewhere, "w2")):
+            states.assign_job(s, job_id, 1, worker, 30)
+        states.start_job(s, old, 1, "w1", 30, instance_id="before")
+        states.start_job(s, current, 1, "w1", 30, instance_id="now")
+        states.start_job(s, elsewhere, 1, "w2", 30, instance_id="before")
+    with ctx.db.transaction() as s:
+        assert states.requeue_predecessor_jobs(s, "w1", "now", max_attempts=3) == 1
+    assert (status_of(ctx, old).status, status_of(ctx, old).attempt, status_of(ctx, old).failures) == ("queued", 2, 1)
+    assert status_of(ctx, current).status == "running"
+    assert status_of(ctx, elsewhere).status == "running"
+
+
+def test_a_hand_back_starts_a_new_attempt_without_using_one_up(ctx):
+    job_id = make_job(ctx)
+    for attempt in (1, 2, 3):
+        with ctx.db.transaction() as s:
+            states.assign_job(s, job_id, attempt, "w1", 30)
+            assert states.requeue_job(s, job_id, attempt, "worker stopping", max_attempts=2, charge=False) == JobStatus.queued
+    job = status_of(ctx, job_id)
+    assert (job.status, job.attempt, job.failures) == ("queued", 4, 0)
+    # Failures count, hand-backs do not: two failures with max_attempts=2 fail the job.
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 4, "w1", 30)
+        assert states.requeue_job(s, job_id, 4, "lost", max_attempts=2) == JobStatus.queued
+        states.assign_job(s, job_id, 5, "w1", 30)
+        assert states.requeue_job(s, job_id, 5, "lost", max_attempts=2) == JobStatus.failed
 
 
 def test_unknown_job(ctx):
