@@ -2,8 +2,9 @@
 
 SQLite, a local directory store and kombu's filesystem transport live under
 FARM_HOME. The api and the scheduler run in this process; one CPU worker runs
-as a child process (one pipeline per worker process). An offline demo model
-with random weights is written on first start.
+as a child process (one pipeline per worker process), restarted by a
+supervisor thread if it dies. An offline demo model with random weights is
+written on first start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from sqlalchemy import select
 
@@ -26,6 +28,10 @@ DEMO_NOTE = "offline demo model: random weights, its images are noise"
 ADMIN_NAME = "admin"
 TOKEN_NAME = "farm-up"
 WORKER_NAME = "local-cpu"
+# A worker that dies at start would otherwise be restarted in a tight loop.
+RESTART_DELAY_FIRST_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+RESTART_DELAY_RESET_AFTER_S = 60.0  # up this long: the next crash starts over at the first delay
 
 
 def prepare_home(settings: Settings) -> str:
@@ -67,6 +73,57 @@ def start_worker_process(settings: Settings) -> subprocess.Popen:
     return subprocess.Popen(command, env=env)
 
 
+class WorkerSupervisor:
+    """Keeps the worker child running: when it exits while the farm is not
+    stopping, says so on stdout and starts another after a growing delay.
+
+    Nothing else would: the worker is the only consumer of its queue, and a
+    dead one left jobs waiting until `farm up` was restarted (issue 17).
+    """
+
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.restarts = 0
+        # Held while starting a child, so that stop_worker never misses one.
+        self._lock = threading.Lock()
+        self.process = start_worker_process(settings)
+        self._thread = threading.Thread(target=self._watch, name="farm-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = RESTART_DELAY_FIRST_S
+        while True:
+            started = time.monotonic()
+            code = self.process.wait()
+            if self.stop.is_set():
+                return
+            if time.monotonic() - started >= RESTART_DELAY_RESET_AFTER_S:
+                delay = RESTART_DELAY_FIRST_S
+            self.restarts += 1
+            print(f"worker {WORKER_NAME} exited with code {code}; restarting it in {delay:g} s (restart #{self.restarts})", flush=True)
+            if self.stop.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+            with self._lock:
+                if self.stop.is_set():
+                    return
+                self.process = start_worker_process(self.settings)
+
+    def stop_worker(self) -> None:
+        """Stop the current child; call after setting ``stop``."""
+        with self._lock:
+            process = self.process
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        self._thread.join(timeout=5)
+
+
 def run_embedded(settings: Settings, host: str, port: int) -> None:
     from waitress.server import create_server
 
@@ -86,7 +143,6 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     (settings.home / "api-url").write_text(url.rstrip("/") + "\n")
 
     ctx = build_context(settings, events=LocalEvents())
-    worker = start_worker_process(settings)
     stop = threading.Event()
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
     scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
@@ -100,6 +156,10 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
         raise KeyboardInterrupt  # unwinds server.run() into the clean-up below
 
     signal.signal(signal.SIGTERM, shut_down)
+    # Started once nothing but serving is left to fail, so that the finally
+    # below always stops it (a failed bind used to leave the child running).
+    worker = WorkerSupervisor(settings, stop)
+    worker.start()
     print(f"farm is up (embedded, data in {settings.home})", flush=True)
     print(f"  dashboard:       {url}", flush=True)
     print(f"  API:             {url}api/v1", flush=True)
@@ -113,9 +173,5 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     finally:
         print("farm is stopping", flush=True)
         stop.set()
-        worker.terminate()
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop_worker()
         scheduler_thread.join(timeout=5)

@@ -1,9 +1,9 @@
 """The Celery entry module: builds the app from settings and imports the tasks.
 
 Nothing connects at import time. Embedded, the broker is kombu's filesystem
-transport under FARM_HOME (no service needed); distributed, Redis. Postgres is
-the truth, so results are not stored and a lost message only delays a job
-until its lease expires.
+transport under FARM_HOME (no service needed) with our whole-file writes
+(``fs_transport``); distributed, Redis. Postgres is the truth, so results are
+not stored and a lost message only delays a job until its lease expires.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ def worker_queue(worker_id: str) -> str:
 def create_celery(settings) -> Celery:
     app = Celery("farm", broker=settings.resolved_broker_url, include=["farm.workers.tasks"], set_as_current=True)
     transport_options: dict = {}
+    transport = None
     if settings.resolved_broker_url.startswith("filesystem"):
+        # kombu's own filesystem transport can hand a consumer half a message
+        # (issue 17); the URL keeps its scheme, the class is ours.
+        transport = "farm.workers.fs_transport:Transport"
         folder = settings.broker_folder
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -40,6 +44,7 @@ def create_celery(settings) -> Celery:
         # while it legitimately runs (fencing refuses it anyway).
         transport_options = {"visibility_timeout": settings.render_time_limit_s + 300}
     app.conf.update(
+        broker_transport=transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
