@@ -186,5 +186,11 @@ class WebhookSender:
                 deliver_due(self.ctx, http)
                 queue_job_events(self.ctx)
                 deliver_job_events(self.ctx, http)
-            except Exception:
-                logger.exception("webhook pass failed")
+            except Exception as exc:
+                # The next pass is the retry; an outage is not a bug.
+                from farm.db import classify_database_error
+
+                if classify_database_error(exc) is None:
+                    logger.exception("webhook pass failed")
+                else:
+                    logger.warning("webhook pass skipped, the database is unavailable: %s", exc)
