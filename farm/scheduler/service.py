@@ -70,6 +70,8 @@ class Leadership:
     def __init__(self, ctx: FarmContext) -> None:
         self.ctx = ctx
         self._connection = None
+        # Whether the last acquire() reached the database (leader or not).
+        self.reached_database = True
 
     def acquire(self) -> bool:
         if not self.ctx.db.is_postgres:
@@ -86,8 +88,10 @@ class Leadership:
             got = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}).scalar()
             connection.commit()
         except DBAPIError as exc:
-            logger.warning("cannot reach the database to take leadership: %s", exc)
+            logger.warning("cannot reach the database to take leadership: %s", describe_database_error(exc))
+            self.reached_database = False
             return False
+        self.reached_database = True
         if not got:
             connection.close()
             return False
@@ -130,6 +134,11 @@ class Scheduler:
         # every wake-up (those come with each submission and completion).
         self.reap_every_s = min(1.0, ctx.settings.heartbeat_s)
         self._last_reap = float("-inf")
+        # Since when (time.monotonic()) this process has reached the database
+        # without a break; None while it cannot. Silence that overlaps our own
+        # outage is not a worker's: a worker's heartbeats and lease renewals
+        # failed too. Calls outside run() (tests, tools) reap at once.
+        self.database_since: float | None = float("-inf")
         # worker id -> (model id, deadline): a worker loading a model the
         # scheduler asked for counts as busy until its heartbeat shows it held.
         self.preloading: dict[str, tuple[str, float]] = {}
@@ -144,8 +153,11 @@ class Scheduler:
         # The leader also sweeps objects of attempts that did not complete.
         threading.Thread(target=Janitor(self.ctx).run, args=(stop, lambda: self.leadership.held),
                          name="farm-janitor", daemon=True).start()
+        self.database_since = None
         while not stop.is_set():
-            if not self.leadership.acquire():
+            leader = self.leadership.acquire()
+            self._note_database(self.leadership.reached_database)
+            if not leader:
                 stop.wait(poll_s)
                 continue
             try:
@@ -155,6 +167,7 @@ class Scheduler:
                 if classify_database_error(exc) is None:
                     logger.exception("scheduler pass failed")
                 else:
+                    self._note_database(False)
                     logger.warning("database unavailable during a pass: %s", describe_database_error(exc))
                 stop.wait(poll_s)
             wait(poll_s)
@@ -199,8 +212,19 @@ class Scheduler:
             logger.info("assigned %d job(s)", len(committed))
         return report
 
+    def _note_database(self, reached: bool) -> None:
+        if not reached:
+            self.database_since = None
+        elif self.database_since is None:
+            self.database_since = time.monotonic()
+
     def reap(self, report: PassReport) -> None:
         settings = self.ctx.settings
+        if self.database_since is None or time.monotonic() - self.database_since < settings.heartbeat_timeout_s:
+            # Back from a database outage (or just started): give workers a
+            # heartbeat timeout to report and renew before judging them, so
+            # their finished renders are not thrown away.
+            return
         now = utcnow()
         silent_since = now - dt.timedelta(seconds=settings.heartbeat_timeout_s)
         with self.ctx.db.transaction() as session:

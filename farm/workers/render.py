@@ -63,11 +63,17 @@ class ProgressReporter:
         if self.runtime.hand_back_requested:
             raise HandBack(f"worker {self.runtime.name} is stopping and its grace ran out at step {step} of {total}")
         now = time.perf_counter()
+        elapsed = now - self.started
+        eta = elapsed / step * (total - step) if step else None
+        deadline = self.runtime.stop_deadline
+        if deadline is not None and eta is not None and time.monotonic() + eta > deadline:
+            # Waiting out the grace for an image that cannot finish in it
+            # would only delay the job's next attempt.
+            raise HandBack(f"worker {self.runtime.name} is stopping and step {step} of {total} cannot finish "
+                           f"within its grace (about {eta:.1f}s to go)")
         if now - self.last_write < self.interval_s and step < total:
             return
         self.last_write = now
-        elapsed = now - self.started
-        eta = elapsed / step * (total - step) if step else None
         try:
             with self.runtime.ctx.db.transaction() as session:
                 still_ours = states.record_progress(session, self.job_id, self.attempt, step, total, eta)

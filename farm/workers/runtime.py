@@ -86,6 +86,8 @@ class WorkerRuntime:
         # (job id -> attempt) this process is running: the only leases it renews.
         self._in_hand: dict[uuid.UUID, int] = {}
         self._hand_back = threading.Event()
+        # time.monotonic() by which a stopping worker must have finished.
+        self.stop_deadline: float | None = None
         self._superseded = False
         self._beats = 0
 
@@ -213,6 +215,7 @@ class WorkerRuntime:
         if self.state == "stopping":
             return
         self.state = "stopping"
+        self.stop_deadline = time.monotonic() + grace_s
         logger.info("worker %s stopping: finishing the current image within %.0fs, taking no new work", self.name, grace_s)
         threading.Thread(target=self._announce_stopping, name="farm-stopping", daemon=True).start()
         timer = threading.Timer(grace_s, self._hand_back.set)

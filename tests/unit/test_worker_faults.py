@@ -288,3 +288,23 @@ def test_a_superseded_process_leaves_the_row_to_its_successor(farm_ctx, monkeypa
         assert row.state == "online" and row.instance_id == after.instance_id
     with farm_ctx.db.session() as session:
         assert session.execute(select(func.count()).select_from(Job)).scalar_one() == 0
+
+
+def test_a_stopping_worker_hands_back_at_once_an_image_that_cannot_finish_in_time(farm_ctx, monkeypatch):
+    import time
+
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job_id = new_job(farm_ctx, "w1")
+    real_take = runtime.take
+
+    def take_then_sigterm(*args):
+        real_take(*args)
+        runtime.begin_stop(grace_s=60)
+        runtime.stop_deadline = time.monotonic() + 0.001  # as if the grace had nearly run out
+
+    monkeypatch.setattr(runtime, "take", take_then_sigterm)
+    assert render_module.execute_job(runtime, job_id, 1) == "handed back"
+    assert not runtime.hand_back_requested  # it did not wait for the grace to run out
+    job = job_row(farm_ctx, job_id)
+    assert (job.status, job.attempt, job.failures) == ("queued", 2, 0)
+    assert "cannot finish within its grace" in job.error
