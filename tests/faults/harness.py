@@ -1100,6 +1100,7 @@ class ScenarioRun:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.fault_end: float | None = None
+        self.api_back_s: float | None = None
         self.done_at: float | None = None
         self.started = time.monotonic()
         self.log_offsets = {p: p.log_size() for p in stack.processes}
@@ -1190,6 +1191,27 @@ class ScenarioRun:
     def fault_ended(self) -> None:
         self.fault_end = time.monotonic()
 
+    def measure_api_back(self, seconds: float = 10.0) -> float | None:
+        """Seconds from the end of the fault until the api answers an
+        authenticated request (GET /api/v1/me, which reads the database) with
+        200, asking every 20 ms without retrying; recorded as api_back_s."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.stack.token}"
+        deadline = self.deadline(seconds)
+        while not deadline.passed:
+            try:
+                response = session.get(f"{self.stack.api_url}/api/v1/me", timeout=5)
+                self.http.record("GET", "/api/v1/me", response.status_code,
+                                 response.text if response.status_code >= 500 else "")
+                if response.status_code == 200:
+                    self.api_back_s = round(time.monotonic() - self.fault_end, 3)
+                    return self.api_back_s
+            except requests.RequestException:
+                self.http.record("GET", "/api/v1/me", "connection-error")
+            time.sleep(0.02)
+        self.problems.append(f"the api did not answer 200 within {seconds:.0f}s of the fault's end")
+        return None
+
     def wait_batch(self, seconds: float, jobs: list[BatchJob] | None = None, poll_s: float = 0.3) -> bool:
         """Poll until every job of the batch is final; False at the deadline."""
         jobs = jobs or self.jobs
@@ -1270,6 +1292,7 @@ class ScenarioRun:
             "attempt_mismatch": len(attempt_mismatch),
             "http": self.http.summary(),
             "recovery_s": recovery,
+            "api_back_s": self.api_back_s,
             "store_settled_s": round(waited, 1),
             "passed": not self.problems,
             "problems": self.problems[:12],
@@ -1423,13 +1446,16 @@ def scenario(stack: FaultStack, name: str, min_budget_s: float = 60):
 
 
 def format_table(results: list[dict]) -> str:
-    header = f"{'scenario':<44} {'jobs':>4} {'lost':>4} {'dup':>4} {'orph':>4} {'miss':>4} {'att':>4} {'recovery_s':>10}  result"
+    header = (f"{'scenario':<44} {'jobs':>4} {'lost':>4} {'dup':>4} {'orph':>4} {'miss':>4} {'att':>4} {'recovery_s':>10} "
+              f"{'api_back_s':>10}  result")
     lines = [header, "-" * len(header)]
     for r in results:
         if "skipped" in r:
-            lines.append(f"{r['scenario']:<44} {'':>4} {'':>4} {'':>4} {'':>4} {'':>4} {'':>4} {'':>10}  skipped")
+            lines.append(f"{r['scenario']:<44} {'':>4} {'':>4} {'':>4} {'':>4} {'':>4} {'':>4} {'':>10} {'':>10}  skipped")
             continue
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        api_back = "-" if r.get("api_back_s") is None else f"{r['api_back_s']:.2f}"
         lines.append(f"{r['scenario']:<44} {r['jobs']:>4} {r['lost']:>4} {r['duplicated']:>4} {r['orphans']:>4} "
-                     f"{r['missing_objects']:>4} {r['attempt_mismatch']:>4} {recovery:>10}  {'pass' if r['passed'] else 'FAIL'}")
+                     f"{r['missing_objects']:>4} {r['attempt_mismatch']:>4} {recovery:>10} {api_back:>10}  "
+                     f"{'pass' if r['passed'] else 'FAIL'}")
     return "\n".join(lines)

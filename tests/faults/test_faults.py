@@ -126,6 +126,7 @@ def test_04_postgres_immediate_restart(stack):
         started = time.monotonic()
         stack.postgres.restart_immediate()
         run.fault_ended()
+        run.measure_api_back()
         run.notes.append(f"postgres was down {time.monotonic() - started:.2f}s")
         run.wait_batch(BATCH_DEADLINE_S)
 
@@ -139,6 +140,7 @@ def test_05_postgres_down_8s(stack):
         time.sleep(8)
         stack.postgres.start()
         run.fault_ended()
+        run.measure_api_back()
         during.join(70)
         run.wait_batch(BATCH_DEADLINE_S)
 
