@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from farm.events import RedisEvents
-from farm.storage import ObjectNotFoundError, S3Storage
+from farm.localcluster import free_port
+from farm.storage import ObjectNotFoundError, S3Storage, StoragePermanentError, StorageUnavailableError
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,46 @@ def test_s3_storage_round_trip(s3, s3_bucket):
     assert not store.exists(key)
     with pytest.raises(ObjectNotFoundError):
         store.get(key)
+
+
+def test_s3_storage_lists_pages_of_a_prefix(s3, s3_bucket):
+    endpoint, access, secret = s3
+    store = S3Storage(endpoint, access, secret, s3_bucket)
+    store.ensure_bucket()
+    import farm.storage as storage_module
+
+    keys = [f"outputs/u1/job/a1/{i}.png" for i in range(5)] + ["outputs/u1/other/a1/0.png"]
+    for key in keys:
+        store.put(key, b"x", "image/png")
+    # Pages of two keys, so the listing must resume after the last key of each page.
+    storage_module._LIST_PAGE, saved = 2, storage_module._LIST_PAGE
+    try:
+        listed = list(store.list("outputs/u1/job/"))
+    finally:
+        storage_module._LIST_PAGE = saved
+    assert [o.key for o in listed] == sorted(keys[:5])
+    assert all(o.modified.tzinfo is not None for o in listed)
+
+
+def test_a_missing_bucket_fails_at_once_and_says_what_to_fix(s3):
+    endpoint, access, secret = s3
+    store = S3Storage(endpoint, access, secret, "farm-no-such-bucket", retry_s=30)
+    started = time.monotonic()
+    with pytest.raises(StoragePermanentError) as refused:
+        store.put("outputs/u1/job/a1/0.png", b"x", "image/png")
+    assert time.monotonic() - started < 5  # not retried for the 30 s budget
+    assert "FARM_S3_BUCKET" in str(refused.value)
+    with pytest.raises(StoragePermanentError):
+        store.check()
+
+
+def test_a_store_refusing_connections_is_retried_for_the_budget_then_unavailable():
+    store = S3Storage(f"http://127.0.0.1:{free_port()}", "key", "secret", "farm", retry_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as unavailable:
+        store.put("outputs/u1/job/a1/0.png", b"x", "image/png")
+    assert 1.0 <= time.monotonic() - started < 5
+    assert "object store unavailable" in str(unavailable.value)
 
 
 def test_redis_wakes_the_scheduler(redis_url):
