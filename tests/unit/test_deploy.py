@@ -227,6 +227,20 @@ def test_worker_reserves_one_gpu_and_mounts_the_shared_model_cache(name):
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_docker_stop_waits_longer_than_a_workers_grace(name):
+    """docker stop sends SIGKILL after stop_grace_period: a worker must have
+    had FARM_WORKER_GRACE_S and time to hand back and go offline."""
+    from farm.settings import Settings
+
+    worker = _load(name)["services"]["worker"]
+    grace_s = float(worker["environment"].get("FARM_WORKER_GRACE_S", Settings.model_fields["worker_grace_s"].default))
+    period = re.fullmatch(r"(\d+)(s|m)", str(worker["stop_grace_period"]))
+    assert period, f"{name}: stop_grace_period {worker.get('stop_grace_period')!r} is not like 90s or 2m"
+    period_s = int(period.group(1)) * (60 if period.group(2) == "m" else 1)
+    assert period_s >= grace_s + 30, f"{name}: stop_grace_period {period_s}s leaves no time past the {grace_s}s grace"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_required_settings_are_in_env_example(name):
     text = (DEPLOY / name).read_text()
     required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", text))
