@@ -100,13 +100,14 @@ def usage():
 
 def usage_csv(rows: list[dict], group_by: list[str]):
     """Usage rows as a CSV attachment (the API's ?format=csv and the dashboard's export)."""
-    import csv
     import io
 
     from flask import Response
 
+    from farm.csvsafe import SafeDictWriter
+
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
+    writer = SafeDictWriter(buffer, fieldnames=[*group_by, "images", "gpu_seconds"])
     writer.writeheader()
     writer.writerows(rows)
     return Response(buffer.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=usage.csv"})

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, insert, select
 
 from farm import states
+from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, utcnow
@@ -331,7 +332,7 @@ def manifest_rows(ctx: FarmContext, user: User, campaign_id: str) -> Iterator[di
 
 def manifest_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+    writer = SafeDictWriter(buffer, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
