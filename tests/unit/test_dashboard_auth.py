@@ -69,3 +69,20 @@ def test_open_redirects_are_refused(dash):
     csrf = csrf_from(client.get("/login").get_data(as_text=True))
     response = client.post("/login?next=//evil.example/", data={"name": "ana", "password": "correct horse battery", "csrf_token": csrf})
     assert response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("target", ["/%09/evil.example/", "/%0A/evil.example", "/%5Cevil.example", "/%5C%5Cevil.example",
+                                    "https://evil.example/", "/%0d%0aSet-Cookie:x=1", "%2F%2Fevil.example", "javascript:alert(1)"])
+def test_sign_in_redirects_only_to_paths_of_this_site(dash, target):
+    client, _ = dash
+    csrf = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post(f"/login?next={target}", data={"name": "ana", "password": "correct horse battery", "csrf_token": csrf})
+    assert response.status_code == 302 and response.headers["Location"] == "/", target
+
+
+def test_sign_in_keeps_a_path_of_this_site(dash):
+    client, _ = dash
+    csrf = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post("/login?next=/campaigns%3Fpage%3D2", data={"name": "ana", "password": "correct horse battery",
+                                                                       "csrf_token": csrf})
+    assert response.headers["Location"] == "/campaigns?page=2"
