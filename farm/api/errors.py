@@ -93,7 +93,10 @@ def register_error_handlers(app: Flask) -> None:
             405: "method not allowed on this endpoint",
             413: "the request body is too large",
         }
-        return error_response(status, messages.get(status) or exc.description or exc.name)
+        response, status = error_response(status, messages.get(status) or exc.description or exc.name)
+        if status == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -6,6 +6,8 @@ edits a quota. Screenshots of each page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import time
+
 import shutil
 from pathlib import Path
 
@@ -56,8 +58,19 @@ def fill_small(page) -> None:
     page.fill("#steps", "4")
 
 
+def wait_true(page, expression: str, timeout: float = None) -> None:
+    """Poll a JavaScript expression from here until it is true. The page's
+    Content-Security-Policy forbids eval, which Playwright's wait_for_function
+    needs; evaluate() is not subject to it."""
+    deadline = time.monotonic() + (timeout or TIMEOUT_MS) / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {expression}")
+        time.sleep(0.1)
+
+
 def wait_complete(page) -> None:
-    page.wait_for_function("document.querySelector('#campaign-percent') && document.querySelector('#campaign-percent').textContent.trim() === '100.0'",
+    wait_true(page, "document.querySelector('#campaign-percent') && document.querySelector('#campaign-percent').textContent.trim() === '100.0'",
                            timeout=TIMEOUT_MS)
 
 
@@ -86,8 +99,8 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         member.click("#submit-button")
         member.wait_for_url(f"{base}/campaigns/*")
         wait_complete(member)  # progress arrives by polling, without a reload
-        member.wait_for_function("document.querySelectorAll('#gallery img').length === 4", timeout=TIMEOUT_MS)
-        member.wait_for_function(THUMBNAILS_SHOWN, timeout=TIMEOUT_MS)  # served as small WebPs from the store
+        wait_true(member, "document.querySelectorAll('#gallery img').length === 4", timeout=TIMEOUT_MS)
+        wait_true(member, THUMBNAILS_SHOWN, timeout=TIMEOUT_MS)  # served as small WebPs from the store
         assert "succeeded 4" in member.inner_text("#campaign-counts")
         shot(member, "03-campaign-matrix")
 
@@ -113,7 +126,7 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         member.click("#submit-button")
         member.wait_for_url(f"{base}/campaigns/*")
         wait_complete(member)
-        member.wait_for_function("document.querySelectorAll('#gallery img').length === 3", timeout=TIMEOUT_MS)
+        wait_true(member, "document.querySelectorAll('#gallery img').length === 3", timeout=TIMEOUT_MS)
 
         member.goto(base + "/campaigns")
         assert "matrix" in member.inner_text("#campaign-rows") and "from csv" in member.inner_text("#campaign-rows")
@@ -129,7 +142,7 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         shot(member, "07-image")
         member.click("#rerender")
         member.wait_for_url(f"{base}/jobs/*")
-        member.wait_for_function("document.querySelector('#job-state').textContent === 'succeeded'", timeout=TIMEOUT_MS)
+        wait_true(member, "document.querySelector('#job-state').textContent === 'succeeded'", timeout=TIMEOUT_MS)
         shot(member, "08-rerender-job")
 
         # What a member may not do.
