@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(default=4_194_304, gt=0, description="Largest image (width*height) a request may ask for.")
     max_upload_bytes: int = Field(default=20_971_520, gt=0, description="Largest image accepted by POST /api/v1/uploads.")
+    max_upload_pixels: int = Field(default=16_777_216, gt=0, description="Largest upload (width*height, read from the file's header before decoding) accepted by POST /api/v1/uploads.")
+    upload_decodes: int = Field(default=2, gt=0, description="Uploads the api decodes at once; more wait (up to 30 s, then 503), so uploads cannot exhaust its memory.")
     accelerator_loras: dict[str, dict[str, str]] = Field(default_factory=dict, description='Accelerating LoRA per family and performance mode, as JSON: {"sdxl": {"lightning": "sdxl-lightning-4step", "extreme_speed": "lcm-sdxl"}}; each a registered LoRA id.')
     ip_adapters: dict[str, str] = Field(default_factory=dict, description='IP-Adapter per family for image prompts, as JSON: {"sdxl": "/models/ip-adapter-sdxl"}; each a folder with one .safetensors adapter file and an image_encoder/ folder.')
     upscale_tile_pixels: int = Field(default=1_048_576, gt=0, description="Upscales larger than this (width*height) are refined tile by tile, each tile at most this size.")

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_UPLOAD_SIDE = 8192
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+DECODE_WAIT_S = 30.0
+_decode_slots: dict[int, threading.BoundedSemaphore] = {}
+_decode_slots_lock = threading.Lock()
+
+
+def _decodes(slots: int) -> threading.BoundedSemaphore:
+    """The process-wide bound on uploads decoded at once (FARM_UPLOAD_DECODES)."""
+    with _decode_slots_lock:
+        return _decode_slots.setdefault(slots, threading.BoundedSemaphore(slots))
 
 
 class UploadError(Exception):
@@ -50,27 +61,32 @@ def store_upload(ctx: FarmContext, user: User, data: bytes) -> Upload:
     """Check, normalise and store an uploaded image; the same content gives the same id."""
     if not data:
         raise UploadError("the body is empty; send the image file (PNG, JPEG or WebP) as the body or as form field 'file'", 400)
+    # Only the header is read here: the size is refused before any pixel is
+    # decoded, and only the three documented decoders are ever tried (no
+    # TIFF, BMP, GIF, ICO, PPM, TGA or EPS, which would run Ghostscript).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(io.BytesIO(data)) as probe:
-                probe.verify()
-            image = PIL.Image.open(io.BytesIO(data))
-            image.load()
+            image = PIL.Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError):
         raise UploadError("the image is too large to decode safely", 413) from None
     except Exception:
-        raise UploadError("the body is not an image PIL can read; send a PNG, JPEG or WebP file") from None
-    if max(image.size) > MAX_UPLOAD_SIDE:
-        raise UploadError(f"the image is {image.width}x{image.height}; sides up to {MAX_UPLOAD_SIDE} are accepted", 413)
-    mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-    if image.mode in ("RGBA", "LA", "P"):
-        # Transparent parts become white (for a mask: repainted).
-        background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(background, image.convert("RGBA"))
-    normalised = image.convert(mode)
-    buf = io.BytesIO()
-    normalised.save(buf, format="PNG", compress_level=6)
+        raise UploadError("the body is not a PNG, JPEG or WebP image; send one of those") from None
+    width, height = image.size
+    limit = ctx.settings.max_upload_pixels
+    if width * height > limit or max(width, height) > MAX_UPLOAD_SIDE:
+        raise UploadError(f"the image is {width}x{height}; uploads up to {limit} pixels (FARM_MAX_UPLOAD_PIXELS) and sides "
+                          f"up to {MAX_UPLOAD_SIDE} are accepted", 413)
+    slots = _decodes(ctx.settings.upload_decodes)
+    if not slots.acquire(timeout=DECODE_WAIT_S):
+        raise UploadError("the server is decoding too many uploads; try again shortly", 503)
+    try:
+        # Decoding and normalising hold the pixels: both count against the slot.
+        normalised, mode = _normalise(image)
+        buf = io.BytesIO()
+        normalised.save(buf, format="PNG", compress_level=6)
+    finally:
+        slots.release()
     png = buf.getvalue()
     upload_id = hashlib.sha256(png).hexdigest()
     key = upload_key(user.id, upload_id)
@@ -78,6 +94,19 @@ def store_upload(ctx: FarmContext, user: User, data: bytes) -> Upload:
         ctx.storage.put(key, png, "image/png")
     logger.info("upload %s by %s: %dx%d %s", upload_id[:12], user.name, normalised.width, normalised.height, mode)
     return Upload(upload_id, normalised.width, normalised.height, len(png))
+
+
+def _normalise(image: PIL.Image.Image) -> tuple[PIL.Image.Image, str]:
+    try:
+        image.load()
+    except Exception:
+        raise UploadError("the image is damaged or truncated; send a complete PNG, JPEG or WebP file") from None
+    mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    if image.mode in ("RGBA", "LA", "P"):
+        # Transparent parts become white (for a mask: repainted).
+        background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert(mode), mode
 
 
 def find_upload(ctx: FarmContext, user: User, upload_id: str, field: str) -> SourceImage:

@@ -241,7 +241,7 @@ def test_bad_image_requests_say_what_to_fix(farm, parent):
 def test_uploads_refuse_what_is_not_an_image(farm):
     _, client, token, _, _ = farm
     answer = client.post("/api/v1/uploads", data=b"hello", headers={**auth(token), "Content-Type": "image/png"})
-    assert answer.status_code == 422 and "not an image" in answer.get_json()["error"]["message"]
+    assert answer.status_code == 422 and "not a PNG, JPEG or WebP image" in answer.get_json()["error"]["message"]
     assert client.post("/api/v1/uploads", data=b"", headers=auth(token)).status_code == 400
     assert client.post("/api/v1/uploads", data=b"x").status_code == 401
     too_big = b"\x89PNG" + b"0" * (farm[0].settings.max_upload_bytes + 1)
@@ -252,3 +252,86 @@ def test_uploads_refuse_what_is_not_an_image(farm):
     noisy.save(buf, format="PNG")
     assert len(buf.getvalue()) > farm[0].settings.max_request_bytes
     assert client.post("/api/v1/uploads", data=buf.getvalue(), headers=auth(token)).status_code == 201
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG file whose header declares a huge image (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\0" * (width * 3 + 1) * 8, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_uploads_are_refused_by_their_header_before_any_decoding(farm, monkeypatch):
+    import PIL.ImageFile
+
+    _, client, token, _, _ = farm
+    decoded = []
+    real_load = PIL.ImageFile.ImageFile.load
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    for width, height in ((8192, 8192), (9000, 9000), (5000, 4000)):
+        body = png_declaring(width, height)
+        assert len(body) < 300_000
+        answer = client.post("/api/v1/uploads", data=body, headers={**auth(token), "Content-Type": "image/png"})
+        assert answer.status_code == 413, answer.get_json()
+        assert f"{width}x{height}" in answer.get_json()["error"]["message"]
+        assert "FARM_MAX_UPLOAD_PIXELS" in answer.get_json()["error"]["message"]
+    assert decoded == []
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "ICO", "PPM", "TGA"])
+def test_only_png_jpeg_and_webp_are_decoded(farm, fmt):
+    _, client, token, _, _ = farm
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buf, format=fmt)
+    answer = client.post("/api/v1/uploads", data=buf.getvalue(), headers={**auth(token), "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 422 and "PNG, JPEG or WebP" in answer.get_json()["error"]["message"]
+    for accepted in ("PNG", "JPEG", "WEBP"):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), "red").save(buf, format=accepted)
+        assert client.post("/api/v1/uploads", data=buf.getvalue(), headers=auth(token)).status_code == 201, accepted
+
+
+def test_uploads_decoded_at_once_are_bounded(farm, monkeypatch):
+    import concurrent.futures
+    import threading
+    import time
+
+    import PIL.ImageFile
+    from sqlalchemy import select
+
+    from farm.models import User
+    from farm.services.uploads import store_upload
+
+    ctx = farm[0]
+    with ctx.db.session() as session:
+        user = session.execute(select(User)).scalars().first()
+    busy, most, lock = [0], [0], threading.Lock()
+    real_load = PIL.ImageFile.ImageFile.load
+
+    def slow_load(self):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.2)
+        try:
+            return real_load(self)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", slow_load)
+    bodies = []
+    for shade in range(6):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (shade, 0, 0)).save(buf, format="PNG")
+        bodies.append(buf.getvalue())
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        uploads = list(pool.map(lambda body: store_upload(ctx, user, body), bodies))
+    assert len({u.id for u in uploads}) == 6
+    assert most[0] == ctx.settings.upload_decodes == 2
