@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=0.25, ge=0, description="Least time between two progress writes of one job.")
 
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay of a failed webhook delivery; it doubles with each attempt (capped at an hour).")
+    webhook_allow: str | None = Field(default=None, description="Comma-separated hosts and networks (CIDR) webhooks may reach although they are not public, e.g. an internal receiver: 'hooks.internal,10.20.0.0/16'. Unset: public addresses only.")
     webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook deliveries tried before giving up.")
     styles_dir: Path | None = Field(default=None, description="Directory of user style files (*.json lists of {name, category, positive, negative}); they add to and override the built-in library.")
     presets_dir: Path | None = Field(default=None, description="Directory of user preset files (*.json); they add to and override the built-in presets.")

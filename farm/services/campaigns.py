@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, insert, select
 
 from farm import states
+from farm.outbound import OutboundRefused, check_url
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
@@ -164,6 +165,11 @@ def expand(req: CampaignRequest) -> list[dict[str, Any]]:
 
 
 def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[str, Any]:
+    if req.webhook is not None:
+        try:
+            check_url(req.webhook.url, ctx.settings.webhook_allow)
+        except OutboundRefused as exc:
+            raise RequestError([FieldProblem("webhook.url", str(exc))]) from None
     requests_ = expand(req)
     with ctx.db.transaction() as session:
         infos = model_infos(session)

@@ -22,6 +22,7 @@ from typing import Any
 import requests
 from sqlalchemy import exists, select
 
+from farm.outbound import OutboundRefused, check_url
 from farm.context import FarmContext
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, WebhookDelivery, utcnow
 
@@ -81,8 +82,13 @@ def _payload(session, campaign: Campaign) -> dict[str, Any]:
     }
 
 
-def _post(http: requests.Session, url: str, secret: str, payload: dict) -> str | None:
-    """Send one signed event; None on a 2xx, else what went wrong."""
+def _post(http: requests.Session, url: str, secret: str, payload: dict, allow: str | None = None) -> str | None:
+    """Send one signed event; None on a 2xx, else what went wrong. The URL is
+    checked again here: what it resolves to may have changed since it was given."""
+    try:
+        check_url(url, allow)
+    except OutboundRefused as exc:
+        return f"refused: {exc}"[:500]
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     headers = {"Content-Type": "application/json", EVENT_HEADER: payload["event"],
                SIGNATURE_HEADER: sign(secret, body, int(time.time()))}
@@ -128,7 +134,7 @@ def deliver_job_events(ctx: FarmContext, http: requests.Session | None = None) -
         payload = {"event": delivery.event, "campaign_id": str(delivery.campaign_id),
                    "job": {"id": str(delivery.job_id), "status": delivery.event.split(".", 1)[1], "attempt": attempt,
                            "error": job_error, "outputs": outputs.get(delivery.job_id, [])}}
-        error = _post(http, url, secret or "", payload)
+        error = _post(http, url, secret or "", payload, ctx.settings.webhook_allow)
         with ctx.db.transaction() as session:
             row = session.get(WebhookDelivery, delivery.id)
             row.attempts += 1
@@ -153,7 +159,7 @@ def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
         work = [(c.id, c.webhook_url, c.webhook_secret or "", _payload(session, c)) for c in due]
     delivered = 0
     for campaign_id, url, secret, payload in work:
-        error = _post(http, url, secret, payload)
+        error = _post(http, url, secret, payload, ctx.settings.webhook_allow)
         with ctx.db.transaction() as session:
             campaign = session.get(Campaign, campaign_id)
             campaign.webhook_attempts += 1

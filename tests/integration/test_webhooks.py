@@ -49,7 +49,9 @@ class Receiver:
 
 @pytest.fixture()
 def farm_api(tmp_path, migrated_postgres_url):
-    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, webhook_backoff_s=0.01, webhook_max_attempts=3)
+    # The receivers listen on loopback, which webhooks reach only when allowed.
+    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, webhook_backoff_s=0.01, webhook_max_attempts=3,
+                        webhook_allow="127.0.0.1")
     ctx = build_context(settings, events=LocalEvents())
     with ctx.db.transaction() as session:
         ensure_model(session, "m-sd")
@@ -147,3 +149,43 @@ def test_per_job_events_are_signed_and_retried(farm_api):
     queue_job_events(ctx)
     deliver_job_events(ctx)
     assert len(receiver.received) == 3  # each job's event is delivered once
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "2130706433", "0x7f.0.0.1", "0177.0.0.1", "[::1]",
+                                  "[::ffff:127.0.0.1]", "10.0.0.1", "192.168.0.1", "172.16.5.4", "169.254.169.254",
+                                  "100.64.0.1", "0.0.0.0", "224.0.0.1", "metadata.google.internal"])
+def test_webhooks_to_addresses_that_are_not_public_are_refused(farm_api, host):
+    ctx, _, headers = farm_api
+    client = create_app(ctx.settings.model_copy(update={"webhook_allow": None}), context=_without_allow(ctx)).test_client()
+    answer = client.post("/api/v1/campaigns", json={"name": "ssrf", "base": {"prompt": "x", "width": 64, "height": 64, "steps": 2},
+                                                    "webhook": {"url": f"http://{host}:8080/hook", "secret": SECRET}},
+                         headers=headers)
+    assert answer.status_code == 422, answer.get_json()
+    [problem] = answer.get_json()["error"]["details"]
+    assert problem["field"] == "webhook.url" and ("address" in problem["message"] or "metadata" in problem["message"])
+
+
+def test_delivery_checks_the_address_again(farm_api):
+    """A hook accepted while its host was allowed (or resolved elsewhere) is
+    not delivered once it points at an address that is not public."""
+    ctx, client, headers = farm_api
+    receiver = Receiver(fail_first=0)
+    campaign_id = client.post("/api/v1/campaigns", json={"name": "rebound", "base": {"prompt": "x", "width": 64, "height": 64,
+                                                                                      "steps": 2},
+                                                         "webhook": {"url": receiver.url, "secret": SECRET}},
+                              headers=headers).get_json()["id"]
+    client.post(f"/api/v1/campaigns/{campaign_id}/cancel", headers=headers)
+    strict = _without_allow(ctx)
+
+    def failed():
+        with ctx.db.session() as session:
+            return session.get(Campaign, uuid.UUID(campaign_id)).webhook_state == "failed"
+    wait_for(failed, strict)
+    assert receiver.received == []
+    with ctx.db.session() as session:
+        campaign = session.get(Campaign, uuid.UUID(campaign_id))
+    assert campaign.webhook_last_error.startswith("refused: ") and "loopback" in campaign.webhook_last_error
+
+
+def _without_allow(ctx):
+    return build_context(ctx.settings.model_copy(update={"webhook_allow": None}), events=LocalEvents())
