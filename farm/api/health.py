@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import func, select, text
 
 from farm.api.security import farm_context
@@ -27,6 +28,14 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
+    expected = farm_context().settings.metrics_token
+    if expected:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            response = jsonify({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <FARM_METRICS_TOKEN>",
+                                          "details": None}})
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, 401
     with farm_context().db.session() as session:
         by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         by_state = dict(session.execute(select(Worker.state, func.count()).group_by(Worker.state)).all())

@@ -31,3 +31,15 @@ def test_api_answers_carry_nosniff_and_405_names_the_allowed_methods(sqlite_sett
     assert wrong.status_code == 405
     assert set(wrong.headers["Allow"].split(", ")) >= {"GET", "POST"}
     assert wrong.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_metrics_token_guards_metrics(sqlite_settings):
+    open_client = create_app(sqlite_settings).test_client()
+    assert open_client.get("/metrics").status_code == 200
+    guarded = create_app(sqlite_settings.model_copy(update={"metrics_token": "scrape-me-0123"})).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me-0123"}):
+        answer = guarded.get("/metrics", headers=headers)
+        assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer"
+        assert "FARM_METRICS_TOKEN" in answer.get_json()["error"]["message"]
+    answer = guarded.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123"})
+    assert answer.status_code == 200 and "farm_jobs" in answer.get_data(as_text=True)
