@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from dashboard import campaigns, create, images, operations  # noqa: F401  (their routes join the blueprint)
 from dashboard.core import bp, farm_ctx, login_required
-from farm.auth import check_password, user_for_token
+from farm.auth import check_password, hash_password, password_needs_rehash, user_for_token
 from farm.models import Job, ModelEntry, User, Worker
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,12 @@ def login():
                 user = found[0] if found else None
             elif name:
                 candidate = db_session.execute(select(User).where(User.name == name)).scalar_one_or_none()
-                if candidate is not None and candidate.disabled_at is None and check_password(password, candidate.password_hash):
+                # An unknown name is checked against a dummy hash: it costs as much as a known one.
+                stored = candidate.password_hash if candidate is not None else None
+                if check_password(password, stored) and candidate.disabled_at is None:
                     user = candidate
+                    if password_needs_rehash(stored):
+                        _upgrade_password(candidate.id, password)
         if user is None:
             error = "That name and password, or that API token, did not match a user."
         else:
@@ -41,6 +45,13 @@ def login():
             logger.info("dashboard sign-in: %s", user.name)
             return redirect(same_origin_path(request.args.get("next", "")) or url_for("dashboard.index"))
     return render_template("login.html", error=error, name=request.form.get("name", "")), (401 if error else 200)
+
+
+def _upgrade_password(user_id: int, password: str) -> None:
+    """Re-hash a password stored with older parameters (scrypt) as argon2id."""
+    with farm_ctx().db.transaction() as db_session:
+        db_session.get(User, user_id).password_hash = hash_password(password)
+    logger.info("password of user %s re-hashed with argon2id", user_id)
 
 
 def same_origin_path(target: str) -> str | None:

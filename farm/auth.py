@@ -31,18 +31,50 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def _hasher():
+    from argon2 import PasswordHasher
+
+    # argon2-cffi's defaults follow RFC 9106's recommended low-memory profile
+    # (argon2id, t=3, 64 MiB); they are stored in each hash, so raising them
+    # later re-hashes old passwords at their next sign-in.
+    return PasswordHasher()
+
+
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
+    return _hasher().hash(password)
 
 
 def check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
+    """Whether ``password`` matches ``stored`` (argon2id, or the scrypt hashes
+    written before; see :func:`password_needs_rehash`)."""
+    if not stored:
+        _burn(password)
         return False
-    _, salt_hex, digest_hex = stored.split("$")
-    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), n=2**14, r=8, p=1)
-    return secrets.compare_digest(digest.hex(), digest_hex)
+    if stored.startswith("scrypt$"):
+        _, salt_hex, digest_hex = stored.split("$")
+        digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), n=2**14, r=8, p=1)
+        return secrets.compare_digest(digest.hex(), digest_hex)
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return _hasher().verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def password_needs_rehash(stored: str) -> bool:
+    return stored.startswith("scrypt$") or _hasher().check_needs_rehash(stored)
+
+
+_DUMMY_HASH: list[str] = []
+
+
+def _burn(password: str) -> None:
+    """Spend what checking a real hash costs, so that an unknown user name
+    answers as slowly as a known one (no enumeration by timing)."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(hash_password(secrets.token_urlsafe(16)))
+    check_password(password, _DUMMY_HASH[0])
 
 
 def issue_token(session: Session, user: User, name: str = "default", scope: str = "full") -> str:

@@ -86,3 +86,51 @@ def test_sign_in_keeps_a_path_of_this_site(dash):
     response = client.post("/login?next=/campaigns%3Fpage%3D2", data={"name": "ana", "password": "correct horse battery",
                                                                        "csrf_token": csrf})
     assert response.headers["Location"] == "/campaigns?page=2"
+
+
+def test_passwords_are_argon2id_and_old_scrypt_hashes_are_upgraded_at_sign_in(sqlite_settings):
+    import hashlib
+    import secrets
+
+    from farm.auth import check_password, hash_password
+    from farm.models import User
+
+    stored = hash_password("correct horse battery")
+    assert stored.startswith("$argon2id$") and "m=65536" in stored  # parameters live in the hash
+    assert check_password("correct horse battery", stored) and not check_password("wrong", stored)
+
+    ctx = build_context(sqlite_settings, events=LocalEvents())
+    salt = secrets.token_bytes(16)
+    legacy = f"scrypt${salt.hex()}${hashlib.scrypt(b'old secret pass', salt=salt, n=2**14, r=8, p=1).hex()}"
+    with ctx.db.transaction() as session:
+        user, _ = create_user(session, "old")
+        user.password_hash = legacy
+        user_id = user.id
+    client = create_app(sqlite_settings, context=ctx).test_client()
+    csrf = csrf_from(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"name": "old", "password": "old secret pass", "csrf_token": csrf}).status_code == 302
+    with ctx.db.session() as session:
+        upgraded = session.get(User, user_id).password_hash
+    assert upgraded.startswith("$argon2id$") and check_password("old secret pass", upgraded)
+
+
+def test_unknown_names_cost_a_password_check_too(monkeypatch):
+    from farm import auth
+
+    checked = []
+    real = auth._hasher
+
+    class Counting:
+        def __init__(self):
+            self.hasher = real()
+
+        def hash(self, password):
+            return self.hasher.hash(password)
+
+        def verify(self, stored, password):
+            checked.append(stored)
+            return self.hasher.verify(stored, password)
+
+    monkeypatch.setattr(auth, "_hasher", Counting)
+    assert not auth.check_password("guess", None)
+    assert checked and checked[0].startswith("$argon2id$")
