@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_images_per_job: int = Field(default=8, gt=0, description="Most images one job may ask for.")
     default_model: str | None = Field(default=None, description="Model used when a request names none; unset: the first registered model.")
 
+    public_url: str | None = Field(default=None, description="The address people reach the dashboard at, e.g. https://farm.example.com. When it is https, session cookies are sent only over HTTPS (Secure).")
     metrics_token: str | None = Field(default=None, description="When set, /metrics answers only requests with 'Authorization: Bearer <this token>' (a Prometheus scrape config's bearer_token). Unset: /metrics is open.")
     api_host: str = Field(default="127.0.0.1", description="Address farm api binds to.")
     api_port: int = Field(default=8000, gt=0, lt=65536, description="Port farm api binds to.")

@@ -25,6 +25,9 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     # Dashboard sessions: signed cookie, not readable by scripts, not sent on cross-site posts.
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    # Behind HTTPS the cookie must never travel in clear; on plain http (farm
+    # up, a loopback test) a Secure cookie would never be sent back at all.
+    app.config["SESSION_COOKIE_SECURE"] = (settings.public_url or "").lower().startswith("https://")
     app.config["PERMANENT_SESSION_LIFETIME"] = 12 * 3600
     app.extensions["farm"] = context
     for module in (jobs, outputs, uploads, workers, users, tokens, campaigns, library, openapi):

@@ -134,3 +134,17 @@ def test_unknown_names_cost_a_password_check_too(monkeypatch):
     monkeypatch.setattr(auth, "_hasher", Counting)
     assert not auth.check_password("guess", None)
     assert checked and checked[0].startswith("$argon2id$")
+
+
+@pytest.mark.parametrize(("public_url", "secure"), [(None, False), ("http://farm.lan:8000", False),
+                                                    ("https://farm.example.com", True)])
+def test_session_cookies_are_secure_behind_https(sqlite_settings, public_url, secure):
+    settings = sqlite_settings.model_copy(update={"public_url": public_url})
+    ctx = build_context(settings, events=LocalEvents())
+    with ctx.db.transaction() as session:
+        create_user(session, "ana", password="correct horse battery")
+    client = create_app(settings, context=ctx).test_client()
+    csrf = csrf_from(client.get("/login").get_data(as_text=True))
+    answer = client.post("/login", data={"name": "ana", "password": "correct horse battery", "csrf_token": csrf})
+    assert answer.status_code == 302
+    assert ("; Secure" in answer.headers["Set-Cookie"]) is secure
