@@ -60,17 +60,15 @@ class ProgressReporter:
         self.db_down = False
 
     def __call__(self, step: int, total: int) -> None:
-        if self.runtime.hand_back_requested:
-            raise HandBack(f"worker {self.runtime.name} is stopping and its grace ran out at step {step} of {total}")
         now = time.perf_counter()
         elapsed = now - self.started
         eta = elapsed / step * (total - step) if step else None
         deadline = self.runtime.stop_deadline
-        if deadline is not None and eta is not None and time.monotonic() + eta > deadline:
-            # Waiting out the grace for an image that cannot finish in it
-            # would only delay the job's next attempt.
+        if deadline is not None and time.monotonic() + (eta or 0.0) > deadline:
+            # The grace has run out, or the render's ETA shows it will: waiting
+            # it out would only delay the job's next attempt.
             raise HandBack(f"worker {self.runtime.name} is stopping and step {step} of {total} cannot finish "
-                           f"within its grace (about {eta:.1f}s to go)")
+                           f"within its grace ({'about %.1fs to go' % eta if eta is not None else 'no time left'})")
         if now - self.last_write < self.interval_s and step < total:
             return
         self.last_write = now

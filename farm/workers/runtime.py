@@ -85,7 +85,6 @@ class WorkerRuntime:
         self.health_error: str | None = None
         # (job id -> attempt) this process is running: the only leases it renews.
         self._in_hand: dict[uuid.UUID, int] = {}
-        self._hand_back = threading.Event()
         # time.monotonic() by which a stopping worker must have finished.
         self.stop_deadline: float | None = None
         self._superseded = False
@@ -202,10 +201,6 @@ class WorkerRuntime:
             self._in_hand.pop(job_id, None)
 
     @property
-    def hand_back_requested(self) -> bool:
-        return self._hand_back.is_set()
-
-    @property
     def accepting(self) -> bool:
         return self.state == "online" and not self._superseded
 
@@ -218,9 +213,6 @@ class WorkerRuntime:
         self.stop_deadline = time.monotonic() + grace_s
         logger.info("worker %s stopping: finishing the current image within %.0fs, taking no new work", self.name, grace_s)
         threading.Thread(target=self._announce_stopping, name="farm-stopping", daemon=True).start()
-        timer = threading.Timer(grace_s, self._hand_back.set)
-        timer.daemon = True
-        timer.start()
 
     def _announce_stopping(self) -> None:
         try:

@@ -8,10 +8,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import threading
+import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from farm import states
@@ -232,16 +232,21 @@ def test_a_stale_attempt_cannot_touch_the_current_attempts_objects(farm_ctx, mon
     assert stored_keys(farm_ctx, job_id) == referenced_keys(farm_ctx, job_id)
 
 
-def test_a_stopping_worker_finishes_within_its_grace(farm_ctx, monkeypatch):
-    runtime = WorkerRuntime(farm_ctx, name="w1")
-    job_id = new_job(farm_ctx, "w1")
+def sigterm_when_taken(runtime, monkeypatch, grace_s: float) -> None:
+    """SIGTERM (begin_stop) arrives as the worker takes its job."""
     real_take = runtime.take
 
     def take_then_sigterm(*args):
         real_take(*args)
-        runtime.begin_stop(grace_s=60)
+        runtime.begin_stop(grace_s=grace_s)
 
     monkeypatch.setattr(runtime, "take", take_then_sigterm)
+
+
+def test_a_stopping_worker_finishes_within_its_grace(farm_ctx, monkeypatch):
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    job_id = new_job(farm_ctx, "w1")
+    sigterm_when_taken(runtime, monkeypatch, grace_s=60)
     assert render_module.execute_job(runtime, job_id, 1) == "succeeded"
     assert runtime.state == "stopping"
 
@@ -250,26 +255,29 @@ def test_a_stopping_worker_hands_back_its_job_when_the_grace_runs_out(farm_ctx, 
     runtime = WorkerRuntime(farm_ctx, name="w1")
     runtime.register()
     job_id, waiting = new_job(farm_ctx, "w1"), new_job(farm_ctx, "w1")
-    real_take = runtime.take
-    handed = threading.Event()
-
-    def take_then_sigterm(*args):
-        real_take(*args)
-        runtime.begin_stop(grace_s=0)
-        runtime._hand_back.wait(5)
-        handed.set()
-
-    monkeypatch.setattr(runtime, "take", take_then_sigterm)
+    sigterm_when_taken(runtime, monkeypatch, grace_s=0)
     assert render_module.execute_job(runtime, job_id, 1) == "handed back"
-    assert handed.is_set()
     job = job_row(farm_ctx, job_id)
     assert (job.status, job.attempt, job.failures, job.worker_id) == ("queued", 2, 0, None)
+    assert "cannot finish within its grace" in job.error
     assert stored_keys(farm_ctx, job_id) == set()
     # Going offline hands back what was sent to it and not started, at once.
     runtime.stop()
     assert (job_row(farm_ctx, waiting).status, job_row(farm_ctx, waiting).attempt) == ("queued", 2)
     with farm_ctx.db.session() as session:
         assert session.get(Worker, "w1").state == "offline"
+
+
+def test_a_render_whose_eta_passes_the_grace_is_handed_back_before_the_grace_ends(farm_ctx):
+    import time
+
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    reporter = render_module.ProgressReporter(runtime, uuid.uuid4(), 1)
+    reporter.started = time.perf_counter() - 10  # 10 s for the first of 10 steps: about 90 s to go
+    runtime.begin_stop(grace_s=30)
+    with pytest.raises(render_module.HandBack, match="about 90"):
+        reporter(1, 10)
+    assert time.monotonic() < runtime.stop_deadline  # the grace had not run out
 
 
 def test_a_superseded_process_leaves_the_row_to_its_successor(farm_ctx, monkeypatch):
@@ -286,25 +294,3 @@ def test_a_superseded_process_leaves_the_row_to_its_successor(farm_ctx, monkeypa
     with farm_ctx.db.session() as session:
         row = session.get(Worker, "w1")
         assert row.state == "online" and row.instance_id == after.instance_id
-    with farm_ctx.db.session() as session:
-        assert session.execute(select(func.count()).select_from(Job)).scalar_one() == 0
-
-
-def test_a_stopping_worker_hands_back_at_once_an_image_that_cannot_finish_in_time(farm_ctx, monkeypatch):
-    import time
-
-    runtime = WorkerRuntime(farm_ctx, name="w1")
-    job_id = new_job(farm_ctx, "w1")
-    real_take = runtime.take
-
-    def take_then_sigterm(*args):
-        real_take(*args)
-        runtime.begin_stop(grace_s=60)
-        runtime.stop_deadline = time.monotonic() + 0.001  # as if the grace had nearly run out
-
-    monkeypatch.setattr(runtime, "take", take_then_sigterm)
-    assert render_module.execute_job(runtime, job_id, 1) == "handed back"
-    assert not runtime.hand_back_requested  # it did not wait for the grace to run out
-    job = job_row(farm_ctx, job_id)
-    assert (job.status, job.attempt, job.failures) == ("queued", 2, 0)
-    assert "cannot finish within its grace" in job.error
