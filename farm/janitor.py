@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, tuple_
 
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, Output, utcnow
@@ -33,7 +33,7 @@ from farm.storage import StorageError, attempt_of_key, job_prefix
 
 logger = logging.getLogger(__name__)
 
-# Jobs looked at in one sweep, newest changes first; the rest wait for the next.
+# Jobs looked at in one sweep; the rest of the window waits for the next ones.
 MAX_JOBS_PER_SWEEP = 500
 LIVE = (JobStatus.assigned.value, JobStatus.running.value)
 ENDED_WITHOUT_SUCCESS = (JobStatus.failed.value, JobStatus.canceled.value)
@@ -51,22 +51,39 @@ class Janitor:
         self.ctx = ctx
         # Jobs found clean in a final state, with the attempt they were clean at:
         # nothing new appears under them unless a frozen worker wakes up, and
-        # that worker deletes its own objects.
+        # that worker deletes its own objects. Kept for the jobs of the current
+        # pass over the lookback window only.
         self._clean: dict[uuid.UUID, int] = {}
+        self._seen: set[uuid.UUID] = set()
+        # Where the pass over the window stands: (updated_at, id) of the last
+        # job looked at. Each sweep takes the next MAX_JOBS_PER_SWEEP jobs in
+        # that order, so a window with more candidates is covered in turns.
+        self._after: tuple[dt.datetime, uuid.UUID] | None = None
 
     def sweep(self, now: dt.datetime | None = None) -> SweepReport:
         settings = self.ctx.settings
         now = now or utcnow()
         grace = dt.timedelta(seconds=settings.orphan_grace_s)
         report = SweepReport()
+        query = (select(Job.id, Job.user_id, Job.attempt, Job.status, Job.updated_at)
+                 .where(Job.updated_at >= now - dt.timedelta(seconds=settings.janitor_lookback_s),
+                        or_(Job.attempt > 1, Job.status.in_(ENDED_WITHOUT_SUCCESS)))
+                 .order_by(Job.updated_at, Job.id)
+                 .limit(MAX_JOBS_PER_SWEEP))
+        if self._after is not None:
+            query = query.where(tuple_(Job.updated_at, Job.id) > tuple_(*self._after))
         with self.ctx.db.session() as session:
-            jobs = session.execute(
-                select(Job.id, Job.user_id, Job.attempt, Job.status)
-                .where(Job.updated_at >= now - dt.timedelta(seconds=settings.janitor_lookback_s),
-                       or_(Job.attempt > 1, Job.status.in_(ENDED_WITHOUT_SUCCESS)))
-                .order_by(Job.updated_at.desc())
-                .limit(MAX_JOBS_PER_SWEEP)
-            ).all()
+            jobs = session.execute(query).all()
+        if len(jobs) < MAX_JOBS_PER_SWEEP:
+            # The pass reached the end of the window: start over next time,
+            # forgetting jobs that have left it.
+            self._after = None
+            self._seen |= {job.id for job in jobs}
+            self._clean = {job_id: attempt for job_id, attempt in self._clean.items() if job_id in self._seen}
+            self._seen = set()
+        else:
+            self._after = (jobs[-1].updated_at, jobs[-1].id)
+            self._seen |= {job.id for job in jobs}
         for job in jobs:
             if self._clean.get(job.id) == job.attempt:
                 continue

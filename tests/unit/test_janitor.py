@@ -108,3 +108,25 @@ def test_keys_of_other_shapes_are_never_swept(ctx):
         states.fail_job(session, job_id, 1, "boom")
     Janitor(ctx).sweep(now=utcnow() + dt.timedelta(days=1, seconds=-1))
     assert ctx.storage.exists(legacy)
+
+
+def test_a_window_with_more_candidates_than_a_sweep_takes_is_covered_in_turns(ctx, monkeypatch):
+    import farm.janitor as janitor_module
+
+    monkeypatch.setattr(janitor_module, "MAX_JOBS_PER_SWEEP", 2)
+    left = []
+    for _ in range(5):  # five canceled jobs, each with a half upload
+        job_id = make_job(ctx)
+        run_attempt(ctx, job_id, 1)
+        left += put_attempt(ctx, job_id, 1)
+        with ctx.db.transaction() as session:
+            states.cancel_job(session, job_id)
+    janitor = Janitor(ctx)
+    later = utcnow() + dt.timedelta(seconds=120)
+    deleted = []
+    for _ in range(3):
+        deleted += janitor.sweep(now=later).deleted
+    assert sorted(deleted) == sorted(left) and keys(ctx) == set()
+    # The next pass starts over and skips the jobs found clean; memory holds only the window's jobs.
+    assert janitor.sweep(now=later).jobs == 0
+    assert len(janitor._clean) == 5
