@@ -145,27 +145,26 @@ def test_05_postgres_down_8s(stack):
         run.wait_batch(BATCH_DEADLINE_S)
 
 
-def test_06_s3_refusing_connections_20s(stack):
-    with scenario(stack, "06 S3 refusing connections 20s") as run:
+def _s3_outage(stack, name: str, mode: str) -> None:
+    """The store refuses (``refuse``) or hangs (``hold``) every connection for 20 s mid-batch."""
+    with scenario(stack, name) as run:
         run.submit(BATCH, **RENDER)
         run.wait_running()
-        stack.proxy.set_mode("refuse")
+        stack.proxy.set_mode(mode)
         time.sleep(20)
+        if mode == "hold":
+            run.notes.append(f"the proxy held {stack.proxy.held_connections()} connection(s) at release")
         stack.proxy.set_mode("pass")
         run.fault_ended()
         run.wait_batch(BATCH_DEADLINE_S)
+
+
+def test_06_s3_refusing_connections_20s(stack):
+    _s3_outage(stack, "06 S3 refusing connections 20s", "refuse")
 
 
 def test_07_s3_hanging_20s(stack):
-    with scenario(stack, "07 S3 hanging 20s") as run:
-        run.submit(BATCH, **RENDER)
-        run.wait_running()
-        stack.proxy.set_mode("hold")
-        time.sleep(20)
-        run.notes.append(f"the proxy held {stack.proxy.held_connections()} connection(s) at release")
-        stack.proxy.set_mode("pass")
-        run.fault_ended()
-        run.wait_batch(BATCH_DEADLINE_S)
+    _s3_outage(stack, "07 S3 hanging 20s", "hold")
 
 
 def test_08_leader_scheduler_sigkill(stack):
