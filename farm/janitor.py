@@ -27,6 +27,7 @@ from typing import Callable
 from sqlalchemy import or_, select, tuple_
 
 from farm.context import FarmContext
+from farm.db import classify_database_error
 from farm.models import Job, JobStatus, Output, utcnow
 from farm.retry import ServiceError
 from farm.storage import StorageError, attempt_of_key, job_prefix
@@ -132,8 +133,6 @@ class Janitor:
             except (ServiceError, StorageError) as exc:
                 logger.warning("janitor sweep skipped: %s", exc)
             except Exception as exc:
-                from farm.db import classify_database_error
-
                 if classify_database_error(exc) is None:
                     logger.exception("janitor sweep failed")
                 else:

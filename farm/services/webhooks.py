@@ -22,6 +22,7 @@ from typing import Any
 import requests
 from sqlalchemy import exists, select
 
+from farm.db import classify_database_error
 from farm.outbound import OutboundRefused, check_url
 from farm.context import FarmContext
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, WebhookDelivery, utcnow
@@ -194,8 +195,6 @@ class WebhookSender:
                 deliver_job_events(self.ctx, http)
             except Exception as exc:
                 # The next pass is the retry; an outage is not a bug.
-                from farm.db import classify_database_error
-
                 if classify_database_error(exc) is None:
                     logger.exception("webhook pass failed")
                 else:
