@@ -5,7 +5,9 @@ The body is JSON; ``X-Farm-Signature: t=<unix seconds>,v1=<hex>`` where hex is
 HMAC-SHA256(secret, "<t>.<body>"). Receivers recompute it and reject old
 timestamps. Deliveries are retried with exponential backoff until a 2xx or
 ``FARM_WEBHOOK_MAX_ATTEMPTS``; the scheduler process sends them from its own
-thread so a slow receiver never delays placement.
+thread so a slow receiver never delays placement. Each delivery checks the URL
+again and connects to exactly the address that check approved
+(:class:`farm.outbound.OutboundClient`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import threading
 import time
 from typing import Any
 
-import requests
+import urllib3
 from sqlalchemy import exists, select
 
 from farm.db import classify_database_error
-from farm.outbound import OutboundRefused, check_url
+from farm.outbound import OutboundClient, OutboundRefused
 from farm.context import FarmContext
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, WebhookDelivery, utcnow
 
@@ -83,21 +85,20 @@ def _payload(session, campaign: Campaign) -> dict[str, Any]:
     }
 
 
-def _post(http: requests.Session, url: str, secret: str, payload: dict, allow: str | None = None) -> str | None:
-    """Send one signed event; None on a 2xx, else what went wrong. The URL is
-    checked again here: what it resolves to may have changed since it was given."""
-    try:
-        check_url(url, allow)
-    except OutboundRefused as exc:
-        return f"refused: {exc}"[:500]
+def _post(client: OutboundClient, url: str, secret: str, payload: dict) -> str | None:
+    """Send one signed event; None on a 2xx, else what went wrong. The client
+    checks the URL again (what it resolves to may have changed since it was
+    given) and connects to the address it checked."""
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     headers = {"Content-Type": "application/json", EVENT_HEADER: payload["event"],
                SIGNATURE_HEADER: sign(secret, body, int(time.time()))}
     try:
-        response = http.post(url, data=body, headers=headers, timeout=5, allow_redirects=False)
-    except requests.RequestException as exc:
+        status = client.post(url, body, headers)
+    except OutboundRefused as exc:
+        return f"refused: {exc}"[:500]
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
-    return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+    return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 def _backoff_s(settings, attempts: int) -> float:
@@ -118,8 +119,8 @@ def queue_job_events(ctx: FarmContext) -> int:
     return len(rows)
 
 
-def deliver_job_events(ctx: FarmContext, http: requests.Session | None = None) -> int:
-    http = http or requests.Session()
+def deliver_job_events(ctx: FarmContext, client: OutboundClient | None = None) -> int:
+    client = client or OutboundClient(ctx.settings.webhook_allow)
     with ctx.db.session() as session:
         due = session.execute(
             select(WebhookDelivery, Campaign.webhook_url, Campaign.webhook_secret, Job.attempt, Job.error)
@@ -135,7 +136,7 @@ def deliver_job_events(ctx: FarmContext, http: requests.Session | None = None) -
         payload = {"event": delivery.event, "campaign_id": str(delivery.campaign_id),
                    "job": {"id": str(delivery.job_id), "status": delivery.event.split(".", 1)[1], "attempt": attempt,
                            "error": job_error, "outputs": outputs.get(delivery.job_id, [])}}
-        error = _post(http, url, secret or "", payload, ctx.settings.webhook_allow)
+        error = _post(client, url, secret or "", payload)
         with ctx.db.transaction() as session:
             row = session.get(WebhookDelivery, delivery.id)
             row.attempts += 1
@@ -149,9 +150,9 @@ def deliver_job_events(ctx: FarmContext, http: requests.Session | None = None) -
     return delivered
 
 
-def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
+def deliver_due(ctx: FarmContext, client: OutboundClient | None = None) -> int:
     """Send every due webhook once; returns how many were delivered."""
-    http = http or requests.Session()
+    client = client or OutboundClient(ctx.settings.webhook_allow)
     settings = ctx.settings
     with ctx.db.session() as session:
         due = session.execute(
@@ -160,7 +161,7 @@ def deliver_due(ctx: FarmContext, http: requests.Session | None = None) -> int:
         work = [(c.id, c.webhook_url, c.webhook_secret or "", _payload(session, c)) for c in due]
     delivered = 0
     for campaign_id, url, secret, payload in work:
-        error = _post(http, url, secret, payload, ctx.settings.webhook_allow)
+        error = _post(client, url, secret, payload)
         with ctx.db.transaction() as session:
             campaign = session.get(Campaign, campaign_id)
             campaign.webhook_attempts += 1
@@ -186,16 +187,17 @@ class WebhookSender:
         self.interval_s = interval_s
 
     def run(self, stop: threading.Event) -> None:
-        http = requests.Session()
+        client = OutboundClient(self.ctx.settings.webhook_allow)
         while not stop.wait(self.interval_s):
             try:
                 mark_finished_campaigns(self.ctx)
-                deliver_due(self.ctx, http)
+                deliver_due(self.ctx, client)
                 queue_job_events(self.ctx)
-                deliver_job_events(self.ctx, http)
+                deliver_job_events(self.ctx, client)
             except Exception as exc:
                 # The next pass is the retry; an outage is not a bug.
                 if classify_database_error(exc) is None:
                     logger.exception("webhook pass failed")
                 else:
                     logger.warning("webhook pass skipped, the database is unavailable: %s", exc)
+        client.close()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,32 +17,10 @@ from farm.services.webhooks import SIGNATURE_HEADER, deliver_due, mark_finished_
 from farm.settings import Settings
 from tests.support.factories import ensure_model
 from tests.support.api import truncate_all
+from tests.support.receivers import RebindingResolver, Receiver
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-webhook-key-123"
-
-
-class Receiver:
-    """A loopback HTTP endpoint that fails the first N posts."""
-
-    def __init__(self, fail_first: int) -> None:
-        self.fail_first = fail_first
-        self.received: list[tuple[dict, bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body))
-                self.send_response(500 if len(receiver.received) <= receiver.fail_first else 204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 @pytest.fixture()
@@ -189,3 +165,28 @@ def test_delivery_checks_the_address_again(farm_api):
 
 def _without_allow(ctx):
     return build_context(ctx.settings.model_copy(update={"webhook_allow": None}), events=LocalEvents())
+
+
+def test_delivery_connects_to_the_address_it_checked(farm_api, monkeypatch):
+    """DNS rebinding (issue 18): the hook's name answers the allowed 127.0.0.1
+    when the campaign is created and when the delivery checks it, and the
+    refused 127.0.0.2 to any later lookup. The delivery goes to the checked
+    address with the URL's Host header; a trap on 127.0.0.2 hears nothing."""
+    ctx, client, headers = farm_api
+    receiver = Receiver(fail_first=0)
+    trap = Receiver(fail_first=0, host="127.0.0.2", port=receiver.port)
+    resolver = RebindingResolver("hooks.example.test", ["127.0.0.1", "127.0.0.1"], then="127.0.0.2")
+    monkeypatch.setattr("socket.getaddrinfo", resolver)
+    url = f"http://hooks.example.test:{receiver.port}/hook"
+    answer = client.post("/api/v1/campaigns", json={"name": "pinned", "base": {"prompt": "x", "width": 64, "height": 64, "steps": 2},
+                                                    "webhook": {"url": url, "secret": SECRET}}, headers=headers)
+    assert answer.status_code == 201, answer.get_json()
+    client.post(f"/api/v1/campaigns/{answer.get_json()['id']}/cancel", headers=headers)
+    wait_for(lambda: receiver.received, ctx)
+    assert trap.received == [] and len(receiver.received) == 1
+    received_headers, body = receiver.received[0]
+    assert received_headers["Host"] == f"hooks.example.test:{receiver.port}"
+    assert verify(SECRET, body, received_headers[SIGNATURE_HEADER])
+    assert resolver.lookups == ["127.0.0.1", "127.0.0.1"]  # creation and delivery; nothing resolved the name again
+    receiver.close()
+    trap.close()
