@@ -18,11 +18,21 @@ logger = logging.getLogger(__name__)
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    from farm.api.throttle import ThrottledError, current_throttle
+
     error = None
     if request.method == "POST":
         name = request.form.get("name", "").strip()
         password = request.form.get("password", "")
         token = request.form.get("token", "").strip()
+        try:
+            # Failures are counted per address and per name; once a count is full the
+            # attempt is refused before any password or token is checked (issue 18).
+            attempt = current_throttle().sign_in(None if token else name)
+        except ThrottledError as exc:
+            page = render_template("login.html", error=f"Too many failed sign-ins: try again in {exc.retry_after_s} s.",
+                                   name=name)
+            return page, 429, {"Retry-After": str(exc.retry_after_s)}
         user = None
         with farm_ctx().db.session() as db_session:
             if token:
@@ -37,6 +47,7 @@ def login():
                     if password_needs_rehash(stored):
                         _upgrade_password(candidate.id, password)
         if user is None:
+            attempt.failed()
             error = "That name and password, or that API token, did not match a user."
         else:
             session.clear()  # a fresh session (and CSRF token) after signing in

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
 
     public_url: str | None = Field(default=None, description="The address people reach the dashboard at, e.g. https://farm.example.com. When it is https, session cookies are sent only over HTTPS (Secure).")
     metrics_token: str | None = Field(default=None, description="When set, /metrics answers only requests with 'Authorization: Bearer <this token>' (a Prometheus scrape config's bearer_token). Unset: /metrics is open.")
+    throttle_storage_url: str | None = Field(default=None, description="Where throttling counts live, as a storage URL of the limits library (redis://host:6379/1, memory://). Unset: the farm's Redis (FARM_BROKER_URL) when it is one, so all api replicas share the counts; else memory:// (farm up).")
+    throttle_key_prefix: str = Field(default="farm", description="Prefix of the throttling keys in their storage, so farms that share one Redis keep their counts apart.")
+    throttle_sign_in_per_address: str = Field(default="10/minute", description="Failed dashboard sign-ins (password or token) one client address may make, e.g. '10/minute' or '100 per hour'; the next attempt is answered 429 with Retry-After, right password or not.")
+    throttle_sign_in_per_name: str = Field(default="5/minute", description="Failed dashboard sign-ins for one user name from any address (unknown names count like known ones); the next is answered 429 with Retry-After.")
+    throttle_token_failures_per_address: str = Field(default="30/minute", description="Failed API bearer-token checks (unknown or revoked tokens) one client address may make; the next request with a token is answered 429 with Retry-After.")
+    forwarded_for_hops: int = Field(default=0, ge=0, description="Reverse proxies in front of the api that append to X-Forwarded-For; the client address (what throttling counts by) is read that many entries from its end. 0: the connecting address. Set it only behind proxies you run, since clients can write the header themselves.")
     api_host: str = Field(default="127.0.0.1", description="Address farm api binds to.")
     api_port: int = Field(default=8000, gt=0, lt=65536, description="Port farm api binds to.")
     api_threads: int = Field(default=16, gt=0, description="Request threads of farm api.")

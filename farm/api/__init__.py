@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
     from dashboard import views as dashboard_views
-    from farm.api import campaigns, errors, health, jobs, library, openapi, outputs, tokens, uploads, users, workers
+    from farm.api import campaigns, errors, health, jobs, library, openapi, outputs, throttle, tokens, uploads, users, workers
 
     settings = settings or (context.settings if context else get_settings())
     context = context or build_context(settings)
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.register_blueprint(dashboard_views.bp)
     errors.register_error_handlers(app)
     register_security_headers(app, settings)
+    throttle.init_throttling(app, settings)
     return app
 
 

@@ -20,14 +20,19 @@ def farm_context():
 
 
 def _authenticate():
+    from farm.api.throttle import current_throttle
+
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>' (farm users create prints one)")
+    # An address that failed too often is answered 429 before its token is looked up.
+    attempt = current_throttle().token_check()
     # A transaction: user_for_token records last_used_at (at most once a minute per token).
     with farm_context().db.transaction() as session:
         found = user_for_token(session, token.strip())
     if found is None:
+        attempt.failed()
         raise ApiError(401, "invalid or revoked API token")
     user, api_token = found
     if api_token.scope == "read" and request.method not in READ_METHODS:
