@@ -16,7 +16,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from farm.safejson import UUID_PATTERN, CheckedModel
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +86,7 @@ class RequestError(Exception):
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
 
 
-class LoraRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LoraRequest(CheckedModel):
     name: str
     weight: float = Field(default=1.0, ge=-2, le=2)
 
@@ -95,15 +95,21 @@ MAX_LORAS = 5
 MAX_IMAGE_PROMPTS = 4
 
 
-class ImagePromptRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ImagePromptRequest(CheckedModel):
     image: str | None = None  # an upload id
     parent_output: str | None = None  # or an output id
 
 
-class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+# Upper bounds of the request's shape; the farm's own, lower limits
+# (FARM_MAX_STEPS, FARM_MAX_IMAGES_PER_JOB, a family's sides) are checked when
+# the request is resolved.
+SHAPE_MAX_SIDE = 16384
+SHAPE_MAX_STEPS = 1000
+SHAPE_MAX_IMAGES = 1000
+
+
+class GenerationRequest(CheckedModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
 
     prompt: str
     negative_prompt: str = ""
@@ -112,15 +118,15 @@ class GenerationRequest(BaseModel):
     styles: list[str] = Field(default_factory=list)
     preset: str | None = None
     performance: Literal["quality", "speed", "extreme_speed", "lightning"] | None = None
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
+    width: int | None = Field(default=None, gt=0, le=SHAPE_MAX_SIDE)
+    height: int | None = Field(default=None, gt=0, le=SHAPE_MAX_SIDE)
     aspect_ratio: str | None = None
-    steps: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1, le=SHAPE_MAX_STEPS)
     guidance_scale: float | None = Field(default=None, ge=0, le=30)
     sampler: Literal[SAMPLERS] = "euler"  # type: ignore[valid-type]
     scheduler: Literal[SIGMA_SCHEDULES] = "normal"  # type: ignore[valid-type]
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    num_images: int = Field(default=1, ge=1)
+    num_images: int = Field(default=1, ge=1, le=SHAPE_MAX_IMAGES)
     same_seed: bool = False  # every image of the job with the seed itself (default: seed, seed + 1, ...)
     prompt_expansion: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
@@ -200,17 +206,31 @@ def parse_request(payload: Any) -> GenerationRequest:
     try:
         return GenerationRequest.model_validate(payload)
     except ValidationError as exc:
-        raise RequestError([_problem_from_pydantic(error) for error in exc.errors()]) from None
+        raise RequestError(problems_from_validation(exc)) from None
 
 
-def _problem_from_pydantic(error: dict[str, Any]) -> FieldProblem:
-    name = ".".join(str(part) for part in error.get("loc", ())) or "body"
+def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:
+    """One problem per field pydantic refused, named by its dotted path."""
+    return [_problem_from_pydantic(error, prefix) for error in exc.errors()]
+
+
+def _problem_from_pydantic(error: dict[str, Any], prefix: str = "") -> FieldProblem:
+    name = prefix + ".".join(str(part) for part in error.get("loc", ())) or "body"
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return FieldProblem(name, "unknown field; remove it (see the generation request in the API docs)")
     if kind == "missing":
         return FieldProblem(name, "this field is required")
-    message = error.get("msg", "invalid value")
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    ctx = error.get("ctx", {})
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == UUID_PATTERN:
+        message = "must be an id of the form 0b7c5a9e-4a1f-4d1e-9a51-3f3c2a1b0c9d"
+    elif kind == "string_too_short":
+        message = "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters"
+    elif kind == "string_too_long":
+        message = f"must be at most {ctx.get('max_length')} characters"
+    elif kind in ("int_parsing", "int_type", "int_from_float"):
+        message = "must be an integer"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         message = f"unknown value {error.get('input')!r}; expected one of {expected}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
+from farm import safejson
+from farm.api import schemas
+from farm.api.contract import Answer, declare
 from farm.api.errors import ApiError
-from farm.api.security import farm_context, json_body, require_user
+from farm.api.security import farm_context, json_body
 from farm.api.views import job_view
 from farm.services import campaigns as service
 from farm.services import jobs as job_service
@@ -20,9 +22,10 @@ bp = Blueprint("campaigns", __name__)
 def _campaign_payload():
     if request.mimetype == "multipart/form-data":
         try:
-            payload = json.loads(request.form.get("request", "{}"))
-        except json.JSONDecodeError:
-            raise ApiError(400, "the 'request' form field must be a JSON object") from None
+            payload = safejson.loads(request.form.get("request", "{}"))
+        except safejson.UnsafeJSONError as exc:
+            raise ApiError(400 if exc.malformed else 422, f"the 'request' form field: {exc}",
+                           [{"field": f"request.{exc.field}", "message": exc.message}]) from None
         upload = request.files.get("rows")
         if upload is None:
             return payload, None, None
@@ -35,8 +38,24 @@ def _campaign_payload():
     return json_body(), None, None
 
 
+CAMPAIGN_MULTIPART = {"multipart/form-data": {
+    "type": "object",
+    "properties": {"request": {"type": "string", "description": "The campaign request as JSON (as the JSON body)"},
+                   "rows": {"type": "string", "format": "binary", "description": "Rows as a .csv or .jsonl file"}}}}
+
+
+CAMPAIGN_LINKS = {
+    "GetCampaign": "GET /api/v1/campaigns/{campaign_id}", "CampaignJobs": "GET /api/v1/campaigns/{campaign_id}/jobs",
+    "PauseCampaign": "POST /api/v1/campaigns/{campaign_id}/pause", "ResumeCampaign": "POST /api/v1/campaigns/{campaign_id}/resume",
+    "CancelCampaign": "POST /api/v1/campaigns/{campaign_id}/cancel", "Manifest": "GET /api/v1/campaigns/{campaign_id}/manifest",
+}
+
+
 @bp.post("/campaigns")
-@require_user
+@declare("Submit a campaign (JSON, or multipart with a rows file); dry_run answers the job count and cost",
+         {201: Answer(schemas.CampaignSubmitted, "Queued", links={
+             name: (target, {"campaign_id": "$response.body#/id"}) for name, target in CAMPAIGN_LINKS.items()}), 200: Answer(schemas.CampaignSubmitted, "Dry run: nothing queued")},
+         body=service.CampaignRequest, body_media=CAMPAIGN_MULTIPART, parse_body=False, errors=(429,))
 def submit_campaign():
     payload, rows_text, fmt = _campaign_payload()
     req = service.parse_campaign(payload, rows_text, fmt)
@@ -45,66 +64,67 @@ def submit_campaign():
 
 
 @bp.get("/campaigns/<campaign_id>")
-@require_user
+@declare("Counts, percent, images per minute, ETA and the webhook's last delivery", {200: schemas.CampaignView},
+         path=schemas.CampaignPath)
 def get_campaign(campaign_id: str):
     return jsonify(service.campaign_view(farm_context(), g.user, campaign_id))
 
 
 @bp.get("/campaigns/<campaign_id>/jobs")
-@require_user
-def campaign_jobs(campaign_id: str):
+@declare("The campaign's jobs, newest first (cursor paginated)", {200: schemas.JobPage}, path=schemas.CampaignPath,
+         query=schemas.CampaignJobsQuery)
+def campaign_jobs(campaign_id: str, query: schemas.CampaignJobsQuery):
     ctx = farm_context()
     with ctx.db.session() as session:
         service.visible_campaign(session, g.user, campaign_id)
-    try:
-        limit = int(request.args.get("limit", 50))
-    except ValueError:
-        raise ApiError(400, "limit must be an integer") from None
     # Jobs of a visible campaign are visible to whoever may see the campaign.
-    page = job_service.list_jobs(ctx, g.user, status=request.args.get("status"), campaign=campaign_id,
-                                 cursor=request.args.get("cursor"), limit=limit, any_owner=True)
+    page = job_service.list_jobs(ctx, g.user, status=query.status, campaign=campaign_id,
+                                 cursor=query.cursor, limit=query.limit, any_owner=True)
     return jsonify({"jobs": [job_view(job) for job in page.jobs], "next_cursor": page.next_cursor})
 
 
 @bp.post("/campaigns/<campaign_id>/pause")
-@require_user
+@declare("Pause: queued jobs stay queued and are not placed", {200: schemas.CampaignView}, path=schemas.CampaignPath,
+         errors=(409,))
 def pause(campaign_id: str):
     service.set_paused(farm_context(), g.user, campaign_id, True)
     return jsonify(service.campaign_view(farm_context(), g.user, campaign_id))
 
 
 @bp.post("/campaigns/<campaign_id>/resume")
-@require_user
+@declare("Resume a paused campaign", {200: schemas.CampaignView}, path=schemas.CampaignPath, errors=(409,))
 def resume(campaign_id: str):
     service.set_paused(farm_context(), g.user, campaign_id, False)
     return jsonify(service.campaign_view(farm_context(), g.user, campaign_id))
 
 
 @bp.post("/campaigns/<campaign_id>/cancel")
-@require_user
+@declare("Cancel queued jobs and stop running ones", {200: schemas.CampaignCanceled}, path=schemas.CampaignPath,
+         errors=(409,))
 def cancel(campaign_id: str):
     canceled = service.cancel_campaign(farm_context(), g.user, campaign_id)
     return jsonify({**service.campaign_view(farm_context(), g.user, campaign_id), "canceled_jobs": canceled})
 
 
 @bp.post("/campaigns/<campaign_id>/retry-failed")
-@require_user
+@declare("Queue the failed jobs again", {200: schemas.CampaignRetried}, path=schemas.CampaignPath, errors=(409, 429))
 def retry_failed(campaign_id: str):
     retried = service.retry_failed(farm_context(), g.user, campaign_id)
     return jsonify({**service.campaign_view(farm_context(), g.user, campaign_id), "retried_jobs": retried})
 
 
 @bp.get("/campaigns/<campaign_id>/manifest")
-@require_user
-def manifest(campaign_id: str):
-    fmt = request.args.get("format", "jsonl")
-    if fmt not in ("csv", "jsonl"):
-        raise ApiError(400, "format must be csv or jsonl")
-    return manifest_download(farm_context(), g.user, campaign_id, fmt)
+@declare("Every output with its URL and lineage, as JSON lines or CSV",
+         {200: Answer(description="The manifest", media={"application/x-ndjson": {"type": "string"}, "text/csv": {"type": "string"}})},
+         path=schemas.CampaignPath, query=schemas.ManifestQuery)
+def manifest(campaign_id: str, query: schemas.ManifestQuery):
+    return manifest_download(farm_context(), g.user, campaign_id, query.format)
 
 
 @bp.get("/campaigns/<campaign_id>/export.zip")
-@require_user
+@declare("The images and the manifest as a streamed ZIP",
+         {200: Answer(description="A ZIP archive", media={"application/zip": {"type": "string", "format": "binary"}})},
+         path=schemas.CampaignPath)
 def export(campaign_id: str):
     return zip_download(farm_context(), g.user, campaign_id)
 

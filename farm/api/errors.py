@@ -13,6 +13,7 @@ from farm.retry import ServiceError, ServicePermanentError
 
 from farm.services.jobs import ConflictError, NotFoundError
 from farm.services.quotas import QuotaExceededError
+from farm.services.tokens import ForbiddenError
 from farm.spec import RequestError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ def register_error_handlers(app: Flask) -> None:
     def _conflict(exc: ConflictError):
         return error_response(409, str(exc))
 
+    @app.errorhandler(ForbiddenError)
+    def _forbidden(exc: ForbiddenError):
+        return error_response(403, str(exc))
+
     def _database_down(exc: Exception):
         if classify_database_error(exc) is None:
             return _unexpected(exc)
@@ -79,8 +84,10 @@ def register_error_handlers(app: Flask) -> None:
     def _service_down(exc: ServiceError):
         logger.warning("%s", exc)
         if isinstance(exc, ServicePermanentError):
-            return error_response(503, f"the {exc.service} refuses the farm; an operator must fix it: {exc}")
-        response, status = error_response(503, f"the {exc.service} is unavailable; try again shortly")
+            # Retry-After too: clients back off the same way while an operator fixes it.
+            response, status = error_response(503, f"the {exc.service} refuses the farm; an operator must fix it: {exc}")
+        else:
+            response, status = error_response(503, f"the {exc.service} is unavailable; try again shortly")
         response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
         return response, status
 

@@ -6,14 +6,16 @@ import logging
 
 from flask import Blueprint, jsonify
 
-from farm.api.security import farm_context, require_user
+from farm.api import schemas
+from farm.api.contract import declare
+from farm.api.security import farm_context
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("library", __name__)
 
 
 @bp.get("/styles")
-@require_user
+@declare("The style library (built-in and user styles) and its categories", {200: schemas.StyleList})
 def list_styles():
     from farm.generation.resources import generation_resources
     from farm.generation.styles import style_listing
@@ -23,7 +25,7 @@ def list_styles():
 
 
 @bp.get("/presets")
-@require_user
+@declare("Presets: named bundles of model, styles, performance, sampler and size", {200: schemas.PresetList})
 def list_presets():
     from farm.generation.resources import generation_resources
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, g, jsonify, redirect
+from flask import Blueprint, Response, g, jsonify, redirect, url_for
 
+from farm.api import schemas
+from farm.api.contract import Answer, declare
 from farm.api.errors import ApiError
-from farm.api.security import farm_context, require_user
+from farm.api.security import farm_context
 from farm.api.views import output_view
 from farm.services import jobs as job_service
 from farm.storage import ObjectNotFoundError
@@ -15,27 +17,32 @@ from farm.storage import ObjectNotFoundError
 logger = logging.getLogger(__name__)
 bp = Blueprint("outputs", __name__)
 
+IMAGE_MEDIA = {media: {"type": "string", "format": "binary"} for media in ("image/png", "image/jpeg", "image/webp")}
+
 
 @bp.get("/outputs/<output_id>")
-@require_user
+@declare("The lineage record of one image", {200: schemas.OutputRecord}, path=schemas.OutputPath)
 def get_output(output_id: str):
     return jsonify(output_view(job_service.get_output(farm_context(), g.user, output_id)))
 
 
 @bp.post("/outputs/<output_id>/rerender")
-@require_user
+@declare("Render again from the lineage; the new job reports rerender_matches",
+         {202: Answer(schemas.RerenderAccepted, "Queued", headers={"Location": "The new job's polling URL"})},
+         path=schemas.OutputPath, errors=(429,))
 def rerender(output_id: str):
     """Render the image again from its lineage; GET the job to see whether the hashes match."""
-    from flask import url_for
-
     job = job_service.rerender_output(farm_context(), g.user, output_id)
     body = {"id": str(job.id), "status": job.status, "polling_url": url_for("jobs.get_job", job_id=job.id),
             "rerender_of": output_id}
-    return jsonify(body), 202
+    return jsonify(body), 202, {"Location": body["polling_url"]}
 
 
 @bp.get("/outputs/<output_id>/image")
-@require_user
+@declare("The image: a redirect to a presigned URL where the store has them, else the bytes",
+         {200: Answer(description="The image", media=IMAGE_MEDIA),
+          302: Answer(description="Fetch the image from the presigned store URL", headers={"Location": "Presigned URL"})},
+         path=schemas.OutputPath)
 def get_output_image(output_id: str):
     ctx = farm_context()
     return image_response(ctx, job_service.get_output(ctx, g.user, output_id))

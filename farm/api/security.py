@@ -62,10 +62,22 @@ def require_admin(view):
     return wrapper
 
 
+def authenticate():
+    """The caller of a declared operation (farm/api/contract.py), from its bearer token."""
+    return _authenticate()
+
+
 def json_body():
+    """The request's JSON, checked by farm.safejson: 400 for what is not JSON
+    (or nests too deeply), 422 naming the field for NaN, huge integers, NUL."""
+    from farm.safejson import UnsafeJSONError, loads
+    from farm.spec import FieldProblem, RequestError
+
     if not request.is_json:
         raise ApiError(415, "send a JSON body with Content-Type: application/json")
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise ApiError(400, "malformed request: the body is not valid JSON")
-    return payload
+    try:
+        return loads(request.get_data(cache=True))
+    except UnsafeJSONError as exc:
+        if exc.malformed:
+            raise ApiError(400, f"malformed request: the body is {exc.message}", [{"field": "body", "message": exc.message}]) from None
+        raise RequestError([FieldProblem(exc.field, exc.message)]) from None

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, jsonify
 
+from farm.api import schemas
+from farm.api.contract import Answer, declare
 from farm.api.errors import ApiError
-from farm.api.security import farm_context, json_body, require_user
+from farm.api.security import farm_context
 from farm.services import tokens as token_service
-from farm.spec import FieldProblem, RequestError
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("tokens", __name__)
-
-CREATE_FIELDS = frozenset({"name", "scope", "user"})
-
 
 def _iso(value):
     return value.isoformat() if value else None
@@ -27,40 +25,27 @@ def token_view(info: token_service.TokenInfo) -> dict:
 
 
 @bp.post("/tokens")
-@require_user
-def create_token():
-    payload = json_body()
-    if not isinstance(payload, dict):
-        raise RequestError([FieldProblem("body", "must be a JSON object")])
-    problems = [FieldProblem(field, "unknown field") for field in sorted(set(payload) - CREATE_FIELDS)]
-    user_id = payload.get("user")
-    if user_id is not None and (not isinstance(user_id, int) or isinstance(user_id, bool)):
-        problems.append(FieldProblem("user", "must be a user id (an integer)"))
-    if problems:
-        raise RequestError(problems)
+@declare("Create an API token for yourself (admins: for any user); the token is shown once", {201: Answer(
+    schemas.TokenCreated, "Created", links={"RevokeToken": ("DELETE /api/v1/tokens/{token_id}", {"token_id": "$response.body#/id"})})},
+         body=schemas.TokenCreate, errors=(404, 409))
+def create_token(body: schemas.TokenCreate):
     try:
-        row, plain = token_service.create_token(
-            farm_context(), g.user, user_id=user_id, name=payload.get("name", "default"),
-            scope=payload.get("scope", "full"), actor_scope=g.token_scope,
-        )
+        row, plain = token_service.create_token(farm_context(), g.user, user_id=body.user, name=body.name,
+                                                scope=body.scope, actor_scope=g.token_scope)
     except token_service.ForbiddenError as exc:
         raise ApiError(403, str(exc)) from None
     return jsonify({"id": row.id, "name": row.name, "prefix": row.prefix, "scope": row.scope, "token": plain}), 201
 
 
 @bp.get("/tokens")
-@require_user
-def list_tokens():
-    user = request.args.get("user")
-    try:
-        user_id = int(user) if user is not None else None
-    except ValueError:
-        raise ApiError(400, "user must be a user id (an integer)") from None
-    infos = token_service.list_tokens(farm_context(), g.user, user_id)
+@declare("Your tokens, revoked ones included (admins: user=ID for another's); never the token or its hash",
+         {200: schemas.TokenList}, query=schemas.TokenListQuery, errors=(403, 404))
+def list_tokens(query: schemas.TokenListQuery):
+    infos = token_service.list_tokens(farm_context(), g.user, query.user)
     return jsonify({"tokens": [token_view(info) for info in infos]})
 
 
 @bp.delete("/tokens/<token_id>")
-@require_user
-def revoke_token(token_id: str):
-    return jsonify(token_view(token_service.revoke_token(farm_context(), g.user, token_id)))
+@declare("Revoke a token (your own; admins: any)", {200: schemas.TokenView}, path=schemas.TokenPath, errors=(409,))
+def revoke_token(token_id: int):
+    return jsonify(token_view(token_service.revoke_token(farm_context(), g.user, str(token_id))))

@@ -6,8 +6,11 @@ import logging
 
 from flask import Blueprint, g, jsonify
 
+from farm.api import schemas
+from farm.api.contract import Answer, declare
 from farm.api.errors import ApiError
-from farm.api.security import farm_context, json_body, require_admin, require_user
+from farm.api.security import farm_context
+from farm.spec import FieldProblem, RequestError
 from farm.auth import UserExistsError, create_user
 
 logger = logging.getLogger(__name__)
@@ -15,28 +18,19 @@ bp = Blueprint("users", __name__)
 
 
 @bp.post("/users")
-@require_admin
-def create_user_route():
-    payload = json_body()
-    name = payload.get("name") if isinstance(payload, dict) else None
-    role = payload.get("role", "member") if isinstance(payload, dict) else None
-    if not isinstance(name, str) or not 1 <= len(name) <= 64:
-        raise ApiError(422, "name is required: 1 to 64 characters", [{"field": "name", "message": "required"}])
-    if role not in ("admin", "member"):
-        raise ApiError(422, "role must be 'admin' or 'member'", [{"field": "role", "message": "admin or member"}])
-    unknown = set(payload) - {"name", "team", "role", "password"}
-    if unknown:
-        raise ApiError(422, f"unknown fields: {', '.join(sorted(unknown))}")
+@declare("Create a user (admin); the answer holds its first API token", {201: schemas.UserCreated},
+         auth="admin", body=schemas.UserCreate, errors=(409,))
+def create_user_route(body: schemas.UserCreate):
     try:
         with farm_context().db.transaction() as session:
-            user, token = create_user(session, name, admin=role == "admin", team=payload.get("team"), password=payload.get("password"))
+            user, token = create_user(session, body.name, admin=body.role == "admin", team=body.team, password=body.password)
     except UserExistsError as exc:
         raise ApiError(409, str(exc)) from None
     return jsonify({"id": user.id, "name": user.name, "role": user.role, "token": token}), 201
 
 
 @bp.get("/me")
-@require_user
+@declare("Who the token belongs to, with quota limits, usage and what remains", {200: schemas.MeView})
 def me():
     from farm.services.quotas import me_report
 
@@ -51,49 +45,49 @@ def me():
     })
 
 
-@bp.put("/users/<int:user_id>/quota")
-@require_admin
-def set_user_quota(user_id: int):
+@bp.put("/users/<user_id>/quota")
+@declare("Set a user's quota (admin); null or absent = unlimited", {200: schemas.QuotaView}, auth="admin",
+         path=schemas.UserPath, body=schemas.QuotaLimits)
+def set_user_quota(user_id: int, body: schemas.QuotaLimits):
     from farm.services.quotas import quota_view, set_quota
 
-    return jsonify(quota_view(set_quota(farm_context(), "user", user_id, json_body())))
+    return jsonify(quota_view(set_quota(farm_context(), "user", user_id, body.model_dump(exclude_none=True))))
 
 
-@bp.put("/teams/<int:team_id>/quota")
-@require_admin
-def set_team_quota(team_id: int):
+@bp.put("/teams/<team_id>/quota")
+@declare("Set a team's quota (admin); null or absent = unlimited", {200: schemas.QuotaView}, auth="admin",
+         path=schemas.TeamPath, body=schemas.QuotaLimits)
+def set_team_quota(team_id: int, body: schemas.QuotaLimits):
     from farm.services.quotas import quota_view, set_quota
 
-    return jsonify(quota_view(set_quota(farm_context(), "team", team_id, json_body())))
+    return jsonify(quota_view(set_quota(farm_context(), "team", team_id, body.model_dump(exclude_none=True))))
 
 
 @bp.get("/usage")
-@require_admin
-def usage():
+@declare("Usage per user, team, model and/or day (admin); format=csv for a spreadsheet",
+         {200: Answer(schemas.UsageReport, media={"text/csv": {"type": "string"}})}, auth="admin", query=schemas.UsageQuery)
+def usage(query: schemas.UsageQuery):
     """Usage per user, team, model and/or day; ?format=csv for a spreadsheet."""
     import datetime as dt
-
-    from flask import request
 
     from farm.models import utcnow
     from farm.services.quotas import usage_report
 
-    def parse_time(name: str, default: dt.datetime) -> dt.datetime:
-        value = request.args.get(name)
+    def parse_time(name: str, value: str | None, default: dt.datetime) -> dt.datetime:
         if not value:
             return default
         try:
             parsed = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ApiError(400, f"{name} must be an ISO date or time, e.g. 2026-11-01") from None
+            raise RequestError([FieldProblem(name, "must be an ISO date or time, e.g. 2026-11-01")], status=400) from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
     now = utcnow()
-    since = parse_time("since", now - dt.timedelta(days=30))
-    until = parse_time("until", now + dt.timedelta(seconds=1))
-    group_by = [g for g in request.args.get("group_by", "user").split(",") if g]
+    since = parse_time("since", query.since, now - dt.timedelta(days=30))
+    until = parse_time("until", query.until, now + dt.timedelta(seconds=1))
+    group_by = query.group_by.split(",")
     rows = usage_report(farm_context(), group_by, since, until)
-    if request.args.get("format") == "csv":
+    if query.format == "csv":
         return usage_csv(rows, group_by)
     return jsonify({"since": since.isoformat(), "until": until.isoformat(), "group_by": group_by, "rows": rows})
 

@@ -7,7 +7,9 @@ import logging
 from flask import Blueprint, jsonify
 from sqlalchemy import select
 
-from farm.api.security import farm_context, require_admin, require_user
+from farm.api import schemas
+from farm.api.contract import declare
+from farm.api.security import farm_context
 from farm.api.views import worker_state, worker_view
 from farm.models import ModelEntry, Worker, utcnow
 
@@ -16,7 +18,7 @@ bp = Blueprint("workers", __name__)
 
 
 @bp.get("/workers")
-@require_user
+@declare("Workers with their state, VRAM and the models they hold", {200: schemas.WorkerList})
 def list_workers():
     now = utcnow()
     with farm_context().db.session() as session:
@@ -25,7 +27,8 @@ def list_workers():
 
 
 @bp.post("/workers/<worker_id>/drain")
-@require_admin
+@declare("Drain a worker: it finishes its work and takes no more (admin)", {200: schemas.WorkerState},
+         auth="admin", path=schemas.WorkerPath, errors=(409,))
 def drain_worker(worker_id: str):
     """Finish current work, take no more."""
     from farm.services.workers import set_draining
@@ -35,7 +38,8 @@ def drain_worker(worker_id: str):
 
 
 @bp.post("/workers/<worker_id>/resume")
-@require_admin
+@declare("Resume a drained worker (admin)", {200: schemas.WorkerState}, auth="admin", path=schemas.WorkerPath,
+         errors=(409,))
 def resume_worker(worker_id: str):
     from farm.services.workers import set_draining
 
@@ -44,7 +48,7 @@ def resume_worker(worker_id: str):
 
 
 @bp.get("/loras")
-@require_user
+@declare("Registered LoRAs: id, family, weights sha256", {200: schemas.LoraList})
 def list_loras():
     from farm.loras import list_loras as registered
 
@@ -55,7 +59,7 @@ def list_loras():
 
 
 @bp.get("/models")
-@require_user
+@declare("Registered models, their variants and which workers hold them", {200: schemas.ModelList})
 def list_models():
     with farm_context().db.session() as session:
         models = session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars().all()

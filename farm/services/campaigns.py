@@ -19,7 +19,7 @@ import uuid
 import zipfile
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy import func, insert, select
 
 from farm import states
@@ -30,6 +30,8 @@ from farm.costs import estimate_render_s
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, utcnow
 from farm.loras import lora_infos
 from farm.registry import model_infos
+from farm import safejson
+from farm.safejson import CheckedModel
 from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
 from farm.services.quotas import Cost, reserve
 from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, parse_request, resolve_request
@@ -45,17 +47,13 @@ _FLOAT_FIELDS = {"guidance_scale"}
 _LIST_FIELDS = {"styles"}
 
 
-class WebhookSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhookSpec(CheckedModel):
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
     secret: str = Field(min_length=16, max_length=128)
     per_job: bool = False  # also one POST per finished job
 
 
-class CampaignRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CampaignRequest(CheckedModel):
     name: str = Field(min_length=1, max_length=200)
     base: dict[str, Any] = Field(default_factory=dict)
     matrix: dict[str, list[Any]] = Field(default_factory=dict)
@@ -111,9 +109,9 @@ def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RequestError([FieldProblem(f"rows line {number}", f"not JSON: {exc.msg}")]) from None
+                row = safejson.loads(line)
+            except safejson.UnsafeJSONError as exc:
+                raise RequestError([FieldProblem(f"rows line {number}", str(exc))]) from None
             if not isinstance(row, dict):
                 raise RequestError([FieldProblem(f"rows line {number}", "each line must be a JSON object")])
             rows.append(row)

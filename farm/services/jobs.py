@@ -161,14 +161,19 @@ class JobPage:
 
 
 def encode_cursor(job: Job) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode().rstrip("=")
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=dt.timezone.utc)  # SQLite drops the zone
+    return base64.urlsafe_b64encode(f"{created.isoformat()}|{job.id}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    """The (created_at, id) a page ends at; a cursor this API did not write is refused."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split("|")
-        return dt.datetime.fromisoformat(created), uuid.UUID(job_id)
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None:  # every cursor this API writes carries its zone
+            raise ValueError("naive timestamp")
+        return when, uuid.UUID(job_id)
     except Exception:
         raise RequestError([FieldProblem("cursor", "not a cursor returned by this API")], status=400) from None
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from sqlalchemy import text
 
 
@@ -26,3 +29,19 @@ def truncate_all(ctx) -> None:
     """Empty every farm table of a test database (shared across one run's tests)."""
     with ctx.db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {ALL_TABLES} CASCADE"))
+
+
+@contextlib.contextmanager
+def served(app, threads: int = 8):
+    """``app`` over real HTTP (waitress) on a free loopback port; yields its base URL."""
+    from waitress.server import create_server
+
+    from farm.localcluster import free_port
+
+    port = free_port()
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()

@@ -1,0 +1,409 @@
+"""The API's shapes as pydantic models: path and query parameters, bodies and
+answers. Routes declare them (farm/api/contract.py), requests are checked
+against them, and /api/v1/openapi.json is generated from them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from farm.safejson import MAX_INT, UUID_PATTERN, CheckedModel
+
+logger = logging.getLogger(__name__)
+
+JOB_STATUSES = ("queued", "assigned", "running", "succeeded", "failed", "canceled")
+
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN, examples=["0b7c5a9e-4a1f-4d1e-9a51-3f3c2a1b0c9d"])]
+# Row ids are INTEGER columns.
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# In JSON bodies numbers must be numbers: no "5", no true.
+BodyRowId = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+Timestamp = Annotated[str, Field(description="ISO 8601 with a time zone")]
+
+
+Checked = CheckedModel
+
+
+class Params(Checked):
+    """Query parameters: ones this operation does not know are ignored, as HTTP clients expect."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------- path parameters
+
+class JobPath(Checked):
+    job_id: Uuid
+
+
+class OutputPath(Checked):
+    output_id: Uuid
+
+
+class CampaignPath(Checked):
+    campaign_id: Uuid
+
+
+class WorkerPath(Checked):
+    worker_id: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/]+$")]
+
+
+class TokenPath(Checked):
+    token_id: RowId
+
+
+class UserPath(Checked):
+    user_id: RowId
+
+
+class TeamPath(Checked):
+    team_id: RowId
+
+
+# --------------------------------------------------------------------------- query parameters
+
+def _comma_list(choices: tuple[str, ...], what: str):
+    """A comma-separated list of ``choices``: checked by a validator that names the
+    wrong entry, documented as the equivalent pattern."""
+
+    def check(value: str) -> str:
+        for entry in value.split(","):
+            if entry not in choices:
+                raise ValueError(f"unknown {what} {entry!r}; use one or more of {', '.join(choices)}, separated by commas")
+        return value
+
+    pattern = rf"^({'|'.join(choices)})(,({'|'.join(choices)}))*$"
+    return Annotated[str, AfterValidator(check), WithJsonSchema(
+        {"type": "string", "pattern": pattern, "description": f"One {what} or several separated by commas"})]
+
+
+StatusFilter = _comma_list(JOB_STATUSES, "status")
+Cursor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
+                              description="next_cursor of the previous page")]
+Limit = Annotated[int, Field(ge=1, le=200)]
+
+
+class WaitQuery(Params):
+    wait: float = Field(default=0, ge=0, le=30, description="Seconds to wait for the job to finish (long poll)")
+
+
+class JobListQuery(Params):
+    status: StatusFilter | None = None
+    campaign: Uuid | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 50
+
+
+class CampaignJobsQuery(Params):
+    status: StatusFilter | None = None
+    cursor: Cursor | None = None
+    limit: Limit = 50
+
+
+class ManifestQuery(Params):
+    format: Literal["csv", "jsonl"] = "jsonl"
+
+
+class TokenListQuery(Params):
+    user: RowId | None = Field(default=None, description="Whose tokens (admins only; default: yourself)")
+
+
+class UsageQuery(Params):
+    since: Annotated[str, Field(max_length=40, description="ISO date or time; a time without zone is UTC")] | None = None
+    until: Annotated[str, Field(max_length=40, description="ISO date or time; a time without zone is UTC")] | None = None
+    group_by: _comma_list(("user", "team", "model", "day"), "grouping") = "user"  # type: ignore[valid-type]
+    format: Literal["json", "csv"] = "json"
+
+
+# --------------------------------------------------------------------------- bodies
+
+class UserCreate(Checked):
+    name: Name
+    team: Name | None = None
+    role: Literal["admin", "member"] = "member"
+    password: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
+
+
+class QuotaLimits(Checked):
+    """A user's or team's limits; null or absent = unlimited."""
+
+    images_per_day: Int32 | None = None
+    gpu_seconds_per_month: Annotated[float, Field(ge=0, le=1e12, strict=True)] | None = None
+    max_concurrent_jobs: Int32 | None = None
+    max_queued_jobs: Int32 | None = Field(default=None, description="Jobs waiting to start (queued or assigned)")
+    max_pixels: Int32 | None = None
+    max_steps: Int32 | None = None
+
+
+class TokenCreate(Checked):
+    name: Name = "default"
+    scope: Literal["full", "read"] = "full"
+    user: BodyRowId | None = Field(default=None, description="user id (admins only; default: yourself)")
+
+
+# --------------------------------------------------------------------------- answers
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: str
+    polling_url: str
+
+
+class RerenderAccepted(JobAccepted):
+    rerender_of: str
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    percent: float
+    eta_s: float | None
+
+
+class OutputLink(BaseModel):
+    id: str
+    index: int
+    url: str
+    lineage_url: str
+
+
+class JobView(BaseModel):
+    id: str
+    status: Literal[JOB_STATUSES]  # type: ignore[valid-type]
+    polling_url: str
+    progress: Progress
+    outputs: list[OutputLink]
+    error: str | None
+    campaign: str | None
+    model: str
+    params: dict[str, Any]
+    priority: int
+    created_at: Timestamp
+    assigned_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    worker: str | None
+    attempt: int
+    rerender_of: str | None
+    rerender_matches: bool | None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class OutputRecord(OutputLink):
+    """The lineage record: the link fields and everything that made the image."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class UploadView(BaseModel):
+    id: str
+    width: int
+    height: int
+    byte_size: int
+
+
+class WorkerView(BaseModel):
+    id: str
+    host: str
+    state: Literal["online", "draining", "stopping", "unhealthy", "offline"]
+    draining: bool
+    health_error: str | None
+    device: str
+    device_name: str | None
+    vram_total_gb: float
+    vram_free_gb: float
+    loaded_models: list[dict[str, Any]]
+    serves_models: list[str] | None
+    families: list[str] | None
+    max_pixels: int | None
+    heartbeat_age_s: float
+    started_at: Timestamp | None
+    software: dict[str, Any] | None
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerView]
+
+
+class WorkerState(BaseModel):
+    id: str
+    state: str
+
+
+class LoraView(BaseModel):
+    id: str
+    family: str
+    weights_sha256: str | None
+    description: str | None
+
+
+class LoraList(BaseModel):
+    loras: list[LoraView]
+
+
+class ModelVariant(BaseModel):
+    id: str
+    variant: str | None
+    default_steps: int
+    vram_gb: float
+
+
+class ModelView(BaseModel):
+    id: str
+    family: str
+    source: str | None
+    revision: str | None
+    dtype: str | None
+    vram_gb: float
+    default_steps: int
+    default_guidance: float
+    description: str | None
+    base: str | None
+    variant: str | None
+    variants: list[ModelVariant]
+    weights_sha256: str | None
+    held_by: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelView]
+
+
+class StyleList(BaseModel):
+    styles: list[dict[str, Any]]
+    categories: list[str]
+
+
+class PresetList(BaseModel):
+    presets: list[dict[str, Any]]
+
+
+class UserCreated(BaseModel):
+    id: int
+    name: str
+    role: str
+    token: str = Field(description="The user's first API token; shown once")
+
+
+class QuotaView(BaseModel):
+    images_per_day: int | None = None
+    gpu_seconds_per_month: float | None = None
+    max_concurrent_jobs: int | None = None
+    max_pixels: int | None = None
+    max_steps: int | None = None
+
+    model_config = ConfigDict(extra="allow")
+
+
+class MeUser(BaseModel):
+    id: int
+    name: str
+    role: str
+    team: str | None
+
+
+class MeQuotas(BaseModel):
+    user: QuotaView | None
+    team: QuotaView | None
+
+
+class MeView(BaseModel):
+    user: MeUser
+    quota: MeQuotas
+    usage: dict[str, Any]
+    remaining: dict[str, float]
+
+
+class UsageReport(BaseModel):
+    since: Timestamp
+    until: Timestamp
+    group_by: list[str]
+    rows: list[dict[str, Any]]
+
+
+class Cost(BaseModel):
+    jobs: int
+    images: int
+    gpu_seconds: float
+
+
+class CampaignSubmitted(BaseModel):
+    id: str | None = Field(default=None, description="absent for a dry run")
+    jobs: int
+    cost: Cost
+
+
+class CampaignView(BaseModel):
+    id: str
+    name: str
+    status: str
+    priority: int
+    jobs: int
+    images: int
+    counts: dict[str, int]
+    percent: float
+    images_per_minute: float
+    eta_s: float | None
+    budget_images: int | None
+    deadline: Timestamp | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    webhook: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CampaignCanceled(CampaignView):
+    canceled_jobs: int
+
+
+class CampaignRetried(CampaignView):
+    retried_jobs: int
+
+
+class TokenView(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scope: Literal["full", "read"]
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+class TokenCreated(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scope: Literal["full", "read"]
+    token: str = Field(description="The token itself; shown only this once")
+
+
+class Document(BaseModel):
+    """An OpenAPI 3.1 document."""
+
+    model_config = ConfigDict(extra="allow")
