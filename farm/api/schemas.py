@@ -353,6 +353,31 @@ class CampaignSubmitted(BaseModel):
     cost: Cost
 
 
+class WebhookCompletion(BaseModel):
+    state: Literal["waiting", "pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    next_at: Timestamp | None
+
+
+class WebhookJobDelivery(BaseModel):
+    job: str
+    event: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    at: Timestamp | None
+
+
+class WebhookStatus(BaseModel):
+    """Where the campaign's webhook deliveries stand (the secret is never shown)."""
+
+    url: str
+    per_job: bool
+    completion: WebhookCompletion
+    last_job_delivery: WebhookJobDelivery | None
+
+
 class CampaignView(BaseModel):
     id: str
     name: str
@@ -368,9 +393,7 @@ class CampaignView(BaseModel):
     deadline: Timestamp | None
     created_at: Timestamp
     finished_at: Timestamp | None
-    webhook: dict[str, Any] | None = None
-
-    model_config = ConfigDict(extra="allow")
+    webhook: WebhookStatus | None
 
 
 class CampaignCanceled(CampaignView):

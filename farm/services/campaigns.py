@@ -27,7 +27,7 @@ from farm.outbound import OutboundRefused, check_url
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
-from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, utcnow
+from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, WebhookDelivery, utcnow
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm import safejson
@@ -240,12 +240,36 @@ def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, A
         unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
         if unfinished == 0 and campaign.status in (CampaignStatus.active.value, CampaignStatus.paused.value):
             campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
+        webhook = webhook_status(session, campaign)
     return {
         "id": str(campaign.id), "name": campaign.name, "status": campaign.status, "priority": campaign.priority,
         "jobs": campaign.job_count, "images": campaign.image_count,
         **progress(campaign, counts, recent),
         "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
         "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+        "webhook": webhook,
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def webhook_status(session, campaign: Campaign) -> dict[str, Any] | None:
+    """Where the campaign's webhook deliveries stand, for its owner: the completion
+    event's state and last error, and the latest per-job delivery (never the secret)."""
+    if campaign.webhook_url is None:
+        return None
+    latest = session.execute(select(WebhookDelivery).where(WebhookDelivery.campaign_id == campaign.id)
+                             .order_by(WebhookDelivery.updated_at.desc(), WebhookDelivery.id.desc()).limit(1)).scalar_one_or_none()
+    return {
+        "url": campaign.webhook_url,
+        "per_job": campaign.webhook_per_job,
+        "completion": {"state": campaign.webhook_state or "waiting", "attempts": campaign.webhook_attempts,
+                       "last_error": campaign.webhook_last_error, "next_at": _iso(campaign.webhook_next_at)},
+        "last_job_delivery": None if latest is None else {
+            "job": str(latest.job_id), "event": latest.event, "state": latest.state, "attempts": latest.attempts,
+            "last_error": latest.last_error, "at": _iso(latest.updated_at)},
     }
 
 

@@ -94,6 +94,11 @@ def test_gives_up_after_max_attempts_and_refuses_bad_hooks(farm_api):
             return session.get(Campaign, uuid.UUID(campaign_id)).webhook_state == "failed"
     wait_for(failed, ctx)
     assert len(receiver.received) == 3 and json.loads(receiver.received[0][1])["event"] == "campaign.canceled"
+    # The owner sees on the campaign how the delivery went, and never the secret.
+    shown = client.get(f"/api/v1/campaigns/{campaign_id}", headers=headers).get_json()["webhook"]
+    assert shown["url"] == receiver.url and shown["completion"]["state"] == "failed"
+    assert shown["completion"]["attempts"] == 3 and "500" in shown["completion"]["last_error"]
+    assert SECRET not in json.dumps(shown)
     bad = client.post("/api/v1/campaigns", json={"name": "b", "base": base, "webhook": {"url": "ftp://x", "secret": "short"}}, headers=headers)
     assert bad.status_code == 422 and {d["field"] for d in bad.get_json()["error"]["details"]} == {"webhook.url", "webhook.secret"}
 
