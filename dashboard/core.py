@@ -104,10 +104,15 @@ def field_errors(exc: RequestError) -> dict[str, str]:
     return errors
 
 
-def _error_page(status: int, message: str):
+def retry_after(exc: Exception) -> dict[str, str]:
+    """A quota refusal's Retry-After header (farm/services/quotas.py chooses the value); none for other errors."""
+    return {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QuotaExceededError) else {}
+
+
+def _error_page(status: int, message: str, headers: dict[str, str]):
     if is_htmx():
-        return render_template("partials/error.html", message=message), status
-    return render_template("error.html", status=status, message=message), status
+        return render_template("partials/error.html", message=message), status, headers
+    return render_template("error.html", status=status, message=message), status, headers
 
 
 # The services' errors as HTML pages (the API answers the same errors in JSON, farm/api/errors.py).
@@ -127,4 +132,4 @@ def _message(exc: Exception) -> str:
 
 
 for _kind, _status in _ERROR_PAGES:
-    bp.register_error_handler(_kind, lambda exc, status=_status: _error_page(status(exc), _message(exc)))
+    bp.register_error_handler(_kind, lambda exc, status=_status: _error_page(status(exc), _message(exc), retry_after(exc)))

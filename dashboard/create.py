@@ -8,7 +8,7 @@ import logging
 from flask import g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from dashboard.core import bp, farm_ctx, field_errors, login_required
+from dashboard.core import bp, farm_ctx, field_errors, login_required, retry_after
 from dashboard.forms import prefill_from_request, read_create_form
 from farm.models import Job, ModelEntry
 from farm.services import campaigns as campaign_service
@@ -157,7 +157,7 @@ def submit():
     except RequestError as exc:
         return _render_form(values, field_errors(exc), 422, "The request needs fixing: see the marked fields.")
     except QuotaExceededError as exc:
-        return _render_form(values, {"quota": str(exc)}, 429)
+        return *_render_form(values, {"quota": str(exc)}, 429), retry_after(exc)
     return redirect(url_for("dashboard.job", job_id=job.id))
 
 

@@ -260,17 +260,23 @@ def _quota_owner(session, user_name: str | None, team_name: str | None):
 @click.option("--images-per-day", type=click.IntRange(min=0), default=None)
 @click.option("--gpu-seconds-per-month", type=click.FloatRange(min=0), default=None)
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=0), default=None)
+@click.option("--max-queued-jobs", type=click.IntRange(min=0), default=None,
+              help="jobs that may wait to start (queued or assigned) at once")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None)
 @click.option("--max-steps", type=click.IntRange(min=0), default=None)
 @friendly_errors
 def quotas_set(user_name, team_name, **limits) -> None:
     """Replace the limits of one user or team; a limit left out is unlimited."""
     from farm.services.quotas import quota_view, set_quota
+    from farm.spec import RequestError
 
     ctx = _context()
     with ctx.db.session() as session:
         owner, row = _quota_owner(session, user_name, team_name)
-    quota = set_quota(ctx, owner, row.id, {k: v for k, v in limits.items() if v is not None})
+    try:
+        quota = set_quota(ctx, owner, row.id, {k: v for k, v in limits.items() if v is not None})
+    except RequestError as exc:  # a value past what the column holds
+        raise CliError(str(exc)) from None
     click.echo(f"{owner} {row.name}: " + ", ".join(f"{k}={v if v is not None else 'unlimited'}" for k, v in quota_view(quota).items()))
 
 

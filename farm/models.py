@@ -41,6 +41,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+# The largest value an Integer column holds (PostgreSQL's integer is 32-bit):
+# a larger number given for one must be refused before it reaches the database.
+INTEGER_MAX = 2**31 - 1
 
 
 def utcnow() -> dt.datetime:
@@ -280,6 +283,8 @@ class Quota(Timestamped, Base):
     max_concurrent_jobs: Mapped[Optional[int]] = mapped_column(Integer)
     max_pixels: Mapped[Optional[int]] = mapped_column(Integer)
     max_steps: Mapped[Optional[int]] = mapped_column(Integer)
+    # Jobs queued or assigned (not yet started) at once; checked at submission.
+    max_queued_jobs: Mapped[Optional[int]] = mapped_column(Integer)
 
 
 class UsageEntry(Base):
@@ -315,6 +320,7 @@ class Job(Timestamped, Base):
         Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
         Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_campaign_created", "campaign_id", "created_at", "id"),
+        Index("ix_jobs_user_status", "user_id", "status"),  # max_queued_jobs counts
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

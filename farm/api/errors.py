@@ -55,7 +55,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(QuotaExceededError)
     def _quota(exc: QuotaExceededError):
-        return error_response(429, str(exc), {"limit": exc.limit, "owner": exc.owner, **exc.details})
+        response, status = error_response(429, str(exc), {"limit": exc.limit, "owner": exc.owner, **exc.details})
+        # Chosen per limit by the quota service (farm/services/quotas.py).
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, status
 
     @app.errorhandler(NotFoundError)
     def _not_found(exc: NotFoundError):

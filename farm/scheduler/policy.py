@@ -11,6 +11,8 @@ How it decides, for each free worker slot in turn:
    (a waiting job climbs one class per ``CLASS_AGE_S``), then by recent GPU
    use divided by their weight minus ``AGE_WEIGHT`` times how long their
    oldest job has waited (so waiting always wins eventually: no starvation).
+   A user at their ``max_concurrent_jobs`` (``Share.max_running``), or in a
+   team at the team's, gets nothing more in this call, on any path below.
 2. That user's oldest job goes to a free worker that already holds its model
    (no load).
 3. Otherwise, while the job is still within its patience (a few load-times),
@@ -124,12 +126,12 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class Share:
-    """A user's claim on the farm: weight, and recent use (decayed GPU-seconds)."""
+    """A user's or a team's claim on the farm: weight, recent use (decayed GPU-seconds) and concurrency."""
 
     weight: float = 1.0
     usage_s: float = 0.0
-    running: int = 0
-    max_running: int | None = None  # the user's max_concurrent_jobs quota
+    running: int = 0  # jobs assigned or running now (a team's: all its members')
+    max_running: int | None = None  # the max_concurrent_jobs quota
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class Snapshot:
     workers: Sequence[WorkerState]
     now: float
     shares: Mapping[int, Share] = field(default_factory=dict)  # by user id; absent = weight 1, no use
-    team_shares: Mapping[int, Share] = field(default_factory=dict)  # by team id; absent = teams not weighed
+    # By team id; absent = the team is not weighed and has no concurrency limit.
+    team_shares: Mapping[int, Share] = field(default_factory=dict)
     # (worker id, model id) pairs where another copy of a model may be loaded;
     # None: anywhere the copy rule allows. The live scheduler leaves it None;
     # bench/scheduler_plan.py (an experiment, docs/benchmarks.md) fills it.
@@ -233,15 +236,16 @@ class _Queue:
         self.cursor = i
         return jobs[i] if i < len(jobs) else None
 
-    def first_runnable_on(self, worker: WorkerState, taken: set, limit: int = 8) -> QueuedJob | None:
-        """The oldest untaken job that can run on ``worker`` (looks a few deep)."""
+    def first_runnable_on(self, worker: WorkerState, taken: set, held_back=None, limit: int = 8) -> QueuedJob | None:
+        """The oldest untaken job that can run on ``worker`` (looks a few deep); ``held_back(job)``: skip it."""
         jobs = self.jobs
         seen = 0
         for i in range(self.cursor, len(jobs)):
             job = jobs[i]
             if job.id in taken:
                 continue
-            if worker.id not in job.excluded_workers and job.pixels <= worker.max_pixels:
+            if worker.id not in job.excluded_workers and job.pixels <= worker.max_pixels \
+                    and (held_back is None or not held_back(job)):
                 return job
             seen += 1
             if seen >= limit:
@@ -276,6 +280,8 @@ class _Placement:
         self.taken: set = set()
         self.no_target: set = set()  # (model, pixels, exclusions, patient) with no free worker; see runnable_later_job
         self.placed: dict[str, int] = {}
+        self.started_users: dict[int, int] = {}  # jobs assigned in this call, per user
+        self.started_teams: dict[int, int] = {}  # ... per team
         self.added_usage: dict[int, float] = {}
         self.decisions = Decisions()
 
@@ -433,8 +439,10 @@ class _Placement:
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
         self.placed_work_s[job.model_id] = self.placed_work_s.get(job.model_id, 0.0) + job.est_seconds
         self.added_usage[job.user_id] = self.added_usage.get(job.user_id, 0.0) + job.est_seconds / worker.speed
+        self.started_users[job.user_id] = self.started_users.get(job.user_id, 0) + 1
         if job.team_id is not None:
             self.added_team_usage[job.team_id] = self.added_team_usage.get(job.team_id, 0.0) + job.est_seconds / worker.speed
+            self.started_teams[job.team_id] = self.started_teams.get(job.team_id, 0) + 1
         self.decisions.assignments.append(Assignment(job.id, job.attempt, worker.id, evict))
 
     def holder_for(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
@@ -459,7 +467,9 @@ class _Placement:
                 queue = self.by_model.get(model_id)
                 if queue is None:
                     continue
-                job = queue.first_runnable_on(worker, self.taken)
+                # Another user's job is taken out of turn here, so its
+                # owner's limits are checked here too.
+                job = queue.first_runnable_on(worker, self.taken, self.at_quota)
                 if job is None or (best is not None and (-job.priority, job.queued_at) >= (-best[0].priority, best[0].queued_at)):
                     continue
                 priced = self.plan(worker, job)
@@ -572,7 +582,7 @@ class _Placement:
             self.no_target.add(key)
         return None
 
-    def rebalance(self, started: dict[int, int]) -> None:
+    def rebalance(self) -> None:
         """A free worker whose own models' queues are short takes a copy of a model whose holders are swamped.
 
         Without this a GPU that holds a popular model is never free of work
@@ -613,9 +623,8 @@ class _Placement:
             for backlog, model_id in candidates:
                 if backlog < need:
                     break
-                job = self.by_model[model_id].first_runnable_on(worker, self.taken)
-                if job is None or not _can_run_here(job, worker) or self.at_quota(job.user_id, started) \
-                        or not self.copy_allowed(worker.id, model_id):
+                job = self.by_model[model_id].first_runnable_on(worker, self.taken, self.at_quota)
+                if job is None or not _can_run_here(job, worker) or not self.copy_allowed(worker.id, model_id):
                     continue
                 if _copy_gain_s(backlog, self.holder_speed[model_id], job, worker) < REPLICATE_GAIN_S:
                     continue
@@ -623,25 +632,32 @@ class _Placement:
                 if priced is None or priced[1]:
                     continue
                 self.assign(job, worker, ())
-                started[job.user_id] = started.get(job.user_id, 0) + 1
                 rough.pop(model_id, None)  # one job fewer waiting for it
                 break
 
-    def at_quota(self, user_id: int, started: dict[int, int]) -> bool:
-        share = self.shares.get(user_id, _DEFAULT_SHARE)
-        return share.max_running is not None and share.running + started.get(user_id, 0) >= share.max_running
+    def at_quota(self, job: QueuedJob) -> bool:
+        """Whether starting ``job`` would pass its owner's or their team's max_concurrent_jobs.
+
+        Both limits hold at once: a team's running jobs (all members') never
+        pass the team's limit, nor a member's their own.
+        """
+        share = self.shares.get(job.user_id, _DEFAULT_SHARE)
+        if share.max_running is not None and share.running + self.started_users.get(job.user_id, 0) >= share.max_running:
+            return True
+        team = self.team_shares.get(job.team_id) if job.team_id is not None else None
+        return team is not None and team.max_running is not None \
+            and team.running + self.started_teams.get(job.team_id, 0) >= team.max_running
 
     def run(self) -> None:
-        started: dict[int, int] = {}
-        self.rebalance(started)
+        self.rebalance()
         heap = self.ranked_users()
         while heap and any(slots > 0 for slots in self.slots.values()):
             _, user_id = heapq.heappop(heap)
             job = self.by_user[user_id].head(self.taken)
             if job is None:
                 continue
-            if self.at_quota(user_id, started):
-                continue  # at their concurrency quota: done for this call
+            if self.at_quota(job):
+                continue  # at their (or their team's) concurrency quota: done for this call
             if self.refuse_if_too_large(job) or self.refuse_if_excluded_everywhere(job):
                 self._requeue_user(heap, user_id)
                 continue
@@ -650,7 +666,6 @@ class _Placement:
                 pair = self.affinity_pair()
                 if pair is not None:
                     self.assign(*pair)
-                    started[pair[0].user_id] = started.get(pair[0].user_id, 0) + 1
                     # Another user's job was served: this user keeps its turn.
                     heapq.heappush(heap, (self.user_rank(user_id, job), user_id))
                     self._rerank(heap, pair[0].user_id, skip=user_id)
@@ -665,7 +680,6 @@ class _Placement:
                     continue  # this user is done for this call
                 job, target = later[0], later[1:]
             self.assign(job, target[0], target[1])
-            started[job.user_id] = started.get(job.user_id, 0) + 1
             self._requeue_user(heap, user_id)
         self.preload_idle()
 

@@ -281,7 +281,8 @@ class Scheduler:
                 .where(Worker.state == "online", Worker.last_heartbeat_at >= fresh_since)
             ).all()
             active = session.execute(
-                select(Job.worker_id, Job.model_id, Job.user_id)
+                select(Job.worker_id, Job.model_id, Job.user_id, User.team_id)
+                .join(User, User.id == Job.user_id)
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
             shares, team_shares = self._shares(session, {r.user_id for r in rows},
@@ -335,6 +336,13 @@ class Scheduler:
             else_=0.0,
         )
 
+    @staticmethod
+    def _concurrency_limits(session, owner, ids: set[int]) -> dict[int, int]:
+        """max_concurrent_jobs by owner id, where set; ``owner`` is Quota.user_id or Quota.team_id."""
+        return dict(session.execute(
+            select(owner, Quota.max_concurrent_jobs).where(owner.in_(ids), Quota.max_concurrent_jobs.is_not(None))
+        ).all())
+
     def _load_team_shares(self, session, team_ids: set[int], now: dt.datetime) -> dict[int, Share]:
         if not team_ids:
             return {}
@@ -346,7 +354,10 @@ class Scheduler:
             .group_by(User.team_id)
         ).all())
         weights = dict(session.execute(select(Team.id, Team.share_weight).where(Team.id.in_(team_ids))).all())
-        return {team_id: Share(weight=weights.get(team_id, 1.0), usage_s=float(usage.get(team_id) or 0.0)) for team_id in team_ids}
+        limits = self._concurrency_limits(session, Quota.team_id, team_ids)
+        return {team_id: Share(weight=weights.get(team_id, 1.0), usage_s=float(usage.get(team_id) or 0.0),
+                               max_running=limits.get(team_id))
+                for team_id in team_ids}
 
     def _shares(self, session, user_ids: set[int], team_ids: set[int], active, now: dt.datetime):
         """Users' and teams' shares. Weights, limits and decayed use move on a
@@ -358,10 +369,13 @@ class Scheduler:
                       self._load_team_shares(session, team_ids, now))
             self._shares_cache = cached
         running: dict[int, int] = {}
+        team_running: dict[int, int] = {}
         for row in active:
             running[row.user_id] = running.get(row.user_id, 0) + 1
+            if row.team_id is not None:
+                team_running[row.team_id] = team_running.get(row.team_id, 0) + 1
         shares = {u: dataclasses.replace(cached[1][u], running=running.get(u, 0)) for u in user_ids}
-        return shares, {t: cached[2][t] for t in team_ids}
+        return shares, {t: dataclasses.replace(cached[2][t], running=team_running.get(t, 0)) for t in team_ids}
 
     def _load_shares(self, session, user_ids: set[int], now: dt.datetime) -> dict[int, Share]:
         """Each waiting user's weight, concurrency limit and recent GPU use, decayed by age."""
@@ -375,9 +389,7 @@ class Scheduler:
             .group_by(Job.user_id)
         ).all())
         weights = dict(session.execute(select(User.id, User.share_weight).where(User.id.in_(user_ids))).all())
-        limits = dict(session.execute(
-            select(Quota.user_id, Quota.max_concurrent_jobs).where(Quota.user_id.in_(user_ids), Quota.max_concurrent_jobs.is_not(None))
-        ).all())
+        limits = self._concurrency_limits(session, Quota.user_id, user_ids)
         return {
             user_id: Share(weight=weights.get(user_id, 1.0), usage_s=float(usage.get(user_id) or 0.0),
                            max_running=limits.get(user_id))

@@ -27,7 +27,7 @@ from farm.outbound import OutboundRefused, check_url
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
-from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, User, WebhookDelivery, utcnow
+from farm.models import INTEGER_MAX, Campaign, CampaignStatus, Job, JobStatus, Output, User, WebhookDelivery, utcnow
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm import safejson
@@ -59,7 +59,7 @@ class CampaignRequest(CheckedModel):
     matrix: dict[str, list[Any]] = Field(default_factory=dict)
     rows: list[dict[str, Any]] = Field(default_factory=list)
     priority: int = Field(default=0, ge=-10, le=10)
-    budget_images: int | None = Field(default=None, ge=1)
+    budget_images: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
     deadline: dt.datetime | None = None
     webhook: WebhookSpec | None = None
     dry_run: bool = False

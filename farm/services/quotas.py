@@ -9,23 +9,45 @@ between measured and reserved GPU seconds; failure and cancellation refund
 the reservation. Those two entries are written by the job state machine in
 the transaction that changes the job, so the ledger cannot drift from the
 jobs.
+
+``max_queued_jobs`` counts the owner's jobs that wait to start: queued and
+assigned (a worker has them but has not started), paused campaigns' queued
+jobs included. It is checked under the same row locks, after them, so the
+count includes every submission that committed before; running jobs are left
+to ``max_concurrent_jobs``, which the scheduler enforces.
+
+Refusals carry ``retry_after_s`` (the API's and the dashboard's
+``Retry-After``): until the day or month resets for the images and GPU-second
+limits, ``QUEUE_RETRY_AFTER_S`` for the queue limit, and
+``NOT_BY_WAITING_RETRY_AFTER_S`` where waiting alone cannot lift the refusal
+(a per-image limit, or a submission larger than the limit by itself).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
 
-from farm.models import Quota, UsageEntry, User, utcnow
+from farm.models import INTEGER_MAX, Job, JobStatus, Quota, UsageEntry, User, utcnow
 
 logger = logging.getLogger(__name__)
 
-LIMIT_FIELDS = ("images_per_day", "gpu_seconds_per_month", "max_concurrent_jobs", "max_pixels", "max_steps")
+LIMIT_FIELDS = ("images_per_day", "gpu_seconds_per_month", "max_concurrent_jobs", "max_queued_jobs", "max_pixels", "max_steps")
+# Jobs that count against max_queued_jobs: waiting to start.
+WAITING_STATUSES = (JobStatus.queued.value, JobStatus.assigned.value)
+# Retry-After for a full queue: a worker takes a job within seconds of a free
+# slot (the scheduler polls every FARM_SCHEDULER_POLL_S and is woken on completion).
+QUEUE_RETRY_AFTER_S = 10
+# Retry-After where waiting lifts nothing (only a smaller request or an admin
+# can): a day, so that clients retrying on their own back off instead of
+# hammering; the message says what to change.
+NOT_BY_WAITING_RETRY_AFTER_S = 86400
 
 
 @dataclass(frozen=True)
@@ -45,11 +67,12 @@ class Cost:
 class QuotaExceededError(Exception):
     """A submission over a limit (answered with 429)."""
 
-    def __init__(self, limit: str, owner: str, message: str, details: dict) -> None:
+    def __init__(self, limit: str, owner: str, message: str, details: dict, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.limit = limit
         self.owner = owner
         self.details = details
+        self.retry_after_s = retry_after_s  # whole seconds before the same request can pass (module docstring)
 
 
 def day_start(now: dt.datetime) -> dt.datetime:
@@ -63,6 +86,11 @@ def month_start(now: dt.datetime) -> dt.datetime:
 def next_month(now: dt.datetime) -> dt.datetime:
     start = month_start(now)
     return (start + dt.timedelta(days=32)).replace(day=1)
+
+
+def seconds_until(moment: dt.datetime, now: dt.datetime) -> int:
+    """Whole seconds from ``now`` to ``moment``, at least 1 (a Retry-After value)."""
+    return max(1, math.ceil((moment - now).total_seconds()))
 
 
 def quotas_for(session: Session, user: User, lock: bool = False) -> list[tuple[str, Quota]]:
@@ -82,6 +110,16 @@ def usage_since(session: Session, since: dt.datetime, *, user_id: int | None = N
     return int(images), float(gpu_seconds)
 
 
+def waiting_jobs(session: Session, *, user_id: int | None = None, team_id: int | None = None) -> int:
+    """The user's (or the team members') jobs that wait to start: queued or assigned."""
+    query = select(func.count()).select_from(Job).where(Job.status.in_(WAITING_STATUSES))
+    if user_id is not None:
+        query = query.where(Job.user_id == user_id)
+    else:
+        query = query.where(Job.user_id.in_(select(User.id).where(User.team_id == team_id)))
+    return int(session.execute(query).scalar_one())
+
+
 def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID | None = None,
             job_id: uuid.UUID | None = None, model_id: str | None = None,
             by_model: dict[str, tuple[int, float]] | None = None) -> None:
@@ -98,10 +136,23 @@ def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID 
         scope = {"user_id": user.id} if owner == "user" else {"team_id": quota.team_id}
         if quota.max_pixels is not None and cost.largest_pixels > quota.max_pixels:
             raise QuotaExceededError("max_pixels", owner, f"{owner} {who} may render at most {quota.max_pixels} pixels per image; "
-                                     f"this asks for {cost.largest_pixels}", {"allowed": quota.max_pixels, "requested": cost.largest_pixels})
+                                     f"this asks for {cost.largest_pixels}", {"allowed": quota.max_pixels, "requested": cost.largest_pixels},
+                                     retry_after_s=NOT_BY_WAITING_RETRY_AFTER_S)
         if quota.max_steps is not None and cost.most_steps > quota.max_steps:
             raise QuotaExceededError("max_steps", owner, f"{owner} {who} may use at most {quota.max_steps} steps; this asks for {cost.most_steps}",
-                                     {"allowed": quota.max_steps, "requested": cost.most_steps})
+                                     {"allowed": quota.max_steps, "requested": cost.most_steps}, retry_after_s=NOT_BY_WAITING_RETRY_AFTER_S)
+        if quota.max_queued_jobs is not None:
+            waiting = waiting_jobs(session, **scope)
+            if waiting + cost.jobs > quota.max_queued_jobs:
+                alone = cost.jobs > quota.max_queued_jobs
+                advice = (f"submit it in parts of at most {quota.max_queued_jobs} jobs" if alone else
+                          "submit again when some have started, or cancel jobs that wait")
+                raise QuotaExceededError(
+                    "max_queued_jobs", owner,
+                    f"{owner} {who} is at the max_queued_jobs limit: at most {quota.max_queued_jobs} jobs may wait to start "
+                    f"(queued or assigned); {waiting} wait now and this submission adds {cost.jobs}; {advice}",
+                    {"allowed": quota.max_queued_jobs, "waiting": waiting, "requested": cost.jobs},
+                    retry_after_s=NOT_BY_WAITING_RETRY_AFTER_S if alone else QUEUE_RETRY_AFTER_S)
         if quota.images_per_day is not None:
             used, _ = usage_since(session, day_start(now), **scope)
             if used + cost.images > quota.images_per_day:
@@ -110,7 +161,8 @@ def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID 
                     "images_per_day", owner,
                     f"{owner} {who} has used {used} of {quota.images_per_day} images today; this submission needs "
                     f"{cost.images} more; the count resets at {resets.isoformat()}",
-                    {"allowed": quota.images_per_day, "used": used, "requested": cost.images, "resets_at": resets.isoformat()})
+                    {"allowed": quota.images_per_day, "used": used, "requested": cost.images, "resets_at": resets.isoformat()},
+                    retry_after_s=seconds_until(resets, now) if cost.images <= quota.images_per_day else NOT_BY_WAITING_RETRY_AFTER_S)
         if quota.gpu_seconds_per_month is not None:
             _, used_s = usage_since(session, month_start(now), **scope)
             if used_s + cost.gpu_seconds > quota.gpu_seconds_per_month:
@@ -120,7 +172,9 @@ def reserve(session: Session, user: User, cost: Cost, *, campaign_id: uuid.UUID 
                     f"{owner} {who} has used {used_s:.0f} of {quota.gpu_seconds_per_month:.0f} GPU-seconds this month; this "
                     f"submission needs about {cost.gpu_seconds:.0f} more; the count resets at {resets.isoformat()}",
                     {"allowed": quota.gpu_seconds_per_month, "used": round(used_s, 2), "requested": round(cost.gpu_seconds, 2),
-                     "resets_at": resets.isoformat()})
+                     "resets_at": resets.isoformat()},
+                    retry_after_s=seconds_until(resets, now) if cost.gpu_seconds <= quota.gpu_seconds_per_month
+                    else NOT_BY_WAITING_RETRY_AFTER_S)
     parts = by_model or {model_id: (cost.images, cost.gpu_seconds)}
     session.add_all([
         UsageEntry(kind="reserve", user_id=user.id, team_id=user.team_id, job_id=job_id, campaign_id=campaign_id,
@@ -161,25 +215,64 @@ def me_report(session: Session, user: User) -> dict:
     now = utcnow()
     images_today, _ = usage_since(session, day_start(now), user_id=user.id)
     _, gpu_month = usage_since(session, month_start(now), user_id=user.id)
-    usage = {"images_today": images_today, "gpu_seconds_this_month": round(gpu_month, 2),
+    queued = waiting_jobs(session, user_id=user.id)
+    usage = {"images_today": images_today, "gpu_seconds_this_month": round(gpu_month, 2), "queued_jobs": queued,
              "day_resets_at": (day_start(now) + dt.timedelta(days=1)).isoformat(), "month_resets_at": next_month(now).isoformat()}
     quotas = dict((owner, q) for owner, q in quotas_for(session, user))
     remaining: dict = {}
+
+    def leaves(key: str, left) -> None:
+        """The tighter of the user's and the team's limits is what remains."""
+        remaining[key] = min(left, remaining.get(key, left))
+
     for owner, quota in quotas.items():
-        scope = {"user_id": user.id} if owner == "user" else {"team_id": quota.team_id}
         if owner == "team":
+            scope = {"team_id": quota.team_id}
             team_images, _ = usage_since(session, day_start(now), **scope)
             _, team_gpu = usage_since(session, month_start(now), **scope)
+            team_queued = waiting_jobs(session, **scope)
             usage["team_images_today"], usage["team_gpu_seconds_this_month"] = team_images, round(team_gpu, 2)
+            usage["team_queued_jobs"] = team_queued
         else:
-            team_images, team_gpu = images_today, gpu_month
+            team_images, team_gpu, team_queued = images_today, gpu_month, queued
         if quota.images_per_day is not None:
-            left = quota.images_per_day - team_images
-            remaining["images_today"] = min(left, remaining.get("images_today", left))
+            leaves("images_today", quota.images_per_day - team_images)
         if quota.gpu_seconds_per_month is not None:
-            left_s = round(quota.gpu_seconds_per_month - team_gpu, 2)
-            remaining["gpu_seconds_this_month"] = min(left_s, remaining.get("gpu_seconds_this_month", left_s))
+            leaves("gpu_seconds_this_month", round(quota.gpu_seconds_per_month - team_gpu, 2))
+        if quota.max_queued_jobs is not None:
+            leaves("queued_jobs", quota.max_queued_jobs - team_queued)
     return {"user": quota_view(quotas.get("user")), "team": quota_view(quotas.get("team")), "usage": usage, "remaining": remaining}
+
+
+def limit_problem(name: str, value) -> str | None:
+    """Why ``value`` cannot be stored as the limit ``name``; None if it can (None is unlimited).
+
+    Refused: booleans (JSON true is not 1), text, NaN and infinities (which
+    GET /me could not write back as JSON), negatives, fractions of a whole
+    count, and anything past what the column holds (a database error
+    otherwise): INTEGER_MAX, or for gpu_seconds_per_month (a double) any finite float.
+    """
+    if value is None:
+        return None
+    whole = isinstance(Quota.__table__.c[name].type, Integer)
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be {kind} >= 0, or null for unlimited; got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, not {value}"
+    if value < 0:
+        return f"must be >= 0 (null is unlimited), not {value}"
+    if whole:
+        if isinstance(value, float) and not value.is_integer():
+            return f"must be a whole number, not {value}"
+        if value > INTEGER_MAX:
+            return f"must be at most {INTEGER_MAX}"
+    else:
+        try:
+            float(value)
+        except OverflowError:  # an integer past the largest double
+            return "must be at most about 1.8e308"
+    return None
 
 
 def set_quota(ctx, owner: str, owner_id: int, payload) -> Quota:
@@ -190,11 +283,11 @@ def set_quota(ctx, owner: str, owner_id: int, payload) -> Quota:
 
     if not isinstance(payload, dict):
         raise RequestError([FieldProblem("body", "send a JSON object of limits")])
-    problems = [FieldProblem(k, "unknown limit; use " + ", ".join(LIMIT_FIELDS)) for k in payload if k not in LIMIT_FIELDS]
+    problems = [FieldProblem(str(k), "unknown limit; use " + ", ".join(LIMIT_FIELDS)) for k in payload if k not in LIMIT_FIELDS]
     for name in LIMIT_FIELDS:
-        value = payload.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            problems.append(FieldProblem(name, "must be a number >= 0, or null for unlimited"))
+        why = limit_problem(name, payload.get(name))
+        if why is not None:
+            problems.append(FieldProblem(name, why))
     if problems:
         raise RequestError(problems)
     with ctx.db.transaction() as session:

@@ -205,3 +205,17 @@ def test_usage_per_model_adds_up_for_campaigns(api):
                                .where(UsageEntry.campaign_id == uuid.UUID(campaign_id))
                                .group_by(UsageEntry.kind, UsageEntry.model_id)).all()
     assert sorted(rows) == [("refund", "m-sd", -3), ("refund", "m-xl", -3), ("reserve", "m-sd", 3), ("reserve", "m-xl", 3)]
+
+
+@pytest.mark.parametrize("budget", ["1e30", "2147483648", "1e15", "99999999999999999999"])
+def test_a_budget_past_what_the_column_holds_is_refused_naming_it(api, budget):
+    """budget_images is an integer column: a larger budget is a 422, not a database error."""
+    ctx, client, h = api
+    for dry_run in ("false", "true"):
+        body = f'{{"name": "b", "base": {json.dumps(BASE)}, "budget_images": {budget}, "dry_run": {dry_run}}}'
+        response = client.post("/api/v1/campaigns", data=body, headers=h["ana"], content_type="application/json")
+        assert response.status_code == 422, response.get_data(as_text=True)
+        assert "budget_images" in {d["field"] for d in response.get_json()["error"]["details"]}
+    assert count_jobs(ctx) == 0
+    ok = client.post("/api/v1/campaigns", json={"name": "b", "base": BASE, "budget_images": 2**31 - 1}, headers=h["ana"])
+    assert ok.status_code == 201

@@ -304,3 +304,32 @@ def test_vary_upscale_and_image_prompt_start_jobs_from_the_image(farm):
     # The tiny model has no IP-Adapter: the refusal names the field, above the form (it has no input of its own).
     assert response.status_code == 422
     assert re.search(r'id="form-message">.*<b>image_prompts</b>: [^<]*IP-Adapter', response.get_data(as_text=True), re.S)
+
+
+def test_quota_refusals_say_when_to_retry(farm):
+    """The dashboard's 429s (the form, and the error page of an action) carry Retry-After, like the API's."""
+    from farm.models import User
+    from farm.services.quotas import NOT_BY_WAITING_RETRY_AFTER_S, QUEUE_RETRY_AFTER_S, set_quota
+
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    with ctx.db.session() as session:
+        ana_id = session.execute(select(User.id).where(User.name == "ana")).scalar_one()
+    post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="2", campaign_name="bells", **SIZE)
+    campaign = only_campaign(ctx)
+    set_quota(ctx, "user", ana_id, {"max_steps": 1, "max_queued_jobs": 2})
+    steps = post(ana, "/create", prompt="a bell", model="tiny-sd", **SIZE)
+    assert steps.status_code == 429 and steps.headers["Retry-After"] == str(NOT_BY_WAITING_RETRY_AFTER_S)
+    set_quota(ctx, "user", ana_id, {"max_queued_jobs": 2})
+    full = post(ana, "/create", prompt="a bell", model="tiny-sd", **SIZE)
+    assert full.status_code == 429 and full.headers["Retry-After"] == str(QUEUE_RETRY_AFTER_S)
+    assert "max_queued_jobs" in full.get_data(as_text=True)
+    # An action refused on the quota: the error page.
+    with ctx.db.session() as session:
+        first = session.execute(select(Job.id).where(Job.campaign_id == campaign.id)).scalars().first()
+    with ctx.db.transaction() as session:
+        states.fail_job(session, first, None, "boom")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", **SIZE)  # the room the failure left
+    retried = post(ana, f"/campaigns/{campaign.id}/retry-failed")
+    assert retried.status_code == 429 and retried.headers["Retry-After"] == str(QUEUE_RETRY_AFTER_S)
+    assert "Over quota" in retried.get_data(as_text=True)

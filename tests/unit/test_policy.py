@@ -413,3 +413,45 @@ def test_the_move_respects_the_concurrency_quota():
     shares = {2: Share(running=1, max_running=1)}
     d = place(Snapshot([own] + swamped, workers, now=2.0, shares=shares))
     assert assigned(d) == {own.id: "w1"}
+
+
+def team_job(user, team, model="a", *, t=0.0):
+    return QueuedJob(id=uuid.uuid4(), attempt=1, user_id=user, model_id=model, family="sd", model_gb=2.0, width=512,
+                     height=512, priority=0, queued_at=t, team_id=team)
+
+
+def test_a_teams_concurrency_quota_caps_its_members_together():
+    # Two members of a team limited to one job at a time, each with work and
+    # free workers for all: one job is placed, whoever's turn it is.
+    jobs = [team_job(1, 7, t=0.0), team_job(1, 7, t=1.0), team_job(2, 7, t=2.0), team_job(2, 7, t=3.0)]
+    workers = [worker(f"w{i}", held={"a": 2.0}) for i in range(4)]
+    teams = {7: Share(max_running=1)}
+    d = place(Snapshot(jobs, workers, now=5.0, team_shares=teams))
+    assert len(d.assignments) == 1
+    # A member's running job counts for the whole team: nothing more starts.
+    d = place(Snapshot(jobs, workers, now=5.0, team_shares={7: Share(running=1, max_running=1)}))
+    assert d.assignments == []
+    # A user of another team is not held back by it.
+    other = team_job(3, 8, t=4.0)
+    d = place(Snapshot(jobs + [other], workers, now=5.0, team_shares={7: Share(running=1, max_running=1)}))
+    assert assigned(d) == {other.id: d.assignments[0].worker_id}
+    # The user's own limit still holds inside a roomier team limit.
+    d = place(Snapshot(jobs, workers, now=5.0, shares={1: Share(max_running=1), 2: Share(max_running=1)},
+                       team_shares={7: Share(max_running=3)}))
+    assert sorted(j.user_id for j in jobs if j.id in assigned(d)) == [1, 2]
+
+
+def test_grouping_does_not_place_the_job_of_a_user_at_quota():
+    # User 1 is served first; no free worker holds their model, so while the
+    # job is patient the free worker is offered the oldest job of a model it
+    # holds. That job's owner is at their limit (own or team's): it must not be taken.
+    waiting = job("b", t=1.0, user=1)
+    capped = job("a", t=0.0, user=2)
+    workers = [worker("w1", held={"a": 2.0})]
+    shares = {1: Share(usage_s=0.0), 2: Share(usage_s=1e6, running=1, max_running=1)}
+    d = place(Snapshot(queue_order(waiting, capped), workers, now=2.0, shares=shares))
+    assert capped.id not in assigned(d)
+    in_team = team_job(2, 7, t=0.0)
+    d = place(Snapshot(queue_order(waiting, in_team), workers, now=2.0, shares={2: Share(usage_s=1e6)},
+                       team_shares={7: Share(running=1, max_running=1)}))
+    assert in_team.id not in assigned(d)

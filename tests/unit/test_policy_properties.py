@@ -12,7 +12,7 @@ SIDES = [256, 512, 768, 1024, 1536]
 
 
 @st.composite
-def snapshots(draw, copy_plans=False):
+def snapshots(draw, copy_plans=False, limits=False):
     n_workers = draw(st.integers(0, 6))
     workers = []
     for i in range(n_workers):
@@ -32,23 +32,33 @@ def snapshots(draw, copy_plans=False):
             busy=busy, capacity=capacity, draining=draw(st.booleans()), speed=draw(st.sampled_from([0.5, 1.0, 2.0])),
             in_use=in_use,
         ))
+    # With limits, users 1-4 belong to team 10, team 20 or none, and users and
+    # teams have running jobs and max_concurrent_jobs limits (possibly already passed).
+    team_of = {u: draw(st.sampled_from([None, 10, 20])) if limits else None for u in range(1, 5)}
     jobs = []
     for i in range(draw(st.integers(0, 25))):
         model = draw(st.sampled_from(sorted(MODELS)))
         side = draw(st.sampled_from(SIDES))
         excluded = frozenset(draw(st.lists(st.sampled_from([w.id for w in workers] or ["w0"]), max_size=2)))
+        user = draw(st.integers(1, 4))
         jobs.append(QueuedJob(
-            id=i, attempt=1, user_id=draw(st.integers(1, 4)), model_id=model, family=MODELS[model][1],
+            id=i, attempt=1, user_id=user, team_id=team_of[user], model_id=model, family=MODELS[model][1],
             model_gb=MODELS[model][0], width=side, height=side, priority=draw(st.integers(-1, 1)),
             queued_at=float(draw(st.integers(0, 2000))), excluded_workers=excluded,
         ))
     jobs.sort(key=lambda j: (-j.priority, j.queued_at))
-    shares = {u: Share(weight=draw(st.sampled_from([0.5, 1.0, 3.0])), usage_s=float(draw(st.integers(0, 5000))))
+    running = st.integers(0, 3) if limits else st.just(0)
+    max_running = st.none() | st.integers(0, 3) if limits else st.none()
+    shares = {u: Share(weight=draw(st.sampled_from([0.5, 1.0, 3.0])), usage_s=float(draw(st.integers(0, 5000))),
+                       running=draw(running), max_running=draw(max_running))
               for u in range(1, 5)}
+    teams = {t: Share(weight=draw(st.sampled_from([0.5, 1.0, 3.0])), usage_s=float(draw(st.integers(0, 5000))),
+                      running=draw(running), max_running=draw(max_running))
+             for t in (10, 20)} if limits else {}
     # A copy plan only narrows where copies go (bench/scheduler_plan.py); the invariants hold with any.
     plan = draw(st.none() | st.frozensets(st.tuples(st.sampled_from([w.id for w in workers] or ["w0"]),
                                                     st.sampled_from(sorted(MODELS))))) if copy_plans else None
-    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares, copy_plan=plan)
+    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares, team_shares=teams, copy_plan=plan)
 
 
 def can_run(job: QueuedJob, worker: WorkerState) -> bool:
@@ -58,7 +68,7 @@ def can_run(job: QueuedJob, worker: WorkerState) -> bool:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(snapshots(copy_plans=True))
+@given(snapshots(copy_plans=True, limits=True))
 def test_policy_invariants(snapshot):
     decisions = place(snapshot)
     jobs = {j.id: j for j in snapshot.jobs}
@@ -90,6 +100,21 @@ def test_policy_invariants(snapshot):
             held.setdefault(job.model_id, job.model_gb)
             # No over-commit: what is held plus this job's working memory fits.
             assert sum(held.values()) + working_memory_gb(job.width, job.height) <= worker.vram_total_gb + 1e-6
+
+    # Concurrency quotas: what runs plus what is assigned now never passes a
+    # user's limit nor their team's (one already passed gets nothing more).
+    started_users: dict[int, int] = {}
+    started_teams: dict[int, int] = {}
+    for a in decisions.assignments:
+        job = jobs[a.job_id]
+        started_users[job.user_id] = started_users.get(job.user_id, 0) + 1
+        if job.team_id is not None:
+            started_teams[job.team_id] = started_teams.get(job.team_id, 0) + 1
+    for owners, started in ((snapshot.shares, started_users), (snapshot.team_shares, started_teams)):
+        for owner, count in started.items():
+            share = owners.get(owner)
+            if share is not None and share.max_running is not None:
+                assert count <= max(share.max_running - share.running, 0), (owner, share, count)
 
     for preload in decisions.preloads:
         worker = workers[preload.worker_id]
