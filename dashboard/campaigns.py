@@ -7,7 +7,7 @@ import logging
 from flask import abort, g, redirect, render_template, request, url_for
 
 from dashboard import data
-from dashboard.core import bp, farm_ctx, login_required
+from dashboard.core import bp, farm_ctx, login_required, page_arg
 from farm.api.campaigns import manifest_download, zip_download
 from farm.models import JobStatus
 from farm.services import campaigns as service
@@ -17,17 +17,10 @@ logger = logging.getLogger(__name__)
 ACTIONS = {"pause", "resume", "cancel", "retry-failed"}
 
 
-def _page_number() -> int:
-    try:
-        return max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        return 1
-
-
 @bp.get("/campaigns")
 @login_required
 def campaigns():
-    page = _page_number()
+    page = page_arg()
     with farm_ctx().db.session() as session:
         rows, total = data.campaign_summaries(session, g.dashboard_user, page)
     template = "partials/campaign_rows.html" if request.args.get("fragment") else "campaigns.html"
@@ -39,7 +32,7 @@ def _gallery_args() -> dict:
     if status is not None and status not in JobStatus.__members__:
         abort(400, description=f"unknown status {status!r}; use one of {', '.join(JobStatus.__members__)}")
     return {"status": status, "style": request.args.get("style") or None, "model": request.args.get("model") or None,
-            "page": _page_number()}
+            "page": page_arg()}
 
 
 def _filter_query(args: dict) -> dict:

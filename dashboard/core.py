@@ -1,9 +1,17 @@
-"""What every dashboard page shares: the blueprint, the signed-in user,
-CSRF on every form post, admin checks and HTML error pages.
+"""What every dashboard page shares: the blueprint, the signed-in user and
+their session's scope, CSRF on every form post, admin checks, bounded query
+parameters and HTML error pages.
 
 Pages call the same services as the API, so a member is refused here exactly
 what the API refuses them: another team's campaign is missing (404), an admin
-action is forbidden (403).
+action is forbidden (403). A session signed in with a read-only token is
+refused every POST but sign-out (403), as the API refuses the token.
+
+Sessions live in the database (farm/services/sessions.py); the signed cookie
+carries the session's secret and the CSRF token. The CSRF token stays in the
+cookie: the sign-in form needs one before any session row exists, it grants
+nothing alone (every POST also needs a live session), and it is renewed at
+sign-in and dropped at sign-out.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import secrets
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from farm.api.errors import ApiError
+from farm.api.security import READ_METHODS
 from farm.api.security import farm_context as farm_ctx
+from farm.services import sessions as session_service
 from farm.services.jobs import ConflictError, NotFoundError
 from farm.services.quotas import QuotaExceededError
 from farm.services.tokens import ForbiddenError
@@ -27,7 +37,10 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"  # htmx sends the token as a header (set once in base.html)
+SESSION_KEY = "sid"  # the cookie's name for the session's secret
 POLL_S = 2  # live parts poll at most once a second; every two is enough to feel live
+MAX_PAGE = 1_000_000  # far beyond any real listing; keeps OFFSET inside a 64-bit integer
+READ_ONLY = "this session is read-only (signed in with a read-only API token): it may look, not change anything"
 
 
 def csrf_token() -> str:
@@ -40,9 +53,22 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
+def can_write() -> bool:
+    """Whether this request's session may change things (a password or full-token sign-in)."""
+    live = getattr(g, "dashboard_session", None)
+    return live is not None and live.can_write
+
+
+def require_write() -> None:
+    if not can_write():
+        abort(403, description=READ_ONLY)
+
+
 @bp.app_context_processor
 def _template_helpers():
-    return {"csrf_token": csrf_token, "current_user": getattr(g, "dashboard_user", None), "poll_s": POLL_S}
+    live = getattr(g, "dashboard_session", None)
+    return {"csrf_token": csrf_token, "current_user": getattr(g, "dashboard_user", None), "poll_s": POLL_S,
+            "can_write": can_write(), "current_session_id": live.id if live else None}
 
 
 @bp.before_app_request
@@ -55,28 +81,69 @@ def _check_csrf():
             abort(400, description="the form expired or did not come from this site (CSRF check failed); reload the page and try again")
 
 
-def _load_user():
-    from farm.models import User
+@bp.before_request
+def _refuse_hostile_input():
+    # Postgres refuses NUL in text, so a NUL that reached a query was a 500;
+    # it is a 400 naming where it came in, before any view runs.
+    sources = (("query parameter", request.args), ("path segment", request.view_args or {}))
+    if request.method == "POST":
+        sources += (("form field", request.form),)
+    for where, values in sources:
+        items = values.items(multi=True) if hasattr(values, "getlist") else values.items()
+        for name, value in items:
+            if "\x00" in name or (isinstance(value, str) and "\x00" in value):
+                abort(400, description=f"{where} {name.replace(chr(0), '')!r} must not contain a NUL character")
 
-    user_id = session.get("user_id")
-    if user_id is None:
-        return None
-    with farm_ctx().db.session() as db_session:
-        user = db_session.get(User, user_id)
-    if user is None or user.disabled_at is not None:
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; anything else is a 400 naming it."""
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return default
+    # ASCII digits of a sane length before int(): "²" is a digit to isdigit(),
+    # and int() refuses strings of more than 4,300 digits with a ValueError.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(high))) or not low <= int(raw) <= high:
+        abort(400, description=f"query parameter {name!r} must be a whole number from {low} to {high}, not {raw[:40]!r}")
+    return int(raw)
+
+
+def page_arg() -> int:
+    return int_arg("page", 1, 1, MAX_PAGE)
+
+
+def start_dashboard_session(user, token=None) -> None:
+    """Sign the browser in: a fresh session row and cookie (and CSRF token)."""
+    secret = session_service.start_session(farm_ctx(), user, token=token, client_address=request.remote_addr,
+                                           user_agent=request.headers.get("User-Agent"))
+    session.clear()
+    session[SESSION_KEY] = secret
+    session.permanent = True
+
+
+def end_dashboard_session() -> None:
+    """Sign the browser out: its session row is ended, not only the cookie dropped."""
+    session_service.end_current_session(farm_ctx(), session.get(SESSION_KEY))
+    session.clear()
+
+
+def _load_session():
+    live = session_service.current_session(farm_ctx(), session.get(SESSION_KEY))
+    if live is None and SESSION_KEY in session:
         session.clear()
-        return None
-    return user
+    return live
 
 
 def login_required(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        g.dashboard_user = _load_user()
+        g.dashboard_session = _load_session()
+        g.dashboard_user = g.dashboard_session.user if g.dashboard_session else None
         if g.dashboard_user is None:
             if is_htmx():  # a poll after the session ended: send the whole page to the sign-in form
                 return "", 401, {"HX-Redirect": url_for("dashboard.login", next=request.path)}
             return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        if request.method not in READ_METHODS:
+            require_write()
         return view(*args, **kwargs)
 
     return wrapper

@@ -8,7 +8,7 @@ import logging
 from flask import g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from dashboard.core import bp, farm_ctx, field_errors, login_required, retry_after
+from dashboard.core import bp, farm_ctx, field_errors, login_required, require_write, retry_after
 from dashboard.forms import prefill_from_request, read_create_form
 from farm.models import Job, ModelEntry
 from farm.services import campaigns as campaign_service
@@ -84,6 +84,7 @@ def _values_from_form() -> dict:
 @bp.get("/create")
 @login_required
 def create():
+    require_write()  # the page is a form to submit with; a read-only session has nothing to do here
     values: dict = {"model": [], "aspect_ratio": [], "styles": [], "num_images": 1, "seed_count": 1}
     ctx, user = farm_ctx(), g.dashboard_user
     source = request.args.get("from")  # copy the parameters of an output's job

@@ -1,5 +1,6 @@
 """Workers (live, drain/resume for admins), usage and quotas (a user's own;
-for admins every user and team, editable limits, usage charts, CSV, tokens)."""
+for admins every user and team, editable limits, usage charts, CSV, tokens,
+and the live dashboard sessions, each of which an admin can end)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dashboard import data
 from dashboard.core import admin_required, bp, farm_ctx, field_errors, login_required
 from farm.api.users import usage_csv as usage_csv_response
 from farm.models import utcnow
+from farm.services import sessions as session_service
 from farm.services import tokens as token_service
 from farm.services.quotas import LIMIT_FIELDS, USAGE_GROUPS, me_report, set_quota, usage_report
 from farm.services.workers import set_draining
@@ -126,3 +128,17 @@ def create_token():
 def revoke_token(token_id: int):
     token_service.revoke_token(farm_ctx(), g.dashboard_user, token_id)
     return redirect(url_for("dashboard.admin") + "#tokens")
+
+
+@bp.get("/admin/sessions")
+@admin_required
+def sessions():
+    infos = session_service.list_sessions(farm_ctx(), g.dashboard_user)
+    return render_template("sessions.html", sessions=infos, limit=session_service.LIST_LIMIT)
+
+
+@bp.post("/admin/sessions/<int:session_id>/end")
+@admin_required
+def end_session(session_id: int):
+    session_service.end_session(farm_ctx(), g.dashboard_user, session_id)
+    return redirect(url_for("dashboard.sessions"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import redirect, render_template, request, session, url_for
+from flask import redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from dashboard import campaigns, create, images, operations  # noqa: F401  (their routes join the blueprint)
-from dashboard.core import bp, farm_ctx, login_required
+from dashboard.core import bp, end_dashboard_session, farm_ctx, login_required, start_dashboard_session
 from farm.auth import check_password, hash_password, password_needs_rehash, user_for_token
 from farm.models import Job, ModelEntry, User, Worker
 
@@ -33,11 +33,11 @@ def login():
             page = render_template("login.html", error=f"Too many failed sign-ins: try again in {exc.retry_after_s} s.",
                                    name=name)
             return page, 429, {"Retry-After": str(exc.retry_after_s)}
-        user = None
+        user = api_token = None
         with farm_ctx().db.session() as db_session:
             if token:
                 found = user_for_token(db_session, token)
-                user = found[0] if found else None
+                user, api_token = found if found else (None, None)
             elif name:
                 candidate = db_session.execute(select(User).where(User.name == name)).scalar_one_or_none()
                 # An unknown name is checked against a dummy hash: it costs as much as a known one.
@@ -50,9 +50,7 @@ def login():
             attempt.failed()
             error = "That name and password, or that API token, did not match a user."
         else:
-            session.clear()  # a fresh session (and CSRF token) after signing in
-            session["user_id"] = user.id
-            session.permanent = True
+            start_dashboard_session(user, api_token)  # a fresh session (and CSRF token), with the token's scope
             logger.info("dashboard sign-in: %s", user.name)
             return redirect(same_origin_path(request.args.get("next", "")) or url_for("dashboard.index"))
     return render_template("login.html", error=error, name=request.form.get("name", "")), (401 if error else 200)
@@ -83,7 +81,7 @@ def same_origin_path(target: str) -> str | None:
 
 @bp.post("/logout")
 def logout():
-    session.clear()
+    end_dashboard_session()
     return redirect(url_for("dashboard.login"))
 
 

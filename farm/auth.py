@@ -10,7 +10,7 @@ import secrets
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from farm.models import ApiToken, Role, Team, User, utcnow
+from farm.models import ApiToken, DashboardSession, Role, Team, User, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -133,4 +133,24 @@ def revoke_tokens(session: Session, user: User, name: str) -> int:
     rows = session.execute(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.name == name, ApiToken.revoked_at.is_(None))).scalars().all()
     for row in rows:
         row.revoked_at = utcnow()
+        end_dashboard_sessions(session, token_id=row.id, reason="token revoked")
     return len(rows)
+
+
+def set_password(session: Session, user: User, password: str) -> int:
+    """Set a user's password and end their dashboard sessions in the same
+    transaction (a stolen cookie must not outlive the password it came from);
+    returns how many sessions were ended."""
+    user.password_hash = hash_password(password)
+    return end_dashboard_sessions(session, user_id=user.id, reason="password changed")
+
+
+def end_dashboard_sessions(session: Session, *, user_id: int | None = None, token_id: int | None = None,
+                           reason: str) -> int:
+    """End the live dashboard sessions of a user or of a token; the caller commits. Returns how many ended."""
+    if (user_id is None) == (token_id is None):
+        raise ValueError("end the sessions of a user or of a token")
+    owner = DashboardSession.user_id == user_id if token_id is None else DashboardSession.token_id == token_id
+    result = session.execute(update(DashboardSession).where(owner, DashboardSession.ended_at.is_(None))
+                             .values(ended_at=utcnow(), end_reason=reason))
+    return result.rowcount

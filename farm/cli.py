@@ -192,10 +192,10 @@ def users_create(name: str, admin: bool, team: str | None, password: str | None)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @friendly_errors
 def users_set_password(name: str, password: str) -> None:
-    """Set a user's dashboard password."""
+    """Set a user's dashboard password; their dashboard sessions end."""
     from sqlalchemy import select
 
-    from farm.auth import hash_password
+    from farm.auth import set_password
     from farm.models import User
 
     ctx = _context()
@@ -203,8 +203,8 @@ def users_set_password(name: str, password: str) -> None:
         user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
         if user is None:
             raise CliError(f"no user named {name!r}")
-        user.password_hash = hash_password(password)
-    click.echo(f"password set for {name}")
+        ended = set_password(session, user, password)
+    click.echo(f"password set for {name}; {ended} dashboard session{'s' if ended != 1 else ''} ended")
 
 
 @main.group()
@@ -627,6 +627,11 @@ main.add_command(_bench_group)
 from farm.tokens_cli import tokens as _tokens_group  # noqa: E402
 
 main.add_command(_tokens_group)
+
+
+from farm.sessions_cli import sessions as _sessions_group  # noqa: E402
+
+main.add_command(_sessions_group)
 
 
 if __name__ == "__main__":

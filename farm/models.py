@@ -146,6 +146,32 @@ class ApiToken(Timestamped, Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class DashboardSession(Timestamped, Base):
+    """A dashboard sign-in; the cookie carries its secret, only the secret's sha256 is stored.
+
+    Every dashboard request reads it: an ended or expired row, a disabled
+    user or a revoked token signs the browser out (farm/services/sessions.py).
+    """
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # The API token signed in with (its scope is the session's); null after a password sign-in.
+    token_id: Mapped[Optional[int]] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16), default="full")
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[Optional[dt.datetime]]
+    end_reason: Mapped[Optional[str]] = mapped_column(String(64))
+    client_address: Mapped[Optional[str]] = mapped_column(String(64))
+    user_agent: Mapped[Optional[str]] = mapped_column(String(255))
+
+    user: Mapped[User] = relationship(lazy="joined")
+    token: Mapped[Optional[ApiToken]] = relationship(lazy="joined")
+
+
 class ModelEntry(Timestamped, Base):
     """The model registry: id -> local directory or hub repo id."""
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     s3_public_endpoint: str | None = Field(default=None, description="S3 URL that clients reach, used in presigned image URLs when FARM_S3_ENDPOINT is an internal address (e.g. http://minio:9000 in compose). Unset: FARM_S3_ENDPOINT.")
     s3_presign_s: int = Field(default=3600, ge=60, description="Lifetime of presigned image URLs, seconds.")
     secret_key: str | None = Field(default=None, description="Secret for signing dashboard sessions. Unset: generated once and kept under FARM_HOME.")
+    session_lifetime_s: int = Field(default=43200, ge=60, le=31_536_000, description="Lifetime of a dashboard sign-in, seconds, counted from the sign-in; it also ends at sign-out, token revocation, password change or by an admin.")
 
     model_cache: Path | None = Field(default=None, description="Download cache for hub models, shared by the workers of a machine. Unset: FARM_HOME/models.")
     hub_endpoint: str | None = Field(default=None, description="Model hub URL for downloads (a mirror or a local hub); unset: HF_ENDPOINT or the public hub.")

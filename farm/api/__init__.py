@@ -28,7 +28,8 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     # Behind HTTPS the cookie must never travel in clear; on plain http (farm
     # up, a loopback test) a Secure cookie would never be sent back at all.
     app.config["SESSION_COOKIE_SECURE"] = (settings.public_url or "").lower().startswith("https://")
-    app.config["PERMANENT_SESSION_LIFETIME"] = 12 * 3600
+    # The cookie lasts as long as the session row it names (farm/services/sessions.py).
+    app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_s
     app.extensions["farm"] = context
     for module in (jobs, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")

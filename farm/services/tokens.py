@@ -16,7 +16,7 @@ from typing import Any, Union
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.auth import hash_token, issue_token
+from farm.auth import end_dashboard_sessions, hash_token, issue_token
 from farm.context import FarmContext
 from farm.models import ApiToken, User, utcnow
 from farm.services.jobs import ConflictError, NotFoundError
@@ -145,7 +145,10 @@ def revoke_token(ctx: FarmContext, actor: Actor, token_id: int | str) -> TokenIn
         if row.revoked_at is not None:
             raise ConflictError(f"token {row.id} was already revoked at {row.revoked_at.isoformat()}")
         row.revoked_at = utcnow()
+        # Dashboard sessions signed in with this token end with it, in this transaction.
+        ended = end_dashboard_sessions(session, token_id=row.id, reason="token revoked")
         session.flush()
         info = token_info(row)
-    logger.info("%s revoked token %s (%r) of %s", actor.name, info.id, info.name, info.user_name)
+    logger.info("%s revoked token %s (%r) of %s; %d dashboard session(s) ended", actor.name, info.id, info.name,
+                info.user_name, ended)
     return info

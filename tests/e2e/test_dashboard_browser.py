@@ -2,7 +2,8 @@
 worker with a tiny model, on Postgres, Redis and S3): a member builds campaigns
 from a matrix and from a CSV upload and watches them complete, opens an image
 and rerenders it, and is refused admin pages; an admin drains a worker and
-edits a quota. Screenshots of each page go to test-artifacts/dashboard/."""
+edits a quota; a read-only token's session shows no write actions, and an
+admin ends it from the sessions page. Screenshots of each page go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
@@ -174,3 +175,28 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         shot(admin, "13-admin-quota")
         member.goto(base + "/usage")
         assert "50" in member.inner_text("#my-quota")
+
+        # A read-only token signs in to a session that shows no way to change anything.
+        viewer_token = cluster.farm("tokens", "create", "alice", "--name", "viewer", "--read-only").stdout.strip().splitlines()[-1]
+        viewer = sign_in(browser, cluster, viewer_token)
+        assert "read-only" in viewer.inner_text("#read-only")
+        viewer.goto(base + "/campaigns")
+        viewer.click("text=matrix")
+        viewer.wait_for_selector("#gallery")
+        assert viewer.locator("#action-pause").count() == 0
+        viewer.click("#gallery a >> nth=0")
+        viewer.wait_for_selector("#lineage")
+        assert viewer.locator("#rerender").count() == 0 and viewer.locator("#copy-parameters").count() == 0
+        shot(viewer, "14-read-only-image")
+
+        # An admin sees it among the sessions and ends it; the viewer's next page is the sign-in form.
+        admin.goto(base + "/admin")
+        admin.click("#sessions-link")
+        row = admin.locator("#session-table tr", has_text="token viewer")
+        assert row.count() == 1 and "read" in row.inner_text()
+        shot(admin, "15-sessions")
+        row.locator("button").click()
+        admin.wait_for_selector("#session-table")
+        assert admin.locator("#session-table tr", has_text="token viewer").count() == 0
+        viewer.reload()
+        viewer.wait_for_url(base + "/login**")  # ?next=/images/… holds slashes, which one * does not match

@@ -80,3 +80,52 @@ def test_worker_overview_groups_the_queue_and_unplaceable_jobs(ctx):
         overview = data.worker_overview(session, utcnow())
     assert [tuple(row) for row in overview["queue"]] == [("m-sd", 5)]
     assert [tuple(row) for row in overview["unplaceable"]] == [("waiting: no worker can run this job (needs 40.0 GB)", "m-sd", 2)]
+
+
+def test_dashboard_sessions_end_and_keep_their_scope_on_postgres(ctx):
+    """Sessions live in Postgres: a read-only token's session is refused writes
+    and shows no forms; a saved cookie stops working at token revocation,
+    password change and when an operator ends it; NUL and out-of-range query
+    parameters are a 400 (Postgres refuses NUL in text: it was a 500)."""
+    from farm.api import create_app
+    from farm.auth import set_password
+    from farm.models import Campaign, DashboardSession
+    from farm.services import sessions as session_service
+    from farm.services import tokens as token_service
+    from farm.services.tokens import OPERATOR
+    from tests.support.dashboard import post, post_forms, replayed, saved_cookie, sign_in, signed_out
+
+    app = create_app(ctx.settings, context=ctx)
+    ana = user(ctx, "ana")
+    with ctx.db.transaction() as session:
+        set_password(session, session.get(User, ana.id), "ana password 1")
+    req = service.parse_campaign({"name": "pots", "base": {"prompt": "a pot", "model": "m-sd", "width": 64, "height": 64, "steps": 2}})
+    campaign_id = service.submit_campaign(ctx, ana, req)["id"]
+    read_token, read_plain = token_service.create_token(ctx, OPERATOR, user_id=ana.id, name="viewer", scope="read")
+    by_password = sign_in(app, "ana", "ana password 1")
+    viewer = sign_in(app, token=read_plain)
+
+    assert post(by_password, f"/campaigns/{campaign_id}/pause").status_code == 302
+    assert post(viewer, f"/campaigns/{campaign_id}/resume").status_code == 403
+    with ctx.db.session() as session:
+        assert session.get(Campaign, uuid.UUID(campaign_id)).status == "paused"
+    assert post_forms(viewer.get(f"/campaigns/{campaign_id}").get_data(as_text=True)) == ["/logout"]
+
+    for query, name in (("style=%00", "style"), ("model=%00", "model"), ("page=99999999999999999999", "page")):
+        answer = by_password.get(f"/campaigns/{campaign_id}?{query}")
+        assert answer.status_code == 400 and f"&#39;{name}&#39;" in answer.get_data(as_text=True), query
+
+    viewer_cookie, password_cookie = saved_cookie(viewer), saved_cookie(by_password)
+    token_service.revoke_token(ctx, OPERATOR, read_token.id)
+    assert signed_out(replayed(app, viewer_cookie)) and not signed_out(replayed(app, password_cookie))
+    with ctx.db.transaction() as session:
+        set_password(session, session.get(User, ana.id), "ana password 2")
+    assert signed_out(replayed(app, password_cookie))
+
+    again = sign_in(app, "ana", "ana password 2")
+    [live] = session_service.list_sessions(ctx, OPERATOR)
+    session_service.end_session(ctx, OPERATOR, live.id)
+    assert signed_out(replayed(app, saved_cookie(again)))
+    with ctx.db.session() as session:
+        reasons = sorted(session.execute(select(DashboardSession.end_reason)).scalars())
+    assert reasons == ["ended by operator", "password changed", "token revoked"]
