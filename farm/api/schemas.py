@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from farm.safejson import MAX_INT, UUID_PATTERN, CheckedModel
+from farm.models import INTEGER_MAX
+from farm.safejson import UUID_PATTERN, CheckedModel
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +18,9 @@ JOB_STATUSES = ("queued", "assigned", "running", "succeeded", "failed", "cancele
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN, examples=["0b7c5a9e-4a1f-4d1e-9a51-3f3c2a1b0c9d"])]
 # Row ids are INTEGER columns.
-RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+RowId = Annotated[int, Field(ge=1, le=INTEGER_MAX)]
 # In JSON bodies numbers must be numbers: no "5", no true.
-BodyRowId = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
+BodyRowId = Annotated[int, Field(ge=1, le=INTEGER_MAX, strict=True)]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 Timestamp = Annotated[str, Field(description="ISO 8601 with a time zone")]
 
@@ -127,14 +128,14 @@ class UserCreate(Checked):
     password: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
-Int32 = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
+Int32 = Annotated[int, Field(ge=0, le=INTEGER_MAX, strict=True)]
 
 
 class QuotaLimits(Checked):
     """A user's or team's limits; null or absent = unlimited."""
 
     images_per_day: Int32 | None = None
-    gpu_seconds_per_month: Annotated[float, Field(ge=0, le=1e12, strict=True)] | None = None
+    gpu_seconds_per_month: Annotated[float, Field(ge=0, strict=True)] | None = None
     max_concurrent_jobs: Int32 | None = None
     max_queued_jobs: Int32 | None = Field(default=None, description="Jobs waiting to start (queued or assigned)")
     max_pixels: Int32 | None = None
@@ -309,10 +310,9 @@ class QuotaView(BaseModel):
     images_per_day: int | None = None
     gpu_seconds_per_month: float | None = None
     max_concurrent_jobs: int | None = None
+    max_queued_jobs: int | None = None
     max_pixels: int | None = None
     max_steps: int | None = None
-
-    model_config = ConfigDict(extra="allow")
 
 
 class MeUser(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from flask import current_app, g, request
@@ -19,7 +18,8 @@ def farm_context():
     return current_app.extensions["farm"]
 
 
-def _authenticate():
+def authenticate():
+    """The caller of a declared operation (farm/api/contract.py), from its bearer token."""
     from farm.api.throttle import current_throttle
 
     header = request.headers.get("Authorization", "")
@@ -40,31 +40,6 @@ def _authenticate():
     g.user = user
     g.token_scope = api_token.scope
     return user
-
-
-def require_user(view):
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        _authenticate()
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
-def require_admin(view):
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        user = _authenticate()
-        if not user.is_admin:
-            raise ApiError(403, "only admins may do this")
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
-def authenticate():
-    """The caller of a declared operation (farm/api/contract.py), from its bearer token."""
-    return _authenticate()
 
 
 def json_body():

@@ -12,7 +12,7 @@ Flask-Limiter (one ``Limiter`` per app) holds the storage and the strategy:
 Redis in distributed mode, so every api replica shares one count, and
 ``memory://`` under ``farm up``. Its route decorators count requests to a
 view; here the count must follow the outcome of a check made inside a view
-(``_authenticate`` runs in every API view), so the limits are tested and hit
+(``authenticate`` runs in every API view), so the limits are tested and hit
 through the extension's rate-limiting strategy (``Limiter.limiter``). The
 moving window counts exactly the failures of the last period, with no burst
 at a window's edge.
