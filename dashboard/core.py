@@ -25,6 +25,7 @@ from flask import Blueprint, abort, g, redirect, render_template, request, sessi
 from farm.api.errors import ApiError
 from farm.api.security import READ_METHODS
 from farm.api.security import farm_context as farm_ctx
+from farm.models import INTEGER_MAX
 from farm.services import sessions as session_service
 from farm.services.jobs import ConflictError, NotFoundError
 from farm.services.quotas import QuotaExceededError
@@ -93,6 +94,9 @@ def _refuse_hostile_input():
         for name, value in items:
             if "\x00" in name or (isinstance(value, str) and "\x00" in value):
                 abort(400, description=f"{where} {name.replace(chr(0), '')!r} must not contain a NUL character")
+            # <int:…> segments name rows of INTEGER columns; a larger number overflowed the driver (a 500).
+            if isinstance(value, int) and value > INTEGER_MAX:
+                abort(400, description=f"{where} {name!r} must be a whole number up to {INTEGER_MAX}")
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
