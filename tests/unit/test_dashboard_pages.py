@@ -333,3 +333,18 @@ def test_quota_refusals_say_when_to_retry(farm):
     retried = post(ana, f"/campaigns/{campaign.id}/retry-failed")
     assert retried.status_code == 429 and retried.headers["Retry-After"] == str(QUEUE_RETRY_AFTER_S)
     assert "Over quota" in retried.get_data(as_text=True)
+
+
+def test_the_campaign_page_shows_how_its_webhook_deliveries_went(farm):
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", campaign_name="hooked", **SIZE)
+    campaign = only_campaign(ctx)
+    assert "campaign-webhook" not in ana.get(f"/campaigns/{campaign.id}/progress").get_data(as_text=True)
+    with ctx.db.transaction() as session:
+        row = session.get(Campaign, campaign.id)
+        row.webhook_url, row.webhook_secret = "https://hooks.example.com/farm", "a-secret-of-16-chars"
+        row.webhook_state, row.webhook_attempts, row.webhook_last_error = "failed", 3, "HTTP 500 from the receiver"
+    page = ana.get(f"/campaigns/{campaign.id}/progress").get_data(as_text=True)
+    assert "https://hooks.example.com/farm" in page and "completion failed after 3 attempts" in page
+    assert "HTTP 500 from the receiver" in page and "a-secret-of-16-chars" not in page
