@@ -116,7 +116,7 @@ def test_a_cursor_with_a_naive_timestamp_is_refused(env):
     ({"images_per_day": 1.5}, "images_per_day"),
     ({"images_per_day": True}, "images_per_day"),
     ({"images_per_day": 2**40}, "images_per_day"),
-    ({"gpu_seconds_per_month": 1e300}, "gpu_seconds_per_month"),
+    ({"gpu_seconds_per_month": -1}, "gpu_seconds_per_month"),
     ({"max_pixels": "5"}, "max_pixels"),
 ])
 def test_hostile_quotas_are_refused(env, body, field):
