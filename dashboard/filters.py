@@ -1,0 +1,65 @@
+"""Template filters and helpers every dashboard page shares.
+
+``when`` writes a time the way people read it: "just now", "3 min ago",
+"in 2 h" within a day, else "2026-12-06 14:03" (UTC), never microseconds
+(issue 19: the admin page showed raw ``datetime`` values).
+``jobs_url`` links a status count to the jobs history filtered by it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from flask import current_app, url_for
+
+from dashboard.core import bp
+
+logger = logging.getLogger(__name__)
+
+RELATIVE_LIMIT_S = 24 * 3600  # past a day a date says more than "31 h ago"
+
+
+def describe_time(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """``value`` relative to ``now`` within a day, else as a UTC minute; "" for None."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; the farm stores UTC
+        value = value.replace(tzinfo=dt.timezone.utc)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    seconds = (now - value).total_seconds()
+    if abs(seconds) >= RELATIVE_LIMIT_S:
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    if abs(seconds) < 45:
+        return "just now"
+    span = abs(seconds)
+    amount = f"{round(span / 60)} min" if span < 3600 else f"{round(span / 3600)} h"
+    return f"{amount} ago" if seconds > 0 else f"in {amount}"
+
+
+@bp.app_template_filter("when")
+def when(value: dt.datetime | None) -> str:
+    return describe_time(value)
+
+
+@bp.app_template_filter("utc")
+def utc(value: dt.datetime | None) -> str:
+    """The exact time for a title attribute: "2026-12-06 14:03:27 UTC"."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_template_global("has_endpoint")
+def has_endpoint(endpoint: str) -> bool:
+    return endpoint in current_app.view_functions
+
+
+@bp.app_template_global("jobs_url")
+def jobs_url(status: str | None = None) -> str:
+    """The jobs history, filtered by ``status`` when given."""
+    args = {"status": status} if status else {}
+    if has_endpoint("dashboard.jobs"):
+        return url_for("dashboard.jobs", **args)
+    return "/jobs" + (f"?status={status}" if status else "")
