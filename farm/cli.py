@@ -82,15 +82,14 @@ def up(host: str, port: int) -> None:
 @friendly_errors
 def api(host: str | None, port: int | None) -> None:
     """Serve the REST API and the dashboard."""
-    from waitress import serve
-
     from farm.api import create_app
+    from farm.api.server import make_server
 
     settings = _load_settings()
     app = create_app(settings)
     host, port = host or settings.api_host, port or settings.api_port
     click.echo(f"farm api on http://{host}:{port}/")
-    serve(app, host=host, port=port, threads=settings.api_threads, ident="farm")
+    make_server(app, app.extensions["farm"], host, port, settings.api_threads).run()
 
 
 @main.command()

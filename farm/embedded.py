@@ -125,9 +125,8 @@ class WorkerSupervisor:
 
 
 def run_embedded(settings: Settings, host: str, port: int) -> None:
-    from waitress.server import create_server
-
     from farm.api import create_app
+    from farm.api.server import make_server
     from farm.context import build_context
     from farm.events import LocalEvents
     from farm.scheduler.service import CeleryDispatcher, Scheduler
@@ -142,7 +141,7 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     url = f"http://{host}:{port}/"
     (settings.home / "api-url").write_text(url.rstrip("/") + "\n")
 
-    ctx = build_context(settings, events=LocalEvents())
+    ctx = build_context(settings, events=LocalEvents(live_dir=settings.home / "live"))
     stop = threading.Event()
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
     scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
@@ -150,7 +149,7 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     from farm.services.webhooks import WebhookSender
 
     threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
-    server = create_server(create_app(settings, context=ctx), host=host, port=port, threads=settings.api_threads, ident="farm")
+    server = make_server(create_app(settings, context=ctx), ctx, host, port, settings.api_threads)
 
     def shut_down(*_):
         raise KeyboardInterrupt  # unwinds server.run() into the clean-up below

@@ -8,9 +8,12 @@ polling of the database stand in.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 logger = logging.getLogger(__name__)
@@ -20,6 +23,17 @@ SCHEDULER_CHANNEL = "farm:scheduler:wake"
 
 def job_channel(job_id) -> str:
     return f"farm:job:{job_id}"
+
+
+def live_channel(kind: str, key) -> str:
+    """Where a worker publishes what is not stored (progress, previews) for
+    a job's or a campaign's event streams (``kind``: job or campaign)."""
+    return f"farm:live:{kind}:{key}"
+
+
+# The latest live message of a job is kept this long, so that a stream opened
+# mid-render shows the current preview at once.
+LIVE_KEEP_S = 300
 
 
 class Events(Protocol):
@@ -33,13 +47,23 @@ class Events(Protocol):
     def wait_job(self, job_id, is_done: Callable[[], bool], timeout: float) -> bool:
         """Block until ``is_done()`` holds or ``timeout`` passes; returns is_done()."""
 
+    def publish_live(self, job_id, campaign_id, message: dict) -> None:
+        """Best effort: a job's progress or preview (or ``{"type": "changed"}``)
+        for its event streams and its campaign's."""
+
+    def latest_live(self, kind: str, key) -> dict | None:
+        """The last message published for a job or campaign, if still kept."""
+
 
 class LocalEvents:
     """Embedded mode: one process hosts api and scheduler; workers are polled for."""
 
-    def __init__(self, poll_s: float = 0.05) -> None:
+    def __init__(self, poll_s: float = 0.05, live_dir: str | os.PathLike | None = None) -> None:
         self._wake = threading.Event()
         self._poll_s = poll_s
+        # The worker of `farm up` is a child process: live messages cross
+        # over as small files (the latest message per job or campaign).
+        self.live_dir = Path(live_dir) if live_dir else None
 
     def wake_scheduler(self) -> None:
         self._wake.set()
@@ -63,6 +87,36 @@ class LocalEvents:
             time.sleep(self._poll_s)
         return True
 
+    def _live_path(self, kind: str, key) -> Path | None:
+        return self.live_dir / f"{kind}-{key}.json" if self.live_dir else None
+
+    def publish_live(self, job_id, campaign_id, message: dict) -> None:
+        if self.live_dir is None:
+            return
+        data = json.dumps(message)
+        try:
+            self.live_dir.mkdir(parents=True, exist_ok=True)
+            for kind, key in (("job", job_id), ("campaign", campaign_id)):
+                if key is None:
+                    continue
+                path = self._live_path(kind, key)
+                temporary = path.with_name(f".{path.name}.{os.getpid()}")
+                temporary.write_text(data)
+                os.replace(temporary, path)  # readers see all of a message or the one before
+        except OSError as exc:
+            logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
+
+    def latest_live(self, kind: str, key) -> dict | None:
+        path = self._live_path(kind, key)
+        if path is None:
+            return None
+        try:
+            if time.time() - path.stat().st_mtime > LIVE_KEEP_S:
+                return None
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
 
 class RedisEvents:
     def __init__(self, url: str) -> None:
@@ -70,11 +124,33 @@ class RedisEvents:
 
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
-    def _publish(self, channel: str) -> None:
+    def _publish(self, channel: str, data: bytes = b"1") -> None:
         try:
-            self._redis.publish(channel, b"1")
+            self._redis.publish(channel, data)
         except Exception as exc:  # Redis down: waiters fall back to their timeouts
             logger.warning("cannot publish %s: %s", channel, exc)
+
+    def publish_live(self, job_id, campaign_id, message: dict) -> None:
+        data = json.dumps(message).encode()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(f"{live_channel('job', job_id)}:last", data, ex=LIVE_KEEP_S)
+            pipe.publish(live_channel("job", job_id), data)
+            if campaign_id is not None:
+                # Campaign streams show numbers and tiles, not every job's previews.
+                brief = data if message.get("type") != "preview" else json.dumps({**message, "jpeg": None}).encode()
+                pipe.publish(live_channel("campaign", campaign_id), brief)
+            pipe.execute()
+        except Exception as exc:
+            logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
+
+    def latest_live(self, kind: str, key) -> dict | None:
+        try:
+            data = self._redis.get(f"{live_channel(kind, key)}:last")
+            return json.loads(data) if data else None
+        except Exception as exc:
+            logger.warning("cannot read live progress of %s %s: %s", kind, key, exc)
+            return None
 
     def wake_scheduler(self) -> None:
         self._publish(SCHEDULER_CHANNEL)
@@ -128,4 +204,4 @@ class RedisEvents:
 def make_events(settings) -> Events:
     if settings.redis_url:
         return RedisEvents(settings.redis_url)
-    return LocalEvents()
+    return LocalEvents(live_dir=settings.home / "live")

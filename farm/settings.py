@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address farm api binds to.")
     api_port: int = Field(default=8000, gt=0, lt=65536, description="Port farm api binds to.")
     api_threads: int = Field(default=16, gt=0, description="Request threads of farm api.")
+    preview_every_steps: int = Field(default=2, ge=0, description="A worker publishes a small preview of the current latents every this many denoising steps (a fixed latent-to-RGB projection, no extra model); 0: none.")
+    preview_side: int = Field(default=128, ge=16, le=512, description="Longest side in pixels of a live preview JPEG.")
+    sse_max_s: float = Field(default=600.0, gt=0, description="Longest a Server-Sent Events stream stays open before it ends with an 'end' event (clients reconnect with Last-Event-ID).")
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, description="A comment line is sent on an idle event stream this often, so proxies keep it open.")
+    sse_poll_s: float = Field(default=1.0, gt=0, description="How often an event stream reads the database for status changes and outputs when nothing woke it (with Redis the wake-ups come first; this is the safety net, stretched tenfold).")
     log_level: str = Field(default="INFO", description="Log level of every farm process.")
 
     @field_validator("database_url")

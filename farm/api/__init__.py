@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
     from dashboard import views as dashboard_views
-    from farm.api import campaigns, errors, health, jobs, library, openapi, outputs, throttle, tokens, uploads, users, workers
+    from farm.api import campaigns, errors, events, health, jobs, library, openapi, outputs, throttle, tokens, uploads, users, workers
 
     settings = settings or (context.settings if context else get_settings())
     context = context or build_context(settings)
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     # The cookie lasts as long as the session row it names (farm/services/sessions.py).
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_s
     app.extensions["farm"] = context
-    for module in (jobs, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
+    for module in (jobs, events, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard_views.bp)

@@ -87,12 +87,12 @@ def _ramp(length: int, fade_start: bool, fade_end: bool, fade: int) -> np.ndarra
 
 
 def render_task(pipe, params: RenderParams, inputs: ImageInputs, *, tile_pixels: int, multiple: int,
-                on_step: Callable[[int, int], None] | None = None) -> PIL.Image.Image:
+                on_step: Callable[[int, int], None] | None = None, on_latents=None) -> PIL.Image.Image:
     """One image of an image-to-image job; tiled when the output is larger than ``tile_pixels``."""
     boxes = tile_grid(params.width, params.height, tile_pixels, multiple) if inputs.mask is None else \
         [(0, 0, params.width, params.height)]
     if len(boxes) == 1:
-        (image,) = render(pipe, params, on_step=on_step, inputs=inputs)
+        (image,) = render(pipe, params, on_step=on_step, inputs=inputs, on_latents=on_latents)
         return image
     logger.info("refining %dx%d in %d tiles", params.width, params.height, len(boxes))
     total = np.zeros((params.height, params.width, 3), dtype=np.float64)

@@ -658,6 +658,7 @@ def render(
     params: RenderParams,
     on_step: Callable[[int, int], None] | None = None,
     inputs: ImageInputs | None = None,
+    on_latents: Callable[[Any], None] | None = None,
 ) -> list[PIL.Image.Image]:
     """Render ``params.num_images`` images with ``pipe``.
 
@@ -668,7 +669,9 @@ def render(
     ``total`` is the number of iterations the sampler runs, which is
     ``steps`` for first-order samplers and ``2 * steps - 1`` for the second
     order ones (heun, dpmpp_sde). Raising RenderCanceled from it stops the
-    render there; the exception propagates to the caller.
+    render there; the exception propagates to the caller. ``on_latents``
+    is then given the iteration's latents (as the pipeline holds them; FLUX's
+    are packed) for live previews.
     """
     if params.num_images < 1:
         raise ValueError("num_images must be at least 1")
@@ -701,17 +704,21 @@ def render(
 
     def callback_for(start: float, share: float):
         """Progress of one phase (the base, or the refiner) as a part of the whole render."""
-        if on_step is None:
+        if on_step is None and on_latents is None:
             return None
 
         def callback(p, step_index: int, timestep, callback_kwargs: dict) -> dict:
             total = int(getattr(p, "num_timesteps", None) or len(p.scheduler.timesteps))
-            if share == 1.0:
+            if on_step is None:
+                pass
+            elif share == 1.0:
                 on_step(step_index + 1, total)
             else:
                 # In base steps: the refiner's iterations count as the rest of the schedule.
                 done = (start + share * (step_index + 1) / total) * params.steps
                 on_step(min(params.steps, max(1, round(done))), params.steps)
+            if on_latents is not None and callback_kwargs.get("latents") is not None:
+                on_latents(callback_kwargs["latents"])
             return callback_kwargs
 
         return callback

@@ -50,19 +50,49 @@ class ProgressReporter:
     stops the render when the write is refused (canceled, or a stale attempt)
     or when a stopping worker's grace has run out."""
 
-    def __init__(self, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> None:
+    def __init__(self, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int,
+                 campaign_id: uuid.UUID | None = None) -> None:
         self.runtime = runtime
         self.job_id = job_id
         self.attempt = attempt
+        self.campaign_id = campaign_id
         self.interval_s = runtime.ctx.settings.progress_interval_s
+        self.preview_every = runtime.ctx.settings.preview_every_steps
+        self.preview_side = runtime.ctx.settings.preview_side
         self.started = time.perf_counter()
         self.last_write = self.started
         self.db_down = False
+        self.step, self.total, self.eta = 0, 0, None
+        # Set per image by the caller: what ``preview`` needs to read the latents.
+        self.family, self.width, self.height = "sd", 0, 0
+
+    def publish(self, message: dict) -> None:
+        self.runtime.ctx.events.publish_live(self.job_id, self.campaign_id, {**message, "job": str(self.job_id)})
+
+    def preview(self, latents) -> None:
+        """``on_latents``: every ``preview_every_steps`` steps (and at the last),
+        a small JPEG of the latents goes to the job's event streams; never
+        stored, and never allowed to stop the render."""
+        if not self.preview_every or not self.width or (self.step % self.preview_every and self.step != self.total):
+            return
+        import base64
+
+        from farm.workers.previews import preview_jpeg
+
+        try:
+            jpeg = preview_jpeg(latents, self.family, self.width, self.height, side=self.preview_side)
+        except Exception as exc:  # a preview is a nicety; the render goes on
+            logger.warning("job %s: no preview at step %d: %s", self.job_id, self.step, exc)
+            self.preview_every = 0
+            return
+        self.publish({"type": "preview", "step": self.step, "total": self.total, "eta_s": self.eta,
+                      "jpeg": base64.b64encode(jpeg).decode()})
 
     def __call__(self, step: int, total: int) -> None:
         now = time.perf_counter()
         elapsed = now - self.started
         eta = elapsed / step * (total - step) if step else None
+        self.step, self.total, self.eta = step, total, None if eta is None else round(eta, 2)
         deadline = self.runtime.stop_deadline
         if deadline is not None and time.monotonic() + (eta or 0.0) > deadline:
             # The grace has run out, or the render's ETA shows it will: waiting
@@ -72,6 +102,7 @@ class ProgressReporter:
         if now - self.last_write < self.interval_s and step < total:
             return
         self.last_write = now
+        self.publish({"type": "progress", "step": step, "total": total, "eta_s": self.eta})
         try:
             with self.runtime.ctx.db.transaction() as session:
                 still_ours = states.record_progress(session, self.job_id, self.attempt, step, total, eta)
@@ -129,6 +160,7 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
     runtime.take(job_id, attempt)
     try:
         ctx.events.job_changed(job_id)
+        ctx.events.publish_live(job_id, snapshot.campaign_id, {"type": "changed", "job": str(job_id)})
         if evict:
             runtime.evict(evict)
         keys: list[str] = []
@@ -140,6 +172,7 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
     finally:
         runtime.release(job_id)
     ctx.events.job_changed(job_id)
+    ctx.events.publish_live(job_id, snapshot.campaign_id, {"type": "changed", "job": str(job_id)})
     ctx.events.wake_scheduler()
     return outcome
 
@@ -251,7 +284,8 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     params = job.params
     loaded, load_s = runtime.pipeline_for(job.model)
     count = params["num_images"]
-    reporter = ProgressReporter(runtime, job.id, job.attempt)
+    reporter = ProgressReporter(runtime, job.id, job.attempt, job.campaign_id)
+    reporter.family, reporter.width, reporter.height = loaded.family, params["width"], params["height"]
     started = time.perf_counter()
     images = []
     task = params.get("image_task")
@@ -277,10 +311,11 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:
-            images += render(loaded.pipe, image_params, on_step=on_step)
+            images += render(loaded.pipe, image_params, on_step=on_step, on_latents=reporter.preview)
         else:
             images.append(render_task(loaded.pipe, image_params, inputs, tile_pixels=ctx.settings.upscale_tile_pixels,
-                                      multiple=FAMILY_SIDE_MULTIPLE.get(loaded.family, 8), on_step=on_step))
+                                      multiple=FAMILY_SIDE_MULTIPLE.get(loaded.family, 8), on_step=on_step,
+                                      on_latents=reporter.preview))
     inference_s = time.perf_counter() - started
 
     software = lineage.software_versions(runtime.device.type)

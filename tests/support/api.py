@@ -45,3 +45,27 @@ def served(app, threads: int = 8):
         yield f"http://127.0.0.1:{port}"
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def served_streaming(app, ctx, threads: int = 8):
+    """``app`` as `farm api` serves it (uvicorn, a2wsgi, event streams without
+    threads) on a free loopback port; yields its base URL."""
+    import time
+
+    from farm.api.server import make_server
+    from farm.localcluster import free_port
+
+    port = free_port()
+    server = make_server(app, ctx, "127.0.0.1", port, threads)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the api did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
