@@ -14,13 +14,10 @@ from farm.models import Job, ModelEntry
 from farm.services import campaigns as campaign_service
 from farm.services import jobs as job_service
 from farm.services.quotas import QuotaExceededError, me_report
-from farm.spec import REFINER_FAMILIES, SAMPLERS, SIGMA_SCHEDULES, RequestError
+from farm.spec import FAMILY_ASPECT_RATIOS, REFINER_FAMILIES, SAMPLERS, SIGMA_SCHEDULES, RequestError
 
 logger = logging.getLogger(__name__)
 
-# Common frames (width*height): the SDXL/FLUX buckets near one megapixel and the SD 1.5 ones.
-ASPECT_RATIOS = ("1024*1024", "1152*896", "896*1152", "1216*832", "832*1216", "1344*768", "768*1344", "1536*640",
-                 "640*1536", "512*512", "768*512", "512*768", "256*256", "384*256", "256*384")
 PERFORMANCE_MODES = ("quality", "speed", "extreme_speed", "lightning")
 STYLE_MATCHES = 200
 
@@ -43,13 +40,25 @@ def _styles(query: str, chosen: list[str]) -> list:
     return found[:len(chosen) + STYLE_MATCHES]
 
 
+def aspect_ratio_choices(families) -> list[tuple[str, list[str]]]:
+    """Each frame the registered ``families`` were trained near, once, with the
+    families it suits (the page's script shows only those of the chosen models)."""
+    choices: dict[str, list[str]] = {}
+    for family in sorted(set(families)):
+        for ratio in FAMILY_ASPECT_RATIOS.get(family, ()):
+            choices.setdefault(ratio, []).append(family)
+    return list(choices.items())
+
+
 def _options():
     with farm_ctx().db.session() as session:
         models = session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars().all()
+    renderers = [m for m in models if m.family not in REFINER_FAMILIES]
     return {
-        "models": [m for m in models if m.family not in REFINER_FAMILIES],
+        "models": renderers,
         "refiners": [m for m in models if m.family in REFINER_FAMILIES],
-        "presets": _library().presets.listing(), "performance_modes": PERFORMANCE_MODES, "aspect_ratios": ASPECT_RATIOS,
+        "presets": _library().presets.listing(), "performance_modes": PERFORMANCE_MODES,
+        "aspect_ratios": aspect_ratio_choices(m.family for m in renderers),
         "samplers": SAMPLERS, "schedules": SIGMA_SCHEDULES,
     }
 

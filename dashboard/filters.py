@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from urllib.parse import urlencode
+
 from flask import current_app, url_for
 
 from dashboard.core import bp
@@ -19,10 +21,13 @@ logger = logging.getLogger(__name__)
 RELATIVE_LIMIT_S = 24 * 3600  # past a day a date says more than "31 h ago"
 
 
-def describe_time(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
-    """``value`` relative to ``now`` within a day, else as a UTC minute; "" for None."""
+def describe_time(value: dt.datetime | str | None, now: dt.datetime | None = None) -> str:
+    """``value`` (a datetime or an ISO 8601 string) relative to ``now`` within
+    a day, else as a UTC minute; "" for None."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
     if value.tzinfo is None:  # SQLite hands back naive datetimes; the farm stores UTC
         value = value.replace(tzinfo=dt.timezone.utc)
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -37,7 +42,7 @@ def describe_time(value: dt.datetime | None, now: dt.datetime | None = None) -> 
 
 
 @bp.app_template_filter("when")
-def when(value: dt.datetime | None) -> str:
+def when(value: dt.datetime | str | None) -> str:
     return describe_time(value)
 
 
@@ -57,9 +62,9 @@ def has_endpoint(endpoint: str) -> bool:
 
 
 @bp.app_template_global("jobs_url")
-def jobs_url(status: str | None = None) -> str:
-    """The jobs history, filtered by ``status`` when given."""
-    args = {"status": status} if status else {}
+def jobs_url(status: str | None = None, **filters: str) -> str:
+    """The jobs history, filtered by ``status`` (and ``model``, ``campaign``, …) when given."""
+    args = {name: value for name, value in {"status": status, **filters}.items() if value}
     if has_endpoint("dashboard.jobs"):
         return url_for("dashboard.jobs", **args)
-    return "/jobs" + (f"?status={status}" if status else "")
+    return "/jobs" + (f"?{urlencode(args)}" if args else "")

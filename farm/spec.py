@@ -32,6 +32,14 @@ FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3":
 # Sides must be multiples of this: the VAE's factor of 8, times 2 where the
 # transformer works on 2x2 latent patches (FLUX packs them, SD3 patchifies).
 FAMILY_SIDE_MULTIPLE = {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
+# Frames (width*height) worth offering per family: the buckets each was
+# trained near (SD 1.5 around 512 px, the others around one megapixel), so a
+# form never offers an SDXL frame when only SD models are registered.
+_MEGAPIXEL_FRAMES = ("1024*1024", "1152*896", "896*1152", "1216*832", "832*1216", "1344*768", "768*1344", "1536*640", "640*1536")
+FAMILY_ASPECT_RATIOS = {
+    "sd": ("512*512", "768*512", "512*768", "640*512", "512*640", "256*256", "384*256", "256*384"),
+    "sdxl": _MEGAPIXEL_FRAMES, "flux": _MEGAPIXEL_FRAMES, "sd3": _MEGAPIXEL_FRAMES,
+}
 #: Families that only finish another model's render (a request's "refiner"),
 #: never render on their own.
 REFINER_FAMILIES = ("sdxl_refiner",)

@@ -234,7 +234,7 @@ def test_workers_page_shows_vram_models_and_queue_and_only_admins_drain(farm):
         waiting.error = "waiting: no worker can run this job (needs 40.0 GB, the largest GPU has 4.0 GB)"
     page = ana.get("/workers").get_data(as_text=True)
     assert 'id="worker-w1"' in page and "tiny-sd" in page and "of 4.0 GB" in page
-    assert re.search(r"<td>tiny-sd</td><td>3</td>", page)  # queue depth per model
+    assert re.search(r'<td>tiny-sd</td><td class="num"><a href="/jobs\?[^"]*status=queued[^"]*">3</a></td>', page)  # queue depth per model, linked
     assert "needs 40.0 GB" in page
     assert 'id="drain-w1"' not in page  # members get no drain button
     assert post(ana, "/workers/w1/drain").status_code == 403
