@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy import String, and_, cast, func, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from farm.models import Campaign, Job, ModelEntry, Output, Team, UsageEntry, User, Worker, utcnow
 from farm.services.campaigns import RECENT_MINUTES, progress
+from farm.services.jobs import visible_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -183,3 +185,87 @@ def people(session: Session) -> dict[str, Any]:
     return {"users": users, "teams": teams,
             "user_quotas": {q.user_id: q for q in quotas if q.user_id is not None},
             "team_quotas": {q.team_id: q for q in quotas if q.team_id is not None}}
+
+HISTORY_PAGE = 50  # jobs per history page unless ?limit= asks for fewer or more (bounded in dashboard/history.py)
+SEARCH_WORDS = re.compile(r"[^\W_]+")  # letters and digits: what Postgres' 'simple' parser makes words of
+
+
+@dataclass
+class HistoryFilters:
+    status: str | None = None
+    model: str | None = None
+    campaign: uuid.UUID | None = None
+    since: dt.datetime | None = None  # inclusive
+    before: dt.datetime | None = None  # exclusive
+    words: tuple[str, ...] = ()  # every word must be in the prompt (a prefix of one of its words on Postgres)
+
+
+@dataclass
+class HistoryRow:
+    id: uuid.UUID  # the job's
+    status: str
+    model_id: str
+    prompt: str
+    created_at: dt.datetime
+    campaign_id: uuid.UUID | None
+    campaign_name: str | None
+    output_id: uuid.UUID | None
+    outputs: int
+
+
+def prompt_vector():
+    """The prompt's text-search vector: the very expression of the GIN index of migration 0010, so Postgres uses it."""
+    prompt = Job.params.op("->>")(literal_column("'prompt'"))
+    return func.to_tsvector(literal_column("'simple'::regconfig"), prompt)
+
+
+def _prompt_search(session: Session, words: tuple[str, ...]):
+    if session.bind.dialect.name == "postgresql":
+        # Each word as a prefix, all of them required: "light hou" finds "a lighthouse at dusk".
+        query = " & ".join(f"{word}:*" for word in words)
+        return prompt_vector().bool_op("@@")(func.to_tsquery(literal_column("'simple'::regconfig"), query))
+    # SQLite has no index for this: LIKE per word (case-blind for ASCII), a scan of the user's jobs.
+    prompt = Job.params["prompt"].as_string()
+    return and_(*(prompt.contains(word, autoescape=True) for word in words))
+
+
+def job_history(session: Session, user: User, filters: HistoryFilters, after: tuple[dt.datetime, uuid.UUID] | None,
+                limit: int) -> tuple[list[HistoryRow], bool]:
+    """One page of the jobs a user may see (the API's rule), newest first, from a (created_at, id) cursor: one query.
+
+    Returns the rows and whether there are older ones. Keyset, not OFFSET, and no
+    total count: the cost of a page does not grow with the number of jobs."""
+    where = [visible_jobs(user)]
+    if filters.status:
+        where.append(Job.status == filters.status)
+    if filters.model:
+        where.append(Job.model_id == filters.model)
+    if filters.campaign:
+        where.append(Job.campaign_id == filters.campaign)
+    if filters.since:
+        where.append(Job.created_at >= filters.since)
+    if filters.before:
+        where.append(Job.created_at < filters.before)
+    if filters.words:
+        where.append(_prompt_search(session, filters.words))
+    if after:
+        where.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    image_count = select(func.count()).where(Output.job_id == Job.id).correlate(Job).scalar_subquery()
+    query = (select(Job.id, Job.status, Job.model_id, Job.params["prompt"].as_string().label("prompt"), Job.created_at,
+                    Job.campaign_id, Campaign.name.label("campaign_name"), Output.id.label("output_id"),
+                    image_count.label("outputs"))
+             .outerjoin(Campaign, Campaign.id == Job.campaign_id)
+             .outerjoin(Output, and_(Output.job_id == Job.id, Output.index == 0))
+             .where(*where).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    rows = [HistoryRow(id=row.id, status=row.status, model_id=row.model_id, prompt=row.prompt or "",
+                       created_at=row.created_at, campaign_id=row.campaign_id, campaign_name=row.campaign_name,
+                       output_id=row.output_id, outputs=row.outputs) for row in session.execute(query)]
+    return rows[:limit], len(rows) > limit
+
+
+def history_choices(session: Session, user: User) -> dict[str, Any]:
+    """What the history can be filtered by: the models, and the user's newest campaigns (bounded)."""
+    models = session.execute(select(ModelEntry.id).order_by(ModelEntry.id)).scalars().all()
+    campaigns = session.execute(select(Campaign.id, Campaign.name).where(visible_campaigns(user))
+                                .order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(100)).all()
+    return {"models": models, "campaigns": campaigns}

@@ -1,4 +1,5 @@
-"""Jobs and images: a job's live status, thumbnails served small from the store, the full image."""
+"""Jobs and images: the job page (prompt, images, parameters, live status, cancel), thumbnails served small
+from the store, the image page (the image large, its lineage grouped, what changed from its parent)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import io
 import logging
 
 from flask import Response, abort, g, redirect, render_template, request, url_for
+from sqlalchemy import select
 
 from dashboard.core import bp, farm_ctx, login_required
 from farm.api.outputs import image_response
-from farm.models import Job
+from farm.models import Campaign, Job
 from farm.services import jobs as job_service
 from farm.storage import ObjectNotFoundError
 
@@ -19,12 +21,50 @@ THUMB_PX = 256
 IMAGE_ACTIONS = {"vary_subtle": "Vary (subtle)", "vary_strong": "Vary (strong)", "upscale_1.5x": "Upscale 1.5×", "upscale_2x": "Upscale 2×"}
 
 
+ACTIVE = ("queued", "assigned", "running")  # the states a job can still be canceled in
+JOB_PAGE_SHOWN = ("prompt", "model")  # the title and the header already say these
+
+
+def is_empty(value) -> bool:
+    """Nothing worth a row: None, "", an empty list or mapping, or False (an option left off)."""
+    return value is None or value is False or value == "" or value == [] or value == {}
+
+
+def flat_rows(value, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested record as (field, value) rows: dotted names, lists of plain values joined, empty fields left out."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            rows.extend(flat_rows(item, f"{prefix}{key}."))
+    elif isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        for i, item in enumerate(value):
+            rows.extend(flat_rows(item, f"{prefix}{i}."))
+    elif not is_empty(value):
+        rows.append((prefix.rstrip("."), ", ".join(map(str, value)) if isinstance(value, list) else str(value)))
+    return rows
+
+
 @bp.get("/jobs/<job_id>")
 @login_required
 def job(job_id: str):
-    found = job_service.get_job(farm_ctx(), g.dashboard_user, job_id)
-    template = "partials/job_status.html" if request.args.get("fragment") else "job.html"
-    return render_template(template, job=found)
+    ctx = farm_ctx()
+    found = job_service.get_job(ctx, g.dashboard_user, job_id)
+    if request.args.get("fragment"):
+        return render_template("partials/job_status.html", job=found, active=ACTIVE)
+    campaign_name = None
+    if found.campaign_id:
+        with ctx.db.session() as session:
+            campaign_name = session.execute(select(Campaign.name).where(Campaign.id == found.campaign_id)).scalar_one_or_none()
+    return render_template("job.html", job=found, active=ACTIVE, campaign_name=campaign_name,
+                           parameters=flat_rows({k: v for k, v in found.params.items() if k not in JOB_PAGE_SHOWN}))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@login_required
+def cancel(job_id: str):
+    """Cancel a queued or running job (the API's rule: a finished one is a 409)."""
+    job_service.cancel_job(farm_ctx(), g.dashboard_user, job_id)
+    return redirect(url_for("dashboard.job", job_id=job_id))
 
 
 def thumbnail_key(object_key: str) -> str:
@@ -63,25 +103,67 @@ def full_image(output_id: str):
     return image_response(ctx, job_service.get_output(ctx, g.dashboard_user, output_id))
 
 
-def _lineage_rows(value, prefix: str = "") -> list[tuple[str, str]]:
-    """A nested lineage record as (field, value) rows: dotted names, lists joined."""
-    rows: list[tuple[str, str]] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            rows.extend(_lineage_rows(item, f"{prefix}{key}."))
-    elif isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
-        for i, item in enumerate(value):
-            rows.extend(_lineage_rows(item, f"{prefix}{i}."))
-    else:
-        rows.append((prefix.rstrip("."), ", ".join(map(str, value)) if isinstance(value, list) else str(value)))
-    return rows
+# The image page's lineage, grouped (issue 19): each group names the record's
+# parts it shows, as (group, part of the record, keys of that part or None for all).
+LINEAGE_GROUPS = (
+    ("Prompt", "params", ("prompt", "final_prompt", "negative_prompt", "final_negative_prompt", "styles", "preset",
+                          "prompt_expansion", "prompt_expansion_engine", "prompt_expansion_model")),
+    ("Settings", "params", None),  # every other parameter
+    ("Model", "model", None),
+    ("Worker", "worker", None),
+    ("Software", "software", None),
+    ("Timings", "timings", None),
+)
+FILE_FIELDS = ("object_key", "sidecar_key", "content_type", "content_sha256", "byte_size")
+
+
+def lineage_groups(record: dict) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The lineage record as titled groups of (field, value) rows; empty fields and empty groups left out."""
+    groups, shown = [], set()
+    for title, part, keys in LINEAGE_GROUPS:
+        section = record.get(part) or {}
+        if not isinstance(section, dict):
+            continue
+        chosen = {k: v for k, v in section.items() if (k in keys if keys else (part, k) not in shown)}
+        shown |= {(part, k) for k in chosen}
+        rows = flat_rows(chosen)
+        if rows:
+            groups.append((title, rows))
+    files = flat_rows({k: record.get(k) for k in FILE_FIELDS})
+    if files:
+        groups.append(("Files", files))
+    return groups
+
+
+def lineage_changes(record: dict, parent: dict) -> list[tuple[str, str, str]]:
+    """What differs from the parent image: (field, parent's value, this image's value) over parameters and model."""
+    mine = dict(flat_rows({"params": record.get("params") or {}, "model": {"id": (record.get("model") or {}).get("id")}}))
+    theirs = dict(flat_rows({"params": parent.get("params") or {}, "model": {"id": (parent.get("model") or {}).get("id")}}))
+    return [(field.split(".", 1)[1], theirs.get(field, "–"), mine.get(field, "–"))
+            for field in sorted(set(mine) | set(theirs)) if mine.get(field) != theirs.get(field)]
+
+
+def parent_id(record: dict) -> str | None:
+    """The output this image was made from: varied or upscaled from, or rendered again."""
+    return record.get("parent_output") or record.get("rerender_of")
 
 
 @bp.get("/images/<output_id>")
 @login_required
 def image(output_id: str):
-    output = job_service.get_output(farm_ctx(), g.dashboard_user, output_id)
-    return render_template("image.html", output=output, lineage=_lineage_rows(output.lineage), image_modes=IMAGE_ACTIONS)
+    ctx, user = farm_ctx(), g.dashboard_user
+    output = job_service.get_output(ctx, user, output_id)
+    record = output.lineage or {}
+    parent, changes = None, []
+    if parent_id(record):
+        try:
+            parent = job_service.get_output(ctx, user, parent_id(record))
+        except job_service.NotFoundError:  # deleted, or someone else's: the id is still shown, unlinked
+            parent = None
+        if parent is not None:
+            changes = lineage_changes(record, parent.lineage or {})
+    return render_template("image.html", output=output, record=record, groups=lineage_groups(record), parent=parent,
+                           parent_id=parent_id(record), changes=changes, image_modes=IMAGE_ACTIONS)
 
 
 @bp.post("/images/<output_id>/rerender")

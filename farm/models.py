@@ -347,6 +347,10 @@ class Job(Timestamped, Base):
         Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_campaign_created", "campaign_id", "created_at", "id"),
         Index("ix_jobs_user_status", "user_id", "status"),  # max_queued_jobs counts
+        # The jobs history, newest first (dashboard/data.py); migration 0010 also adds, on
+        # Postgres only, the GIN index ix_jobs_prompt_search over the prompt for full-text search.
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_user_created", "user_id", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

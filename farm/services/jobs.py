@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.orm import Session
 
 from farm import states
@@ -178,16 +178,22 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
         raise RequestError([FieldProblem("cursor", "not a cursor returned by this API")], status=400) from None
 
 
+def visible_jobs(user: User):
+    """The jobs a user may list, as a where clause: all for admins, else their own or their team's (the rule of can_see)."""
+    if user.is_admin:
+        return true()
+    if user.team_id is None:
+        return Job.user_id == user.id
+    return Job.user_id.in_(select(User.id).where(User.team_id == user.team_id))
+
+
 def list_jobs(ctx: FarmContext, user: User, *, status: str | None = None, campaign: str | None = None,
               cursor: str | None = None, limit: int = 50, any_owner: bool = False) -> JobPage:
     if not 1 <= limit <= 200:
         raise RequestError([FieldProblem("limit", "must be between 1 and 200")], status=400)
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    if not user.is_admin and not any_owner:
-        if user.team_id is None:
-            query = query.where(Job.user_id == user.id)
-        else:
-            query = query.where(Job.user_id.in_(select(User.id).where(User.team_id == user.team_id)))
+    if not any_owner:
+        query = query.where(visible_jobs(user))
     if status:
         names = status.split(",")
         unknown = [name for name in names if name not in JobStatus.__members__]
