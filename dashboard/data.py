@@ -197,7 +197,7 @@ class HistoryFilters:
     campaign: uuid.UUID | None = None
     since: dt.datetime | None = None  # inclusive
     before: dt.datetime | None = None  # exclusive
-    words: tuple[str, ...] = ()  # every word must be in the prompt (a prefix of one of its words on Postgres)
+    words: tuple[str, ...] = ()  # every word must be in the prompt (a whole word on Postgres, a substring on SQLite)
 
 
 @dataclass
@@ -221,20 +221,21 @@ def prompt_vector():
 
 def _prompt_search(session: Session, words: tuple[str, ...]):
     if session.bind.dialect.name == "postgresql":
-        # Each word as a prefix, all of them required: "light hou" finds "a lighthouse at dusk".
-        query = " & ".join(f"{word}:*" for word in words)
+        # Whole words, all of them required. Not prefixes ("light:*"): Postgres
+        # estimates a prefix match at a fixed 2 % of rows, so for a rare prefix it
+        # walked the whole (created_at, id) index (0.4 s at 100,000 jobs) instead
+        # of the GIN index; a whole word is estimated from the index statistics.
+        # The words are letters and digits only (SEARCH_WORDS): no tsquery syntax.
+        query = " & ".join(words)
         return prompt_vector().bool_op("@@")(func.to_tsquery(literal_column("'simple'::regconfig"), query))
     # SQLite has no index for this: LIKE per word (case-blind for ASCII), a scan of the user's jobs.
     prompt = Job.params["prompt"].as_string()
     return and_(*(prompt.contains(word, autoescape=True) for word in words))
 
 
-def job_history(session: Session, user: User, filters: HistoryFilters, after: tuple[dt.datetime, uuid.UUID] | None,
-                limit: int) -> tuple[list[HistoryRow], bool]:
-    """One page of the jobs a user may see (the API's rule), newest first, from a (created_at, id) cursor: one query.
-
-    Returns the rows and whether there are older ones. Keyset, not OFFSET, and no
-    total count: the cost of a page does not grow with the number of jobs."""
+def history_query(session: Session, user: User, filters: HistoryFilters, after: tuple[dt.datetime, uuid.UUID] | None,
+                  limit: int):
+    """The statement of a history page: one more row than ``limit`` tells whether older jobs follow."""
     where = [visible_jobs(user)]
     if filters.status:
         where.append(Job.status == filters.status)
@@ -257,6 +258,16 @@ def job_history(session: Session, user: User, filters: HistoryFilters, after: tu
              .outerjoin(Campaign, Campaign.id == Job.campaign_id)
              .outerjoin(Output, and_(Output.job_id == Job.id, Output.index == 0))
              .where(*where).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    return query
+
+
+def job_history(session: Session, user: User, filters: HistoryFilters, after: tuple[dt.datetime, uuid.UUID] | None,
+                limit: int) -> tuple[list[HistoryRow], bool]:
+    """One page of the jobs a user may see (the API's rule), newest first, from a (created_at, id) cursor: one query.
+
+    Returns the rows and whether there are older ones. Keyset, not OFFSET, and no
+    total count: the cost of a page does not grow with the number of jobs."""
+    query = history_query(session, user, filters, after, limit)
     rows = [HistoryRow(id=row.id, status=row.status, model_id=row.model_id, prompt=row.prompt or "",
                        created_at=row.created_at, campaign_id=row.campaign_id, campaign_name=row.campaign_name,
                        output_id=row.output_id, outputs=row.outputs) for row in session.execute(query)]

@@ -56,6 +56,19 @@ def utc(value: dt.datetime | None) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+@bp.app_template_filter("eta")
+def eta(seconds: float | None) -> str:
+    """A campaign's ETA: "unknown" while there is nothing to go on (None), else "45 s", "8 min 20 s", "2 h 5 min"."""
+    if seconds is None:
+        return "unknown"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
 @bp.app_template_global("has_endpoint")
 def has_endpoint(endpoint: str) -> bool:
     return endpoint in current_app.view_functions

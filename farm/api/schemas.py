@@ -387,8 +387,11 @@ class CampaignView(BaseModel):
     images: int
     counts: dict[str, int]
     percent: float
-    images_per_minute: float
-    eta_s: float | None
+    images_per_minute: float = Field(description="images made / the campaign's own running time (first job's start "
+                                                 "to last job's finish, or to now while jobs remain)")
+    eta_s: float | None = Field(description="seconds to go: remaining estimated work / recent throughput; null while "
+                                            "there is nothing to go on (no job finished and no worker ETA yet, paused, "
+                                            "or nothing finished lately); 0 when no job remains")
     budget_images: int | None
     deadline: Timestamp | None
     created_at: Timestamp

@@ -20,18 +20,19 @@ import zipfile
 from typing import Any, Iterator
 
 from pydantic import Field, ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from farm import states
 from farm.outbound import OutboundRefused, check_url
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
-from farm.costs import estimate_render_s
+from farm.costs import RenderTimes
 from farm.models import INTEGER_MAX, Campaign, CampaignStatus, Job, JobStatus, Output, User, WebhookDelivery, utcnow
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm import safejson
 from farm.safejson import CheckedModel
+from farm.services.campaign_progress import progress, progress_stats
 from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
 from farm.services.quotas import Cost, reserve
 from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, parse_request, resolve_request
@@ -39,7 +40,6 @@ from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, p
 logger = logging.getLogger(__name__)
 
 MAX_CAMPAIGN_JOBS = 100_000
-RECENT_MINUTES = 5  # images per minute is measured over this window
 MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority"}) | {"seed_count"}
 # CSV cells are text: these fields are converted.
 _INT_FIELDS = {"width", "height", "steps", "seed", "num_images"}
@@ -172,6 +172,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
     with ctx.db.transaction() as session:
         infos = model_infos(session)
         loras = lora_infos(session)
+        render_times = RenderTimes.load(session)
         rows, images, gpu_s, largest, most_steps = [], 0, 0.0, 0, 0
         by_model: dict[str, tuple[int, float]] = {}
         for number, payload in enumerate(requests_, start=1):
@@ -180,8 +181,8 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
             except RequestError as exc:
                 where = f"job {number} of {len(requests_)}"
                 raise RequestError([FieldProblem(f"{where}: {p.field}", p.message) for p in exc.problems]) from None
-            estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
-                                         resolved.num_images)
+            estimate = render_times.estimate(resolved.model_id, infos[resolved.model_id].family, resolved.width,
+                                             resolved.height, resolved.steps, resolved.num_images)
             images += resolved.num_images
             gpu_s += estimate
             model_images, model_gpu = by_model.get(resolved.model_id, (0, 0.0))
@@ -232,19 +233,16 @@ def visible_campaign(session, user: User, campaign_id: str) -> Campaign:
 def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, Any]:
     with ctx.db.transaction() as session:
         campaign = visible_campaign(session, user, campaign_id)
-        counts = dict(session.execute(
-            select(Job.status, func.count()).where(Job.campaign_id == campaign.id).group_by(Job.status)).all())
-        since = utcnow() - dt.timedelta(minutes=RECENT_MINUTES)
-        recent = session.execute(select(func.count()).select_from(Output).join(Job, Job.id == Output.job_id)
-                                 .where(Job.campaign_id == campaign.id, Output.created_at >= since)).scalar_one()
-        unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
+        now = utcnow()
+        stats = progress_stats(session, [campaign.id], now)[campaign.id]
+        unfinished = sum(stats[s].count for s in ("queued", "assigned", "running") if s in stats)
         if unfinished == 0 and campaign.status in (CampaignStatus.active.value, CampaignStatus.paused.value):
             campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
         webhook = webhook_status(session, campaign)
     return {
         "id": str(campaign.id), "name": campaign.name, "status": campaign.status, "priority": campaign.priority,
         "jobs": campaign.job_count, "images": campaign.image_count,
-        **progress(campaign, counts, recent),
+        **progress(campaign, stats, now),
         "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
         "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
         "webhook": webhook,
@@ -270,21 +268,6 @@ def webhook_status(session, campaign: Campaign) -> dict[str, Any] | None:
         "last_job_delivery": None if latest is None else {
             "job": str(latest.job_id), "event": latest.event, "state": latest.state, "attempts": latest.attempts,
             "last_error": latest.last_error, "at": _iso(latest.updated_at)},
-    }
-
-
-def progress(campaign: Campaign, counts: dict[str, int], recent_outputs: int) -> dict[str, Any]:
-    """Status counts, percent done, images per minute and ETA from a campaign's
-    job counts and its outputs of the last RECENT_MINUTES."""
-    unfinished = sum(counts.get(s, 0) for s in ("queued", "assigned", "running"))
-    done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
-    per_minute = recent_outputs / RECENT_MINUTES
-    jobs_per_minute = per_minute / max(campaign.image_count / max(campaign.job_count, 1), 1)
-    return {
-        "counts": {s.value: counts.get(s.value, 0) for s in JobStatus},
-        "percent": round(100.0 * done / campaign.job_count, 1) if campaign.job_count else 100.0,
-        "images_per_minute": round(per_minute, 2),
-        "eta_s": round(unfinished / jobs_per_minute * 60, 1) if unfinished and jobs_per_minute > 0 else (0.0 if not unfinished else None),
     }
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from farm import states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, Output, User
-from farm.costs import estimate_render_s
+from farm.costs import RenderTimes
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm.services.quotas import Cost, reserve
@@ -92,8 +92,8 @@ def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
         resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask,
                                    loras=lora_infos(session) if req.loras or req.performance else None,
                                    image_prompts=_image_prompt_sources(ctx, session, user, req) if req.image_prompts else None)
-        estimate = estimate_render_s(infos[resolved.model_id].family, resolved.width, resolved.height, resolved.steps,
-                                     resolved.num_images)
+        estimate = RenderTimes.load(session).estimate(resolved.model_id, infos[resolved.model_id].family, resolved.width,
+                                                      resolved.height, resolved.steps, resolved.num_images)
         job = Job(
             id=uuid.uuid4(),
             reserved_gpu_seconds=estimate,

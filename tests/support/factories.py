@@ -44,3 +44,14 @@ def make_job(ctx, user: str = "alice", model: str = "m-sd", **overrides) -> uuid
         session.add(job)
         session.flush()
         return job.id
+
+
+def insert_jobs(session, *, user_id: int, model_id: str, prompts: list[str], **fields) -> list[uuid.UUID]:
+    """Many job rows in one INSERT (history and search tests); ``fields`` set columns of every row."""
+    from sqlalchemy import insert
+
+    ids = [uuid.uuid4() for _ in prompts]
+    session.execute(insert(Job), [dict(
+        id=job_id, user_id=user_id, model_id=model_id, request={"prompt": prompt}, params={"prompt": prompt, "model": model_id},
+        width=64, height=64, steps=2, seed=i, **fields) for i, (job_id, prompt) in enumerate(zip(ids, prompts))])
+    return ids
