@@ -1,0 +1,161 @@
+"""The dashboard's visual design in headless Chromium against a real farm (api,
+scheduler and a worker with a tiny SD model, on Postgres, Redis and S3): each
+page of the design part (sign-in, status, create, workers, usage, admin,
+sessions, an error page) at 1366 px and 390 px, light and dark, with
+screenshots in test-artifacts/screenshots/. Every page must fit its window
+(no horizontal scrolling), its buttons must be the stylesheet's, not the
+browser's, and dark mode must render dark. Create must clear stale errors on a
+check, show the result beside the buttons, and offer only SD frames."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from farm.spec import FAMILY_ASPECT_RATIOS
+from tests.e2e.conftest import running_cluster
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TIMEOUT_MS = 120_000
+WIDTHS = {"desktop": (1366, 800), "phone": (390, 844)}
+PAGES = ("/", "/create", "/workers", "/usage", "/admin", "/admin/sessions")
+
+FITS = "document.documentElement.scrollWidth <= window.innerWidth"
+# Chromium's own button: square corners, a grey face, normal weight.
+BUTTON_LOOK = """(selector) => { const s = getComputedStyle(document.querySelector(selector));
+  return {radius: s.borderRadius, weight: s.fontWeight, background: s.backgroundColor, padding: s.paddingLeft}; }"""
+BODY_BACKGROUND = "getComputedStyle(document.body).backgroundColor"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3, tiny_models):
+    """One farm for the module: the tests only read pages and submit tiny jobs."""
+    redis_url = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with running_cluster(tmp_path_factory.mktemp("design"), s3, redis_url, {"tiny-a": tiny_models["tiny-a"]},
+                         {"wa": ["tiny-a"]}) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make test` installs it (scripts/ensure-browser.sh)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"design-{name}.png"), full_page=True)
+
+
+def open_page(browser, base: str, size: str, scheme: str = "light"):
+    width, height = WIDTHS[size]
+    page = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(base + "/login")
+    return page
+
+
+def sign_in(page, base: str, token: str) -> None:
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def name_of(path: str) -> str:
+    return path.strip("/").replace("/", "-") or "status"
+
+
+def assert_designed(page, what: str) -> None:
+    """The page fits its window and its buttons are styled by farm.css."""
+    assert page.evaluate(FITS), f"{what} scrolls sideways: {page.evaluate('document.documentElement.scrollWidth')} px wide"
+    if page.locator("main button").count():
+        look = page.evaluate(BUTTON_LOOK, "main button")
+        assert look["radius"] != "0px" and int(look["weight"]) >= 600, f"{what}: a browser-default button {look}"
+
+
+def luminance(css_colour: str) -> float:
+    red, green, blue = (int(part) for part in css_colour[css_colour.index("(") + 1:css_colour.index(")")].split(",")[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+
+def test_design_pages_fit_both_widths_in_light_and_dark(cluster, browser, client_for):
+    base = cluster.api_url
+    client = client_for(cluster, cluster.token)
+    # A finished job, so counts, usage and "last used" have something to show.
+    client.wait_final(client.submit(prompt="a lighthouse at dawn", model="tiny-a", width=64, height=64, steps=2))
+    for size in WIDTHS:
+        for scheme in ("light", "dark"):
+            page = open_page(browser, base, size, scheme)
+            suffix = f"{size}" + ("-dark" if scheme == "dark" else "")
+            assert_designed(page, f"sign-in at {size}")
+            shot(page, f"login-{suffix}")
+            sign_in(page, base, cluster.admin_token)
+            background = luminance(page.evaluate(BODY_BACKGROUND))
+            assert (background < 0.2) if scheme == "dark" else (background > 0.9), (scheme, background)
+            for path in PAGES:
+                page.goto(base + path)
+                assert_designed(page, f"{path} at {size} ({scheme})")
+                shot(page, f"{name_of(path)}-{suffix}")
+            page.goto(f"{base}/campaigns/{uuid.uuid4()}")  # a missing campaign: the error page
+            assert_designed(page, f"error page at {size} ({scheme})")
+            shot(page, f"error-{suffix}")
+            page.context.close()
+
+
+def test_status_counts_link_to_the_jobs_history(cluster, browser, client_for):
+    base = cluster.api_url
+    client = client_for(cluster, cluster.token)
+    client.wait_final(client.submit(prompt="a fox in snow", model="tiny-a", width=64, height=64, steps=2))
+    page = open_page(browser, base, "desktop")
+    sign_in(page, base, cluster.token)
+    assert int(page.inner_text("#count-succeeded").split()[1]) >= 1
+    assert page.get_attribute("#count-failed", "href") == "/jobs?status=failed"
+    page.click("#count-succeeded")
+    page.wait_for_url(base + "/jobs?status=succeeded")
+    assert page.locator("a[aria-current=page]").inner_text() == "Jobs"  # the nav marks the page
+
+
+def test_create_clears_stale_errors_on_check_and_offers_only_registered_frames(cluster, browser):
+    base = cluster.api_url
+    page = open_page(browser, base, "desktop")
+    sign_in(page, base, cluster.token)
+    page.goto(base + "/create")
+    # Only an SD model is registered: no SDXL frame is offered.
+    offered = page.eval_on_selector_all("#aspect_ratio option", "options => options.map(o => o.value)")
+    assert offered == list(FAMILY_ASPECT_RATIOS["sd"]) and "1024*1024" not in offered
+
+    page.fill("#prompt", "a lighthouse")
+    page.select_option("#model", "tiny-a")
+    page.click("summary")  # advanced options
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    page.fill("#steps", "0")
+    page.click("#submit-button")  # refused: the page comes back with field errors
+    assert "greater than or equal to 1" in page.inner_text("#error-steps")
+    assert page.locator("#form-message").count() == 1
+
+    if not page.is_visible("#steps"):  # the advanced options reopen when one of them has an error
+        page.click("summary")
+    page.fill("#steps", "4")
+    page.click("#check-button")
+    page.wait_for_selector("#check-result")
+    assert page.locator("#error-steps").count() == 0 and page.locator("#form-message").count() == 0
+    assert page.locator(".field-error").count() == 0
+    # The result is beside the buttons and in view without scrolling.
+    result, button = page.locator("#check-result").bounding_box(), page.locator("#check-button").bounding_box()
+    assert result["y"] + result["height"] <= WIDTHS["desktop"][1] and abs(result["y"] - button["y"]) < 120
+    assert_designed(page, "create after a check")
+    page.screenshot(path=str(SCREENSHOTS / "design-create-checked-desktop.png"))
