@@ -15,7 +15,7 @@ from sqlalchemy import String, and_, cast, func, literal_column, or_, select, tu
 from sqlalchemy.orm import Session
 
 from farm.models import Campaign, Job, ModelEntry, Output, Team, UsageEntry, User, Worker, utcnow
-from farm.services.campaigns import RECENT_MINUTES, progress
+from farm.services.campaign_progress import progress, progress_stats
 from farm.services.jobs import visible_jobs
 
 logger = logging.getLogger(__name__)
@@ -41,19 +41,9 @@ def campaign_summaries(session: Session, user: User, page: int) -> tuple[list[di
     campaigns = session.execute(select(Campaign, User.name).join(User, User.id == Campaign.user_id).where(visible)
                                 .order_by(Campaign.created_at.desc(), Campaign.id.desc())
                                 .offset((page - 1) * CAMPAIGN_PAGE).limit(CAMPAIGN_PAGE)).all()
-    ids = [c.id for c, _ in campaigns]
-    counts: dict[uuid.UUID, dict[str, int]] = {i: {} for i in ids}
-    recent: dict[uuid.UUID, int] = {}
-    if ids:
-        for campaign_id, status, count in session.execute(
-                select(Job.campaign_id, Job.status, func.count()).where(Job.campaign_id.in_(ids))
-                .group_by(Job.campaign_id, Job.status)):
-            counts[campaign_id][status] = count
-        since = utcnow() - dt.timedelta(minutes=RECENT_MINUTES)
-        recent = dict(session.execute(
-            select(Job.campaign_id, func.count()).select_from(Output).join(Job, Job.id == Output.job_id)
-            .where(Job.campaign_id.in_(ids), Output.created_at >= since).group_by(Job.campaign_id)).all())
-    rows = [{"campaign": c, "owner": owner, **progress(c, counts[c.id], recent.get(c.id, 0))} for c, owner in campaigns]
+    now = utcnow()
+    stats = progress_stats(session, [c.id for c, _ in campaigns], now)
+    rows = [{"campaign": c, "owner": owner, **progress(c, stats[c.id], now)} for c, owner in campaigns]
     return rows, total
 
 
