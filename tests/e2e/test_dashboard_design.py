@@ -10,7 +10,6 @@ check, show the result beside the buttons, and offer only SD frames."""
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import pytest
 
 from farm.spec import FAMILY_ASPECT_RATIOS
 from tests.e2e.conftest import running_cluster
+from tests.e2e.test_dashboard_browser import browser  # noqa: F401  (the headless Chromium fixture)
 
 pytestmark = pytest.mark.e2e
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TIMEOUT_MS = 120_000
 WIDTHS = {"desktop": (1366, 800), "phone": (390, 844)}
 PAGES = ("/", "/create", "/workers", "/usage", "/admin", "/admin/sessions")
@@ -32,6 +31,7 @@ FITS = "document.documentElement.scrollWidth <= window.innerWidth"
 BUTTON_LOOK = """(selector) => { const s = getComputedStyle(document.querySelector(selector));
   return {radius: s.borderRadius, weight: s.fontWeight, background: s.backgroundColor, padding: s.paddingLeft}; }"""
 BODY_BACKGROUND = "getComputedStyle(document.body).backgroundColor"
+FOCUS_RING = "(() => { const s = getComputedStyle(document.activeElement); return [s.outlineStyle, s.outlineWidth]; })()"
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +41,6 @@ def cluster(tmp_path_factory, s3, tiny_models):
     with running_cluster(tmp_path_factory.mktemp("design"), s3, redis_url, {"tiny-a": tiny_models["tiny-a"]},
                          {"wa": ["tiny-a"]}) as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: `make test` installs it (scripts/ensure-browser.sh)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def shot(page, name: str) -> None:
@@ -101,6 +89,8 @@ def test_design_pages_fit_both_widths_in_light_and_dark(cluster, browser, client
             page = open_page(browser, base, size, scheme)
             suffix = f"{size}" + ("-dark" if scheme == "dark" else "")
             assert_designed(page, f"sign-in at {size}")
+            page.keyboard.press("Tab")  # keyboard focus is visible: the stylesheet's ring, not none
+            assert page.evaluate(FOCUS_RING) == ["solid", "3px"], page.evaluate(FOCUS_RING)
             shot(page, f"login-{suffix}")
             sign_in(page, base, cluster.admin_token)
             background = luminance(page.evaluate(BODY_BACKGROUND))
