@@ -60,6 +60,7 @@ class GalleryItem:
     error: str | None
     output_id: uuid.UUID | None
     outputs: int  # images of the job (a job can make several)
+    axes: dict[str, Any] | None = None  # the job's campaign axis values (Job.campaign_axes)
 
     @property
     def percent(self) -> float:
@@ -81,7 +82,9 @@ def _style_clause(session: Session, style: str):
 
 def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None, style: str | None, model: str | None,
                  page: int) -> tuple[list[GalleryItem], int]:
-    """A page of a campaign's jobs with the first image of each: two queries (count, page)."""
+    """A page of a campaign's jobs in expansion order (matrix, then rows) with the
+    first image of each: two queries (count, page). Unfiltered, a page is a range
+    of Job.campaign_index, read from the index without skipping the pages before."""
     where = [Job.campaign_id == campaign_id]
     if status:
         where.append(Job.status == status)
@@ -92,15 +95,20 @@ def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None
     total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
     image_count = (select(func.count()).where(Output.job_id == Job.id).correlate(Job).scalar_subquery())
     query = (select(Job.id, Job.status, Job.model_id, Job.params, Job.seed, Job.progress_step, Job.progress_total,
-                    Job.steps, Job.error, Output.id.label("output_id"), image_count.label("outputs"))
+                    Job.steps, Job.error, Job.campaign_axes, Output.id.label("output_id"), image_count.label("outputs"))
              .outerjoin(Output, and_(Output.job_id == Job.id, Output.index == 0))
-             .where(*where).order_by(Job.created_at, Job.id)
-             .offset((page - 1) * GALLERY_PAGE).limit(GALLERY_PAGE))
-    items = [GalleryItem(job_id=row.id, status=row.status, model_id=row.model_id,
-                         prompt=row.params.get("final_prompt") or row.params.get("prompt") or "",
+             .order_by(Job.campaign_index, Job.id).limit(GALLERY_PAGE))
+    start = (page - 1) * GALLERY_PAGE
+    rows = []
+    if len(where) == 1:  # campaign_index runs 0..job_count-1 with no gaps
+        rows = session.execute(query.where(*where, Job.campaign_index >= start)).all()
+    if not rows:  # filtered, or a campaign from before campaign_index (all NULL)
+        rows = session.execute(query.where(*where).offset(start)).all()
+    items = [GalleryItem(job_id=row.id, status=row.status, model_id=row.model_id,  # the prompt as written, not styled
+                         prompt=row.params.get("prompt") or row.params.get("final_prompt") or "",
                          styles=list(row.params.get("styles") or []), seed=row.seed, step=row.progress_step,
                          total=row.progress_total or row.steps, error=row.error, output_id=row.output_id,
-                         outputs=row.outputs) for row in session.execute(query)]
+                         outputs=row.outputs, axes=row.campaign_axes) for row in rows]
     return items, total
 
 

@@ -351,11 +351,16 @@ class Job(Timestamped, Base):
         # Postgres only, the GIN index ix_jobs_prompt_search over the prompt for full-text search.
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_user_created", "user_id", "created_at", "id"),
+        Index("ix_jobs_campaign_index", "campaign_id", "campaign_index", "id"),  # gallery order, grid cells
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    # A campaign job's place in its expansion (0-based, matrix then rows) and
+    # its axis values ({matrix key: value, "row": row number}); None outside campaigns.
+    campaign_index: Mapped[Optional[int]] = mapped_column(Integer)
+    campaign_axes: Mapped[Optional[dict[str, Any]]]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     # The output this job renders again (POST /outputs/{id}/rerender).
     rerender_of: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)

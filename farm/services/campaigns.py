@@ -17,6 +17,7 @@ import logging
 import secrets
 import uuid
 import zipfile
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pydantic import Field, ValidationError
@@ -142,7 +143,69 @@ def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
-def expand(req: CampaignRequest) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Axis:
+    """One dimension of a campaign's expansion: a matrix key, or "row" for its rows.
+
+    values is None where the campaign row does not hold them (the seeds drawn for
+    seed_count); each job then carries its own value in Job.campaign_axes."""
+
+    name: str
+    size: int
+    values: list[Any] | None
+
+
+def campaign_axes(matrix: dict[str, list[Any]] | None, row_count: int) -> list[Axis]:
+    """The axes of an expansion in the order expand() walks them: matrix keys
+    sorted by name (the last varies fastest), then rows."""
+    axes = []
+    for key, values in (matrix or {}).items():
+        if key == "seed_count":
+            axes.append(Axis("seed", int(values[0]), None))
+        else:
+            axes.append(Axis(key, len(values), list(values)))
+    axes.sort(key=lambda axis: axis.name)
+    if row_count:
+        axes.append(Axis("row", row_count, list(range(1, row_count + 1))))
+    return axes
+
+
+def position(axes: list[Axis], picks: dict[str, int]) -> int:
+    """The expansion index of the job at the given value index of each axis (mixed radix)."""
+    index = 0
+    for axis in axes:
+        index = index * axis.size + picks[axis.name]
+    return index
+
+
+def _override(merged: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """merged with override's fields on top; the override wins on sizes too: an
+    aspect_ratio drops the width and height below it, a width or height the
+    aspect_ratio below it (issue 19: a matrix over aspect_ratio on a base with
+    width/height was refused as giving both)."""
+    out = dict(merged)
+    if "aspect_ratio" in override:
+        out.pop("width", None)
+        out.pop("height", None)
+    if "width" in override or "height" in override:
+        out.pop("aspect_ratio", None)
+    out.update(override)
+    if isinstance(out.get("styles"), str):  # a plain style name is a list of one
+        out["styles"] = [out["styles"]]
+    return out
+
+
+@dataclass(frozen=True)
+class ExpandedJob:
+    request: dict[str, Any]
+    index: int  # place in the expansion, 0-based
+    axes: dict[str, Any]  # matrix key -> this job's value, "row" -> row number (1-based)
+
+
+def expand(req: CampaignRequest) -> list[ExpandedJob]:
+    """The campaign's jobs: the cross product of the matrix (keys by name, the
+    last varying fastest), each combination once per row; matrix values
+    override the base and row fields override both."""
     matrix = dict(req.matrix)
     if "seed_count" in matrix:
         count = matrix.pop("seed_count")[0]
@@ -156,9 +219,11 @@ def expand(req: CampaignRequest) -> list[dict[str, Any]]:
         raise RequestError([FieldProblem("matrix", f"expands to {total} jobs; a campaign has at most {MAX_CAMPAIGN_JOBS}")], status=422)
     expanded = []
     for combo in combos:
-        combined = {**req.base, **dict(zip(keys, combo))}
-        for row in rows:
-            expanded.append({**combined, **row, "priority": req.priority})
+        values = dict(zip(keys, combo))
+        combined = _override(req.base, values)
+        for number, row in enumerate(rows, start=1):
+            axes = {**values, "row": number} if req.rows else values
+            expanded.append(ExpandedJob({**_override(combined, row), "priority": req.priority}, len(expanded), axes))
     return expanded
 
 
@@ -175,9 +240,9 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
         render_times = RenderTimes.load(session)
         rows, images, gpu_s, largest, most_steps = [], 0, 0.0, 0, 0
         by_model: dict[str, tuple[int, float]] = {}
-        for number, payload in enumerate(requests_, start=1):
+        for number, item in enumerate(requests_, start=1):
             try:
-                resolved = resolve_request(parse_request(payload), infos, ctx.settings, loras=loras)
+                resolved = resolve_request(parse_request(item.request), infos, ctx.settings, loras=loras)
             except RequestError as exc:
                 where = f"job {number} of {len(requests_)}"
                 raise RequestError([FieldProblem(f"{where}: {p.field}", p.message) for p in exc.problems]) from None
@@ -193,6 +258,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
                 user_id=user.id, model_id=resolved.model_id, request=resolved.request, params=resolved.params,
                 width=resolved.width, height=resolved.height, steps=resolved.steps, num_images=resolved.num_images,
                 seed=resolved.seed, priority=resolved.priority, reserved_gpu_seconds=estimate,
+                campaign_index=item.index, campaign_axes=item.axes,
             ))
         cost = Cost(len(rows), images, gpu_s, largest, most_steps)
         if req.budget_images is not None and images > req.budget_images:
