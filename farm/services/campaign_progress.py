@@ -10,15 +10,16 @@ the ETA followed from it. Here:
   seconds (``Job.reserved_gpu_seconds``, from ``farm.costs``), so a campaign
   mixing sizes or models weighs its jobs by their cost; a running job's
   remaining work is its share of steps still to go. Throughput is the work
-  finished (jobs that succeeded or failed, plus running jobs' steps done) per
-  second over a recent window that grows with the campaign's running time:
-  half of it, at least ``WINDOWS_S[0]`` and at most ``WINDOWS_S[-1]``, so a
-  young campaign uses all it has and an old one follows changes in the farm
-  (workers joining or leaving) within half an hour;
-- before any job has finished, the workers' per-job ETAs of the running jobs
-  (``Job.eta_s``) give the throughput; with none of them either, or while the
-  campaign is paused, or when nothing finished within the window (a stalled
-  farm), the ETA is None ("unknown"), never a guess.
+  finished (jobs that succeeded or failed) per second over a recent window
+  that grows with the campaign's running time: the shortest of ``WINDOWS_S``
+  holding half of it (at least 30 s, at most 30 min), so the start-up of a
+  young campaign weighs less and an old one follows changes in the farm
+  (workers joining or leaving); a window holding the whole run also counts
+  the running jobs' steps done;
+- while nothing finished within the window (before the first job finished,
+  say), the workers' per-job ETAs of the running jobs (``Job.eta_s``) give the
+  throughput; with none of them either, or while the campaign is paused, the
+  ETA is None ("unknown"), never a guess.
 
 Everything comes from one grouped query per page, whatever the campaign size.
 """
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # The throughput windows a campaign's running time picks from (seconds): fixed
 # steps, so one query serves any number of campaigns.
-WINDOWS_S = (120, 300, 600, 900, 1800)
+WINDOWS_S = (30, 60, 120, 300, 600, 900, 1800)
 
 UNFINISHED = (JobStatus.queued.value, JobStatus.assigned.value, JobStatus.running.value)
 WORKED = (JobStatus.succeeded.value, JobStatus.failed.value)  # finished jobs that took a worker's time
@@ -113,12 +114,17 @@ def _eta_s(campaign: Campaign, stats: dict[str, StatusStats], unfinished: int, r
         return None  # paused: nothing new starts until it is resumed
     running = stats.get(JobStatus.running.value, StatusStats())
     remaining = sum(stats[s].work for s in UNFINISHED if s in stats) - running.progressed
-    if not any(stats[s].count for s in WORKED if s in stats):
-        return round(remaining / running.worker_rate, 1) if running.worker_rate > 0 else None
     target = min(max(running_s / 2, WINDOWS_S[0]), WINDOWS_S[-1])
     index = next(i for i, window in enumerate(WINDOWS_S) if window >= target)
+    finished = sum(stats[s].recent[index] for s in WORKED if s in stats)
+    if WINDOWS_S[index] >= running_s:
+        # The window holds the whole run: the running jobs' steps done are all
+        # inside it too. (In a shorter window they are left out: they would count
+        # the window's end twice, as a job straddling its start counts whole.)
+        finished += running.progressed
     length = min(WINDOWS_S[index], running_s)
-    finished = sum(stats[s].recent[index] for s in WORKED if s in stats) + running.progressed
-    if finished <= 0 or length <= 0:
-        return None  # nothing finished lately: the farm is not working on it
-    return round(remaining / (finished / length), 1)
+    if finished > 0 and length > 0:
+        return round(remaining / (finished / length), 1)
+    # Nothing finished within the window: the running jobs' own ETAs, if any;
+    # else the farm is not working on it and any figure would be a guess.
+    return round(remaining / running.worker_rate, 1) if running.worker_rate > 0 else None
