@@ -1,7 +1,7 @@
 """The dashboard's visual design in headless Chromium against a real farm (api,
 scheduler and a worker with a tiny SD model, on Postgres, Redis and S3): each
 page of the design part (sign-in, status, create, workers, usage, admin,
-sessions, an error page) at 1366 px and 390 px, light and dark, with
+sessions, an error page) at 1366 px and 390 px, light and dark (and 1920 px), with
 screenshots in test-artifacts/screenshots/. Every page must fit its window
 (no horizontal scrolling), its buttons must be the stylesheet's, not the
 browser's, and dark mode must render dark. Create must clear stale errors on a
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 TIMEOUT_MS = 120_000
-WIDTHS = {"desktop": (1366, 800), "phone": (390, 844)}
+WIDTHS = {"desktop": (1366, 800), "phone": (390, 844), "wide": (1920, 1080)}
+SCHEMES = {"desktop": ("light", "dark"), "phone": ("light", "dark"), "wide": ("light",)}
 PAGES = ("/", "/create", "/workers", "/usage", "/admin", "/admin/sessions")
 
 FITS = "document.documentElement.scrollWidth <= window.innerWidth"
@@ -79,13 +80,13 @@ def luminance(css_colour: str) -> float:
     return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
 
 
-def test_design_pages_fit_both_widths_in_light_and_dark(cluster, browser, client_for):
+def test_design_pages_fit_390_1366_and_1920_px_in_light_and_dark(cluster, browser, client_for):
     base = cluster.api_url
     client = client_for(cluster, cluster.token)
     # A finished job, so counts, usage and "last used" have something to show.
     client.wait_final(client.submit(prompt="a lighthouse at dawn", model="tiny-a", width=64, height=64, steps=2))
     for size in WIDTHS:
-        for scheme in ("light", "dark"):
+        for scheme in SCHEMES[size]:
             page = open_page(browser, base, size, scheme)
             suffix = f"{size}" + ("-dark" if scheme == "dark" else "")
             assert_designed(page, f"sign-in at {size}")
