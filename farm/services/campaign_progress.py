@@ -117,14 +117,14 @@ def _eta_s(campaign: Campaign, stats: dict[str, StatusStats], unfinished: int, r
     target = min(max(running_s / 2, WINDOWS_S[0]), WINDOWS_S[-1])
     index = next(i for i, window in enumerate(WINDOWS_S) if window >= target)
     finished = sum(stats[s].recent[index] for s in WORKED if s in stats)
-    if WINDOWS_S[index] >= running_s:
-        # The window holds the whole run: the running jobs' steps done are all
-        # inside it too. (In a shorter window they are left out: they would count
-        # the window's end twice, as a job straddling its start counts whole.)
-        finished += running.progressed
     length = min(WINDOWS_S[index], running_s)
     if finished > 0 and length > 0:
+        if WINDOWS_S[index] >= running_s:
+            # The window holds the whole run: the running jobs' steps done are all
+            # inside it too. (In a shorter window they are left out: they would count
+            # the window's end twice, as a job straddling its start counts whole.)
+            finished += running.progressed
         return round(remaining / (finished / length), 1)
-    # Nothing finished within the window: the running jobs' own ETAs, if any;
-    # else the farm is not working on it and any figure would be a guess.
+    # Nothing finished within the window (or at all yet): the running jobs' own
+    # ETAs, if any; else the farm is not working on it and any figure would be a guess.
     return round(remaining / running.worker_rate, 1) if running.worker_rate > 0 else None
