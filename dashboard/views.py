@@ -8,7 +8,7 @@ import logging
 from flask import redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from dashboard import campaigns, create, filters, history, images, operations  # noqa: F401  (their routes and filters join the blueprint)
+from dashboard import campaigns, create, filters, history, images, live, operations  # noqa: F401  (their routes and filters join the blueprint)
 from dashboard.core import bp, end_dashboard_session, farm_ctx, login_required, start_dashboard_session
 from farm.auth import check_password, hash_password, password_needs_rehash, user_for_token
 from farm.models import Job, ModelEntry, User, Worker

@@ -62,20 +62,23 @@ def last_event_id() -> int:
     return int(raw)
 
 
-def first_events(feed, events_layer) -> list[tuple[str, dict]]:
-    events = feed.read()
+def first_events(feed, events_layer) -> tuple[list[tuple[str, dict]], dict | None]:
+    """The feed's first events with the job's latest live message (a stream
+    opened mid-render shows the current preview), and that message."""
+    events, latest = feed.read(), None
     if not feed.final and feed.kind == "job":
         latest = events_layer.latest_live("job", feed.id)
         if latest:
             events += feed.live(latest)
-    return events
+    return events, latest
 
 
 def stream_response(feed, ctx) -> Response:
     """The answer of an events view: the first events, then the rest by the
     ASGI front (no thread) or by a polling generator (any WSGI server)."""
     settings = ctx.settings
-    body = f"retry: {RETRY_MS}\n\n".encode() + encode_all(first_events(feed, ctx.events), feed.cursor)
+    events, latest = first_events(feed, ctx.events)
+    body = f"retry: {RETRY_MS}\n\n".encode() + encode_all(events, feed.cursor)
     holder = request.environ.get("asgi.scope", {}).get(SCOPE_KEY)
     if feed.final:
         chunks: Iterable[bytes] = [body]
@@ -83,15 +86,15 @@ def stream_response(feed, ctx) -> Response:
         holder["feed"] = feed
         chunks = iter([body])  # no Content-Length: the front goes on writing
     else:
-        chunks = _polled(feed, ctx, body, settings.sse_max_s, settings.sse_heartbeat_s, settings.sse_poll_s)
+        chunks = _polled(feed, ctx, body, latest, settings.sse_max_s, settings.sse_heartbeat_s, settings.sse_poll_s)
     return Response(chunks, mimetype="text/event-stream", headers=HEADERS)
 
 
-def _polled(feed, ctx, body: bytes, max_s: float, heartbeat_s: float, poll_s: float) -> Iterator[bytes]:
+def _polled(feed, ctx, body: bytes, last_live: dict | None, max_s: float, heartbeat_s: float,
+            poll_s: float) -> Iterator[bytes]:
     yield body
     deadline = time.monotonic() + max_s
     last_beat = time.monotonic()
-    last_live = None
     while not feed.final:
         now = time.monotonic()
         if now >= deadline:

@@ -36,7 +36,8 @@ ARTIFACTS = Path(os.environ.get("FARM_TEST_ARTIFACTS", "test-artifacts")) / "fuz
 
 @pytest.fixture()
 def live_api(tmp_path, migrated_postgres_url):
-    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, api_threads=8)
+    # Event streams of jobs that stay queued end after a second (FARM_SSE_MAX_S).
+    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, api_threads=8, sse_max_s=1, sse_poll_s=0.2)
     ctx = build_context(settings, events=LocalEvents())
     with ctx.db.engine.begin() as conn:
         # Ids far from the small integers a fuzzer tries first, so a DELETE /tokens/1

@@ -1,0 +1,69 @@
+"""Live previews on the job page (issue 19), in headless Chromium against a
+real farm (api under uvicorn, scheduler, a worker with a tiny model, on
+Postgres, Redis and S3): the worker's previews arrive over Server-Sent
+Events while it renders and the page's poll is skipped meanwhile; with no
+EventSource the page still follows the job by polling. Screenshots go to
+test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Client, running_cluster
+from tests.e2e.test_dashboard_browser import browser, sign_in, wait_true  # noqa: F401  (the browser fixture)
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+# Long enough on CPU for several previews to arrive before the image does.
+SLOW_JOB = dict(prompt="a lighthouse at dawn", model="tiny-a", width=256, height=256, steps=150)
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_job_page_shows_previews_over_sse_during_a_render(tmp_path, s3, redis_url, tiny_models, browser):  # noqa: F811
+    with running_cluster(tmp_path, s3, redis_url, {"tiny-a": tiny_models["tiny-a"]}, {"wa": ["tiny-a"]}) as cluster:
+        client = Client(cluster, cluster.token)
+        page = sign_in(browser, cluster, cluster.token)
+        polls = []
+        # Polls, not the fragment refreshes the stream asks for.
+        page.on("request", lambda request: polls.append(request.url)
+                if "fragment=1" in request.url and "x-live-refresh" not in request.headers else None)
+        streams = []
+        page.on("response", lambda response: streams.append(response.headers.get("content-type", ""))
+                if response.url.endswith("/events") else None)
+
+        job_id = client.submit(**SLOW_JOB)
+        page.goto(f"{cluster.api_url}/jobs/{job_id}")
+        wait_true(page, "(() => { const i = document.querySelector('#live-preview-image');"
+                        " return i && !i.hidden && i.src.startsWith('data:image/jpeg') && i.naturalWidth === 128; })()")
+        # Read together: the next event changes both.
+        step, status = page.evaluate("[document.querySelector('#live-step').textContent,"
+                                     " document.querySelector('#job-status').textContent]")
+        assert step.startswith("Step ") and " of 150" in step
+        assert f"{round(100 * int(step.split()[1]) / 150, 1):.1f}%" in status
+        shot(page, "live-job-preview-1366")
+        polls_while_live = len(polls)
+
+        assert client.wait_final(job_id)["status"] == "succeeded"
+        # The end of the stream refreshes the status once: the image, and no preview any more.
+        wait_true(page, "(() => { const i = document.querySelectorAll('#job-status .grid img');"
+                        " return i.length === 1 && i[0].complete && i[0].naturalWidth > 0; })()")
+        wait_true(page, "document.querySelector('#live-preview').hidden")
+        assert "succeeded" in page.inner_text("#job-state")
+        assert any(kind.startswith("text/event-stream") for kind in streams)
+        assert polls_while_live == 0, f"the page polled while its stream was open: {polls}"
+        shot(page, "live-job-done-1366")
+
+        # Without EventSource the page falls back to its htmx poll and still sees the job through.
+        page.context.add_init_script("delete window.EventSource;")
+        job_id = client.submit(**{**SLOW_JOB, "steps": 40})
+        page.goto(f"{cluster.api_url}/jobs/{job_id}")
+        wait_true(page, "document.querySelectorAll('#job-status .grid img').length === 1")
+        assert any(f"/jobs/{job_id}?fragment=1" in url for url in polls)
+        assert page.query_selector("#live-preview-image") is None
