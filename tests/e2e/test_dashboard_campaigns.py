@@ -72,6 +72,10 @@ def shot(page, name: str, full_page: bool = True) -> None:
 def test_gallery_order_prompts_and_lightbox_keys(campaign, browser, width):
     cluster, campaign_id = campaign
     page = signed_in(browser, cluster, width)
+    page.goto(f"{cluster.api_url}/campaigns")
+    assert page.locator("#campaign-rows .badge-completed").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # the table scrolls inside its wrap
+    shot(page, f"campaigns-list-{width}")
     page.goto(f"{cluster.api_url}/campaigns/{campaign_id}")
     # Matrix order: prompt (outer) then styles; the prompt on every card, in full on hover.
     assert page.locator(".tile-prompt").evaluate_all("els => els.map(e => e.title)") == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
