@@ -76,7 +76,7 @@ def _refuse(problems: list[FieldProblem]) -> RequestError:
 
 
 def choose_axes(axes: list[Axis], x: str | None, y: str | None) -> tuple[Axis, Axis]:
-    """The x and y axes by name; by default the two that vary most (ties: expansion order)."""
+    """The x and y axes by name; by default the two longest that fit a side (ties: expansion order)."""
     by_name = {axis.name: axis for axis in axes}
     if len(axes) < 2:
         raise _refuse([FieldProblem("x", "a grid needs a campaign with two axes (matrix keys or rows); "
@@ -85,7 +85,8 @@ def choose_axes(axes: list[Axis], x: str | None, y: str | None) -> tuple[Axis, A
                 for name, value in (("x", x), ("y", y)) if value is not None and value not in by_name]
     if problems:
         raise _refuse(problems)
-    varying = sorted(axes, key=lambda axis: -axis.size)
+    # Longest first among those that fit a side (a 10,000-seed axis goes on the pages).
+    varying = sorted(axes, key=lambda axis: (axis.size > MAX_SIDE, -axis.size))
     if x is None:
         x = next(a.name for a in varying if a.name != y)
     if y is None:

@@ -182,7 +182,7 @@ def test_grid_png_is_one_labelled_contact_sheet(farm):
 
 def test_a_grid_side_past_64_values_is_refused_naming_it(farm):
     ctx, app, _ = farm
-    campaign_id = submit(ctx, {"name": "many", "base": BASE, "matrix": {"seed": list(range(65)), "prompt": ["a", "b"]}})
+    campaign_id = submit(ctx, {"name": "many", "base": BASE, "matrix": {"seed": list(range(65)), "prompt": ["a", "b"], "steps": [2, 3]}})
     ana = sign_in(app, "ana", "ana password 1")
     refused = ana.get(f"/campaigns/{campaign_id}/grid?x=seed&y=prompt")
     assert refused.status_code == 400 and "at most 64" in refused.get_data(as_text=True)
@@ -192,6 +192,9 @@ def test_a_grid_side_past_64_values_is_refused_naming_it(farm):
         with pytest.raises(RequestError, match="at most 64"):
             grids.read_grid(session, campaign, "seed", None, 0)
     assert ana.get(f"/campaigns/{campaign_id}/grid?x=prompt&y=prompt").status_code == 400
+    # Unasked, the grid picks axes that fit and pages through the long one.
+    default = ana.get(f"/campaigns/{campaign_id}/grid")
+    assert default.status_code == 200 and "page 1 of 65" in default.get_data(as_text=True)
 
 
 def actions(page: str) -> list[str]:
