@@ -27,6 +27,7 @@ WAKE: dict[str, Any] = {"type": "changed"}
 STREAM_READ_THREADS = 4
 # How often the embedded farm's live files are looked at.
 LOCAL_LIVE_POLL_S = 0.25
+KEEP_ALIVE_S = 120
 
 
 class RedisHub:
@@ -234,9 +235,21 @@ def make_front(flask_app, ctx, threads: int) -> StreamingFront:
 
 
 def make_server(flask_app, ctx, host: str, port: int, threads: int):
-    """A uvicorn server (call ``.run()``; SIGINT/SIGTERM stop it gracefully)."""
+    """A uvicorn server bound to its port already (so a taken port fails here,
+    and clients may connect as soon as this returns); ``.run()`` serves until
+    SIGINT/SIGTERM or ``should_exit``."""
     import uvicorn
 
+    class BoundServer(uvicorn.Server):
+        def run(self, sockets=None) -> None:
+            super().run(sockets=sockets or [self.socket])
+
+    # Idle keep-alive connections are kept 120 s, as waitress kept them: at
+    # uvicorn's 5 s a client pausing about that long reused a connection the
+    # server was closing and got "Remote end closed connection".
     config = uvicorn.Config(make_front(flask_app, ctx, threads), host=host, port=port, lifespan="off",
-                            access_log=False, log_level="warning", backlog=2048, timeout_graceful_shutdown=5)
-    return uvicorn.Server(config)
+                            access_log=False, log_level="warning", backlog=2048, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_S)
+    server = BoundServer(config)
+    server.socket = config.bind_socket()
+    return server
