@@ -103,7 +103,13 @@ def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None
     if len(where) == 1:  # campaign_index runs 0..job_count-1 with no gaps
         rows = session.execute(query.where(*where, Job.campaign_index >= start)).all()
     if not rows:  # filtered, or a campaign from before campaign_index (all NULL)
-        rows = session.execute(query.where(*where).offset(start)).all()
+        # A deferred join: the offset skips narrow (campaign_index, id) rows, and
+        # only this page's jobs are joined with their outputs and counted. Joined
+        # first, page 1,042 of a 100,000-job campaign filtered by status sorted
+        # 50,000 wide rows on disk (0.65 s; bench/dashboard_pages.py).
+        page_ids = (select(Job.id).where(*where).order_by(Job.campaign_index, Job.id)
+                    .offset(start).limit(GALLERY_PAGE).scalar_subquery())
+        rows = session.execute(query.where(Job.id.in_(page_ids))).all()
     items = [GalleryItem(job_id=row.id, status=row.status, model_id=row.model_id,  # the prompt as written, not styled
                          prompt=row.params.get("prompt") or row.params.get("final_prompt") or "",
                          styles=list(row.params.get("styles") or []), seed=row.seed, step=row.progress_step,

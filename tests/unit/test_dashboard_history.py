@@ -154,3 +154,18 @@ def test_image_page_groups_the_lineage_and_shows_what_changed_from_the_parent(fa
     changes = re.search(r'<table class="table" id="what-changed">(.*?)</table>', derived, re.S).group(1)
     assert "<th>image_task.mode</th>" in changes and "vary_strong" in changes and "<th>seed</th>" in changes
     assert "<th>steps</th>" not in changes or "<th>width</th>" not in changes  # only what differs
+
+
+def test_a_filtered_gallery_page_past_the_first_holds_the_right_jobs_in_order(farm):
+    """The filtered gallery's deferred join (dashboard/data.py): page 2 is the 49th.. matching jobs in expansion order."""
+    from dashboard import data
+
+    ctx, _, _ = farm
+    req = campaign_service.parse_campaign({"name": "many", "base": {**SMALL, "prompt": "a bell"}, "matrix": {"seed_count": [120]}})
+    campaign_id = uuid.UUID(campaign_service.submit_campaign(ctx, user(ctx, "ana"), req)["id"])
+    with ctx.db.transaction() as session:
+        ordered = session.execute(select(Job.id).where(Job.campaign_id == campaign_id).order_by(Job.campaign_index)).scalars().all()
+        session.execute(update(Job).where(Job.id.in_(ordered[::2])).values(status="failed"))
+    with ctx.db.session() as session:
+        items, total = data.gallery_page(session, campaign_id, status="queued", style=None, model=None, page=2)
+    assert total == 60 and [item.job_id for item in items] == ordered[1::2][48:60]
