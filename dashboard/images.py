@@ -3,6 +3,7 @@ from the store, the image page (the image large, its lineage grouped, what chang
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 
@@ -30,17 +31,38 @@ def is_empty(value) -> bool:
     return value is None or value is False or value == "" or value == [] or value == {}
 
 
+# Parameters in the order people read them; the rest follow by name (JSONB keeps keys by length, not as written).
+READING_ORDER = ("final_prompt", "prompt", "negative_prompt", "final_negative_prompt", "styles", "preset", "seed",
+                 "num_images", "width", "height", "steps", "guidance_scale", "sampler", "scheduler", "output_format")
+
+
+def _reading_key(key: str) -> tuple[int, str]:
+    return (READING_ORDER.index(key) if key in READING_ORDER else len(READING_ORDER), key)
+
+
+def _shown(field: str, value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if field.endswith("_at") and isinstance(value, str):  # lineage times are ISO strings with microseconds
+        try:
+            return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except ValueError:
+            pass
+    return str(value)
+
+
 def flat_rows(value, prefix: str = "") -> list[tuple[str, str]]:
-    """A nested record as (field, value) rows: dotted names, lists of plain values joined, empty fields left out."""
+    """A nested record as (field, value) rows in reading order: dotted names, lists of plain values joined,
+    times as UTC seconds, empty fields left out."""
     rows: list[tuple[str, str]] = []
     if isinstance(value, dict):
-        for key, item in value.items():
-            rows.extend(flat_rows(item, f"{prefix}{key}."))
+        for key in sorted(value, key=_reading_key):
+            rows.extend(flat_rows(value[key], f"{prefix}{key}."))
     elif isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
         for i, item in enumerate(value):
             rows.extend(flat_rows(item, f"{prefix}{i}."))
     elif not is_empty(value):
-        rows.append((prefix.rstrip("."), ", ".join(map(str, value)) if isinstance(value, list) else str(value)))
+        rows.append((prefix.rstrip("."), _shown(prefix.rstrip("."), value)))
     return rows
 
 

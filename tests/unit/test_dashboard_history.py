@@ -111,6 +111,9 @@ def test_job_page_shows_the_prompt_parameters_and_cancels_while_queued(farm):
     parameters = re.search(r'<dl class="kv" id="job-parameters">(.*?)</dl>', page, re.S).group(1)
     assert "<dt>sampler</dt>" in parameters and "photo-golden-hour-landscape" in parameters
     assert "None" not in parameters and "<dt>preset</dt>" not in parameters  # empty fields left out
+    fields = re.findall(r"<dt>([^<]+)</dt>", parameters)
+    assert fields[0] == "final_prompt"
+    assert fields.index("seed") < fields.index("width") < fields.index("steps") < fields.index("sampler")  # reading order
 
     _, plain = token_service.create_token(ctx, OPERATOR, user_id=user(ctx, "ana").id, name="viewer", scope="read")
     viewer = sign_in(app, token=plain)
@@ -144,6 +147,8 @@ def test_image_page_groups_the_lineage_and_shows_what_changed_from_the_parent(fa
         assert f'id="lineage-{group}"' in page, group
     assert f'href="/jobs/{job_id}"' in page and 'href="/workers#worker-w1"' in page and "content_sha256" in page
     assert ">None<" not in page and "What changed" not in page  # nothing empty, no parent
+    timings = re.search(r'id="lineage-timings">(.*?)</section>', page, re.S).group(1)
+    assert re.search(r"<dt>started_at</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</dd>", timings)  # no microseconds
 
     vary = post(ana, f"/images/{output_id}/vary_strong")
     run_queued(ctx, runtime)
