@@ -8,6 +8,7 @@ from flask import Response, abort, g, redirect, render_template, request, url_fo
 
 from dashboard import data
 from dashboard.core import bp, farm_ctx, int_arg, login_required, page_arg
+from dashboard.images import thumbnail_key
 from farm.api.campaigns import manifest_download, zip_download
 from farm.models import JobStatus
 from farm.services import campaign_grids as grids
@@ -102,10 +103,14 @@ def campaign_grid_png(campaign_id: str):
     storage = farm_ctx().storage
 
     def read_image(key: str) -> bytes | None:
-        try:
-            return storage.get(key)
-        except ObjectNotFoundError:
-            return None
+        # A cell is at most images.THUMB_PX wide: the stored thumbnail is enough and far
+        # cheaper to decode than the full image, which is the fallback.
+        for candidate in (thumbnail_key(key), key):
+            try:
+                return storage.get(candidate)
+            except ObjectNotFoundError:
+                continue
+        return None
 
     png = grids.contact_sheet(grid, view["name"], read_image)
     filename = f"grid-{grid.x.name}-{grid.y.name}-{grid.page}.png"

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SIDE = 64  # values per grid side; a longer axis goes on the pages
 SHEET_MAX_PX = 4096  # the contact sheet's image area per side; cells shrink to fit
-SHEET_CELL_PX = 256
+SHEET_CELL_PX = 256  # the dashboard's thumbnails are this size: they can fill a cell
 LABEL_PX = 14
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from farm import states
-from farm.models import Campaign, Job, User
+from farm.models import Campaign, Job, Output, User
 from farm.services import campaign_grids as grids
 from farm.services import tokens as token_service
 from farm.services.campaigns import campaign_axes, expand, parse_campaign, position, submit_campaign
@@ -163,7 +163,14 @@ def test_grid_png_is_one_labelled_contact_sheet(farm):
     ctx, app, runtime = farm
     campaign_id = submit(ctx, {"name": "sheet", "base": BASE, "matrix": MATRIX})
     run(ctx, runtime, campaign_id)
-    answer = sign_in(app, "ana", "ana password 1").get(f"/campaigns/{campaign_id}/grid.png?x=styles&y=prompt&page=0")
+    ana = sign_in(app, "ana", "ana password 1")
+    # A cell takes the stored thumbnail when there is one: the last cell's original is gone, its thumbnail kept.
+    with ctx.db.session() as session:
+        last = session.execute(select(Output).join(Job, Job.id == Output.job_id).where(
+            Job.campaign_id == uuid.UUID(campaign_id), Job.campaign_index == 5)).scalar_one()  # fox, seed 7, 3d-low-poly
+    assert ana.get(f"/thumbs/{last.id}.webp").status_code == 200
+    ctx.storage.delete(last.object_key)
+    answer = ana.get(f"/campaigns/{campaign_id}/grid.png?x=styles&y=prompt&page=0")
     assert answer.status_code == 200 and answer.mimetype == "image/png"
     assert "attachment" in answer.headers["Content-Disposition"]
     sheet = Image.open(io.BytesIO(answer.data)).convert("RGB")
