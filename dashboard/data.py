@@ -190,13 +190,14 @@ def people(session: Session) -> dict[str, Any]:
             "user_quotas": {q.user_id: q for q in quotas if q.user_id is not None},
             "team_quotas": {q.team_id: q for q in quotas if q.team_id is not None}}
 
+
 HISTORY_PAGE = 50  # jobs per history page unless ?limit= asks for fewer or more (bounded in dashboard/history.py)
 SEARCH_WORDS = re.compile(r"[^\W_]+")  # letters and digits: what Postgres' 'simple' parser makes words of
 
 
 @dataclass
 class HistoryFilters:
-    status: str | None = None
+    statuses: tuple[str, ...] = ()  # any of these
     model: str | None = None
     campaign: uuid.UUID | None = None
     since: dt.datetime | None = None  # inclusive
@@ -241,8 +242,8 @@ def history_query(session: Session, user: User, filters: HistoryFilters, after: 
                   limit: int):
     """The statement of a history page: one more row than ``limit`` tells whether older jobs follow."""
     where = [visible_jobs(user)]
-    if filters.status:
-        where.append(Job.status == filters.status)
+    if filters.statuses:
+        where.append(Job.status.in_(filters.statuses))
     if filters.model:
         where.append(Job.model_id == filters.model)
     if filters.campaign:

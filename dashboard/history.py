@@ -51,9 +51,12 @@ def _start_of(day: dt.date) -> dt.datetime:
 
 
 def history_filters() -> data.HistoryFilters:
-    status = text_arg("status", 16)
-    if status is not None and status not in JobStatus.__members__:
-        abort(400, description=f"query parameter 'status' must be one of {', '.join(JobStatus.__members__)}, not {status!r}")
+    # One status or several with commas ("queued,assigned"), as the API's job list takes them.
+    statuses = tuple(dict.fromkeys((text_arg("status", 80) or "").split(","))) if request.args.get("status", "").strip() else ()
+    unknown = [name for name in statuses if name not in JobStatus.__members__]
+    if unknown:
+        abort(400, description=f"query parameter 'status' must be one of {', '.join(JobStatus.__members__)} "
+                               f"(several with commas), not {unknown[0][:40]!r}")
     campaign = text_arg("campaign", 36)
     try:
         campaign_id = uuid.UUID(campaign) if campaign else None
@@ -66,7 +69,7 @@ def history_filters() -> data.HistoryFilters:
     if len(words) > MAX_SEARCH_WORDS:
         abort(400, description=f"query parameter 'q' must have at most {MAX_SEARCH_WORDS} words")
     return data.HistoryFilters(
-        status=status, model=text_arg("model", MAX_MODEL_CHARS), campaign=campaign_id,
+        statuses=statuses, model=text_arg("model", MAX_MODEL_CHARS), campaign=campaign_id,
         since=_start_of(since) if since else None,
         before=_start_of(until + dt.timedelta(days=1)) if until and until < dt.date.max else None, words=words)
 

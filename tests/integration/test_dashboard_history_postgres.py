@@ -64,7 +64,8 @@ def test_search_uses_full_text_words_and_prefixes_within_what_the_user_may_see(c
     assert search(ctx, "ben", "lighthouse") == [lighthouse]  # the team's jobs, as in the API
     assert search(ctx, "eve", "lighthouse") == eve_ids  # never another team's
     assert search(ctx, "root", "lighthouse") == [eve_ids[0], lighthouse]  # admins: all, newest first
-    assert search(ctx, "ana", "lighthouse", status="failed") == []
+    assert search(ctx, "ana", "lighthouse", statuses=("failed",)) == []
+    assert search(ctx, "ana", "lighthouse", statuses=("failed", "queued")) == [lighthouse]
 
 
 def test_the_search_and_the_history_order_use_their_indexes(ctx):

@@ -64,6 +64,9 @@ def test_history_lists_every_visible_job_newest_first_with_filters_and_search(fa
     assert listed(ana, "?q=fox+dusk") == []
     assert listed(ana, "?q=100%25") == []  # LIKE wildcards are escaped
     assert listed(ana, "?status=canceled") == [canceled]
+    assert listed(ana, "?status=canceled,succeeded") == mine  # several, as the API's list takes them
+    for page in (ana.get(f"/campaigns/{campaign_id}"), ana.get("/campaigns")):  # campaign counts link to the list
+        assert f"/jobs?campaign={campaign_id}&amp;status=succeeded" in page.get_data(as_text=True)
     assert set(listed(ana, f"?campaign={campaign_id}")) == set(mine[1:3])
     assert listed(ana, "?model=other") == []
     assert len(listed(ana, "?model=tiny-sd&status=succeeded")) == 4
@@ -90,7 +93,7 @@ def test_history_pages_with_a_cursor(farm):
 
 
 @pytest.mark.parametrize("query, named", [
-    ("status=bogus", "status"), ("limit=0", "limit"), ("limit=201", "limit"), ("limit=2x", "limit"),
+    ("status=bogus", "status"), ("status=queued,bogus", "status"), ("limit=0", "limit"), ("limit=201", "limit"), ("limit=2x", "limit"),
     ("q=" + "a" * 201, "q"), ("q=" + "+w" * 13, "q"), ("cursor=not-a-cursor", "cursor"), ("cursor=" + "A" * 121, "cursor"),
     ("since=2026-13-01", "since"), ("until=yesterday", "until"), ("since=2026-12-02&until=2026-12-01", "until"),
     ("campaign=nope", "campaign"), ("model=" + "m" * 129, "model"), ("q=fox%00", "q"),
