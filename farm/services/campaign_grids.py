@@ -30,6 +30,7 @@ MAX_SIDE = 64  # values per grid side; a longer axis goes on the pages
 SHEET_MAX_PX = 4096  # the contact sheet's image area per side; cells shrink to fit
 SHEET_CELL_PX = 256  # the dashboard's thumbnails are this size: they can fill a cell
 LABEL_PX = 14
+CELL_MIN_PX = 128
 
 
 @dataclass
@@ -39,6 +40,7 @@ class GridCell:
     prompt: str
     output_id: uuid.UUID | None
     object_key: str | None
+    side: int = 0  # the image's longer side in pixels
 
 
 @dataclass
@@ -120,7 +122,7 @@ def read_grid(session: Session, campaign: Campaign, x: str | None, y: str | None
     for j in range(y_axis.size):
         for i in range(x_axis.size):
             where_cell[position(axes, {**picks, x_axis.name: i, y_axis.name: j})] = (j, i)
-    query = (select(Job.id, Job.status, Job.params, Job.campaign_index, Job.campaign_axes,
+    query = (select(Job.id, Job.status, Job.params, Job.campaign_index, Job.campaign_axes, Job.width, Job.height,
                     Output.id.label("output_id"), Output.object_key)
              .outerjoin(Output, and_(Output.job_id == Job.id, Output.index == 0))
              .where(Job.campaign_id == campaign.id, Job.campaign_index.in_(list(where_cell))))
@@ -130,6 +132,7 @@ def read_grid(session: Session, campaign: Campaign, x: str | None, y: str | None
     for row in session.execute(query):
         j, i = where_cell[row.campaign_index]
         rows[j][i] = GridCell(job_id=row.id, status=row.status, output_id=row.output_id, object_key=row.object_key,
+                              side=max(row.width, row.height),
                               prompt=row.params.get("prompt") or "")
         values = row.campaign_axes or {}
         seen[x_axis.name].setdefault(i, values.get(x_axis.name))
@@ -169,7 +172,10 @@ def contact_sheet(grid: Grid, campaign_name: str, read_image: Callable[[str], by
     from PIL import Image, ImageDraw, ImageFont
 
     columns, rows = grid.x.size, grid.y.size
-    cell = max(16, min(SHEET_CELL_PX, SHEET_MAX_PX // max(columns, rows)))
+    largest = max((found.side for row in grid.rows for found in row if found is not None), default=SHEET_CELL_PX)
+    # Images are never scaled up: small renders make a smaller sheet, down to cells wide
+    # enough for a label (CELL_MIN_PX) unless SHEET_MAX_PX needs them narrower still.
+    cell = max(16, min(SHEET_CELL_PX, SHEET_MAX_PX // max(columns, rows), max(largest + 2, CELL_MIN_PX)))
     font = ImageFont.load_default(size=LABEL_PX)
     line = LABEL_PX + 8
     left, top, pad = 180, 2 * line + 4, 4

@@ -129,4 +129,5 @@ def test_grid_has_labelled_rows_and_columns(campaign, browser, width):
     href = page.locator("#grid-download").get_attribute("href")
     answer = page.request.get(cluster.api_url + href)
     assert answer.status == 200 and answer.headers["content-type"] == "image/png"
+    (SCREENSHOTS / f"campaign-grid-download-{width}.png").write_bytes(answer.body())  # the contact sheet, to look at
     assert page.errors == []

@@ -174,7 +174,7 @@ def test_grid_png_is_one_labelled_contact_sheet(farm):
     assert answer.status_code == 200 and answer.mimetype == "image/png"
     assert "attachment" in answer.headers["Content-Disposition"]
     sheet = Image.open(io.BytesIO(answer.data)).convert("RGB")
-    left, top, cell = 180, 2 * (grids.LABEL_PX + 8) + 4, grids.SHEET_CELL_PX
+    left, top, cell = 180, 2 * (grids.LABEL_PX + 8) + 4, grids.CELL_MIN_PX  # 64 px renders are not scaled up
     assert sheet.size == (left + 2 * cell + 4, top + 2 * cell + 4)
     # Every cell holds an image (not the white background) and the label bands hold dark text.
     for j in range(2):
@@ -235,3 +235,13 @@ def test_campaign_buttons_follow_its_state_and_read_only_sessions_see_none(farm)
     fresh = submit(ctx, {"name": "c", "base": BASE, "matrix": {"seed": [1]}})
     reader = sign_in(app, token=plain)
     assert actions(reader.get(f"/campaigns/{fresh}").get_data(as_text=True)) == []
+
+
+def test_the_contact_sheet_stays_bounded_at_64_by_64_cells():
+    side = grids.Axis("seed", 64, list(range(64)))
+    grid = grids.Grid(axes=[side, grids.Axis("prompt", 64, [f"p{n}" for n in range(64)])], x=side,
+                      y=grids.Axis("prompt", 64, [f"p{n}" for n in range(64)]), page=0, pages=1, page_label="",
+                      x_labels=[str(n) for n in range(64)], y_labels=[f"p{n}" for n in range(64)],
+                      rows=[[None] * 64 for _ in range(64)])
+    sheet = Image.open(io.BytesIO(grids.contact_sheet(grid, "big", lambda key: None)))
+    assert sheet.width <= grids.SHEET_MAX_PX + 200 and sheet.height <= grids.SHEET_MAX_PX + 60
