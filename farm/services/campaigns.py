@@ -387,13 +387,13 @@ MANIFEST_FIELDS = ("job_id", "status", "output_id", "index", "url", "lineage_url
 
 
 def manifest_rows(ctx: FarmContext, user: User, campaign_id: str) -> Iterator[dict[str, Any]]:
-    """Every job of the campaign with each of its outputs, read in batches."""
+    """Every job of the campaign with each of its outputs in expansion order, read in batches."""
     with ctx.db.session() as session:
         campaign = visible_campaign(session, user, campaign_id)
         query = (select(Job.id, Job.status, Job.model_id, Job.params, Output.id.label("output_id"), Output.index,
                         Output.object_key, Output.content_sha256, Output.byte_size, Output.lineage)
                  .outerjoin(Output, Output.job_id == Job.id).where(Job.campaign_id == campaign.id)
-                 .order_by(Job.created_at, Job.id, Output.index).execution_options(yield_per=500))
+                 .order_by(Job.campaign_index, Job.id, Output.index).execution_options(yield_per=500))  # matrix order
         for row in session.execute(query):
             output = str(row.output_id) if row.output_id else None
             yield {

@@ -4,6 +4,7 @@ on a real app (SQLite, local store, an in-process worker with a tiny model)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -126,6 +127,14 @@ def test_gallery_tiles_come_in_expansion_order_with_prompt_and_varying_axes(farm
                         "seed: 8 · styles: photo-golden-hour-landscape"]
     assert page.count("data-lightbox") == 8 and "gallery.js" in page
     assert 'id="lightbox"' in page
+
+
+def test_the_manifest_lists_jobs_in_matrix_order(farm):
+    ctx, app, _ = farm
+    seeds = [90, 10, 70, 30, 50, 20, 80, 40]
+    campaign_id = submit(ctx, {"name": "manifest", "base": BASE, "matrix": {"seed": seeds}})
+    manifest = sign_in(app, "ana", "ana password 1").get(f"/campaigns/{campaign_id}/manifest.csv").get_data(as_text=True)
+    assert [int(row["seed"]) for row in csv.DictReader(io.StringIO(manifest))] == seeds
 
 
 def grid_labels(page: str) -> tuple[list[str], list[str]]:
