@@ -91,3 +91,14 @@ def test_the_step_callback_publishes_previews_every_n_steps_during_a_tiny_render
     assert [m["step"] for m in previews] == [2, 4, 5]
     image = PIL.Image.open(io.BytesIO(base64.b64decode(previews[0]["jpeg"])))
     assert image.size == (128, 64) and previews[0]["job"] == "job-1"
+
+
+def test_fit_projection_recovers_a_linear_map_by_least_squares():
+    from farm.workers.previews import fit_projection
+
+    truth = torch.tensor(PROJECTIONS["sd"], dtype=torch.float32)
+    latents = torch.randn(3, 4, 6, 6)
+    # Each latent pixel stands for a 2x2 patch of a uniform colour here.
+    colours = 0.5 + torch.einsum("bchw,cr->brhw", latents, truth)
+    images = colours.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert np.allclose(fit_projection(latents, images), truth.numpy(), atol=1e-4)
