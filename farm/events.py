@@ -103,8 +103,21 @@ class LocalEvents:
                 temporary = path.with_name(f".{path.name}.{os.getpid()}")
                 temporary.write_text(data)
                 os.replace(temporary, path)  # readers see all of a message or the one before
+            if message.get("type") == "changed":
+                self._prune_live()
         except OSError as exc:
             logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
+
+    def _prune_live(self) -> None:
+        """Drop the files of jobs and campaigns quiet for longer than LIVE_KEEP_S
+        (latest_live ignores them already), once per job start or end."""
+        cutoff = time.time() - LIVE_KEEP_S
+        for path in self.live_dir.glob("*.json"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass  # another process pruned it first
 
     def latest_live(self, kind: str, key) -> dict | None:
         path = self._live_path(kind, key)

@@ -56,3 +56,16 @@ def test_last_event_id_must_be_a_whole_number(farm):
     ctx, app, job = farm
     response = signed_in(app, "ana").get(f"/jobs/{job.id}/events", headers={"Last-Event-ID": "abc"})
     assert response.status_code == 400 and "Last-Event-ID" in response.get_data(as_text=True)
+
+
+def test_the_embedded_live_files_of_quiet_jobs_are_pruned(tmp_path):
+    import os
+    import time
+
+    events = LocalEvents(live_dir=tmp_path)
+    events.publish_live("old", None, {"type": "progress", "step": 1})
+    stale = time.time() - 3600
+    os.utime(tmp_path / "job-old.json", (stale, stale))
+    events.publish_live("new", "c1", {"type": "changed"})
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["campaign-c1.json", "job-new.json"]
+    assert events.latest_live("job", "new") == {"type": "changed"} and events.latest_live("job", "old") is None
