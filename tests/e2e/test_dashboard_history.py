@@ -108,6 +108,7 @@ def test_a_job_from_the_api_is_found_by_search_opened_and_a_queued_one_canceled(
     page.click("#cancel-job")
     page.wait_for_url(f"**/jobs/{stuck}")
     assert page.locator("#job-state").inner_text() == "canceled" and page.locator("#cancel-job").count() == 0
+    assert page.locator("#job-error").count() == 0  # the scheduler's "waiting: …" note went with the queue
     assert api.job(stuck)["status"] == "canceled"
     shot(page, "job-canceled-1366")
     page.goto(cluster.api_url + "/jobs?status=canceled")
