@@ -352,6 +352,7 @@ class Job(Timestamped, Base):
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_user_created", "user_id", "created_at", "id"),
         Index("ix_jobs_campaign_index", "campaign_id", "campaign_index", "id"),  # gallery order, grid cells
+        Index("ix_jobs_campaign_status_index", "campaign_id", "status", "campaign_index", "id"),  # gallery by status
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -28,9 +28,13 @@ def upgrade() -> None:
     # The gallery walks a campaign in this order; a grid page fetches its cells
     # by (campaign_id, campaign_index IN ...).
     op.create_index("ix_jobs_campaign_index", "jobs", ["campaign_id", "campaign_index", "id"])
+    # A gallery filtered by status counts and skips to its page inside this index
+    # (index-only), instead of reading every job of the campaign.
+    op.create_index("ix_jobs_campaign_status_index", "jobs", ["campaign_id", "status", "campaign_index", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_campaign_status_index", table_name="jobs")
     op.drop_index("ix_jobs_campaign_index", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("campaign_axes")
