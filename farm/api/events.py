@@ -17,7 +17,13 @@ from farm.services.live import CampaignFeed, JobFeed
 logger = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
 
-EVENT_STREAM = {"text/event-stream": {"type": "string"}}
+# One event of the stream, as parsed (schemathesis checks each against it):
+# data is a JSON object whose fields depend on the event's name.
+EVENT_STREAM = {"text/event-stream": {"type": "object", "properties": {
+    "event": {"type": "string", "enum": ["status", "progress", "preview", "output", "end"]},
+    "data": {"type": "string", "contentMediaType": "application/json"},
+    "id": {"type": "string", "pattern": "^[0-9]+$"},
+    "retry": {"type": "integer"}}}}
 
 
 @bp.get("/jobs/<job_id>/events")
