@@ -48,6 +48,9 @@ def test_job_page_shows_previews_over_sse_during_a_render(tmp_path, s3, redis_ur
         assert step.startswith("Step ") and " of 150" in step
         assert f"{round(100 * int(step.split()[1]) / 150, 1):.1f}%" in status
         shot(page, "live-job-preview-1366")
+        page.set_viewport_size({"width": 390, "height": 844})
+        shot(page, "live-job-preview-390")
+        page.set_viewport_size({"width": 1366, "height": 800})
         polls_while_live = len(polls)
 
         assert client.wait_final(job_id)["status"] == "succeeded"
