@@ -59,7 +59,10 @@ def check_url(url: str, allow: str | None = None, resolve=None) -> list[str]:
     OutboundRefused. ``resolve`` stands in for socket.getaddrinfo (looked up at
     the call, so a test can replace it)."""
     resolve = resolve or socket.getaddrinfo
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed "[" (an IPv6 host) and the like: found by the API fuzz test
+        raise OutboundRefused("not a URL that can be parsed (check the brackets around an IPv6 host)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OutboundRefused("give an http or https URL with a host")
     if parts.username or parts.password:

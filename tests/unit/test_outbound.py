@@ -8,7 +8,7 @@ import ssl
 import pytest
 import urllib3
 
-from farm.outbound import OutboundClient, OutboundRefused
+from farm.outbound import OutboundClient, OutboundRefused, check_url
 from tests.support.receivers import RebindingResolver, Receiver
 
 HOST = "hooks.example.test"
@@ -113,3 +113,9 @@ def test_https_refuses_a_certificate_for_another_name(tls_receiver, monkeypatch)
     with pytest.raises(urllib3.exceptions.SSLError, match="other.example.test"):
         post(OutboundClient(allow="127.0.0.1", ca_certs=ca), f"https://other.example.test:{receiver.port}/hook")
     assert receiver.received == []
+
+
+@pytest.mark.parametrize("url", ["http://4\U0001f253[", "http://[::1", "https://[not-an-address]/"])
+def test_a_url_python_cannot_split_is_refused_not_an_error(url):
+    with pytest.raises(OutboundRefused, match="not a URL that can be parsed"):
+        check_url(url, resolve=lambda *a, **k: [])
