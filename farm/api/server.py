@@ -252,4 +252,7 @@ def make_server(flask_app, ctx, host: str, port: int, threads: int):
                             timeout_keep_alive=KEEP_ALIVE_S)
     server = BoundServer(config)
     server.socket = config.bind_socket()
+    # Listening from here on: until run() starts the event loop, connections wait
+    # in the backlog instead of being refused (farm up prints its banner first).
+    server.socket.listen(config.backlog)
     return server

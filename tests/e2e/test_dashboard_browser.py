@@ -136,7 +136,9 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         # Open an image, read its lineage, rerender it.
         member.goto(base + "/campaigns")
         member.click("text=matrix")
-        member.click("#gallery a >> nth=0")
+        member.click("#gallery a[data-lightbox] >> nth=0")  # the lightbox (static/gallery.js); Details opens the image page
+        member.wait_for_selector("#lightbox:not([hidden])")
+        member.click("#lightbox-open")
         member.wait_for_selector("#lineage")
         assert "photo-golden-hour-landscape" in member.inner_text("#lineage")
         assert member.evaluate("document.querySelector('#full-image').naturalWidth") == 128
@@ -184,7 +186,7 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         viewer.click("text=matrix")
         viewer.wait_for_selector("#gallery")
         assert viewer.locator("#action-pause").count() == 0
-        viewer.click("#gallery a >> nth=0")
+        viewer.goto(base + viewer.get_attribute("#gallery a[data-lightbox] >> nth=0", "href"))
         viewer.wait_for_selector("#lineage")
         assert viewer.locator("#rerender").count() == 0 and viewer.locator("#copy-parameters").count() == 0
         shot(viewer, "14-read-only-image")
