@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from flask import Flask, g, request
+from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
@@ -262,8 +262,3 @@ def _operation_object(path: str, method: str, operation: Operation, refs) -> dic
     if body:
         result["requestBody"] = {"required": True, "content": body}
     return result
-
-
-def current_user():
-    """The authenticated caller of a declared operation."""
-    return g.user

@@ -25,10 +25,7 @@ Name = Annotated[str, Field(min_length=1, max_length=64)]
 Timestamp = Annotated[str, Field(description="ISO 8601 with a time zone")]
 
 
-Checked = CheckedModel
-
-
-class Params(Checked):
+class Params(CheckedModel):
     """Query parameters: ones this operation does not know are ignored, as HTTP clients expect."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
@@ -36,31 +33,31 @@ class Params(Checked):
 
 # --------------------------------------------------------------------------- path parameters
 
-class JobPath(Checked):
+class JobPath(CheckedModel):
     job_id: Uuid
 
 
-class OutputPath(Checked):
+class OutputPath(CheckedModel):
     output_id: Uuid
 
 
-class CampaignPath(Checked):
+class CampaignPath(CheckedModel):
     campaign_id: Uuid
 
 
-class WorkerPath(Checked):
+class WorkerPath(CheckedModel):
     worker_id: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/]+$")]
 
 
-class TokenPath(Checked):
+class TokenPath(CheckedModel):
     token_id: RowId
 
 
-class UserPath(Checked):
+class UserPath(CheckedModel):
     user_id: RowId
 
 
-class TeamPath(Checked):
+class TeamPath(CheckedModel):
     team_id: RowId
 
 
@@ -121,7 +118,7 @@ class UsageQuery(Params):
 
 # --------------------------------------------------------------------------- bodies
 
-class UserCreate(Checked):
+class UserCreate(CheckedModel):
     name: Name
     team: Name | None = None
     role: Literal["admin", "member"] = "member"
@@ -131,7 +128,7 @@ class UserCreate(Checked):
 Int32 = Annotated[int, Field(ge=0, le=INTEGER_MAX, strict=True)]
 
 
-class QuotaLimits(Checked):
+class QuotaLimits(CheckedModel):
     """A user's or team's limits; null or absent = unlimited."""
 
     images_per_day: Int32 | None = None
@@ -142,7 +139,7 @@ class QuotaLimits(Checked):
     max_steps: Int32 | None = None
 
 
-class TokenCreate(Checked):
+class TokenCreate(CheckedModel):
     name: Name = "default"
     scope: Literal["full", "read"] = "full"
     user: BodyRowId | None = Field(default=None, description="user id (admins only; default: yourself)")

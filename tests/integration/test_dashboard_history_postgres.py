@@ -6,37 +6,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from dashboard import data
-from farm.auth import create_user
-from farm.context import build_context
-from farm.events import LocalEvents
-from farm.models import User, utcnow
-from farm.settings import Settings
-from tests.support.api import truncate_all
-from tests.support.factories import ensure_model, insert_jobs
+from farm.models import utcnow
+from tests.integration.test_dashboard_postgres import ctx, user  # noqa: F401  (ctx: the same four users and model)
+from tests.support.factories import insert_jobs
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def ctx(tmp_path, migrated_postgres_url):
-    context = build_context(Settings(home=tmp_path, database_url=migrated_postgres_url), events=LocalEvents())
-    with context.db.transaction() as session:
-        ensure_model(session, "m-sd")
-        create_user(session, "ana", team="studio")
-        create_user(session, "ben", team="studio")
-        create_user(session, "eve", team="other")
-        create_user(session, "root", admin=True)
-    yield context
-    truncate_all(context)
-    context.db.dispose()
-
-
-def user(ctx, name: str) -> User:
-    with ctx.db.session() as session:
-        return session.execute(select(User).where(User.name == name)).scalar_one()
 
 
 def search(ctx, name: str, q: str, **filters) -> list:

@@ -29,6 +29,7 @@ def ctx(tmp_path, migrated_postgres_url):
         create_user(session, "ana", team="studio")
         create_user(session, "ben", team="studio")
         create_user(session, "eve", team="other")
+        create_user(session, "root", admin=True)
     yield context
     truncate_all(context)
     context.db.dispose()
