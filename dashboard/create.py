@@ -163,7 +163,7 @@ def submit():
                                                   submission.rows_format)
             result = campaign_service.submit_campaign(ctx, user, req)
             return redirect(url_for("dashboard.campaign", campaign_id=result["id"]))
-        job = job_service.submit_job(ctx, user, submission.base)
+        job = job_service.submit_job(ctx, user, submission.base, interface="dashboard")
     except RequestError as exc:
         return _render_form(values, field_errors(exc), 422, "The request needs fixing: see the marked fields.")
     except QuotaExceededError as exc:

@@ -151,6 +151,8 @@ def lineage_groups(record: dict) -> list[tuple[str, list[tuple[str, str]]]]:
         rows = flat_rows(chosen)
         if rows:
             groups.append((title, rows))
+    if record.get("interface"):
+        groups.append(("Submitted through", [("interface", str(record["interface"]))]))
     files = flat_rows({k: record.get(k) for k in FILE_FIELDS})
     if files:
         groups.append(("Files", files))
@@ -191,7 +193,7 @@ def image(output_id: str):
 @bp.post("/images/<output_id>/rerender")
 @login_required
 def rerender(output_id: str):
-    new = job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id)
+    new = job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id, interface="dashboard")
     return redirect(url_for("dashboard.job", job_id=new.id))
 
 
@@ -207,5 +209,5 @@ def image_task(output_id: str, mode: str):
         original = session.get(Job, output.job_id).request
     payload = {"prompt": original["prompt"], "model": original.get("model"), "negative_prompt": original.get("negative_prompt", ""),
                "styles": original.get("styles", []), "image_mode": mode, "parent_output": str(output.id)}
-    new = job_service.submit_job(ctx, user, {k: v for k, v in payload.items() if v is not None})
+    new = job_service.submit_job(ctx, user, {k: v for k, v in payload.items() if v is not None}, interface="dashboard")
     return redirect(url_for("dashboard.job", job_id=new.id))

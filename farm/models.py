@@ -277,6 +277,35 @@ class Campaign(Timestamped, Base):
     webhook_next_at: Mapped[Optional[dt.datetime]]
     webhook_last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]]
+    # When its first job started and its last worked job (succeeded or failed)
+    # finished: kept by farm.tallies as jobs change state.
+    first_started_at: Mapped[Optional[dt.datetime]]
+    last_finished_at: Mapped[Optional[dt.datetime]]
+
+
+class CampaignTally(Base):
+    """A campaign's jobs in one status, summed; farm.tallies keeps it in the
+    same transaction as every status change, so progress reads a few rows."""
+
+    __tablename__ = "campaign_tallies"
+
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    work: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # estimated GPU seconds
+
+
+class CampaignThroughput(Base):
+    """Work a campaign's jobs finished (succeeded or failed) within one
+    10-second bucket: recent throughput without reading finished jobs."""
+
+    __tablename__ = "campaign_throughput"
+
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    work: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class WebhookDelivery(Timestamped, Base):
@@ -340,6 +369,11 @@ class UsageEntry(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+# Where a job was submitted from: farm's REST API (the CLI and farm.client use
+# it), the dashboard, a campaign, or an adapter for another tool's interface.
+INTERFACES = ("api", "dashboard", "campaign", "openai", "a1111", "fooocus", "bfl")
+
+
 class Job(Timestamped, Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -363,6 +397,12 @@ class Job(Timestamped, Base):
     campaign_index: Mapped[Optional[int]] = mapped_column(Integer)
     campaign_axes: Mapped[Optional[dict[str, Any]]]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    # The status before the latest transition (farm.states sets it in the same
+    # UPDATE, so RETURNING names what the job left, for farm.tallies).
+    previous_status: Mapped[Optional[str]] = mapped_column(String(16))
+    # The interface the job came through (INTERFACES): farm's API, the dashboard, or
+    # another tool's API that farm speaks (farm/api/adapters); kept in the lineage.
+    interface: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     # The output this job renders again (POST /outputs/{id}/rerender).
     rerender_of: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
     # Estimated GPU seconds reserved against quotas at submission.

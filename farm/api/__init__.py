@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
     from dashboard import views as dashboard_views
+    from farm.api.adapters import register_adapters
     from farm.api import campaigns, errors, events, health, jobs, library, openapi, outputs, throttle, tokens, uploads, users, workers
 
     settings = settings or (context.settings if context else get_settings())
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.extensions["farm"] = context
     for module in (jobs, events, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
+    register_adapters(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard_views.bp)
     errors.register_error_handlers(app)

@@ -27,6 +27,18 @@ from farm.spec import FieldProblem, RequestError, problems_from_validation
 logger = logging.getLogger(__name__)
 
 Auth = Literal["user", "admin", "public"]
+# How a caller may present its API token: a bearer token everywhere; HTTP Basic
+# (any user name, the token as password) and an x-key header only where a
+# foreign interface's clients send them (farm/api/adapters).
+Scheme = Literal["bearer", "basic", "x-key"]
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (farm users create, farm tokens create)"},
+    "basic": {"type": "http", "scheme": "basic", "description": "HTTP Basic: any user name, an API token as the password"},
+    "x-key": {"type": "apiKey", "in": "header", "name": "x-key", "description": "An API token in the x-key header"},
+}
+# The URL prefixes whose routes the document covers (and a test checks are all declared):
+# farm's own API and the interfaces of other tools it speaks (farm/api/adapters).
+DOCUMENTED_PREFIXES = ("/api/v1/", "/v1/", "/sdapi/v1/")
 _REF = "#/components/schemas/{model}"
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "required": True,
                                 "schema": {"type": "integer", "minimum": 0}}}
@@ -61,6 +73,9 @@ class Operation:
     summary: str
     answers: dict[int, Answer]
     auth: Auth = "user"
+    schemes: tuple[Scheme, ...] = ("bearer",)
+    # The JSON shape of this operation's error answers (an adapter's own, e.g. OpenAI's).
+    error_model: type[BaseModel] | None = None
     path: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
@@ -98,7 +113,7 @@ def declare(summary: str, answers: dict[int, Answer | type[BaseModel]], **option
             from farm.api.security import authenticate
 
             if operation.auth != "public":
-                user = authenticate()
+                user = authenticate(operation.schemes)
                 if operation.auth == "admin" and not user.is_admin:
                     raise ApiError(403, "only admins may do this")
             kwargs: dict[str, Any] = {}
@@ -141,11 +156,11 @@ def _query_values(model: type[BaseModel]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the document
 
 def build_document(app: Flask, title: str, version: str) -> dict:
-    """The OpenAPI 3.1 document of every /api/v1 route; raises if one is undeclared."""
+    """The OpenAPI 3.1 document of every route under DOCUMENTED_PREFIXES; raises if one is undeclared."""
     operations: list[tuple[str, str, Operation]] = []
     undeclared = []
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if not rule.rule.startswith("/api/v1/"):
+        if not rule.rule.startswith(DOCUMENTED_PREFIXES):
             continue
         operation = getattr(app.view_functions[rule.endpoint], "operation", None)
         if operation is None:
@@ -158,6 +173,7 @@ def build_document(app: Flask, title: str, version: str) -> dict:
         raise RuntimeError(f"routes without a declared operation: {', '.join(undeclared)}")
 
     keys = {(model, mode) for _, _, op in operations for model, mode in _models(op)}
+    schemes = {"bearer"} | {scheme for _, _, op in operations for scheme in op.schemes}
     refs, top = models_json_schema(sorted(keys, key=lambda k: (k[0].__name__, k[1])), ref_template=_REF)
     paths: dict[str, dict] = {}
     for path, method, operation in operations:
@@ -177,8 +193,7 @@ def build_document(app: Flask, title: str, version: str) -> dict:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "An API token (farm users create, farm tokens create)"}},
+            "securitySchemes": {name: SECURITY_SCHEMES[name] for name in sorted(schemes)},
             "schemas": top.get("$defs", {}),
         },
         "paths": paths,
@@ -186,7 +201,7 @@ def build_document(app: Flask, title: str, version: str) -> dict:
 
 
 def _models(operation: Operation):
-    yield Error, "serialization"
+    yield operation.error_model or Error, "serialization"
     if operation.body:
         yield operation.body, "validation"
     for answer in operation.answers.values():
@@ -220,6 +235,17 @@ def _content(model: type[BaseModel] | None, media: dict[str, dict], refs, mode: 
     return content
 
 
+def _tag(path: str) -> str:
+    """``jobs`` for /api/v1/jobs/..., the interface's name for an adapter's routes."""
+    if path.startswith("/api/v1/"):
+        return path.split("/")[3]
+    if path.startswith("/sdapi/"):
+        return "a1111"
+    if path.startswith("/v1/"):
+        return {"images": "openai", "models": "openai", "generation": "fooocus", "engines": "fooocus"}.get(path.split("/")[2], "bfl")
+    return "other"
+
+
 def operation_id(method: str, path: str) -> str:
     """``get_api_v1_jobs_job_id`` for GET /api/v1/jobs/{job_id}."""
     return re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{path}").strip("_")
@@ -245,19 +271,21 @@ def _operation_object(path: str, method: str, operation: Operation, refs) -> dic
                                    for name, text in answer.headers.items()}
         responses[str(status)] = response
     for status in operation.error_statuses(method):
-        response = {"description": _ERROR_TEXT[status], "content": {"application/json": {"schema": refs[(Error, "serialization")]}}}
+        error_schema = refs[(operation.error_model or Error, "serialization")]
+        response = {"description": _ERROR_TEXT[status], "content": {"application/json": {"schema": error_schema}}}
         if status in (429, 503):
             response["headers"] = _RETRY_AFTER
         responses.setdefault(str(status), response)
     result: dict[str, Any] = {"operationId": operation_id(method, path), "summary": operation.summary, "responses": responses}
-    tag = path.split("/")[3]
-    result["tags"] = [tag]
+    result["tags"] = [_tag(path)]
     if operation.description:
         result["description"] = operation.description
     if parameters:
         result["parameters"] = parameters
     if operation.auth == "public":
         result["security"] = []
+    elif operation.schemes != ("bearer",):
+        result["security"] = [{scheme: []} for scheme in operation.schemes]
     body = _content(operation.body, operation.body_media, refs, "validation")
     if body:
         result["requestBody"] = {"required": True, "content": body}

@@ -1,7 +1,10 @@
-"""Bearer-token authentication for the API."""
+"""API-token authentication: a bearer token, or where an adapter's clients send
+it so, HTTP Basic or an x-key header (farm.api.contract.SECURITY_SCHEMES)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 
 from flask import current_app, g, request
@@ -18,19 +21,39 @@ def farm_context():
     return current_app.extensions["farm"]
 
 
-def authenticate():
-    """The caller of a declared operation (farm/api/contract.py), from its bearer token."""
+def presented_token(schemes=("bearer",)) -> str | None:
+    """The API token the request carries in one of ``schemes`` (see
+    farm.api.contract.SECURITY_SCHEMES), or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and "bearer" in schemes and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and "basic" in schemes and value.strip():
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2].strip() or None  # any user name; the token is the password
+    if "x-key" in schemes and request.headers.get("x-key", "").strip():
+        return request.headers["x-key"].strip()
+    return None
+
+
+def authenticate(schemes=("bearer",)):
+    """The caller of a declared operation (farm/api/contract.py), from the API
+    token it presents in one of ``schemes``."""
     from farm.api.throttle import current_throttle
 
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>' (farm users create prints one)")
+    token = presented_token(schemes)
+    if token is None:
+        ways = {"bearer": "'Authorization: Bearer <token>'", "basic": "HTTP Basic with the token as password",
+                "x-key": "'x-key: <token>'"}
+        raise ApiError(401, f"missing API token: send {' or '.join(ways[s] for s in schemes)} (farm users create prints one)")
     # An address that failed too often is answered 429 before its token is looked up.
     attempt = current_throttle().token_check()
     # A transaction: user_for_token records last_used_at (at most once a minute per token).
     with farm_context().db.transaction() as session:
-        found = user_for_token(session, token.strip())
+        found = user_for_token(session, token)
     if found is None:
         attempt.failed()
         raise ApiError(401, "invalid or revoked API token")

@@ -279,7 +279,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
         session.flush()
         now = utcnow()
         for row in rows:
-            row.update(id=uuid.uuid4(), campaign_id=campaign.id, created_at=now, updated_at=now)
+            row.update(id=uuid.uuid4(), campaign_id=campaign.id, interface="campaign", created_at=now, updated_at=now)
         reserve(session, user, cost, campaign_id=campaign.id, by_model=by_model)
         session.execute(insert(Job), rows)
     ctx.events.wake_scheduler()

@@ -84,7 +84,9 @@ def _image_prompt_sources(ctx: FarmContext, session: Session, user: User, req) -
     return found
 
 
-def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
+def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api") -> Job:
+    """Check, resolve, reserve and queue one job; ``interface`` says where it came
+    from (farm.models.INTERFACES), for its lineage."""
     req = parse_request(payload)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
@@ -107,6 +109,7 @@ def submit_job(ctx: FarmContext, user: User, payload: Any) -> Job:
             num_images=resolved.num_images,
             seed=resolved.seed,
             priority=resolved.priority,
+            interface=interface,
         )
         # The reservation and the job commit together, or neither does.
         reserve(session, user, Cost(1, resolved.num_images, estimate, resolved.width * resolved.height, resolved.steps),
@@ -226,7 +229,7 @@ def cancel_job(ctx: FarmContext, user: User, job_id: str) -> Job:
         return visible_job(session, user, job_uuid)
 
 
-def rerender_output(ctx: FarmContext, user: User, output_id: str) -> Job:
+def rerender_output(ctx: FarmContext, user: User, output_id: str, interface: str = "api") -> Job:
     """A new job that renders one output again from its job's resolved parameters and its seed."""
     output = get_output(ctx, user, output_id)
     with ctx.db.transaction() as session:
@@ -236,7 +239,7 @@ def rerender_output(ctx: FarmContext, user: User, output_id: str) -> Job:
         job = Job(
             id=uuid.uuid4(), user_id=user.id, model_id=original.model_id, request=original.request, params=params,
             width=original.width, height=original.height, steps=original.steps, num_images=1, seed=output.seed,
-            priority=original.priority, rerender_of=output.id,
+            priority=original.priority, rerender_of=output.id, interface=interface,
             reserved_gpu_seconds=original.reserved_gpu_seconds / max(original.num_images, 1),
         )
         reserve(session, owner, Cost(1, 1, job.reserved_gpu_seconds, job.width * job.height, job.steps),

@@ -134,6 +134,7 @@ class JobSnapshot:
     model: ModelEntry
     rerender_of: uuid.UUID | None = None
     refiner: ModelEntry | None = None
+    interface: str = "api"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -190,7 +191,7 @@ def _start(session, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> 
     job = session.get(Job, job_id)
     snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
                            job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
-                           job.rerender_of)
+                           job.rerender_of, interface=job.interface)
     if job.params.get("refiner"):
         snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
     return snapshot
@@ -340,6 +341,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         record = {
             "output_id": str(output_id), "job_id": str(job.id), "attempt": job.attempt,
             "campaign_id": str(job.campaign_id) if job.campaign_id else None, "user_id": job.user_id,
+            "interface": job.interface,
             "request": job.request, "params": resolved, "model": model,
             "parent_output": task.get("parent_output") if task else None,
             "source_upload": task.get("upload") if task else None,

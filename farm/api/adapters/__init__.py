@@ -1,0 +1,26 @@
+"""Other tools' interfaces, spoken on top of farm's own job service (issue 20).
+
+Each adapter is a Flask blueprint in this package that translates one foreign
+API (OpenAI Images under /v1/images, AUTOMATIC1111 under /sdapi/v1,
+Fooocus-API under /v1/generation, the BFL FLUX API under /v1/<model>) into
+calls of farm.services: the same checks, quotas, isolation and lineage as the
+native API, with ``interface=`` naming the adapter on every job it submits.
+Every route is declared with farm.api.contract.declare (``schemes=`` for the
+ways its clients send the token, ``error_model=`` for its error shape), so it
+is in /api/v1/openapi.json; each blueprint registers its own error handlers
+to answer in the interface's error shape.
+"""
+
+from __future__ import annotations
+
+# The adapters' blueprint modules, registered by farm.api.create_app without a
+# URL prefix (each blueprint carries its own).
+ADAPTERS: tuple[str, ...] = ()
+
+
+def register_adapters(app) -> None:
+    import importlib
+
+    for name in ADAPTERS:
+        module = importlib.import_module(f"farm.api.adapters.{name}")
+        app.register_blueprint(module.bp)

@@ -1,0 +1,67 @@
+"""What every adapter does the same way: submit through the job service with
+the adapter's interface name, wait a bounded time for jobs to finish, read or
+link their images, and store images a client sent inline as uploads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+
+from flask import url_for
+
+from farm import states
+from farm.context import FarmContext
+from farm.models import Job, Output, User
+from farm.services import jobs as job_service
+from farm.services import uploads as upload_service
+from farm.spec import FieldProblem, RequestError
+
+
+def submit(ctx: FarmContext, user: User, payload: dict, interface: str) -> Job:
+    """One farm job from a translated request (farm.spec.GenerationRequest fields)."""
+    return job_service.submit_job(ctx, user, payload, interface=interface)
+
+
+def wait_for(ctx: FarmContext, user: User, job_ids: list[uuid.UUID | str], timeout_s: float) -> list[Job]:
+    """The jobs, each waited for until it is final or ``timeout_s`` (in all) has passed."""
+    deadline = time.monotonic() + timeout_s
+    found = []
+    for job_id in job_ids:
+        job = job_service.get_job(ctx, user, str(job_id), wait_s=max(deadline - time.monotonic(), 0.0))
+        found.append(job)
+    return found
+
+
+def is_final(job: Job) -> bool:
+    return states.is_final(job.status)
+
+
+def image_bytes(ctx: FarmContext, output: Output) -> bytes:
+    return ctx.storage.get(output.object_key)
+
+
+def image_url(output: Output) -> str:
+    """An absolute URL of the output's image on this api (it answers with the
+    image or a redirect to a presigned store URL); needs a request context."""
+    return url_for("outputs.get_output_image", output_id=output.id, _external=True)
+
+
+def decode_base64_image(value: str, field: str) -> bytes:
+    """A base64 image as clients send it, bare or as a data: URL; else a RequestError naming ``field``."""
+    text = value.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError([FieldProblem(field, "is not a base64-encoded PNG, JPEG or WebP image")]) from None
+
+
+def store_image(ctx: FarmContext, user: User, data: bytes, field: str) -> upload_service.Upload:
+    """An image a client sent inline, stored as the user's upload; errors name ``field``."""
+    try:
+        return upload_service.store_upload(ctx, user, data)
+    except upload_service.UploadError as exc:
+        raise RequestError([FieldProblem(field, str(exc))], status=exc.status if exc.status in (413, 503) else 422) from None
