@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -306,31 +307,14 @@ def campaign() -> None:
 @click.option("--api", "api_url", default=None, help="API base URL [FARM_API_URL].")
 @click.option("--token", default=None, help="API token [FARM_API_TOKEN].")
 def campaign_submit(file: Path, rows_file: Path | None, dry_run: bool, api_url, token) -> None:
-    """Submit the campaign described by FILE (JSON: name, base, matrix, rows, ...)."""
-    import requests
-
+    """Submit the campaign described by FILE (JSON or YAML: name, base, matrix, rows, ...)."""
     base, token = _client_target(api_url, token)
-    try:
-        request_body = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{file} is not JSON: {exc.msg} (line {exc.lineno})") from None
+    with _farm_client(base, token) as farm:
+        result = farm.submit_campaign(file, rows=rows_file, dry_run=True if dry_run else None)
     if dry_run:
-        request_body["dry_run"] = True
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        if rows_file is not None:
-            with open(rows_file, "rb") as handle:
-                response = requests.post(f"{base}/api/v1/campaigns", headers=headers, timeout=300,
-                                         data={"request": json.dumps(request_body)}, files={"rows": (rows_file.name, handle)})
-        else:
-            response = requests.post(f"{base}/api/v1/campaigns", headers=headers, json=request_body, timeout=300)
-    except requests.ConnectionError:
-        raise CliError(f"cannot reach the farm at {base}; is 'farm up' or 'farm api' running?") from None
-    result = _json_or_error(response)
-    if dry_run:
-        click.echo(f"{result['jobs']} jobs, {result['cost']['images']} images, about {result['cost']['gpu_seconds']:.0f} GPU-seconds")
+        click.echo(f"{result.jobs} jobs, {result.cost.images} images, about {result.cost.gpu_seconds:.0f} GPU-seconds")
     else:
-        click.echo(f"campaign {result['id']}: {result['jobs']} jobs queued")
+        click.echo(f"campaign {result.id}: {result.jobs} jobs queued")
 
 
 # ---------------------------------------------------------------------- workers
@@ -573,49 +557,33 @@ def _read(path: Path) -> str | None:
 def submit(prompt, model, negative_prompt, width, height, steps, seed, sampler, guidance_scale, num_images, output_format,
            wait, out, api_url, token) -> None:
     """Submit one generation job."""
-    import requests
-
     base, token = _client_target(api_url, token)
     fields = dict(model=model, negative_prompt=negative_prompt, width=width, height=height, steps=steps, seed=seed,
                   sampler=sampler, guidance_scale=guidance_scale, num_images=num_images, output_format=output_format)
-    body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
+    with _farm_client(base, token) as farm:
+        job = farm.submit(prompt=prompt, **{k: v for k, v in fields.items() if v is not None})
+        click.echo(f"job {job.id} {job.status}")
+        if not wait:
+            return
+        state = farm.wait(job.id, poll_s=10, on_update=lambda view: click.echo(
+            f"  {view.status} {view.progress.percent:.0f}%", err=True))
+        out.mkdir(parents=True, exist_ok=True)
+        for output in state.outputs:
+            click.echo(str(farm.download_to(output, out / f"farm-{job.id}-{output.index}")))
+
+
+@contextlib.contextmanager
+def _farm_client(base: str, token: str):
+    """A farm.client session whose errors print as one line: the farm's message, or how to reach it."""
+    from farm.client import Farm, FarmError, Unreachable
+
     try:
-        response = session.post(f"{base}/api/v1/jobs", json=body, timeout=30)
-    except requests.ConnectionError:
+        with Farm(base, token, timeout=30) as farm:
+            yield farm
+    except Unreachable:
         raise CliError(f"cannot reach the farm at {base}; is 'farm up' or 'farm api' running?") from None
-    job = _json_or_error(response)
-    click.echo(f"job {job['id']} {job['status']}")
-    if not wait:
-        return
-    while True:
-        state = _json_or_error(session.get(f"{base}/api/v1/jobs/{job['id']}", params={"wait": 10}, timeout=40))
-        if state["status"] in ("succeeded", "failed", "canceled"):
-            break
-        progress = state["progress"]
-        click.echo(f"  {state['status']} {progress['percent']:.0f}%", err=True)
-    if state["status"] != "succeeded":
-        raise CliError(f"job {job['id']} {state['status']}: {state.get('error')}")
-    out.mkdir(parents=True, exist_ok=True)
-    for output in state["outputs"]:
-        image = session.get(base + output["url"], timeout=60)
-        image.raise_for_status()
-        extension = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(image.headers.get("Content-Type", ""), "png")
-        path = out / f"farm-{job['id']}-{output['index']}.{extension}"
-        path.write_bytes(image.content)
-        click.echo(str(path))
-
-
-def _json_or_error(response) -> dict:
-    try:
-        payload = response.json()
-    except ValueError:
-        raise CliError(f"unexpected answer from the farm (HTTP {response.status_code})") from None
-    if response.status_code >= 400:
-        error = payload.get("error", {})
-        raise CliError(f"HTTP {response.status_code}: {error.get('message', payload)}")
-    return payload
+    except FarmError as exc:
+        raise CliError(str(exc)) from None
 
 
 from farm.scheduler.bench import bench as _bench_group  # noqa: E402

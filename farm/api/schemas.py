@@ -430,3 +430,60 @@ class Document(BaseModel):
     """An OpenAPI 3.1 document."""
 
     model_config = ConfigDict(extra="allow")
+
+
+# --------------------------------------------------------------------------- event stream data
+# The ``data`` of each Server-Sent Event of /jobs/{id}/events and
+# /campaigns/{id}/events, as farm/services/live.py writes it (the feeds build
+# plain dicts); farm.client parses the streams with these, and
+# tests/integration/test_client.py checks a job stream's events carry exactly
+# these fields.
+
+class JobStatusEvent(BaseModel):
+    status: Literal[JOB_STATUSES]  # type: ignore[valid-type]
+    attempt: int
+    worker: str | None
+    error: str | None
+
+
+class CampaignStatusEvent(BaseModel):
+    status: str
+
+
+class JobProgressEvent(BaseModel):
+    step: int | None
+    total: int | None
+    eta_s: float | None
+    job: str | None = Field(default=None, description="On a campaign's stream: the job the numbers are of")
+
+
+class CampaignProgressEvent(BaseModel):
+    jobs: int
+    images: int
+    counts: dict[str, int]
+    percent: float
+    images_per_minute: float
+    eta_s: float | None
+
+
+class PreviewEvent(BaseModel):
+    step: int | None
+    total: int | None
+    eta_s: float | None
+    mime: str
+    data: str = Field(description="The preview image, base64")
+
+
+class OutputEvent(BaseModel):
+    id: str
+    job: str
+    index: int
+    width: int
+    height: int
+    url: str
+    lineage_url: str
+
+
+class EndEvent(BaseModel):
+    reason: Literal["final", "timeout", "gone"]
+    status: str | None = None

@@ -66,3 +66,16 @@ def test_loras_and_variants_from_the_command_line(run, tmp_path):
     added = run("models", "add", "flux-schnell", str(tmp_path / "schnell"))
     assert added.exit_code == 0 and "variant schnell of flux" in added.output
     assert "flux:schnell" in run("models", "list").output and "4 steps" in run("models", "list").output
+
+
+def test_submit_names_the_field_to_fix_before_reaching_the_farm(run, tmp_path):
+    """farm submit checks the request with the API's own model (farm.client): a
+    field to fix is named even when no farm is listening."""
+    result = run("submit", "a boat", "--steps", "0", "--api", "http://127.0.0.1:9", "--token", "t")
+    assert result.exit_code == 1 and "HTTP 422" in result.output and "steps:" in result.output
+    assert "Traceback" not in result.output
+    assert "cannot reach the farm" in run("submit", "a boat", "--api", "http://127.0.0.1:9", "--token", "t").output
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: x\nbase: {prompt: y}\nmatrix: {colour: [red]}\n")
+    refused = run("campaign", "submit", str(spec), "--api", "http://127.0.0.1:9", "--token", "t")
+    assert refused.exit_code == 1 and "matrix.colour: not a generation field" in refused.output
