@@ -34,6 +34,10 @@ def live_channel(kind: str, key) -> str:
 # The latest live message of a job is kept this long, so that a stream opened
 # mid-render shows the current preview at once.
 LIVE_KEEP_S = 300
+# The latest preview of a job is kept apart under this kind (latest_live(PREVIEW,
+# job id)): progress messages come between previews, and a client polling for
+# the current image (A1111's /sdapi/v1/progress) would otherwise often find none.
+PREVIEW = "job-preview"
 
 
 class Events(Protocol):
@@ -96,7 +100,10 @@ class LocalEvents:
         data = json.dumps(message)
         try:
             self.live_dir.mkdir(parents=True, exist_ok=True)
-            for kind, key in (("job", job_id), ("campaign", campaign_id)):
+            keys = [("job", job_id), ("campaign", campaign_id)]
+            if message.get("type") == "preview":
+                keys.append((PREVIEW, job_id))
+            for kind, key in keys:
                 if key is None:
                     continue
                 path = self._live_path(kind, key)
@@ -148,6 +155,8 @@ class RedisEvents:
         try:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(f"{live_channel('job', job_id)}:last", data, ex=LIVE_KEEP_S)
+            if message.get("type") == "preview":
+                pipe.set(f"{live_channel(PREVIEW, job_id)}:last", data, ex=LIVE_KEEP_S)
             pipe.publish(live_channel("job", job_id), data)
             if campaign_id is not None:
                 # Campaign streams show numbers and tiles, not every job's previews.

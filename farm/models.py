@@ -121,6 +121,11 @@ class User(Timestamped, Base):
     # Fair-share weight: a user with weight 2 gets twice the GPU time of one with 1 when both wait.
     share_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     disabled_at: Mapped[Optional[dt.datetime]]
+    # The model this user's AUTOMATIC1111 clients render with when a request
+    # names none (POST /sdapi/v1/options sd_model_checkpoint); farm's own API
+    # keeps FARM_DEFAULT_MODEL (farm/api/adapters/a1111.py says why). No foreign
+    # key: a model removed later is passed over, and SQLite would rebuild users.
+    default_model: Mapped[Optional[str]] = mapped_column(String(128))
 
     team: Mapped[Optional[Team]] = relationship(lazy="joined")
 
@@ -309,16 +314,21 @@ class CampaignThroughput(Base):
 
 
 class WebhookDelivery(Timestamped, Base):
-    """One per-job webhook event of a campaign that asked for them."""
+    """One job's end announced to a webhook: a job of a campaign that asked for
+    per-job events (campaign_id set; the campaign's URL and secret), or a job
+    submitted with its own webhook (campaign_id None; the job's URL and secret).
+    A job's own webhook gets its row, ``waiting`` and without an event, when the
+    job is submitted, so finding the ones to send reads this table's index, not
+    the jobs."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (UniqueConstraint("job_id", "event"), Index("ix_webhook_deliveries_state_next", "state", "next_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    campaign_id: Mapped[Optional[uuid.UUID]] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    event: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    event: Mapped[Optional[str]] = mapped_column(String(32))  # job.<final status>; None while waiting
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # waiting | pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_error: Mapped[Optional[str]] = mapped_column(Text)
@@ -403,6 +413,10 @@ class Job(Timestamped, Base):
     # The interface the job came through (INTERFACES): farm's API, the dashboard, or
     # another tool's API that farm speaks (farm/api/adapters); kept in the lineage.
     interface: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    # Its own webhook (farm.spec.WebhookRequest): announced once when it ends;
+    # the secret signs deliveries and is never shown after submission.
+    webhook_url: Mapped[Optional[str]] = mapped_column(String(2048))
+    webhook_secret: Mapped[Optional[str]] = mapped_column(String(128))
     # The output this job renders again (POST /outputs/{id}/rerender).
     rerender_of: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
     # Estimated GPU seconds reserved against quotas at submission.

@@ -10,6 +10,8 @@ that needs fixing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import secrets
@@ -103,6 +105,52 @@ MAX_LORAS = 5
 MAX_IMAGE_PROMPTS = 4
 
 
+# Standard Webhooks secrets: "whsec_" and the base64 of 24 to 64 random bytes
+# (the spec's range); farm makes one of 32 bytes when a client gives none.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_KEY_BYTES = (24, 64)
+
+
+class WebhookRequest(CheckedModel):
+    """Where a finished job (or campaign) is announced: a Standard Webhooks POST
+    to ``url``, signed with ``secret`` (farm generates one when it is left out
+    and returns it once, in the submit answer). Adapters pass it as the
+    payload's ``webhook`` to the job service. Not part of the job's request as
+    recorded in its lineage: the secret must not be readable from an image."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048, description="http(s) URL on a public address (FARM_WEBHOOK_ALLOW admits others)")
+    # The check is the validator's (its message says what a secret is); the
+    # pattern only documents the shape.
+    secret: str | None = Field(default=None, max_length=128, examples=["whsec_2ppd5Ic7oCWqXD9EZu/nsBI0mU35eqXuc9slbEuDqQA="],
+                               description="whsec_ then the base64 of 24 to 64 random bytes; generated when absent",
+                               json_schema_extra={"pattern": r"^whsec_[A-Za-z0-9+/]+={0,2}$"})
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if webhook_key(value) is None:
+            low, high = WEBHOOK_KEY_BYTES
+            raise ValueError(f"must be a Standard Webhooks secret: {WEBHOOK_SECRET_PREFIX} then the base64 of {low} to "
+                             f"{high} random bytes; leave it out and farm generates one")
+        return value
+
+
+def webhook_key(secret: str) -> bytes | None:
+    """The key bytes of a ``whsec_`` secret, or None when it is not one (a
+    wrong prefix, not base64, or a key outside WEBHOOK_KEY_BYTES)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return None
+    body = secret[len(WEBHOOK_SECRET_PREFIX):]
+    try:
+        # Unpadded base64 is accepted, as Standard Webhooks libraries accept it.
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if WEBHOOK_KEY_BYTES[0] <= len(key) <= WEBHOOK_KEY_BYTES[1] else None
+
+
 class ImagePromptRequest(CheckedModel):
     image: str | None = None  # an upload id
     parent_output: str | None = None  # or an output id
@@ -162,6 +210,8 @@ class GenerationRequest(CheckedModel):
     mask: str | None = None
     outpaint: list[Literal["left", "right", "top", "bottom"]] | None = None
     denoise: float | None = Field(default=None, gt=0, le=1)
+    # Announce the job's end (succeeded, failed or canceled) to a URL, once, signed.
+    webhook: WebhookRequest | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -257,7 +307,8 @@ def resolve_request(
     image_prompts: list[SourceImage] | None = None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
-    submitted = req.model_dump(exclude_unset=True)
+    # The webhook is delivery, not rendering, and carries a secret: not recorded with the request.
+    submitted = req.model_dump(exclude_unset=True, exclude={"webhook"})
     if req.preset:
         if resources is None:
             from farm.generation.resources import generation_resources

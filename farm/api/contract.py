@@ -85,12 +85,14 @@ class Operation:
     parse_body: bool = True
     errors: tuple[int, ...] = ()
     description: str = ""
+    # A POST that only reads (A1111's png-info): a read-only token may call it.
+    reads: bool = False
 
     def error_statuses(self, method: str) -> list[int]:
         statuses = set(self.errors) | {503}
         if self.auth != "public":
             statuses |= {401, 429}  # 429: failed token checks are throttled per address
-            if self.auth == "admin" or method not in ("GET", "HEAD"):
+            if self.auth == "admin" or (method not in ("GET", "HEAD") and not self.reads):
                 statuses.add(403)
         if self.path or self.query:
             statuses.add(400)
@@ -113,7 +115,7 @@ def declare(summary: str, answers: dict[int, Answer | type[BaseModel]], **option
             from farm.api.security import authenticate
 
             if operation.auth != "public":
-                user = authenticate(operation.schemes)
+                user = authenticate(operation.schemes, reads=operation.reads)
                 if operation.auth == "admin" and not user.is_admin:
                     raise ApiError(403, "only admins may do this")
             kwargs: dict[str, Any] = {}

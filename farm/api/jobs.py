@@ -11,6 +11,7 @@ from farm.api.contract import Answer, declare
 from farm.api.security import farm_context
 from farm.api.views import job_view
 from farm.services import jobs as job_service
+from farm.services import webhooks
 from farm.spec import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ bp = Blueprint("jobs", __name__)
 def submit_job(body: GenerationRequest):
     job = job_service.submit_job(farm_context(), g.user, body.model_dump(exclude_unset=True))
     accepted = {"id": str(job.id), "status": job.status, "polling_url": url_for("jobs.get_job", job_id=job.id)}
+    if job.webhook_url:
+        accepted["webhook"] = {"url": job.webhook_url, "secret": job.webhook_secret}  # the only time the secret is shown
     return jsonify(accepted), 202, {"Location": accepted["polling_url"]}
 
 
@@ -34,20 +37,23 @@ def submit_job(body: GenerationRequest):
 def get_job(job_id: str, query: schemas.WaitQuery):
     ctx = farm_context()
     job = job_service.get_job(ctx, g.user, job_id, wait_s=query.wait)
-    return jsonify(job_view(job, job_service.rerender_match(ctx, job)))
+    return jsonify(job_view(job, job_service.rerender_match(ctx, job), webhooks.job_webhooks(ctx, [job]).get(job.id)))
 
 
 @bp.get("/jobs")
 @declare("List jobs, newest first (cursor paginated; filters by status and campaign)", {200: schemas.JobPage},
          query=schemas.JobListQuery)
 def list_jobs(query: schemas.JobListQuery):
-    page = job_service.list_jobs(farm_context(), g.user, status=query.status, campaign=query.campaign,
+    ctx = farm_context()
+    page = job_service.list_jobs(ctx, g.user, status=query.status, campaign=query.campaign,
                                  cursor=query.cursor, limit=query.limit)
-    return jsonify({"jobs": [job_view(job) for job in page.jobs], "next_cursor": page.next_cursor})
+    hooks = webhooks.job_webhooks(ctx, page.jobs)
+    return jsonify({"jobs": [job_view(job, webhook=hooks.get(job.id)) for job in page.jobs], "next_cursor": page.next_cursor})
 
 
 @bp.post("/jobs/<job_id>/cancel")
 @declare("Cancel a queued, assigned or running job", {200: schemas.JobView}, path=schemas.JobPath, errors=(409,))
 def cancel_job(job_id: str):
-    job = job_service.cancel_job(farm_context(), g.user, job_id)
-    return jsonify(job_view(job))
+    ctx = farm_context()
+    job = job_service.cancel_job(ctx, g.user, job_id)
+    return jsonify(job_view(job, webhook=webhooks.job_webhooks(ctx, [job]).get(job.id)))

@@ -157,10 +157,19 @@ class Error(BaseModel):
     error: ErrorDetail
 
 
+class WebhookCreated(BaseModel):
+    """A webhook as submitted; the only answer that shows its secret."""
+
+    url: str
+    secret: str = Field(description="the whsec_ secret deliveries are signed with: the one given, or the one farm "
+                                    "generated; verify with any Standard Webhooks library (never shown again)")
+
+
 class JobAccepted(BaseModel):
     id: str
     status: str
     polling_url: str
+    webhook: WebhookCreated | None = Field(default=None, description="present when the job asked for a webhook")
 
 
 class RerenderAccepted(JobAccepted):
@@ -179,6 +188,17 @@ class OutputLink(BaseModel):
     index: int
     url: str
     lineage_url: str
+
+
+class JobWebhook(BaseModel):
+    """Where a job's own webhook stands (the secret is never shown)."""
+
+    url: str
+    state: Literal["waiting", "pending", "delivered", "failed"] = Field(description="waiting until the job ends")
+    event: str | None = Field(description="job.succeeded, job.failed or job.canceled once the job ended")
+    attempts: int
+    last_error: str | None
+    next_at: Timestamp | None = Field(description="the next try, while pending")
 
 
 class JobView(BaseModel):
@@ -200,6 +220,7 @@ class JobView(BaseModel):
     attempt: int
     rerender_of: str | None
     rerender_matches: bool | None
+    webhook: JobWebhook | None = Field(default=None, description="the job's own webhook (campaign jobs are announced by their campaign's)")
 
 
 class JobPage(BaseModel):
@@ -348,6 +369,7 @@ class CampaignSubmitted(BaseModel):
     id: str | None = Field(default=None, description="absent for a dry run")
     jobs: int
     cost: Cost
+    webhook: WebhookCreated | None = Field(default=None, description="present when the campaign asked for a webhook (not on a dry run)")
 
 
 class WebhookCompletion(BaseModel):

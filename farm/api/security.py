@@ -39,9 +39,10 @@ def presented_token(schemes=("bearer",)) -> str | None:
     return None
 
 
-def authenticate(schemes=("bearer",)):
+def authenticate(schemes=("bearer",), reads: bool = False):
     """The caller of a declared operation (farm/api/contract.py), from the API
-    token it presents in one of ``schemes``."""
+    token it presents in one of ``schemes``; a read-only token is refused for
+    methods that write, unless the operation ``reads`` only (a POST that reads)."""
     from farm.api.throttle import current_throttle
 
     token = presented_token(schemes)
@@ -58,7 +59,7 @@ def authenticate(schemes=("bearer",)):
         attempt.failed()
         raise ApiError(401, "invalid or revoked API token")
     user, api_token = found
-    if api_token.scope == "read" and request.method not in READ_METHODS:
+    if api_token.scope == "read" and request.method not in READ_METHODS and not reads:
         raise ApiError(403, "this token is read-only")
     g.user = user
     g.token_scope = api_token.scope

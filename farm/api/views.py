@@ -16,7 +16,8 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def job_view(job: Job, rerender_matches: bool | None = None) -> dict[str, Any]:
+def job_view(job: Job, rerender_matches: bool | None = None, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``webhook``: where the job's own webhook stands (farm.services.webhooks.job_webhooks)."""
     total = job.progress_total or job.steps
     step = job.progress_step if job.status != "succeeded" else total
     return {
@@ -43,6 +44,7 @@ def job_view(job: Job, rerender_matches: bool | None = None) -> dict[str, Any]:
         "attempt": job.attempt,
         "rerender_of": str(job.rerender_of) if job.rerender_of else None,
         "rerender_matches": rerender_matches,
+        "webhook": webhook,
     }
 
 

@@ -24,7 +24,6 @@ from pydantic import Field, ValidationError
 from sqlalchemy import insert, select
 
 from farm import states
-from farm.outbound import OutboundRefused, check_url
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import RenderTimes
@@ -36,21 +35,22 @@ from farm.safejson import CheckedModel
 from farm.services.campaign_progress import progress, progress_stats
 from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
 from farm.services.quotas import Cost, reserve
-from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, parse_request, resolve_request
+from farm.services import webhooks
+from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, WebhookRequest, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
 
 MAX_CAMPAIGN_JOBS = 100_000
-MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority"}) | {"seed_count"}
+MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority", "webhook"}) | {"seed_count"}
 # CSV cells are text: these fields are converted.
 _INT_FIELDS = {"width", "height", "steps", "seed", "num_images"}
 _FLOAT_FIELDS = {"guidance_scale"}
 _LIST_FIELDS = {"styles"}
 
 
-class WebhookSpec(CheckedModel):
-    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
-    secret: str = Field(min_length=16, max_length=128)
+class WebhookSpec(WebhookRequest):
+    """A job's webhook shape, announcing the campaign's end (and each job's, with per_job)."""
+
     per_job: bool = False  # also one POST per finished job
 
 
@@ -73,7 +73,8 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
         req = CampaignRequest.model_validate(payload)
     except ValidationError as exc:
         raise RequestError([FieldProblem(".".join(map(str, e["loc"])) or "body",
-                                         "unknown field" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]) from None
+                                         "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
+                            for e in exc.errors()]) from None
     if rows_text is not None:
         req.rows = req.rows + parse_rows(rows_text, rows_format or "csv")
     problems = []
@@ -87,6 +88,10 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
             problems.append(FieldProblem(f"matrix.{key}", "needs at least one value"))
     if "seed_count" in req.matrix and "seed" in req.matrix:
         problems.append(FieldProblem("matrix.seed_count", "give seeds or seed_count, not both"))
+    # Jobs of a campaign are announced through the campaign's webhook (per_job), never their own.
+    hooked = (["base"] if "webhook" in req.base else []) + [f"rows.{i}" for i, row in enumerate(req.rows) if "webhook" in row]
+    problems += [FieldProblem(f"{where}.webhook", "a campaign's jobs are announced by the campaign's webhook; give "
+                              "webhook {url, per_job: true} on the campaign instead") for where in hooked]
     if req.deadline is not None and req.deadline.tzinfo is None:
         problems.append(FieldProblem("deadline", "include a time zone, e.g. 2026-12-01T18:00:00Z"))
     if problems:
@@ -228,11 +233,7 @@ def expand(req: CampaignRequest) -> list[ExpandedJob]:
 
 
 def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[str, Any]:
-    if req.webhook is not None:
-        try:
-            check_url(req.webhook.url, ctx.settings.webhook_allow)
-        except OutboundRefused as exc:
-            raise RequestError([FieldProblem("webhook.url", str(exc))]) from None
+    webhook_url, webhook_secret = webhooks.accept(req.webhook, ctx.settings) if req.webhook else (None, None)
     requests_ = expand(req)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
@@ -272,7 +273,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
             id=uuid.uuid4(), user_id=user.id, team_id=user.team_id, name=req.name, priority=req.priority,
             base=req.base, matrix=req.matrix or None, row_count=len(req.rows), job_count=len(rows), image_count=images,
             budget_images=req.budget_images, deadline=req.deadline,
-            webhook_url=req.webhook.url if req.webhook else None, webhook_secret=req.webhook.secret if req.webhook else None,
+            webhook_url=webhook_url, webhook_secret=webhook_secret,
             webhook_per_job=bool(req.webhook and req.webhook.per_job),
         )
         session.add(campaign)
@@ -284,7 +285,10 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
         session.execute(insert(Job), rows)
     ctx.events.wake_scheduler()
     logger.info("campaign %s (%s) submitted by %s: %d jobs", campaign.id, req.name, user.name, len(rows))
-    return {"id": str(campaign.id), "jobs": cost.jobs, "cost": cost.as_dict()}
+    submitted = {"id": str(campaign.id), "jobs": cost.jobs, "cost": cost.as_dict()}
+    if webhook_url:
+        submitted["webhook"] = {"url": webhook_url, "secret": webhook_secret}  # the only time the secret is shown
+    return submitted
 
 
 def visible_campaign(session, user: User, campaign_id: str) -> Campaign:

@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, JobStatus, Output, User
+from farm.models import Job, JobStatus, Output, User, WebhookDelivery
 from farm.costs import RenderTimes
 from farm.loras import lora_infos
 from farm.registry import model_infos
+from farm.services import webhooks
 from farm.services.quotas import Cost, reserve
 from farm.spec import FieldProblem, RequestError, SourceImage, parse_request, resolve_request
 
@@ -86,8 +87,13 @@ def _image_prompt_sources(ctx: FarmContext, session: Session, user: User, req) -
 
 def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api") -> Job:
     """Check, resolve, reserve and queue one job; ``interface`` says where it came
-    from (farm.models.INTERFACES), for its lineage."""
+    from (farm.models.INTERFACES), for its lineage. A ``webhook`` in the payload
+    (farm.spec.WebhookRequest; adapters pass their clients' webhook URL this
+    way) announces the job's end; the job's webhook_secret is the secret to
+    hand back once."""
     req = parse_request(payload)
+    # The webhook's URL is checked (it resolves) before the transaction opens.
+    webhook_url, webhook_secret = webhooks.accept(req.webhook, ctx.settings) if req.webhook else (None, None)
     with ctx.db.transaction() as session:
         infos = model_infos(session)
         source, mask = _image_sources(ctx, session, user, req) if req.image_mode else (None, None)
@@ -110,11 +116,15 @@ def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api
             seed=resolved.seed,
             priority=resolved.priority,
             interface=interface,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
         )
         # The reservation and the job commit together, or neither does.
         reserve(session, user, Cost(1, resolved.num_images, estimate, resolved.width * resolved.height, resolved.steps),
                 job_id=job.id, model_id=resolved.model_id)
         session.add(job)
+        if webhook_url:
+            session.add(WebhookDelivery(job_id=job.id, state="waiting"))  # due once the job ends (farm.services.webhooks)
         session.flush()
     # Commit before enqueue: the scheduler reads the committed row.
     ctx.events.wake_scheduler()

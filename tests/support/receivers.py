@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -14,10 +15,13 @@ class Receiver:
 
     ``tls`` (a server SSLContext) makes it HTTPS; the server names clients ask
     for (SNI) are kept in ``server_names``. ``status`` and ``headers`` are the
-    answer once the failures are spent (a 302 with a Location, say)."""
+    answer once the failures are spent (a 302 with a Location, say).
+    ``handle(headers, body)``, when given, sees each post first (a receiver's
+    own processing) and may answer a status instead."""
 
     def __init__(self, fail_first: int = 0, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None,
-                 status: int = 204, headers: dict[str, str] | None = None) -> None:
+                 status: int = 204, headers: dict[str, str] | None = None,
+                 handle: Callable[[dict, bytes], int | None] | None = None) -> None:
         self.fail_first = fail_first
         self.received: list[tuple[dict, bytes]] = []
         self.server_names: list[str | None] = []
@@ -27,7 +31,8 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
-                self.send_response(500 if len(receiver.received) <= receiver.fail_first else status)
+                answer = handle(dict(self.headers), body) if handle else None
+                self.send_response(answer or (500 if len(receiver.received) <= receiver.fail_first else status))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
