@@ -386,7 +386,7 @@ def _refused(body: A1111Txt2Img) -> list[FieldProblem]:
     if body.script_name:
         problems.append(FieldProblem("script_name", "scripts are not available on farm; leave it out"))
     for name, script in (body.alwayson_scripts or {}).items():
-        args = script.get("args") if isinstance(script, dict) else None
+        args = script.get("args") if isinstance(script, dict) else script
         if args not in (None, [], [False]):  # a client's way of saying "off"
             problems.append(FieldProblem(f"alwayson_scripts.{name}", "scripts and extensions are not available on farm; leave it out"))
     vae = (body.override_settings or {}).get("sd_vae")
