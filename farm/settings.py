@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=150, gt=0, description="Most sampling steps a request may ask for.")
     max_images_per_job: int = Field(default=8, gt=0, description="Most images one job may ask for.")
     default_model: str | None = Field(default=None, description="Model used when a request names none; unset: the first registered model.")
+    adapter_wait_s: float = Field(default=600.0, gt=0, le=3600, description="Longest a synchronous adapter request (OpenAI Images under /v1/images) waits for its job before answering a timeout that names the job; the job itself goes on.")
 
     public_url: str | None = Field(default=None, description="The address people reach the dashboard at, e.g. https://farm.example.com. When it is https, session cookies are sent only over HTTPS (Secure).")
     metrics_token: str | None = Field(default=None, description="When set, /metrics answers only requests with 'Authorization: Bearer <this token>' (a Prometheus scrape config's bearer_token). Unset: /metrics is open.")

@@ -15,6 +15,7 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import PIL.Image
 
@@ -57,8 +58,14 @@ def upload_key(user_id: int, upload_id: str) -> str:
     return f"uploads/u{user_id}/{upload_id}.png"
 
 
-def store_upload(ctx: FarmContext, user: User, data: bytes) -> Upload:
-    """Check, normalise and store an uploaded image; the same content gives the same id."""
+def store_upload(ctx: FarmContext, user: User, data: bytes,
+                 prepare: Callable[[PIL.Image.Image], PIL.Image.Image] | None = None) -> Upload:
+    """Check, normalise and store an uploaded image; the same content gives the same id.
+
+    ``prepare`` changes the decoded image before it is normalised (an adapter
+    turning a foreign mask convention into farm's, say): it runs after the
+    header checks and within the decode slot, and may raise UploadError.
+    """
     if not data:
         raise UploadError("the body is empty; send the image file (PNG, JPEG or WebP) as the body or as form field 'file'", 400)
     # Only the header is read here: the size is refused before any pixel is
@@ -82,7 +89,7 @@ def store_upload(ctx: FarmContext, user: User, data: bytes) -> Upload:
         raise UploadError("the server is decoding too many uploads; try again shortly", 503)
     try:
         # Decoding and normalising hold the pixels: both count against the slot.
-        normalised, mode = _normalise(image)
+        normalised, mode = _normalise(image, prepare)
         buf = io.BytesIO()
         normalised.save(buf, format="PNG", compress_level=6)
     finally:
@@ -96,11 +103,13 @@ def store_upload(ctx: FarmContext, user: User, data: bytes) -> Upload:
     return Upload(upload_id, normalised.width, normalised.height, len(png))
 
 
-def _normalise(image: PIL.Image.Image) -> tuple[PIL.Image.Image, str]:
+def _normalise(image: PIL.Image.Image, prepare=None) -> tuple[PIL.Image.Image, str]:
     try:
         image.load()
     except Exception:
         raise UploadError("the image is damaged or truncated; send a complete PNG, JPEG or WebP file") from None
+    if prepare is not None:
+        image = prepare(image)
     mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
     if image.mode in ("RGBA", "LA", "P"):
         # Transparent parts become white (for a mask: repainted).

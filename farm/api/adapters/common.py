@@ -8,8 +8,10 @@ import base64
 import binascii
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
-from flask import url_for
+from flask import current_app, url_for
 
 from farm import states
 from farm.context import FarmContext
@@ -48,6 +50,39 @@ def image_url(output: Output) -> str:
     return url_for("outputs.get_output_image", output_id=output.id, _external=True)
 
 
+def image_link(ctx: FarmContext, output: Output) -> str:
+    """A URL a client can fetch the image from without farm's token: a presigned
+    store URL (valid FARM_S3_PRESIGN_S) where the store makes them, else
+    :func:`image_url` (a local store under `farm up`: the token is needed)."""
+    return ctx.storage.url(output.object_key, ctx.settings.s3_presign_s) or image_url(output)
+
+
+@dataclass(frozen=True)
+class NativeError:
+    """How farm's own API answers an error: status, code, message, details, headers."""
+
+    status: int
+    code: str
+    message: str
+    details: Any
+    headers: dict[str, str]
+
+
+def native_error(exc: Exception) -> NativeError:
+    """What farm's native handlers (farm/api/errors.py, the throttle's) answer for
+    ``exc``, so an adapter's blueprint handler can say the same thing in its
+    interface's error shape without copying their logic (database outages,
+    store outages, throttling, HTTP errors, unexpected errors logged once)."""
+    app = current_app._get_current_object()
+    handler = app._find_error_handler(exc, [])  # the app's own handlers, not the blueprint's
+    if handler is None:  # not reached: the app handles Exception
+        raise exc
+    response = app.make_response(handler(exc))
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    headers = {name: response.headers[name] for name in ("Retry-After", "Allow") if name in response.headers}
+    return NativeError(response.status_code, error.get("code", "error"), error.get("message", ""), error.get("details"), headers)
+
+
 def decode_base64_image(value: str, field: str) -> bytes:
     """A base64 image as clients send it, bare or as a data: URL; else a RequestError naming ``field``."""
     text = value.strip()
@@ -59,9 +94,10 @@ def decode_base64_image(value: str, field: str) -> bytes:
         raise RequestError([FieldProblem(field, "is not a base64-encoded PNG, JPEG or WebP image")]) from None
 
 
-def store_image(ctx: FarmContext, user: User, data: bytes, field: str) -> upload_service.Upload:
-    """An image a client sent inline, stored as the user's upload; errors name ``field``."""
+def store_image(ctx: FarmContext, user: User, data: bytes, field: str, prepare=None) -> upload_service.Upload:
+    """An image a client sent inline, stored as the user's upload; errors name ``field``.
+    ``prepare`` changes the decoded image first (farm.services.uploads.store_upload)."""
     try:
-        return upload_service.store_upload(ctx, user, data)
+        return upload_service.store_upload(ctx, user, data, prepare=prepare)
     except upload_service.UploadError as exc:
         raise RequestError([FieldProblem(field, str(exc))], status=exc.status if exc.status in (413, 503) else 422) from None
