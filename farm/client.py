@@ -32,6 +32,10 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from farm.api import schemas
+# The models answers and events are parsed into, importable from here too.
+from farm.api.schemas import (CampaignProgressEvent, CampaignStatusEvent, CampaignSubmitted, CampaignView, EndEvent,  # noqa: F401
+                              JobProgressEvent, JobStatusEvent, JobView, OutputEvent, OutputLink, OutputRecord,
+                              PreviewEvent, UploadView)
 from farm.spec import GenerationRequest, RequestError, problems_from_validation
 
 logger = logging.getLogger(__name__)
@@ -167,10 +171,11 @@ def _invalid(problems) -> InvalidRequest:
 # and campaign streams.
 _JOB_EVENTS = {"status": schemas.JobStatusEvent, "progress": schemas.JobProgressEvent,
                "preview": schemas.PreviewEvent, "output": schemas.OutputEvent, "end": schemas.EndEvent}
-_CAMPAIGN_EVENTS = {**_JOB_EVENTS, "status": schemas.CampaignStatusEvent}
+_CAMPAIGN_EVENTS = {**_JOB_EVENTS, "status": schemas.CampaignStatusEvent, "job": schemas.CampaignJobEvent}
 
 Event = (schemas.JobStatusEvent | schemas.CampaignStatusEvent | schemas.JobProgressEvent
-         | schemas.CampaignProgressEvent | schemas.PreviewEvent | schemas.OutputEvent | schemas.EndEvent)
+         | schemas.CampaignProgressEvent | schemas.CampaignJobEvent | schemas.PreviewEvent | schemas.OutputEvent
+         | schemas.EndEvent)
 
 
 def parse_sse(lines) -> Iterator[tuple[str, str | None, str]]:
@@ -368,7 +373,8 @@ class Farm:
         Status, progress (step, total, eta_s), live previews (:func:`preview_image`),
         outputs. When the farm ends a long stream (reason "timeout") it is
         reopened from the last event id, so the iterator follows the job to
-        its end; ``resume=False`` stops there instead.
+        its end and that EndEvent is not yielded; ``resume=False`` yields it
+        and stops there instead.
         """
         yield from self._events("job", f"/api/v1/jobs/{job_id}/events", resume)
 
@@ -378,28 +384,32 @@ class Farm:
             headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
             # The read timeout outlasts the server's keep-alive comments (15 s by default).
             response = self.request("GET", path, headers=headers, stream=True, timeout=(self.timeout, 120))
-            ended = None
+            ended, heard = None, False
             try:
                 # chunk_size=None: each chunk as it arrives (a fixed size would wait for that many bytes).
                 lines = (line.decode("utf-8") for line in response.iter_lines(chunk_size=None))
                 for name, event_id, data in parse_sse(lines):
-                    last_id = event_id or last_id
+                    last_id, heard = event_id or last_id, True
                     try:
                         event = typed_event(kind, name, json.loads(data))
                     except (ValueError, ValidationError) as exc:
                         raise FarmError(f"the farm sent a {name!r} event this client cannot read: {exc}",
                                         code="bad_answer") from None
-                    if event is None:
-                        continue
-                    yield event
                     if isinstance(event, schemas.EndEvent):
                         ended = event
+                        if event.reason != "timeout" or not resume:
+                            yield event
                         break
+                    if event is not None:
+                        yield event
             except requests.RequestException as exc:
                 raise Unreachable(f"the event stream of {path} broke ({type(exc).__name__})", code="unreachable") from None
             finally:
                 response.close()
-            if ended is None or ended.reason != "timeout" or not resume:
+            if ended is None and not (resume and heard):
+                # Closed without its end event (a proxy's or the farm's restart) and nothing to resume from.
+                raise Unreachable(f"the event stream of {path} closed before its end", code="unreachable")
+            if ended is not None and (ended.reason != "timeout" or not resume):
                 return
 
     # ------------------------------------------------------------------ outputs and uploads

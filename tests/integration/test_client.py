@@ -9,6 +9,7 @@ import json
 import queue
 import threading
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -282,3 +283,22 @@ def test_the_cli_submits_waits_and_downloads_through_the_client(live, tmp_path):
     spec.write_text(json.dumps({"name": "cli", "base": {"prompt": "y", **SMALL}, "matrix": {"seed": [1, 2, 3]}}))
     priced = runner.invoke(cli, ["campaign", "submit", str(spec), "--dry-run", *target])
     assert priced.exit_code == 0 and priced.output.startswith("3 jobs, 3 images"), priced.output
+
+
+def test_the_readme_example_runs_as_written(live, tmp_path, monkeypatch):
+    """README.md's Python client example, run against this farm (its default
+    model is tiny-a) with the files it names in the working directory."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Python client"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(tmp_path / "photo.png")
+    (tmp_path / "boats.json").write_text(json.dumps({"name": "readme", "base": {"prompt": "a boat", **SMALL},
+                                                     "matrix": {"seed": [1]}}))
+    (tmp_path / "rows.csv").write_text("prompt\na red boat\na blue boat\n")
+    namespace = {"token": live.tokens["cli"]}  # the worker thread renders this user's jobs as they come
+    exec(compile(code.replace("http://127.0.0.1:8000", live.base), "README.md", "exec"), namespace)
+    assert namespace["done"].status == "succeeded" and namespace["varied"].status == "succeeded"
+    assert Image.open(tmp_path / "lighthouse-0.png").format == "PNG"
+    assert len(namespace["manifest"]) == 2

@@ -170,3 +170,49 @@ def test_campaign_files_say_what_is_wrong(tmp_path):
         with pytest.raises(InvalidRequest) as bad:
             load_campaign_file(tmp_path / name)
         assert message in str(bad.value) and str(tmp_path / name) in str(bad.value)
+
+
+class _Streams(http.server.BaseHTTPRequestHandler):
+    """A job's event stream in two parts: the first ends with the server's
+    timeout (as after FARM_SSE_MAX_S), the second, asked for with
+    Last-Event-ID, carries the output and the final end."""
+
+    asked: list[str | None] = []
+    DEFAULT_PARTS = PARTS = [
+        'event: status\nid: 0\ndata: {"status": "running", "attempt": 1, "worker": "w", "error": null}\n\n'
+        'event: end\nid: 0\ndata: {"reason": "timeout"}\n\n',
+        'event: output\nid: 1\ndata: {"id": "o", "job": "j", "index": 0, "width": 8, "height": 8, "url": "/u", '
+        '"lineage_url": "/l"}\n\nevent: end\nid: 1\ndata: {"reason": "final", "status": "succeeded"}\n\n',
+    ]
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.headers.get("Last-Event-ID"))
+        body = self.PARTS[min(len(self.asked), 2) - 1].encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_an_event_stream_the_server_ended_early_is_resumed_from_the_last_id():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Streams)
+    _Streams.asked, _Streams.PARTS = [], list(_Streams.DEFAULT_PARTS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Farm(f"http://127.0.0.1:{server.server_port}", "t") as farm:
+            events = list(farm.events("j"))
+            assert [type(event).__name__ for event in events] == ["JobStatusEvent", "OutputEvent", "EndEvent"]
+            assert _Streams.asked == [None, "0"] and events[-1].reason == "final"
+            _Streams.asked = []
+            once = list(farm.events("j", resume=False))
+            assert once[-1].reason == "timeout" and _Streams.asked == [None]
+            _Streams.PARTS = ["retry: 3000\n\n"] * 2  # closed with no event: an error, not a silent end
+            with pytest.raises(Unreachable, match="closed before its end"):
+                list(farm.events("j"))
+    finally:
+        server.shutdown()
+        server.server_close()
