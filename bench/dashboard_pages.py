@@ -48,6 +48,7 @@ RARE_WORD = "zebra"  # in exactly one prompt of the farm
 def build_campaign(ctx, user, jobs: int) -> str:
     from sqlalchemy import insert, select, update
 
+    from farm import tallies
     from farm.models import Job, Output, utcnow
     from farm.services import campaigns as service
 
@@ -66,6 +67,9 @@ def build_campaign(ctx, user, jobs: int) -> str:
             sidecar_key=f"outputs/{job_id}/0.json", width=512, height=512, seed=i, content_type="image/png",
             content_sha256="0" * 64, byte_size=1000, lineage={}, created_at=now, updated_at=now)
             for i, job_id in enumerate(done)])
+        # The bulk update went around the state machine: rebuild the campaign's
+        # tallies from its jobs, as farm.tallies.recount does after any repair.
+        tallies.recount(session, [uuid.UUID(campaign_id)])
         oldest = session.get(Job, ids[0])
         oldest.params = {**oldest.params, "prompt": f"a {RARE_WORD} crossing"}
     # What autovacuum does within a minute of a bulk load: statistics for the

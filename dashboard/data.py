@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import String, and_, cast, func, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from farm.models import Campaign, Job, ModelEntry, Output, Team, UsageEntry, User, Worker, utcnow
+from farm.models import Campaign, CampaignTally, Job, ModelEntry, Output, Team, UsageEntry, User, Worker, utcnow
 from farm.services.campaign_progress import progress, progress_stats
 from farm.services.jobs import visible_jobs
 
@@ -83,7 +83,8 @@ def _style_clause(session: Session, style: str):
 def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None, style: str | None, model: str | None,
                  page: int) -> tuple[list[GalleryItem], int]:
     """A page of a campaign's jobs in expansion order (matrix, then rows) with the
-    first image of each: two queries (count, page). Unfiltered, a page is a range
+    first image of each: two queries (count, from the tallies unless filtered by
+    model or style; page). Unfiltered, a page is a range
     of Job.campaign_index, read from the index without skipping the pages before."""
     where = [Job.campaign_id == campaign_id]
     if status:
@@ -92,7 +93,11 @@ def gallery_page(session: Session, campaign_id: uuid.UUID, *, status: str | None
         where.append(Job.model_id == model)
     if style:
         where.append(_style_clause(session, style))
-    total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
+    if model or style:
+        total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
+    else:  # the campaign's tallies (farm.tallies) already count it, per status
+        counted = select(func.coalesce(func.sum(CampaignTally.jobs), 0)).where(CampaignTally.campaign_id == campaign_id)
+        total = session.execute(counted.where(CampaignTally.status == status) if status else counted).scalar_one()
     image_count = (select(func.count()).where(Output.job_id == Job.id).correlate(Job).scalar_subquery())
     query = (select(Job.id, Job.status, Job.model_id, Job.params, Job.seed, Job.progress_step, Job.progress_total,
                     Job.steps, Job.error, Job.campaign_axes, Output.id.label("output_id"), image_count.label("outputs"))

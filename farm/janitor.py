@@ -118,6 +118,15 @@ class Janitor:
             logger.info("janitor deleted %d object(s) of attempts that did not complete", len(report.deleted))
         return report
 
+    def prune_throughput(self, now: dt.datetime | None = None) -> int:
+        """Campaigns' finished-work buckets older than any ETA window reaches (farm.tallies)."""
+        from farm import tallies
+        from farm.services.campaign_progress import WINDOWS_S
+
+        older_than = (now or utcnow()) - dt.timedelta(seconds=2 * WINDOWS_S[-1])
+        with self.ctx.db.transaction() as session:
+            return tallies.prune_throughput(session, older_than)
+
     def _remember_if_final(self, job) -> None:
         if job.status not in LIVE and job.status != JobStatus.queued.value:
             self._clean[job.id] = job.attempt
@@ -130,6 +139,7 @@ class Janitor:
                 continue
             try:
                 self.sweep()
+                self.prune_throughput()
             except (ServiceError, StorageError) as exc:
                 logger.warning("janitor sweep skipped: %s", exc)
             except Exception as exc:

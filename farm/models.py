@@ -282,10 +282,6 @@ class Campaign(Timestamped, Base):
     webhook_next_at: Mapped[Optional[dt.datetime]]
     webhook_last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]]
-    # When its first job started and its last worked job (succeeded or failed)
-    # finished: kept by farm.tallies as jobs change state.
-    first_started_at: Mapped[Optional[dt.datetime]]
-    last_finished_at: Mapped[Optional[dt.datetime]]
 
 
 class CampaignTally(Base):
@@ -299,6 +295,10 @@ class CampaignTally(Base):
     jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     work: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # estimated GPU seconds
+    # The first and the latest time a job entered this status (the campaign's
+    # first start is the running row's first_at; its last finish the worked rows' last_at).
+    first_at: Mapped[Optional[dt.datetime]]
+    last_at: Mapped[Optional[dt.datetime]]
 
 
 class CampaignThroughput(Base):

@@ -6,8 +6,10 @@
 
 Every change is one conditional ``UPDATE ... WHERE id = :id AND status IN
 (allowed sources) [AND attempt = :attempt]``, so two writers can never both win
-and a write from a stale attempt (fencing) changes nothing. The functions run
-inside the caller's transaction and do not commit.
+and a write from a stale attempt (fencing) changes nothing. The same UPDATE
+sets ``previous_status`` from the old row and returns it, so the campaign
+tallies (farm.tallies) learn what each job left without another query. The
+functions run inside the caller's transaction and do not commit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from farm import tallies
 from farm.models import FINAL_STATUSES, Job, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
@@ -75,16 +78,22 @@ def _transition(
     if worker_id is not None:
         conditions.append(Job.worker_id == worker_id)
     now = utcnow()
-    result = session.execute(
+    changed = session.execute(
         update(Job)
         .where(*conditions)
-        .values(status=target.value, updated_at=now, **(values or {}))
+        .values(previous_status=Job.status, status=target.value, updated_at=now, **(values or {}))
+        .returning(*_TALLIED)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
+    ).all()
+    if len(changed) == 1:
+        tallies.note_transitions(session, target, changed, now)
         logger.debug("job %s -> %s (attempt %s)", job_id, target.value, attempt)
         return
     _raise_refusal(session, job_id, target, attempt, worker_id)
+
+
+# What a transition returns for the campaign tallies.
+_TALLIED = (Job.campaign_id, Job.previous_status, Job.num_images, Job.reserved_gpu_seconds)
 
 
 def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
@@ -186,13 +195,16 @@ def cancel_campaign_jobs(session: Session, campaign_id: uuid.UUID) -> int:
     """Cancel every unfinished job of a campaign at once; running renders stop at their next step."""
     # RETURNING names exactly the jobs this statement canceled: one that
     # finished meanwhile is neither canceled nor refunded.
-    ids = session.execute(
+    now = utcnow()
+    changed = session.execute(
         update(Job)
         .where(Job.campaign_id == campaign_id, Job.status.in_(sources_of(S.canceled)))
-        .values(status=S.canceled.value, finished_at=utcnow(), lease_expires_at=None, updated_at=utcnow())
-        .returning(Job.id)
+        .values(previous_status=Job.status, status=S.canceled.value, finished_at=now, lease_expires_at=None, updated_at=now)
+        .returning(Job.id, *_TALLIED)
         .execution_options(synchronize_session=False)
-    ).scalars().all()
+    ).all()
+    tallies.note_transitions(session, S.canceled, [row[1:] for row in changed], now)
+    ids = [row[0] for row in changed]
     if ids:
         _refund(session, ids)
     return len(ids)
@@ -243,16 +255,19 @@ def requeue_job(
 
 def retry_failed_jobs(session: Session, job_ids) -> int:
     """Queue failed jobs again, each as a new attempt (quota is reserved by the caller)."""
-    result = session.execute(
+    now = utcnow()
+    changed = session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status == S.failed.value)
-        .values(status=S.queued.value, attempt=Job.attempt + 1, failures=0, worker_id=None, worker_instance=None,
-                error=None, finished_at=None,
+        .values(previous_status=Job.status, status=S.queued.value, attempt=Job.attempt + 1, failures=0, worker_id=None,
+                worker_instance=None, error=None, finished_at=None,
                 assigned_at=None, started_at=None, progress_step=0, progress_total=0, eta_s=None, gpu_seconds=None,
-                excluded_workers=[], updated_at=utcnow())
+                excluded_workers=[], updated_at=now)
+        .returning(*_TALLIED)
         .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
+    ).all()
+    tallies.note_transitions(session, S.queued, changed, now)
+    return len(changed)
 
 
 def renew_lease(session: Session, job_id: uuid.UUID, attempt: int, instance_id: str, lease_s: float) -> bool:

@@ -21,7 +21,9 @@ the ETA followed from it. Here:
   throughput; with none of them either, or while the campaign is paused, the
   ETA is None ("unknown"), never a guess.
 
-Everything comes from one grouped query per page, whatever the campaign size.
+Everything comes from the campaign tallies (farm.tallies: a row per status,
+finished work per 10-second bucket) and the campaign's running jobs: three
+small queries per page, whatever the campaign size.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from farm.models import Campaign, CampaignStatus, Job, JobStatus
+from farm import tallies
+from farm.models import Campaign, CampaignStatus, CampaignTally, CampaignThroughput, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -56,33 +59,61 @@ class StatusStats:
     work: float = 0.0  # estimated GPU seconds
     first_start: dt.datetime | None = None
     last_finish: dt.datetime | None = None
-    recent: tuple[float, ...] = (0.0,) * len(WINDOWS_S)  # work finished within each of WINDOWS_S
+    # Work finished within the campaign's ETA window, at that window's index
+    # of WINDOWS_S (on the succeeded entry; progress_stats fills that index only).
+    recent: tuple[float, ...] = (0.0,) * len(WINDOWS_S)
     progressed: float = 0.0  # work done so far by running jobs (their share of steps)
     worker_rate: float = 0.0  # work per second the running jobs' worker ETAs imply
 
 
 def progress_stats(session: Session, campaign_ids: list[uuid.UUID], now: dt.datetime) -> dict[uuid.UUID, dict[str, StatusStats]]:
-    """Per campaign and status, the sums progress() needs: one grouped query."""
+    """Per campaign and status, the sums progress() needs, from the tallies."""
     out: dict[uuid.UUID, dict[str, StatusStats]] = {cid: {} for cid in campaign_ids}
     if not campaign_ids:
         return out
-    # Rows from before estimates were stored weigh one second each.
+    for tally in session.execute(select(CampaignTally).where(CampaignTally.campaign_id.in_(campaign_ids))).scalars():
+        out[tally.campaign_id][tally.status] = StatusStats(tally.jobs, tally.images, tally.work, first_start=tally.first_at,
+                                                           last_finish=tally.last_at)
+    # Work finished within the window each campaign's ETA uses (see _window:
+    # while jobs remain, its running time is now - its first start), from the
+    # buckets; the oldest bucket counts by the share of its seconds inside.
+    cutoffs: dict[int, list[uuid.UUID]] = {}
+    for cid, by_status in out.items():
+        first = by_status.get(JobStatus.running.value, StatusStats()).first_start
+        if first is not None:
+            cutoffs.setdefault(_window((now - first).total_seconds()), []).append(cid)
+    if cutoffs:
+        where = or_(*(and_(CampaignThroughput.campaign_id.in_(cids),
+                           CampaignThroughput.bucket >= now - dt.timedelta(seconds=WINDOWS_S[index] + tallies.BUCKET_S))
+                      for index, cids in cutoffs.items()))
+        recent = {cid: 0.0 for cids in cutoffs.values() for cid in cids}
+        index_of = {cid: index for index, cids in cutoffs.items() for cid in cids}
+        for cid, bucket, work in session.execute(
+                select(CampaignThroughput.campaign_id, CampaignThroughput.bucket, CampaignThroughput.work).where(where)):
+            started_s = (now - bucket).total_seconds()  # how long ago the bucket started
+            recent[cid] += work * min(max((WINDOWS_S[index_of[cid]] - started_s) / tallies.BUCKET_S + 1.0, 0.0), 1.0)
+        for cid, work in recent.items():
+            windows = [0.0] * len(WINDOWS_S)
+            windows[index_of[cid]] = work
+            out[cid].setdefault(JobStatus.succeeded.value, StatusStats()).recent = tuple(windows)
+    # The running jobs (as many as there are workers on the campaign): their steps done and their own ETAs.
     work = case((Job.reserved_gpu_seconds > 0, Job.reserved_gpu_seconds), else_=1.0)
-    recent = [func.sum(case((Job.finished_at >= now - dt.timedelta(seconds=window), work), else_=0.0)) for window in WINDOWS_S]
     done_share = case((Job.progress_total > 0, work * Job.progress_step / Job.progress_total), else_=0.0)
     # A worker's eta_s covers the steps still to go: work x (steps to go / steps) per eta_s seconds.
     worker_rate = case((and_(Job.eta_s > 0, Job.progress_total > Job.progress_step),
                         work * (Job.progress_total - Job.progress_step) / Job.progress_total / Job.eta_s), else_=0.0)
-    rows = session.execute(
-        select(Job.campaign_id, Job.status, func.count(), func.sum(Job.num_images), func.sum(work),
-               func.min(Job.started_at), func.max(Job.finished_at), func.sum(done_share), func.sum(worker_rate), *recent)
-        .where(Job.campaign_id.in_(campaign_ids)).group_by(Job.campaign_id, Job.status))
-    for cid, status, count, images, total, first, last, progressed, rate, *windows in rows:
-        out[cid][status] = StatusStats(count, int(images or 0), float(total or 0.0), first, last,
-                                       tuple(float(w or 0.0) for w in windows),
-                                       float(progressed or 0.0) if status == JobStatus.running.value else 0.0,
-                                       float(rate or 0.0) if status == JobStatus.running.value else 0.0)
+    for cid, progressed, rate in session.execute(
+            select(Job.campaign_id, func.sum(done_share), func.sum(worker_rate))
+            .where(Job.campaign_id.in_(campaign_ids), Job.status == JobStatus.running.value).group_by(Job.campaign_id)):
+        stats = out[cid].setdefault(JobStatus.running.value, StatusStats())
+        stats.progressed, stats.worker_rate = float(progressed or 0.0), float(rate or 0.0)
     return out
+
+
+def _window(running_s: float) -> int:
+    """The index of the throughput window for a campaign that has run running_s seconds."""
+    target = min(max(running_s / 2, WINDOWS_S[0]), WINDOWS_S[-1])
+    return next(i for i, window in enumerate(WINDOWS_S) if window >= target)
 
 
 def progress(campaign: Campaign, stats: dict[str, StatusStats], now: dt.datetime) -> dict[str, Any]:
@@ -114,8 +145,7 @@ def _eta_s(campaign: Campaign, stats: dict[str, StatusStats], unfinished: int, r
         return None  # paused: nothing new starts until it is resumed
     running = stats.get(JobStatus.running.value, StatusStats())
     remaining = sum(stats[s].work for s in UNFINISHED if s in stats) - running.progressed
-    target = min(max(running_s / 2, WINDOWS_S[0]), WINDOWS_S[-1])
-    index = next(i for i, window in enumerate(WINDOWS_S) if window >= target)
+    index = _window(running_s)
     finished = sum(stats[s].recent[index] for s in WORKED if s in stats)
     length = min(WINDOWS_S[index], running_s)
     if finished > 0 and length > 0:

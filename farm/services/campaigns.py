@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from pydantic import Field, ValidationError
 from sqlalchemy import insert, select
 
-from farm import states
+from farm import states, tallies
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import RenderTimes
@@ -283,6 +283,7 @@ def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[
             row.update(id=uuid.uuid4(), campaign_id=campaign.id, interface="campaign", created_at=now, updated_at=now)
         reserve(session, user, cost, campaign_id=campaign.id, by_model=by_model)
         session.execute(insert(Job), rows)
+        tallies.create_rows(session, campaign.id, ((row["num_images"], row["reserved_gpu_seconds"]) for row in rows))
     ctx.events.wake_scheduler()
     logger.info("campaign %s (%s) submitted by %s: %d jobs", campaign.id, req.name, user.name, len(rows))
     submitted = {"id": str(campaign.id), "jobs": cost.jobs, "cost": cost.as_dict()}

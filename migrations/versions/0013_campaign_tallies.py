@@ -19,7 +19,7 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
-WORK = "CASE WHEN reserved_gpu_seconds > 0 THEN reserved_gpu_seconds ELSE 1.0 END"
+STATUSES = ("queued", "assigned", "running", "succeeded", "failed", "canceled")
 
 
 def upgrade() -> None:
@@ -27,9 +27,6 @@ def upgrade() -> None:
         # The status a job had before its latest transition: the state machine's
         # UPDATE sets it from the old row, so RETURNING says what the job left.
         batch.add_column(sa.Column("previous_status", sa.String(16), nullable=True))
-    with op.batch_alter_table("campaigns") as batch:
-        batch.add_column(sa.Column("first_started_at", farm.models.UTCDateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("last_finished_at", farm.models.UTCDateTime(timezone=True), nullable=True))
     op.create_table(
         "campaign_tallies",
         sa.Column("campaign_id", sa.Uuid(), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
@@ -37,6 +34,8 @@ def upgrade() -> None:
         sa.Column("jobs", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("images", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("work", sa.Float(), nullable=False, server_default="0"),
+        sa.Column("first_at", farm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_at", farm.models.UTCDateTime(timezone=True), nullable=True),
     )
     op.create_table(
         "campaign_throughput",
@@ -45,25 +44,24 @@ def upgrade() -> None:
         sa.Column("jobs", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("work", sa.Float(), nullable=False, server_default="0"),
     )
-    # Campaigns submitted before this revision: their tallies from their jobs
-    # (their recent throughput starts empty: the ETA follows the running jobs'
-    # own estimates until jobs finish again).
+    # Campaigns submitted before this revision: a row per status from their
+    # jobs (their recent throughput starts empty: the ETA follows the running
+    # jobs' own estimates until jobs finish again).
+    statuses = " UNION ALL ".join(f"SELECT '{status}' AS status" for status in STATUSES)
+    of_status = "FROM jobs j WHERE j.campaign_id = c.id AND j.status = s.status"
     op.execute(f"""
-        INSERT INTO campaign_tallies (campaign_id, status, jobs, images, work)
-        SELECT campaign_id, status, count(*), sum(num_images), sum({WORK})
-        FROM jobs WHERE campaign_id IS NOT NULL GROUP BY campaign_id, status""")
-    op.execute("""
-        UPDATE campaigns SET
-            first_started_at = (SELECT min(started_at) FROM jobs WHERE jobs.campaign_id = campaigns.id),
-            last_finished_at = (SELECT max(finished_at) FROM jobs WHERE jobs.campaign_id = campaigns.id
-                                AND jobs.status IN ('succeeded', 'failed'))""")
+        INSERT INTO campaign_tallies (campaign_id, status, jobs, images, work, first_at, last_at)
+        SELECT c.id, s.status,
+               (SELECT count(*) {of_status}),
+               (SELECT coalesce(sum(j.num_images), 0) {of_status}),
+               (SELECT coalesce(sum(CASE WHEN j.reserved_gpu_seconds > 0 THEN j.reserved_gpu_seconds ELSE 1.0 END), 0) {of_status}),
+               CASE WHEN s.status = 'running' THEN (SELECT min(j.started_at) FROM jobs j WHERE j.campaign_id = c.id) END,
+               CASE WHEN s.status IN ('succeeded', 'failed') THEN (SELECT max(j.finished_at) {of_status}) END
+        FROM campaigns c CROSS JOIN ({statuses}) s""")
 
 
 def downgrade() -> None:
     op.drop_table("campaign_throughput")
     op.drop_table("campaign_tallies")
-    with op.batch_alter_table("campaigns") as batch:
-        batch.drop_column("last_finished_at")
-        batch.drop_column("first_started_at")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("previous_status")

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from dashboard import data
+from farm import states
 from farm.auth import create_user
 from farm.context import build_context
 from farm.events import LocalEvents
@@ -47,7 +48,7 @@ def test_gallery_filters_and_summaries_on_postgres(ctx):
     campaign_id = uuid.UUID(service.submit_campaign(ctx, ana, req)["id"])
     with ctx.db.transaction() as session:
         first = session.execute(select(Job.id).where(Job.campaign_id == campaign_id).order_by(Job.created_at, Job.id)).scalars().first()
-        session.execute(update(Job).where(Job.id == first).values(status="failed", finished_at=utcnow()))
+        states.fail_job(session, first, None, "out of memory")  # through the state machine: the tallies follow
     with ctx.db.session() as session:
         def count(**filters) -> int:
             items, total = data.gallery_page(session, campaign_id, page=1, **{"status": None, "style": None, "model": None, **filters})

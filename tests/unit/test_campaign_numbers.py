@@ -13,6 +13,7 @@ import uuid
 import pytest
 from sqlalchemy import select, update
 
+from farm import tallies
 from farm.api import create_app
 from farm.auth import create_user
 from farm.context import build_context
@@ -63,8 +64,13 @@ def submitted(env, jobs: int) -> tuple[str, list[uuid.UUID]]:
 
 
 def set_jobs(ctx, job_ids, **values) -> None:
+    """Write the jobs' history directly (times in the past), then rebuild their
+    campaigns' tallies from it as a repair would (farm.tallies.recount; the
+    tallies kept by the state machine are checked in test_tallies.py)."""
     with ctx.db.transaction() as session:
         session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(**values))
+        campaigns = session.execute(select(Job.campaign_id).where(Job.id.in_(list(job_ids))).distinct()).scalars().all()
+        tallies.recount(session, [c for c in campaigns if c is not None])
 
 
 def finish(ctx, job_ids, started: dt.datetime, every_s: float) -> None:

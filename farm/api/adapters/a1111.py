@@ -276,7 +276,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None):
 
 
 def _loc(field: str) -> list[str | int]:
-    return ["body", *(int(part) if part.isdigit() else part for part in field.split("."))]
+    return ["body", *(int(part) if part.isascii() and part.isdigit() else part for part in field.split("."))]
 
 
 @bp.errorhandler(RequestError)
