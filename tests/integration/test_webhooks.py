@@ -24,47 +24,12 @@ from farm.services.webhooks import deliver_due, deliver_job_events, mark_finishe
 from farm.settings import Settings
 from tests.support.factories import ensure_model
 from tests.support.api import truncate_all
-from tests.support.receivers import RebindingResolver, Receiver
+from tests.support.receivers import RebindingResolver, Receiver, StandardReceiver
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec_" + base64.b64encode(b"farm-webhook-test-key-32-bytes!!").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another-key-of-thirty-two-bytes!").decode()
 SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
-
-
-class StandardReceiver:
-    """A webhook consumer as Standard Webhooks has one written: each delivery is
-    verified with the library (400 when it does not verify) and processed once
-    per webhook-id; a delivery whose id was processed already is dropped.
-    ``fail_first`` deliveries are processed and then answered 500 (a consumer
-    that crashed before acknowledging), so the farm sends them again."""
-
-    def __init__(self, secret: str | bytes, fail_first: int = 0) -> None:
-        self.webhook = Webhook(secret)
-        self.processed: dict[str, dict] = {}  # webhook-id -> payload, in the order processed
-        self.dropped: list[str] = []
-        self.rejected = 0
-        self.http = Receiver(fail_first=fail_first, handle=self._handle)
-        self.url, self.port, self.received = self.http.url, self.http.port, self.http.received
-
-    def _handle(self, headers: dict, body: bytes) -> int | None:
-        try:
-            payload = self.webhook.verify(body, headers)
-        except WebhookVerificationError:
-            self.rejected += 1
-            return 400
-        message_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
-        if message_id in self.processed:
-            self.dropped.append(message_id)
-        else:
-            self.processed[message_id] = payload
-        return None
-
-    def ids(self) -> list[str]:
-        return [{k.lower(): v for k, v in headers.items()}["webhook-id"] for headers, _ in self.received]
-
-    def close(self) -> None:
-        self.http.close()
 
 
 @pytest.fixture()

@@ -1,13 +1,15 @@
-"""Loopback HTTP(S) endpoints and a rebinding resolver for tests of the farm's
-outbound requests (webhooks)."""
+"""Loopback HTTP(S) endpoints, a Standard Webhooks consumer and a rebinding
+resolver for tests of the farm's outbound requests (webhooks)."""
 
 from __future__ import annotations
 
 import socket
 import ssl
 import threading
-from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from standardwebhooks import Webhook, WebhookVerificationError
 
 
 class Receiver:
@@ -51,6 +53,43 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StandardReceiver:
+    """A webhook consumer as Standard Webhooks has one written: each delivery is
+    verified with the library (400 when it does not verify) and processed once
+    per webhook-id; a delivery whose id was processed already is dropped.
+    ``fail_first`` deliveries are processed and then answered 500 (a consumer
+    that crashed before acknowledging), so the farm sends them again.
+    ``webhook`` may be replaced by a test that learns the secret later (from
+    the answer that asked for the webhook, when farm generated it)."""
+
+    def __init__(self, secret: str | bytes, fail_first: int = 0) -> None:
+        self.webhook = Webhook(secret)
+        self.processed: dict[str, dict] = {}  # webhook-id -> payload, in the order processed
+        self.dropped: list[str] = []
+        self.rejected = 0
+        self.http = Receiver(fail_first=fail_first, handle=self._handle)
+        self.url, self.port, self.received = self.http.url, self.http.port, self.http.received
+
+    def _handle(self, headers: dict, body: bytes) -> int | None:
+        try:
+            payload = self.webhook.verify(body, headers)
+        except WebhookVerificationError:
+            self.rejected += 1
+            return 400
+        message_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
+        if message_id in self.processed:
+            self.dropped.append(message_id)
+        else:
+            self.processed[message_id] = payload
+        return None
+
+    def ids(self) -> list[str]:
+        return [{k.lower(): v for k, v in headers.items()}["webhook-id"] for headers, _ in self.received]
+
+    def close(self) -> None:
+        self.http.close()
 
 
 class RebindingResolver:
