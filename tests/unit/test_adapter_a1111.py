@@ -95,13 +95,13 @@ def test_checkpoint_names_a_client_may_send():
 def test_txt2img_fields_become_one_job_request():
     entries = [ModelEntry(id="m-sd", source="/m", family="sd", vram_gb=1), ModelEntry(id="m-two", source="/t", family="sd", vram_gb=1)]
     body = a1111.A1111Txt2Img(prompt="a fox", negative_prompt="blur", seed=-1, batch_size=2, n_iter=3, steps=12, cfg_scale=5.5,
-                              width=256, height=192, sampler_name="DPM++ 2M", scheduler="automatic", styles=["Fooocus Photograph"],
+                              width=256, height=192, sampler_name="DPM++ 2M", scheduler="automatic", styles=["3d-low-poly"],
                               override_settings={"sd_model_checkpoint": "m-two", "CLIP_stop_at_last_layers": 2},
                               eta=0.5, s_churn=1, do_not_save_samples=True, hr_upscaler="Latent", denoising_strength=0.7)
     payload, names = a1111.job_payload(body, entries, default_model="m-sd")
     assert payload == {"prompt": "a fox", "negative_prompt": "blur", "steps": 12, "guidance_scale": 5.5, "num_images": 6,
                        "output_format": "png", "model": "m-two", "sampler": "dpmpp_2m", "scheduler": "karras",
-                       "styles": ["Fooocus Photograph"], "clip_skip": 2, "width": 256, "height": 192}
+                       "styles": ["3d-low-poly"], "clip_skip": 2, "width": 256, "height": 192}
     assert "seed" not in payload and names["model"] == "override_settings.sd_model_checkpoint"
     # Without an override the user's default model applies; a seed is passed on.
     payload, names = a1111.job_payload(a1111.A1111Txt2Img(prompt="x", seed=7), entries, default_model="m-two")
@@ -303,3 +303,14 @@ def test_quota_refusal_is_a_429_in_a1111_shape(env):
     assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 0
     body = answer.get_json()
     assert set(body) == {"error", "detail", "body", "errors"} and "at most 4 steps" in body["detail"]
+
+
+def test_listings_clients_ask_for_before_rendering(env):
+    _, client, tokens = env
+    get = lambda path: client.get(f"/sdapi/v1/{path}", headers=basic(tokens["alice"]))  # noqa: E731
+    styles = get("prompt-styles").get_json()
+    assert styles and all(set(style) == {"name", "prompt", "negative_prompt"} for style in styles)
+    assert "3d-low-poly" in {style["name"] for style in styles}
+    assert [u["name"] for u in get("upscalers").get_json()] == ["None"]
+    assert get("sd-vae").get_json() == [] and get("latent-upscale-modes").get_json() == []
+    assert get("scripts").get_json() == {"txt2img": [], "img2img": []}

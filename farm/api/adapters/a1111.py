@@ -777,6 +777,76 @@ def set_options(body: A1111OptionsUpdate):
     return jsonify(None)
 
 
+# --------------------------------------------------------------------------- listings clients ask for
+
+class A1111PromptStyle(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class A1111PromptStyles(RootModel[list[A1111PromptStyle]]):
+    pass
+
+
+class A1111Upscaler(BaseModel):
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
+
+
+class A1111Upscalers(RootModel[list[A1111Upscaler]]):
+    pass
+
+
+class A1111Names(RootModel[list[dict[str, Any]]]):
+    pass
+
+
+class A1111Scripts(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+@bp.get("/prompt-styles")
+@declare("Styles by name for the styles field: farm's style library ({prompt} marks where the prompt goes)",
+         {200: A1111PromptStyles}, schemes=SCHEMES, error_model=A1111Error)
+def prompt_styles():
+    from farm.generation.resources import generation_resources
+
+    library = generation_resources(farm_context().settings).styles
+    return jsonify([{"name": style.name, "prompt": style.positive, "negative_prompt": style.negative} for style in library.all()])
+
+
+@bp.get("/upscalers")
+@declare("Upscalers: none (farm has no hires fix; clients list this before offering one)", {200: A1111Upscalers},
+         schemes=SCHEMES, error_model=A1111Error)
+def upscalers():
+    return jsonify([{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}])
+
+
+@bp.get("/latent-upscale-modes")
+@declare("Latent upscale modes: none (no hires fix on farm)", {200: A1111Names}, schemes=SCHEMES, error_model=A1111Error)
+def latent_upscale_modes():
+    return jsonify([])
+
+
+@bp.get("/sd-vae")
+@declare("Separate VAEs: none (farm renders with each model's own VAE)", {200: A1111Names}, schemes=SCHEMES,
+         error_model=A1111Error)
+def sd_vae():
+    return jsonify([])
+
+
+@bp.get("/scripts")
+@declare("Scripts: none (webuiapi asks at start which extensions the server has)", {200: A1111Scripts}, schemes=SCHEMES,
+         error_model=A1111Error)
+def scripts():
+    return jsonify({"txt2img": [], "img2img": []})
+
+
 # --------------------------------------------------------------------------- png-info
 
 def parse_infotext(text: str) -> dict[str, Any]:
