@@ -58,6 +58,10 @@ class Events(Protocol):
     def latest_live(self, kind: str, key) -> dict | None:
         """The last message published for a job or campaign, if still kept."""
 
+    def campaign_changed(self, campaign_id) -> None:
+        """Best effort: the campaign's status or one of its jobs' changed (a
+        pause, a cancel, an assignment); its event streams read the database."""
+
 
 class LocalEvents:
     """Embedded mode: one process hosts api and scheduler; workers are polled for."""
@@ -115,6 +119,10 @@ class LocalEvents:
         except OSError as exc:
             logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
 
+    def campaign_changed(self, campaign_id) -> None:
+        # A fresh message each time: the api's watcher passes over one equal to the last.
+        self.publish_live(None, campaign_id, {"type": "changed", "at": time.time()})
+
     def _prune_live(self) -> None:
         """Drop the files of jobs and campaigns quiet for longer than LIVE_KEEP_S
         (latest_live ignores them already), once per job start or end."""
@@ -165,6 +173,9 @@ class RedisEvents:
             pipe.execute()
         except Exception as exc:
             logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
+
+    def campaign_changed(self, campaign_id) -> None:
+        self._publish(live_channel("campaign", campaign_id))  # b"1": the streams' plain wake-up
 
     def latest_live(self, kind: str, key) -> dict | None:
         try:

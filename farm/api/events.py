@@ -20,7 +20,7 @@ bp = Blueprint("events", __name__)
 # One event of the stream, as parsed (schemathesis checks each against it):
 # data is a JSON object whose fields depend on the event's name.
 EVENT_STREAM = {"text/event-stream": {"type": "object", "properties": {
-    "event": {"type": "string", "enum": ["status", "progress", "preview", "output", "end"]},
+    "event": {"type": "string", "enum": ["status", "progress", "preview", "output", "job", "end"]},
     "data": {"type": "string", "contentMediaType": "application/json"},
     "id": {"type": "string", "pattern": "^[0-9]+$"},
     "retry": {"type": "integer"}}}}
@@ -36,7 +36,8 @@ def job_events(job_id: str):
 
 
 @bp.get("/campaigns/<campaign_id>/events")
-@declare("A campaign's progress (counts, percent, images per minute, eta_s), status changes and outputs as "
+@declare("A campaign's progress (counts, percent, images per minute, eta_s), status changes, its jobs' placement "
+         "on workers ('job': job, status, worker, attempt) and outputs as "
          "Server-Sent Events; ends with an 'end' event when the campaign is final or after FARM_SSE_MAX_S",
          {200: Answer(description="An event stream", media=EVENT_STREAM)}, path=schemas.CampaignPath)
 def campaign_events(campaign_id: str):

@@ -472,6 +472,15 @@ class CampaignStatusEvent(BaseModel):
     status: str
 
 
+class CampaignJobEvent(BaseModel):
+    """On a campaign's stream: one of its jobs placed on a worker, started, or gone from its worker."""
+
+    job: str
+    status: Literal[JOB_STATUSES]  # type: ignore[valid-type]
+    worker: str | None
+    attempt: int
+
+
 class JobProgressEvent(BaseModel):
     step: int | None
     total: int | None

@@ -192,6 +192,14 @@ class Scheduler:
                     continue
                 committed.append(assignment)
             self._note_unplaceable(session, decisions)
+            campaigns = set(session.execute(select(Job.campaign_id).where(
+                Job.id.in_([a.job_id for a in committed]), Job.campaign_id.is_not(None))).scalars()) if committed else set()
+        # The job's and its campaign's event streams show the assignment (and
+        # the worker) now, not at their next safety-net read.
+        for assignment in committed:
+            self.ctx.events.job_changed(assignment.job_id)
+        for campaign_id in campaigns:
+            self.ctx.events.campaign_changed(campaign_id)
         report.assigned = len(committed)
         report.unplaceable = len(decisions.unplaceable)
         for assignment in committed:
@@ -236,7 +244,7 @@ class Scheduler:
                 report.lost_workers = list(lost)
                 logger.warning("workers lost (no heartbeat for %.0fs): %s", settings.heartbeat_timeout_s, ", ".join(lost))
             stranded = session.execute(
-                select(Job.id, Job.attempt, Job.worker_id, Job.lease_expires_at).where(
+                select(Job.id, Job.attempt, Job.worker_id, Job.lease_expires_at, Job.campaign_id).where(
                     Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]),
                     or_(Job.lease_expires_at < now, *([Job.worker_id.in_(lost)] if lost else [])),
                 )
@@ -250,6 +258,8 @@ class Scheduler:
                     logger.info("not re-queued: %s", exc)
         for row in stranded:
             self.ctx.events.job_changed(row.id)
+        for campaign_id in {row.campaign_id for row in stranded if row.campaign_id is not None}:
+            self.ctx.events.campaign_changed(campaign_id)
 
     def load_snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         settings = self.ctx.settings

@@ -351,6 +351,7 @@ def set_paused(ctx: FarmContext, user: User, campaign_id: str, paused: bool) -> 
                                 f"{'paused' if paused else 'resumed'}")
         campaign.status = CampaignStatus.paused.value if paused else CampaignStatus.active.value
     ctx.events.wake_scheduler()
+    ctx.events.campaign_changed(campaign.id)  # its event streams say so now
 
 
 def cancel_campaign(ctx: FarmContext, user: User, campaign_id: str) -> int:
@@ -361,6 +362,7 @@ def cancel_campaign(ctx: FarmContext, user: User, campaign_id: str) -> int:
         canceled = states.cancel_campaign_jobs(session, campaign.id)
         campaign.status, campaign.finished_at = CampaignStatus.canceled.value, utcnow()
     ctx.events.wake_scheduler()
+    ctx.events.campaign_changed(campaign.id)
     return canceled
 
 
@@ -384,6 +386,7 @@ def retry_failed(ctx: FarmContext, user: User, campaign_id: str) -> int:
         states.retry_failed_jobs(session, [j.id for j in failed])
         campaign.status, campaign.finished_at = CampaignStatus.active.value, None
     ctx.events.wake_scheduler()
+    ctx.events.campaign_changed(campaign.id)
     return len(failed)
 
 

@@ -1,6 +1,7 @@
 """What the event streams of a job or a campaign say (issue 19): the feeds
 read the database (status, stored progress, outputs) and turn live messages
-from workers (progress, previews; never stored) into events.
+from workers (progress, previews; never stored) into events. A campaign's
+stream also says each of its jobs' placement on a worker (``job`` events).
 
 A feed is transport-neutral: it returns ``(event, data)`` pairs and keeps
 what it has already said, so a stream sends only changes. Visibility is
@@ -18,7 +19,7 @@ from sqlalchemy import and_, or_, select
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, Output, User
+from farm.models import Job, JobStatus, Output, User
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,15 @@ Event = tuple[str, dict[str, Any]]
 # Outputs one database read of a campaign feed sends at most; the rest follow
 # on the next read.
 CAMPAIGN_OUTPUTS_PER_READ = 200
+
+
+# A campaign stream's job events follow its jobs while they are on a worker.
+PLACED = (JobStatus.assigned.value, JobStatus.running.value)
+
+
+def job_event(job_id, status: str, worker: str | None, attempt: int) -> dict[str, Any]:
+    """A campaign's job changed status: placed on a worker, started, or left its worker."""
+    return {"job": str(job_id), "status": status, "worker": worker, "attempt": attempt}
 
 
 def output_event(output: Output) -> dict[str, Any]:
@@ -99,6 +109,8 @@ class CampaignFeed:
         self.last_output: tuple | None = None
         self.progress: dict | None = None
         self.status: str | None = None
+        # The campaign's placed jobs (assigned or running) as last said: job id -> (status, worker, attempt).
+        self.placed: dict = {}
         self.final = False
 
     @property
@@ -117,11 +129,30 @@ class CampaignFeed:
         if progress != self.progress:
             self.progress = progress
             events.append(("progress", progress))
+        events += self._job_changes()
         events += [("output", output_event(output)) for output in self._new_outputs()]
         unfinished = sum(view["counts"].get(s, 0) for s in ("queued", "assigned", "running"))
         if not unfinished and view["status"] in ("completed", "canceled"):
             self.final = True
             events.append(("end", {"reason": "final", "status": view["status"]}))
+        return events
+
+    def _job_changes(self) -> list[Event]:
+        """A ``job`` event for each job placed on a worker, started, or gone from
+        its worker (finished, canceled, re-queued) since the last read. Only the
+        placed jobs are read (the campaign-and-status index): they are as many
+        as the farm's workers run at once, however large the campaign. A job
+        placed and finished between two reads shows as its output alone."""
+        columns = (Job.id, Job.status, Job.worker_id, Job.attempt)
+        with self.ctx.db.session() as session:
+            placed = {row.id: (row.status, row.worker_id, row.attempt) for row in session.execute(
+                select(*columns).where(Job.campaign_id == self.id, Job.status.in_(PLACED)))}
+            left = [job_id for job_id in self.placed if job_id not in placed]
+            gone = {row.id: (row.status, row.worker_id, row.attempt)
+                    for row in session.execute(select(*columns).where(Job.id.in_(left)))} if left else {}
+        events = [("job", job_event(job_id, *state)) for job_id, state in placed.items() if self.placed.get(job_id) != state]
+        events += [("job", job_event(job_id, *state)) for job_id, state in gone.items()]
+        self.placed = placed
         return events
 
     def _new_outputs(self) -> list[Output]:
