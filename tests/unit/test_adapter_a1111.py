@@ -314,3 +314,14 @@ def test_listings_clients_ask_for_before_rendering(env):
     assert [u["name"] for u in get("upscalers").get_json()] == ["None"]
     assert get("sd-vae").get_json() == [] and get("latent-upscale-modes").get_json() == []
     assert get("scripts").get_json() == {"txt2img": [], "img2img": []}
+
+
+def test_automatic_schedule_follows_the_model_that_will_render():
+    sd = ModelEntry(id="m-sd", source="/m", family="sd", vram_gb=1)
+    flux = ModelEntry(id="m-flux", source="/f", family="flux", vram_gb=1)
+    body = a1111.A1111Txt2Img(prompt="x", sampler_name="DPM++ 2M", scheduler="automatic")
+    assert a1111.job_payload(body, [flux, sd], None, fallback=sd)[0]["scheduler"] == "karras"
+    # farm's default is a FLUX model: no Karras spacing on flow sigmas.
+    assert "scheduler" not in a1111.job_payload(body, [flux, sd], None, fallback=flux)[0]
+    # The user's checkpoint decides over farm's default.
+    assert a1111.job_payload(body, [flux, sd], "m-sd", fallback=flux)[0]["scheduler"] == "karras"

@@ -364,6 +364,16 @@ def find_checkpoint(entries: list[ModelEntry], name: str) -> ModelEntry | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def find_model(entries: list[ModelEntry], model_id: str | None) -> ModelEntry | None:
+    return next((entry for entry in entries if entry.id == model_id), None)
+
+
+def farm_default(entries: list[ModelEntry], settings) -> ModelEntry | None:
+    """The model farm renders with when nothing names one (farm.spec.resolve_request's rule)."""
+    renderers = [entry for entry in entries if entry.family not in REFINER_FAMILIES]
+    return find_model(entries, settings.default_model) or (renderers[0] if renderers else None)
+
+
 def _checkpoint(entries: list[ModelEntry], name: str, field: str) -> ModelEntry:
     entry = find_checkpoint(entries, name)
     if entry is None:
@@ -407,9 +417,11 @@ def _refused(body: A1111Txt2Img) -> list[FieldProblem]:
     return problems
 
 
-def job_payload(body: A1111Txt2Img, entries: list[ModelEntry], default_model: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+def job_payload(body: A1111Txt2Img, entries: list[ModelEntry], default_model: str | None,
+                fallback: ModelEntry | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The farm generation request for an A1111 txt2img body (img2img adds its
-    image fields), and farm field -> A1111 field for naming problems."""
+    image fields), and farm field -> A1111 field for naming problems.
+    ``default_model`` is the user's checkpoint; ``fallback`` farm's default."""
     problems = _refused(body)
     if problems:
         raise RequestError(problems)
@@ -423,14 +435,11 @@ def job_payload(body: A1111Txt2Img, entries: list[ModelEntry], default_model: st
         model = _checkpoint(entries, str(overrides["sd_model_checkpoint"]), "override_settings.sd_model_checkpoint")
         names["model"] = "override_settings.sd_model_checkpoint"
     elif default_model is not None:
-        model = next((e for e in entries if e.id == default_model), None)  # passed over once removed
+        model = find_model(entries, default_model)  # passed over once removed
         names["model"] = "sd_model_checkpoint"
     if model is not None:
         payload["model"] = model.id
-    family = model.family if model is not None else None
-    if family is None:
-        renderers = [e for e in entries if e.family not in REFINER_FAMILIES]
-        family = renderers[0].family if len({e.family for e in renderers}) == 1 else None
+    family = (model or fallback).family if (model or fallback) is not None else None
     sampler, schedule = parse_sampler(body.sampler_name or body.sampler_index, body.scheduler, family)
     if sampler is not None:
         payload["sampler"] = sampler
@@ -601,7 +610,7 @@ def _render(body: A1111Txt2Img):
     with ctx.db.session() as session:
         entries = list(session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars())
         default_model = session.execute(select(User.default_model).where(User.id == g.user.id)).scalar_one_or_none()
-    payload, names = job_payload(body, entries, default_model)
+    payload, names = job_payload(body, entries, default_model, farm_default(entries, ctx.settings))
     try:
         if isinstance(body, A1111Img2Img):
             payload.update(image_fields(ctx, g.user, body))
@@ -733,11 +742,7 @@ def schedulers():
 def current_options(session, user: User) -> dict[str, Any]:
     entries = list(session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars())
     chosen = session.execute(select(User.default_model).where(User.id == user.id)).scalar_one_or_none()
-    settings = farm_context().settings
-    renderers = [e for e in entries if e.family not in REFINER_FAMILIES]
-    entry = next((e for e in entries if e.id in (chosen, settings.default_model)), None) or (renderers[0] if renderers else None)
-    if chosen is not None:
-        entry = next((e for e in entries if e.id == chosen), entry)
+    entry = find_model(entries, chosen) or farm_default(entries, farm_context().settings)
     return {"sd_model_checkpoint": checkpoint_title(entry) if entry else None,
             "sd_checkpoint_hash": entry.weights_sha256 if entry else None,
             "samples_format": "png", "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "eta_noise_seed_delta": 0}
