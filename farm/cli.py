@@ -315,6 +315,8 @@ def campaign_submit(file: Path, rows_file: Path | None, dry_run: bool, api_url, 
         click.echo(f"{result.jobs} jobs, {result.cost.images} images, about {result.cost.gpu_seconds:.0f} GPU-seconds")
     else:
         click.echo(f"campaign {result.id}: {result.jobs} jobs queued")
+        if result.webhook is not None:  # the farm shows the signing secret this once
+            click.echo(f"webhook {result.webhook.url}: verify deliveries with the secret {result.webhook.secret}")
 
 
 # ---------------------------------------------------------------------- workers

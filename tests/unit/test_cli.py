@@ -79,3 +79,25 @@ def test_submit_names_the_field_to_fix_before_reaching_the_farm(run, tmp_path):
     spec.write_text("name: x\nbase: {prompt: y}\nmatrix: {colour: [red]}\n")
     refused = run("campaign", "submit", str(spec), "--api", "http://127.0.0.1:9", "--token", "t")
     assert refused.exit_code == 1 and "matrix.colour: not a generation field" in refused.output
+
+
+def test_campaign_submit_shows_the_webhook_secret_farm_generated(run, sqlite_settings, tmp_path):
+    """The signing secret is answered once, at submission: the CLI prints it."""
+    from farm.api import create_app
+    from farm.context import build_context
+    from tests.support.api import served
+    from tests.support.factories import ensure_model
+
+    token = run("users", "create", "ana").output.strip().splitlines()[-1]
+    settings = sqlite_settings.model_copy(update={"webhook_allow": "127.0.0.1"})
+    ctx = build_context(settings)
+    with ctx.db.transaction() as session:
+        ensure_model(session, "m-sd")
+    spec = tmp_path / "c.json"
+    spec.write_text('{"name": "x", "base": {"prompt": "y", "width": 64, "height": 64}, "webhook": {"url": "http://127.0.0.1:9/hook"}}')
+    with served(create_app(settings, context=ctx)) as base:
+        result = run("campaign", "submit", str(spec), "--api", base, "--token", token)
+    assert result.exit_code == 0, result.output
+    queued, hook = result.output.strip().splitlines()
+    assert queued.endswith("1 jobs queued") and hook.startswith("webhook http://127.0.0.1:9/hook: verify deliveries with the secret whsec_")
+    ctx.db.dispose()
