@@ -33,12 +33,20 @@ from pydantic import BaseModel, ValidationError
 
 from farm.api import schemas
 # The models answers and events are parsed into, importable from here too.
-from farm.api.schemas import (CampaignProgressEvent, CampaignStatusEvent, CampaignSubmitted, CampaignView, EndEvent,  # noqa: F401
+from farm.api.schemas import (CampaignProgressEvent, CampaignStatusEvent, CampaignSubmitted, CampaignView, EndEvent,
                               JobProgressEvent, JobStatusEvent, JobView, OutputEvent, OutputLink, OutputRecord,
                               PreviewEvent, UploadView)
 from farm.spec import GenerationRequest, RequestError, problems_from_validation
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Farm", "FarmError", "InvalidRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "QuotaExceeded",
+    "Unavailable", "Unreachable", "JobFailed", "WaitTimeout", "GenerationRequest", "preview_image",
+    "CampaignProgressEvent", "CampaignStatusEvent", "CampaignSubmitted", "CampaignView", "EndEvent",
+    "JobProgressEvent", "JobStatusEvent", "JobView", "OutputEvent", "OutputLink", "OutputRecord", "PreviewEvent",
+    "UploadView",
+]
 
 FINAL_STATUSES = ("succeeded", "failed", "canceled")
 # The longest long-poll the API grants (schemas.WaitQuery.wait).
