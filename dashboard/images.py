@@ -1,5 +1,6 @@
 """Jobs and images: the job page (prompt, images, parameters, live status, cancel), thumbnails served small
-from the store, the image page (the image large, its lineage grouped, what changed from its parent)."""
+from the store, the image page (the image large, the jobs made from it rendering live, its lineage grouped,
+what changed from its parent)."""
 
 from __future__ import annotations
 
@@ -172,11 +173,31 @@ def parent_id(record: dict) -> str | None:
     return record.get("parent_output") or record.get("rerender_of")
 
 
+# The image page's "Made from this image" strip: the newest jobs made from it.
+MADE_FROM_SHOWN = 6
+
+
+def made_from(ctx, user, output) -> list[dict]:
+    """The jobs made from an output, newest first, each with what made it (Rerender, Vary (subtle), ...)
+    and how far it got, for the image page's strip."""
+    shown = []
+    for found in job_service.jobs_made_from(ctx, user, output.id, MADE_FROM_SHOWN):
+        mode = (found.request or {}).get("image_mode")
+        total = found.progress_total or found.steps
+        percent = 100 if found.status == "succeeded" else (round(100 * found.progress_step / total, 1) if total else 0)
+        shown.append({"job": found, "label": "Rerender" if found.rerender_of else IMAGE_ACTIONS.get(mode, (mode or "").capitalize()),
+                      "percent": percent, "output": found.outputs[0] if found.outputs else None})
+    return shown
+
+
 @bp.get("/images/<output_id>")
 @login_required
 def image(output_id: str):
     ctx, user = farm_ctx(), g.dashboard_user
     output = job_service.get_output(ctx, user, output_id)
+    derived = made_from(ctx, user, output)
+    if request.args.get("fragment"):
+        return render_template("partials/made_from.html", output=output, derived=derived, active=ACTIVE)
     record = output.lineage or {}
     parent, changes = None, []
     if parent_id(record):
@@ -187,14 +208,21 @@ def image(output_id: str):
         if parent is not None:
             changes = lineage_changes(record, parent.lineage or {})
     return render_template("image.html", output=output, record=record, groups=lineage_groups(record), parent=parent,
-                           parent_id=parent_id(record), changes=changes, image_modes=IMAGE_ACTIONS)
+                           parent_id=parent_id(record), changes=changes, image_modes=IMAGE_ACTIONS, derived=derived,
+                           active=ACTIVE)
+
+
+def back_to_strip(output_id: str):
+    """After Rerender, Vary or Upscale: back to the image page, where the new job heads the strip
+    and renders live, so several can be started and compared without leaving the image."""
+    return redirect(url_for("dashboard.image", output_id=output_id, _anchor="made-from"))
 
 
 @bp.post("/images/<output_id>/rerender")
 @login_required
 def rerender(output_id: str):
-    new = job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id, interface="dashboard")
-    return redirect(url_for("dashboard.job", job_id=new.id))
+    job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id, interface="dashboard")
+    return back_to_strip(output_id)
 
 
 @bp.post("/images/<output_id>/<mode>")
@@ -209,5 +237,5 @@ def image_task(output_id: str, mode: str):
         original = session.get(Job, output.job_id).request
     payload = {"prompt": original["prompt"], "model": original.get("model"), "negative_prompt": original.get("negative_prompt", ""),
                "styles": original.get("styles", []), "image_mode": mode, "parent_output": str(output.id)}
-    new = job_service.submit_job(ctx, user, {k: v for k, v in payload.items() if v is not None}, interface="dashboard")
-    return redirect(url_for("dashboard.job", job_id=new.id))
+    job_service.submit_job(ctx, user, {k: v for k, v in payload.items() if v is not None}, interface="dashboard")
+    return back_to_strip(output_id)

@@ -419,6 +419,9 @@ class Job(Timestamped, Base):
     webhook_secret: Mapped[Optional[str]] = mapped_column(String(128))
     # The output this job renders again (POST /outputs/{id}/rerender).
     rerender_of: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
+    # The output an image-to-image job (vary, upscale, inpaint, ...) starts from, set at
+    # submission from the resolved request: the image page lists what was made from it.
+    parent_output: Mapped[Optional[uuid.UUID]] = mapped_column(Uuid, index=True)
     # Estimated GPU seconds reserved against quotas at submission.
     reserved_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,16 +1,19 @@
 // Live pages over Server-Sent Events (issue 19). The job page shows the
 // worker's previews and progress as they come; the campaign page refreshes
-// its numbers and tiles when the stream says they changed. While a stream is
-// open the page's htmx polls are skipped; without EventSource, or while the
-// stream is down (a network error, an ended session), they run as before.
+// its numbers and tiles when the stream says they changed; the image page
+// follows the jobs made from the image (a few streams at most). While the
+// streams are open the page's htmx polls are skipped; without EventSource, or
+// while a stream is down (a network error, an ended session), they run as before.
 (function () {
   "use strict";
   var open = 0;
+  // Whether the open streams speak for everything the page's polls would fetch.
+  var covered = function () { return open > 0; };
 
   // Skip the "every Ns" polls while a stream speaks for them; refresh() lets its own requests through.
   document.addEventListener("htmx:beforeRequest", function (event) {
     var elt = event.detail.elt;
-    if (!elt || !open) return;
+    if (!elt || !covered()) return;
     if (elt.dataset.liveRefresh) { delete elt.dataset.liveRefresh; return; }
     if ((elt.getAttribute("hx-trigger") || "").indexOf("every") === 0) event.preventDefault();
   });
@@ -29,8 +32,9 @@
     }, 300);
   }
 
-  function stream(onEvents) {
-    var source = new EventSource(window.location.pathname.replace(/\/$/, "") + "/events");
+  // An event stream (this page's own by default); returns a function that closes it.
+  function stream(onEvents, url) {
+    var source = new EventSource(url || window.location.pathname.replace(/\/$/, "") + "/events");
     var counted = false;
     function up() { if (!counted) { counted = true; open += 1; } }
     function down() { if (counted) { counted = false; open -= 1; } }
@@ -44,7 +48,7 @@
       if (data.reason !== "timeout") { source.close(); down(); }
       if (onEvents.end) onEvents.end(data);
     });
-    return source;
+    return function () { source.close(); down(); };
   }
 
   function seconds(value) {
@@ -96,6 +100,7 @@
     stream({
       progress: function (data) { if (data.counts) refresh("campaign-progress"); },
       status: function () { refresh("campaign-progress"); },
+      job: function () { refresh("campaign-progress"); refresh("gallery"); },  // placed on a worker, started, ...
       output: function () { refresh("gallery"); },
       end: function (data) {
         if (data.reason === "timeout") return;
@@ -105,10 +110,66 @@
     });
   }
 
+  // Streams the image page keeps open at once; further unfinished jobs are polled.
+  var MAX_STREAMS = 4;
+
+  function imagePage() {
+    var closers = {}, previews = {};
+    function tile(id) { return document.getElementById("made-" + id); }
+    function progress(id, data) {
+      var box = tile(id);
+      if (!box || !data.total) return;
+      var percent = (Math.round(1000 * data.step / data.total) / 10).toFixed(1);
+      var bar = box.querySelector(".bar > span"), step = box.querySelector(".live-step");
+      if (bar) bar.style.width = percent + "%";
+      if (step) step.textContent = "Step " + data.step + " of " + data.total + seconds(data.eta_s);
+    }
+    function preview(id, url) {
+      var box = tile(id), image = box && box.querySelector("img.live-preview");
+      if (!image) return;
+      image.src = url;
+      image.hidden = false;
+    }
+    function follow(id) {
+      return stream({
+        progress: function (data) { progress(id, data); },
+        preview: function (data) {
+          previews[id] = "data:" + data.mime + ";base64," + data.data;
+          preview(id, previews[id]);
+          progress(id, data);
+        },
+        status: function (data) {
+          var box = tile(id);
+          if (!box || box.getAttribute("data-status") !== data.status) refresh("made-from");
+        },
+        output: function () { refresh("made-from"); },
+        end: function (data) { if (data.reason !== "timeout") { delete closers[id]; refresh("made-from"); } }
+      }, "/jobs/" + id + "/events");
+    }
+    // Open streams for the strip's unfinished jobs (up to MAX_STREAMS), close the rest; again after each swap.
+    function bind() {
+      var wanted = {};
+      Array.prototype.slice.call(document.querySelectorAll("#made-from [data-live-job]"), 0, MAX_STREAMS).forEach(function (box) {
+        var id = box.getAttribute("data-live-job");
+        wanted[id] = true;
+        if (!closers[id]) closers[id] = follow(id);
+        if (previews[id]) preview(id, previews[id]);  // a refreshed strip keeps the latest preview
+      });
+      Object.keys(closers).forEach(function (id) { if (!wanted[id]) { closers[id](); delete closers[id]; } });
+    }
+    covered = function () {
+      var unfinished = document.querySelectorAll("#made-from [data-live-job]").length;
+      return open > 0 && unfinished <= MAX_STREAMS && open >= Math.min(unfinished, MAX_STREAMS);
+    };
+    document.addEventListener("htmx:afterSettle", bind);
+    bind();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     if (!window.EventSource) return;
     var box = document.getElementById("live-preview");
-    if (box && box.getAttribute("data-job")) jobPage(box);
+    if (document.getElementById("made-from")) imagePage();
+    else if (box && box.getAttribute("data-job")) jobPage(box);
     else if (document.getElementById("campaign-progress") && document.getElementById("gallery") &&
              document.getElementById("gallery").getAttribute("hx-get")) campaignPage();
   });

@@ -118,6 +118,8 @@ def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api
             interface=interface,
             webhook_url=webhook_url,
             webhook_secret=webhook_secret,
+            # Vary, upscale, inpaint, ... of a stored output: the image page lists what was made from it.
+            parent_output=uuid.UUID(source.parent_output) if source is not None and source.parent_output else None,
         )
         # The reservation and the job commit together, or neither does.
         reserve(session, user, Cost(1, resolved.num_images, estimate, resolved.width * resolved.height, resolved.steps),
@@ -257,6 +259,16 @@ def rerender_output(ctx: FarmContext, user: User, output_id: str, interface: str
         session.add(job)
     ctx.events.wake_scheduler()
     return job
+
+
+def jobs_made_from(ctx: FarmContext, user: User, output_id: uuid.UUID, limit: int) -> list[Job]:
+    """The newest jobs made from an output that this user may see: its rerenders
+    and the image-to-image jobs (vary, upscale, inpaint, ...) starting from it
+    (both columns indexed), outputs loaded."""
+    query = (select(Job).where(or_(Job.rerender_of == output_id, Job.parent_output == output_id), visible_jobs(user))
+             .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
+    with ctx.db.session() as session:
+        return list(session.execute(query).scalars())
 
 
 def rerender_match(ctx: FarmContext, job: Job) -> bool | None:

@@ -151,9 +151,11 @@ def test_gallery_thumbnails_image_page_and_rerender(farm):
     page = ana.get(f"/images/{output_id}").get_data(as_text=True)
     assert 'id="lineage"' in page and "photo-golden-hour-landscape" in page and "content_sha256" in page
     rerender = post(ana, f"/images/{output_id}/rerender")
-    assert rerender.status_code == 302 and rerender.headers["Location"].startswith("/jobs/")
+    assert rerender.status_code == 302 and rerender.headers["Location"] == f"/images/{output_id}#made-from"
+    with ctx.db.session() as session:
+        rerender_id = session.execute(select(Job.id).where(Job.rerender_of == uuid.UUID(output_id))).scalar_one()
     run_queued(ctx, runtime)
-    assert "succeeded" in ana.get(rerender.headers["Location"]).get_data(as_text=True)
+    assert "succeeded" in ana.get(f"/jobs/{rerender_id}").get_data(as_text=True)
     copy = ana.get(f"/create?from={output_id}").get_data(as_text=True)
     assert "a bell</textarea>" in copy and 'value="photo-golden-hour-landscape" checked' in copy
 
@@ -292,9 +294,10 @@ def test_vary_upscale_and_image_prompt_start_jobs_from_the_image(farm):
     for mode, size in (("vary_subtle", (64, 64)), ("upscale_1.5x", (96, 96))):
         response = post(ana, f"/images/{output_id}/{mode}")
         assert response.status_code == 302, response.get_data(as_text=True)
-        job_id = uuid.UUID(response.headers["Location"].split("/")[-1])
+        assert response.headers["Location"] == f"/images/{output_id}#made-from"  # back to the image, the job in its strip
         with ctx.db.session() as session:
-            job = session.get(Job, job_id)
+            job = session.execute(select(Job).where(Job.parent_output == output_id)
+                                  .order_by(Job.created_at.desc()).limit(1)).scalar_one()
             assert job.request["image_mode"] == mode and job.request["parent_output"] == str(output_id)
             assert (job.width, job.height) == size
     assert post(ana, f"/images/{output_id}/sharpen").status_code == 404
@@ -304,6 +307,42 @@ def test_vary_upscale_and_image_prompt_start_jobs_from_the_image(farm):
     # The tiny model has no IP-Adapter: the refusal names the field, above the form (it has no input of its own).
     assert response.status_code == 422
     assert re.search(r'id="form-message">.*<b>image_prompts</b>: [^<]*IP-Adapter', response.get_data(as_text=True), re.S)
+
+
+def test_image_page_strip_shows_the_jobs_made_from_it_live_then_done(farm):
+    ctx, app, runtime = farm
+    ana, bo = signed_in(app, "ana"), signed_in(app, "bo")
+    post(ana, "/create", prompt="a bell", model="tiny-sd", **SIZE)
+    run_queued(ctx, runtime)
+    with ctx.db.session() as session:
+        output_id = session.execute(select(Job)).scalar_one().outputs[0].id
+    page = ana.get(f"/images/{output_id}").get_data(as_text=True)
+    assert 'id="made-from"' in page and "Made from this image" not in page and "hx-trigger" not in page.split('id="made-from"')[1][:200]
+    assert post(ana, f"/images/{output_id}/vary_subtle").status_code == 302
+    assert post(ana, f"/images/{output_id}/rerender").status_code == 302
+    with ctx.db.session() as session:
+        vary = session.execute(select(Job).where(Job.parent_output == output_id)).scalar_one()
+        again = session.execute(select(Job).where(Job.rerender_of == output_id)).scalar_one()
+    page = ana.get(f"/images/{output_id}").get_data(as_text=True)
+    strip = page.split('id="made-from"')[1].split('id="lineage"')[0]
+    assert "Made from this image" in page and "live.js" in page
+    # Newest first, each unfinished one followed live (its stream) and by the strip's poll.
+    assert strip.index(f'id="made-{again.id}"') < strip.index(f'id="made-{vary.id}"')
+    assert f'data-live-job="{again.id}"' in strip and f'data-live-job="{vary.id}"' in strip
+    assert "Rerender</a>" in strip and "Vary (subtle)</a>" in strip
+    assert f'hx-get="/images/{output_id}?fragment=1"' in page and "every" in strip[:400]
+    fragment = ana.get(f"/images/{output_id}?fragment=1").get_data(as_text=True)
+    assert 'id="made-from"' in fragment and "<html" not in fragment
+    assert bo.get(f"/images/{output_id}?fragment=1").status_code == 404  # not bo's image
+
+    run_queued(ctx, runtime)
+    done = ana.get(f"/images/{output_id}?fragment=1").get_data(as_text=True)
+    assert "data-live-job" not in done and "hx-trigger" not in done  # nothing left to follow: no poll
+    assert done.count("/thumbs/") == 2 and done.count("badge-succeeded") == 2
+    for job in (vary, again):
+        with ctx.db.session() as session:
+            new_output = session.get(Job, job.id).outputs[0].id
+        assert f'href="/images/{new_output}"' in done
 
 
 def test_quota_refusals_say_when_to_retry(farm):
