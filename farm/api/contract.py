@@ -28,13 +28,14 @@ logger = logging.getLogger(__name__)
 
 Auth = Literal["user", "admin", "public"]
 # How a caller may present its API token: a bearer token everywhere; HTTP Basic
-# (any user name, the token as password) and an x-key header only where a
+# (any user name, the token as password) and an x-key or X-API-KEY header only where a
 # foreign interface's clients send them (farm/api/adapters).
-Scheme = Literal["bearer", "basic", "x-key"]
+Scheme = Literal["bearer", "basic", "x-key", "x-api-key"]
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (farm users create, farm tokens create)"},
     "basic": {"type": "http", "scheme": "basic", "description": "HTTP Basic: any user name, an API token as the password"},
     "x-key": {"type": "apiKey", "in": "header", "name": "x-key", "description": "An API token in the x-key header"},
+    "x-api-key": {"type": "apiKey", "in": "header", "name": "X-API-KEY", "description": "An API token in the X-API-KEY header (Fooocus-API clients)"},
 }
 # The URL prefixes whose routes the document covers (and a test checks are all declared):
 # farm's own API and the interfaces of other tools it speaks (farm/api/adapters).

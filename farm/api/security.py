@@ -36,6 +36,8 @@ def presented_token(schemes=("bearer",)) -> str | None:
         return decoded.partition(":")[2].strip() or None  # any user name; the token is the password
     if "x-key" in schemes and request.headers.get("x-key", "").strip():
         return request.headers["x-key"].strip()
+    if "x-api-key" in schemes and request.headers.get("X-API-KEY", "").strip():
+        return request.headers["X-API-KEY"].strip()
     return None
 
 
@@ -48,7 +50,7 @@ def authenticate(schemes=("bearer",), reads: bool = False):
     token = presented_token(schemes)
     if token is None:
         ways = {"bearer": "'Authorization: Bearer <token>'", "basic": "HTTP Basic with the token as password",
-                "x-key": "'x-key: <token>'"}
+                "x-key": "'x-key: <token>'", "x-api-key": "'X-API-KEY: <token>'"}
         raise ApiError(401, f"missing API token: send {' or '.join(ways[s] for s in schemes)} (farm users create prints one)")
     # An address that failed too often is answered 429 before its token is looked up.
     attempt = current_throttle().token_check()

@@ -16,13 +16,14 @@ FAST = dict(heartbeat_s=0.5, heartbeat_timeout_s=3, lease_s=10, scheduler_poll_s
 
 
 @contextlib.contextmanager
-def running_cluster(tmp_path, s3, redis_url, tiny_models, workers: dict[str, list[str]]):
+def running_cluster(tmp_path, s3, redis_url, tiny_models, workers: dict[str, list[str]], **settings):
     """Start a farm: one api, one scheduler, and a worker per entry of
-    ``workers`` (name -> model ids it serves and preloads)."""
+    ``workers`` (name -> model ids it serves and preloads); ``settings`` are
+    more FARM_ settings for every process (ip_adapters='{"sd": ...}', say)."""
     with temporary_postgres_database() as database_url:
         home = tmp_path / "farm"
         home.mkdir()
-        env = cluster_env(home, database_url, redis_url, s3, f"farm-e2e-{uuid.uuid4().hex[:8]}", **FAST)
+        env = cluster_env(home, database_url, redis_url, s3, f"farm-e2e-{uuid.uuid4().hex[:8]}", **{**FAST, **settings})
         cluster = LocalCluster(home=home, env=env, api_port=free_port())
         try:
             cluster.farm("db", "upgrade")

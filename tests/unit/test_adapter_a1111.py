@@ -325,3 +325,32 @@ def test_automatic_schedule_follows_the_model_that_will_render():
     assert "scheduler" not in a1111.job_payload(body, [flux, sd], None, fallback=flux)[0]
     # The user's checkpoint decides over farm's default.
     assert a1111.job_payload(body, [flux, sd], "m-sd", fallback=flux)[0]["scheduler"] == "karras"
+
+
+def test_progress_of_a_running_job_shows_its_live_step_and_latest_preview(env):
+    from farm import states
+    from farm.models import Worker
+
+    ctx, client, tokens = env
+    client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 20, "width": 64, "height": 64}, headers=basic(tokens["alice"]))
+    job = only_job(ctx)
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="gpu0", host="h", queue="q", device="cpu", device_name="cpu", vram_total_gb=8, vram_free_gb=8,
+                           max_pixels=10**7))
+    with ctx.db.transaction() as session:
+        states.assign_job(session, job.id, 1, "gpu0", 30)
+        states.start_job(session, job.id, 1, "gpu0", 30)
+    jpeg = io.BytesIO()
+    PIL.Image.new("RGB", (16, 16), "navy").save(jpeg, format="JPEG")
+    preview = base64.b64encode(jpeg.getvalue()).decode()
+    ctx.events.publish_live(job.id, None, {"type": "preview", "step": 4, "total": 20, "eta_s": 3.0, "jpeg": preview})
+    # A progress message after the preview: the image shown is still the latest preview.
+    ctx.events.publish_live(job.id, None, {"type": "progress", "step": 5, "total": 20, "eta_s": 2.5})
+    seen = client.get("/sdapi/v1/progress", headers=basic(tokens["alice"])).get_json()
+    assert seen["progress"] == 0.25 and seen["eta_relative"] == 2.5 and seen["current_image"] == preview
+    assert seen["state"]["sampling_step"] == 5 and seen["state"]["sampling_steps"] == 20 and seen["textinfo"] == "Step 5 of 20"
+    skipped = client.get("/sdapi/v1/progress?skip_current_image=true", headers=basic(tokens["alice"])).get_json()
+    assert skipped["current_image"] is None and skipped["progress"] == 0.25
+    # The running job falls to its owner's interrupt.
+    client.post("/sdapi/v1/interrupt", headers=basic(tokens["alice"]))
+    assert only_job(ctx).status == "canceled"

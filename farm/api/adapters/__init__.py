@@ -15,7 +15,7 @@ from __future__ import annotations
 
 # The adapters' blueprint modules, registered by farm.api.create_app without a
 # URL prefix (each blueprint carries its own).
-ADAPTERS: tuple[str, ...] = ("openai_images", "a1111")
+ADAPTERS: tuple[str, ...] = ("openai_images", "a1111", "fooocus", "bfl")
 
 
 def register_adapters(app) -> None:
