@@ -11,13 +11,13 @@ import io
 import PIL.Image
 import pytest
 
-from farm.api import create_app
+from sqlalchemy import select
+
 from farm.api.adapters import bfl, fooocus
-from farm.auth import create_user, issue_token
-from farm.context import build_context
-from farm.events import LocalEvents
+from farm.auth import issue_token
+from farm.models import User
 from farm.spec import RequestError
-from tests.support.factories import ensure_model
+from tests.unit.test_api import env as api_env  # noqa: F401  (a fixture)
 
 
 def png(side: int = 64, color: str = "red") -> str:
@@ -193,17 +193,14 @@ def test_bfl_model_names():
 # --------------------------------------------------------------------------- the routes, on the embedded database
 
 @pytest.fixture()
-def env(sqlite_settings):
-    ctx = build_context(sqlite_settings, events=LocalEvents())
+def env(api_env):
+    """test_api's farm (model m-sd; alice, bob, root), with a read-only token of alice's."""
+    ctx, client, tokens = api_env
     with ctx.db.transaction() as session:
-        ensure_model(session, "m-sd")
-        alice, alice_token = create_user(session, "alice")
-        _, bob_token = create_user(session, "bob")
-        _, root_token = create_user(session, "root", admin=True)
+        alice = session.execute(select(User).where(User.name == "alice")).scalar_one()
         reader = issue_token(session, alice, "reader", scope="read")
-    app = create_app(sqlite_settings, context=ctx)
-    return ctx, app.test_client(), {"alice": alice_token, "bob": bob_token, "root": root_token, "reader": reader,
-                                    "alice_id": alice.id}
+        alice_id = alice.id
+    return ctx, client, {**tokens, "reader": reader, "alice_id": alice_id}
 
 
 def fooocus_job(client, token, **body):
@@ -259,7 +256,6 @@ def test_fooocus_v1_multipart_upscale_is_a_job(env):
     job = response.get_json()
     assert job["job_type"] == "Image Upscale or Variation"
     from farm.services.jobs import get_job
-    from farm.models import User
 
     with ctx.db.session() as session:
         alice = session.get(User, tokens["alice_id"])
