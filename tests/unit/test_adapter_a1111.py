@@ -164,6 +164,8 @@ def test_infotext_parses_back():
     assert parsed["Prompt"] == 'a fox, "quoted"\nsecond line' and parsed["Negative prompt"] == "blur"
     assert parsed["Steps"] == "12" and parsed["Sampler"] == "euler" and parsed["Size"] == "64x64"
     assert parsed["Lora hashes"] == '"a: 1, b: 2"'
+    # A prompt alone, even with a colon, stays the prompt.
+    assert a1111.parse_infotext("photo: a cat, style: ink") == {"Prompt": "photo: a cat, style: ink", "Negative prompt": ""}
 
 
 # --------------------------------------------------------------------------- over HTTP

@@ -854,11 +854,16 @@ def scripts():
 
 # --------------------------------------------------------------------------- png-info
 
+_SETTING = re.compile(r'\s*([\w ()-]+):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)')
+
+
 def parse_infotext(text: str) -> dict[str, Any]:
     """A 'parameters' text ("prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: ...")
-    as a dict: Prompt, Negative prompt, then each "key: value" of the last line."""
+    as a dict: Prompt, Negative prompt, then each "key: value" of the last line.
+    The last line holds the settings only with three or more of them, as A1111
+    reads it, so a one-line prompt such as "photo: a cat" stays the prompt."""
     lines = text.strip().split("\n")
-    settings_line = lines.pop() if lines and re.match(r"^\s*[\w ()-]+: ", lines[-1]) and ", " in lines[-1] + ", " else ""
+    settings_line = lines.pop() if len(_SETTING.findall(lines[-1])) >= 3 else ""
     prompt, negative, in_negative = [], [], False
     for line in lines:
         if line.startswith("Negative prompt:"):
@@ -866,7 +871,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
             line = line.removeprefix("Negative prompt:").strip()
         (negative if in_negative else prompt).append(line)
     parsed: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in re.findall(r'\s*([\w ()-]+):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)', settings_line):
+    for key, value in _SETTING.findall(settings_line):
         parsed[key.strip()] = value.strip()
     return parsed
 
