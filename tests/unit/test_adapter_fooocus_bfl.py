@@ -299,3 +299,15 @@ def test_quota_refusals_come_in_each_interfaces_shape(env):
                      client.post("/v1/flux-dev", json={"prompt": "x", "width": 64, "height": 64}, headers={"x-key": tokens["alice"]})):
         assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 0
         assert set(response.get_json()) == {"detail"} and "images today" in response.get_json()["detail"]
+
+
+def test_fooocus_sync_request_that_outlasts_the_wait_is_504_naming_the_job(env, monkeypatch):
+    ctx, client, tokens = env
+    monkeypatch.setattr(ctx.settings, "adapter_wait_s", 0.2)  # no worker here: the job stays queued
+    response = fooocus_job(client, tokens["alice"], async_process=False)
+    assert response.status_code == 504
+    detail = response.get_json()["detail"]
+    assert "is still queued after 0.2 s" in detail and "query-job?job_id=" in detail
+    job_id = detail.split("job_id=")[1].split(",")[0]
+    found = client.get("/v1/generation/query-job", query_string={"job_id": job_id}, headers={"X-API-KEY": tokens["alice"]})
+    assert found.get_json()["job_stage"] == "WAITING"  # it goes on

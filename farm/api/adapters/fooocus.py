@@ -34,7 +34,9 @@ from farm.api.adapters import common
 from farm.api.adapters.fastapi_errors import FastApiError, register_error_handlers, remember_fields
 from farm.api.contract import Answer, declare, validate
 from farm.api.schemas import Params
+from farm.api.errors import ApiError
 from farm.api.security import farm_context, json_body
+from farm.events import PREVIEW
 from farm.models import Job
 from farm.safejson import CheckedModel
 from farm.services import jobs as job_service
@@ -536,7 +538,7 @@ def job_object(ctx, job: Job, preview: bool) -> dict[str, Any]:
               "canceled": "Canceled", "failed": job.error or "Failed"}.get(job.status) or f"Sampling step {step} of {total}"
     step_preview = None
     if preview and job.status == "running":
-        live = ctx.events.latest_live("job", job.id) or {}
+        live = ctx.events.latest_live(PREVIEW, job.id) or {}
         step_preview = live.get("jpeg")  # base64 JPEG of the current latents (farm.workers.previews)
     return {
         "job_id": str(job.id),
@@ -562,13 +564,14 @@ def _generate(model: type[FooocusText2Img], task: str):
         return jsonify(job_object(ctx, job, preview=False))
     [job] = common.wait_for(ctx, g.user, [job.id], ctx.settings.adapter_wait_s)
     if not states.is_final(job.status):
-        message = (f"job {job.id} is still rendering after {ctx.settings.adapter_wait_s:g} s; follow it with "
-                   f"GET /v1/generation/query-job?job_id={job.id}, or send async_process true")
-        return jsonify({"detail": message}), 503, {"Retry-After": "5"}
+        raise ApiError(504, f"job {job.id} is still {job.status} after {ctx.settings.adapter_wait_s:g} s "
+                            f"(FARM_ADAPTER_WAIT_S); it goes on: follow it with GET /v1/generation/query-job?job_id={job.id}, "
+                            "or send async_process true")
     return jsonify(image_results(ctx, job, with_base64=body.require_base64))
 
 
-_GENERATED = {200: Answer(FooocusGenerated, "The images (async_process false), or the queued job (async_process true)")}
+_GENERATED = {200: Answer(FooocusGenerated, "The images (async_process false), or the queued job (async_process true)"),
+              504: Answer(FastApiError, "The job did not finish within FARM_ADAPTER_WAIT_S; it goes on, and the message names it")}
 _FORM_SCHEMA = {"type": "object", "additionalProperties": {"type": "string"},
                 "properties": {name: {"type": "string", "format": "binary"}
                                for name in ("input_image", "input_mask", "cn_img1", "cn_img2", "cn_img3", "cn_img4")}}
