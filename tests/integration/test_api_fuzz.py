@@ -37,7 +37,7 @@ ARTIFACTS = Path(os.environ.get("FARM_TEST_ARTIFACTS", "test-artifacts")) / "fuz
 # documented 504 naming its job; anything else 5xx still fails the run.
 SYNCHRONOUS_RENDERS = """
 [[operations]]
-include-path-regex = "^/(sdapi/v1/(txt2img|img2img)|v1/images/(generations|edits|variations))$"
+include-path-regex = "^/(sdapi/v1/(txt2img|img2img)|v1/images/(generations|edits|variations)|v1/generation/(text-to-image|image-upscale-vary|image-inpaint-outpaint|image-prompt))$"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "504"]
 """
 

@@ -311,3 +311,19 @@ def test_fooocus_sync_request_that_outlasts_the_wait_is_504_naming_the_job(env, 
     job_id = detail.split("job_id=")[1].split(",")[0]
     found = client.get("/v1/generation/query-job", query_string={"job_id": job_id}, headers={"X-API-KEY": tokens["alice"]})
     assert found.get_json()["job_stage"] == "WAITING"  # it goes on
+
+
+def test_bfl_malformed_model_name_is_400_in_bfl_shape(env):
+    _, client, tokens = env
+    response = client.post("/v1/null,null", json={"prompt": "x"}, headers={"x-key": tokens["alice"]})
+    assert response.status_code == 400
+    assert response.get_json()["detail"][0]["loc"] == ["path", "model"]
+
+
+def test_fooocus_form_with_odd_field_names_is_422_naming_them(env):
+    # Found by the API fuzz test: a field named '³' passed isdigit() and broke int() (a 500).
+    _, client, tokens = env
+    response = client.post("/v1/generation/image-inpaint-outpaint", data={"³": "{}", "input_image": "x"},
+                           content_type="multipart/form-data", headers={"X-API-KEY": tokens["alice"]})
+    assert response.status_code == 422
+    assert ["body", "³"] in [problem["loc"] for problem in response.get_json()["detail"]]

@@ -55,9 +55,11 @@ SIDE_MULTIPLE = 32  # BFL's sizes are multiples of 32
 
 
 class BflModelConverter(BaseConverter):
-    """A /v1/<model> segment that is not another /v1 route's (see the module docstring)."""
+    """A /v1/<model> segment that is not another /v1 route's (see the module docstring).
+    Any other segment reaches the view, whose path check answers a malformed
+    name with a 400 in this interface's shape rather than the app's 404."""
 
-    regex = rf"(?!(?:{'|'.join(RESERVED)})$){MODEL_NAME}"
+    regex = rf"(?!(?:{'|'.join(RESERVED)})$)[^/]+"
 
 
 # Registered before the routes below are added (deferred functions run in order).

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class ValidationItem(BaseModel):
-    loc: list[str | int] = Field(description="Where the problem is: 'body' or 'query', then the field's path")
+    loc: list[str | int] = Field(description="Where the problem is: 'body', 'query' or 'path', then the field's path")
     msg: str
     type: str
 
@@ -54,9 +54,12 @@ def client_field(name: str) -> str:
 
 
 def _loc(field: str) -> list[str | int]:
-    parts: list[str | int] = [int(part) if part.isdigit() else part for part in client_field(field).split(".")]
+    # List indexes as numbers, as FastAPI gives them; ASCII only ('³'.isdigit() holds, int('³') fails).
+    parts: list[str | int] = [int(part) if part.isascii() and part.isdigit() else part for part in client_field(field).split(".")]
     if parts == ["body"]:
         return ["body"]
+    if field in (request.view_args or {}):
+        return ["path", *parts]
     return ["query" if request.method == "GET" else "body", *parts]
 
 
