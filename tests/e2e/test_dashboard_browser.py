@@ -143,9 +143,13 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         assert "photo-golden-hour-landscape" in member.inner_text("#lineage")
         assert member.evaluate("document.querySelector('#full-image').naturalWidth") == 128
         shot(member, "07-image")
-        member.click("#rerender")
+        member.click("#rerender")  # back on the image page, the rerender heading its "Made from this image" strip
+        member.wait_for_url(f"{base}/images/*#made-from")
+        wait_true(member, "(() => { const b = document.querySelector('#made-from .badge');"
+                          " return b && b.textContent === 'succeeded'; })()", timeout=TIMEOUT_MS)
+        member.click("#made-from .tile-head a:not(.badge)")
         member.wait_for_url(f"{base}/jobs/*")
-        wait_true(member, "document.querySelector('#job-state').textContent === 'succeeded'", timeout=TIMEOUT_MS)
+        assert member.inner_text("#job-state") == "succeeded"
         shot(member, "08-rerender-job")
 
         # What a member may not do.

@@ -150,3 +150,46 @@ def test_create_clears_stale_errors_on_check_and_offers_only_registered_frames(c
     assert result["y"] + result["height"] <= WIDTHS["desktop"][1] and abs(result["y"] - button["y"]) < 120
     assert_designed(page, "create after a check")
     page.screenshot(path=str(SCREENSHOTS / "design-create-checked-desktop.png"))
+
+
+# Where a table's column lies against its scroll box and the window, for the layout checks below.
+COLUMN_PLACE = """(selector) => { const cell = document.querySelector(selector), wrap = cell.closest('.table-wrap');
+  const box = cell.getBoundingClientRect(), frame = wrap.getBoundingClientRect();
+  return {shown: box.width > 0, right: box.right, frame_right: frame.right, window: window.innerWidth,
+          scrolls: wrap.scrollWidth > wrap.clientWidth}; }"""
+FILTER_TOPS = "[...document.querySelectorAll('#job-filters .filters > div')].map(d => Math.round(d.getBoundingClientRect().top))"
+
+
+def test_campaign_list_fits_a_phone_and_the_jobs_filters_fit_one_row(cluster, browser):
+    import requests
+
+    base = cluster.api_url
+    body = {"name": "a phone-width campaign list", "base": {"prompt": "a red boat", "model": "tiny-a", "width": 64,
+                                                            "height": 64, "steps": 2}, "matrix": {"seed": [1, 2]}}
+    answer = requests.post(f"{base}/api/v1/campaigns", json=body, headers={"Authorization": f"Bearer {cluster.token}"},
+                           timeout=30)
+    assert answer.status_code == 201, answer.text
+    for size in ("phone", "desktop"):
+        page = open_page(browser, base, size)
+        sign_in(page, base, cluster.token)
+        page.goto(base + "/campaigns")
+        # The ETA column is in view without scrolling the table sideways; on a phone the owner, the
+        # per-status counts and images/min drop out to make room.
+        for selector in ("#eta-head", "#campaign-table td.eta"):
+            place = page.evaluate(COLUMN_PLACE, selector)
+            assert place["shown"] and not place["scrolls"], (size, selector, place)
+            assert place["right"] <= min(place["frame_right"], place["window"]) + 0.5, (size, selector, place)
+        owner_shown = page.evaluate("document.querySelector('#campaign-table th.opt').getBoundingClientRect().width > 0")
+        assert owner_shown == (size == "desktop")
+        assert_designed(page, f"campaigns at {size}")
+        shot(page, f"campaigns-{size}")
+        # The jobs history's filters: one row at 1,366 px (the "To" date wrapped onto its own), wrapped on a phone.
+        page.goto(base + "/jobs")
+        tops = page.evaluate(FILTER_TOPS)
+        assert len(tops) == 6 and (len(set(tops)) == 1) == (size == "desktop"), (size, tops)
+        # Its table too: the model column drops out on a phone, the time of each job stays in view.
+        place = page.evaluate(COLUMN_PLACE, "#created-head")
+        assert place["shown"] and not place["scrolls"] and place["right"] <= place["window"], (size, place)
+        assert_designed(page, f"jobs at {size}")
+        shot(page, f"jobs-{size}")
+        page.context.close()
