@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
 
 import PIL.Image
 import pytest
@@ -327,3 +328,19 @@ def test_fooocus_form_with_odd_field_names_is_422_naming_them(env):
                            content_type="multipart/form-data", headers={"X-API-KEY": tokens["alice"]})
     assert response.status_code == 422
     assert ["body", "³"] in [problem["loc"] for problem in response.get_json()["detail"]]
+
+
+def test_webhook_urls_become_the_jobs_webhook(env, monkeypatch):
+    ctx, client, tokens = env
+    monkeypatch.setattr(ctx.settings, "webhook_allow", "127.0.0.1")
+    from farm.models import Job
+
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    fooocus_id = fooocus_job(client, tokens["alice"], webhook_url="http://127.0.0.1:9/fooocus").get_json()["job_id"]
+    bfl_id = client.post("/v1/flux-dev", json={"prompt": "x", "width": 64, "height": 64, "webhook_url": "http://127.0.0.1:9/bfl",
+                                               "webhook_secret": secret}, headers={"x-key": tokens["alice"]}).get_json()["id"]
+    with ctx.db.session() as session:
+        fooocus_row, bfl_row = session.get(Job, uuid.UUID(fooocus_id)), session.get(Job, uuid.UUID(bfl_id))
+        assert fooocus_row.webhook_url == "http://127.0.0.1:9/fooocus" and fooocus_row.webhook_secret.startswith("whsec_")
+        assert (bfl_row.webhook_url, bfl_row.webhook_secret) == ("http://127.0.0.1:9/bfl", secret)
+        assert fooocus_row.interface == "fooocus" and bfl_row.interface == "bfl"
