@@ -125,6 +125,11 @@ def test_fooocus_text_to_image_sync(cluster):
     # The url is a presigned store URL: it needs no farm token, and holds the same image.
     image = requests.get(result["url"], timeout=30)
     assert image.status_code == 200 and image.content == base64.b64decode(result["base64"])
+    # Fooocus-API's streaming answer: with Accept: image/png, the PNG itself.
+    streamed = requests.post(f"{cluster.api_url}/v1/generation/text-to-image", json=text_request(),
+                             headers={"X-API-KEY": cluster.token, "Accept": "image/png"}, timeout=300)
+    assert streamed.status_code == 200 and streamed.headers["Content-Type"] == "image/png"
+    assert PIL.Image.open(io.BytesIO(streamed.content)).size == (64, 64)
 
 
 def test_fooocus_async_job_to_success_with_step_previews(cluster):

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from farm import states
@@ -567,10 +567,16 @@ def _generate(model: type[FooocusText2Img], task: str):
         raise ApiError(504, f"job {job.id} is still {job.status} after {ctx.settings.adapter_wait_s:g} s "
                             f"(FARM_ADAPTER_WAIT_S); it goes on: follow it with GET /v1/generation/query-job?job_id={job.id}, "
                             "or send async_process true")
+    if request.headers.get("Accept") == "image/png" and job.status == "succeeded" and job.outputs:
+        # Fooocus-API's streaming answer: the first image itself. A failed job still answers the JSON list.
+        output = job.outputs[0]
+        return Response(common.image_bytes(ctx, output), mimetype=output.content_type)
     return jsonify(image_results(ctx, job, with_base64=body.require_base64))
 
 
-_GENERATED = {200: Answer(FooocusGenerated, "The images (async_process false), or the queued job (async_process true)"),
+_GENERATED = {200: Answer(FooocusGenerated, "The images (async_process false), or the queued job (async_process true); "
+                                            "with 'Accept: image/png' the first image itself (its save_extension's type)",
+                          media={f"image/{kind}": {"type": "string", "format": "binary"} for kind in ("png", "jpeg", "webp")}),
               504: Answer(FastApiError, "The job did not finish within FARM_ADAPTER_WAIT_S; it goes on, and the message names it")}
 _FORM_SCHEMA = {"type": "object", "additionalProperties": {"type": "string"},
                 "properties": {name: {"type": "string", "format": "binary"}
