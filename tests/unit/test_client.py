@@ -156,6 +156,8 @@ def test_event_stream_parsing_and_typing():
     one_job = typed_event("campaign", "progress", {"step": 1, "total": 4, "eta_s": 2.0, "job": "j"})
     assert isinstance(one_job, schemas.JobProgressEvent) and one_job.job == "j"
     assert isinstance(typed_event("campaign", "status", {"status": "paused"}), schemas.CampaignStatusEvent)
+    placed = typed_event("campaign", "job", {"job": "j", "status": "assigned", "worker": "w1", "attempt": 1})
+    assert isinstance(placed, schemas.CampaignJobEvent) and placed.worker == "w1"
     assert typed_event("job", "something-new", {}) is None
 
 
