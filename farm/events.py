@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -121,7 +122,7 @@ class LocalEvents:
 
     def campaign_changed(self, campaign_id) -> None:
         # A fresh message each time: the api's watcher passes over one equal to the last.
-        self.publish_live(None, campaign_id, {"type": "changed", "at": time.time()})
+        self.publish_live(None, campaign_id, {"type": "changed", "change": uuid.uuid4().hex})
 
     def _prune_live(self) -> None:
         """Drop the files of jobs and campaigns quiet for longer than LIVE_KEEP_S

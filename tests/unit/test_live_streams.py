@@ -69,3 +69,15 @@ def test_the_embedded_live_files_of_quiet_jobs_are_pruned(tmp_path):
     events.publish_live("new", "c1", {"type": "changed"})
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["campaign-c1.json", "job-new.json"]
     assert events.latest_live("job", "new") == {"type": "changed"} and events.latest_live("job", "old") is None
+
+
+def test_an_embedded_campaign_change_is_a_fresh_message_each_time(tmp_path):
+    """Under `farm up` the api's watcher passes a campaign's streams a message only when its live file
+    changed, so each pause, cancel or assignment must write one unlike the last; no job file is written."""
+    events = LocalEvents(live_dir=tmp_path)
+    events.campaign_changed("c1")
+    first = events.latest_live("campaign", "c1")
+    events.campaign_changed("c1")
+    second = events.latest_live("campaign", "c1")
+    assert first["type"] == second["type"] == "changed" and first != second
+    assert [p.name for p in tmp_path.glob("*.json")] == ["campaign-c1.json"]
