@@ -9,7 +9,6 @@ import base64
 import contextlib
 import io
 import threading
-import uuid
 
 import numpy as np
 import pytest
@@ -338,16 +337,30 @@ def test_models_list_and_retrieve(farm):
     openai_error(client.get("/v1/models"), 401, None, "missing")
 
 
-def test_another_users_image_never_leaks_through_an_edit(farm):
+def test_isolation_holds_through_the_adapter(farm):
     ctx, client, tokens = farm
     with worker(ctx):
         made = client.post("/v1/images/generations", json={"prompt": "a secret", "size": "64x64"}, headers=bearer(tokens["ana"]))
     assert made.status_code == 200
-    # Eve's jobs and uploads are hers: the answer links only her own images.
+    url = made.get_json()["data"][0]["url"]
+    # Ana's image is not Eve's to fetch; Eve's own edit makes a job of hers.
+    assert client.get(url, headers=bearer(tokens["eve"])).status_code == 404
     data = {"image": (io.BytesIO(png(Image.new("RGB", (64, 64), "red"))), "x.png"), "prompt": "x"}
     openai_error(client.post("/v1/images/edits", data=data, headers=bearer(tokens["eve"]), content_type="multipart/form-data"), 504, None)
     with ctx.db.session() as session:
-        owners = {job.user_id for job in session.execute(select(Job)).scalars()}
-    assert len(owners) == 2
-    assert uuid.UUID(made.get_json()["data"][0]["url"].split("/")[-2])
-    assert client.get(made.get_json()["data"][0]["url"], headers=bearer(tokens["eve"])).status_code == 404
+        owners = session.execute(select(User.name).join(Job, Job.user_id == User.id).order_by(Job.created_at)).scalars().all()
+    assert owners == ["ana", "eve"]
+
+
+def test_a_database_outage_is_a_503_in_openai_shape(tmp_path):
+    # Nothing listens on this port: every connection is refused, as during a PostgreSQL restart.
+    from farm.localcluster import free_port
+    from farm.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/farm")
+    client = create_app(settings).test_client()
+    for response in (client.get("/v1/models", headers=bearer("farm_x")),
+                     client.post("/v1/images/generations", json={"prompt": "a fox"}, headers=bearer("farm_x"))):
+        error = openai_error(response, 503, None, "database is unavailable")
+        assert error["type"] == "server_error" and error["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"
