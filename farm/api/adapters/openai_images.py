@@ -251,7 +251,7 @@ class OpenAIFailure(Exception):
 @bp.post("/images/generations")
 @declare("Create images from a prompt (OpenAI Images: images.generate)", _ANSWERS, body=ImageGenerationRequest, **_IMAGES)
 def create_images(body: ImageGenerationRequest):
-    _refuse_unsupported(body.background, body.stream in (True,))
+    _refuse_unsupported(body.background, body.stream is True)
     payload = _common_fields(body.model, body.n, body.quality, body.output_format)
     payload["prompt"] = body.prompt
     size = parse_size(body.size)
