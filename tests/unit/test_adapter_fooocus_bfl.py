@@ -344,3 +344,14 @@ def test_webhook_urls_become_the_jobs_webhook(env, monkeypatch):
         assert fooocus_row.webhook_url == "http://127.0.0.1:9/fooocus" and fooocus_row.webhook_secret.startswith("whsec_")
         assert (bfl_row.webhook_url, bfl_row.webhook_secret) == ("http://127.0.0.1:9/bfl", secret)
         assert fooocus_row.interface == "fooocus" and bfl_row.interface == "bfl"
+
+
+def test_fooocus_form_part_without_a_name_is_left_out(env):
+    # Found by the API fuzz test: werkzeug keys a nameless file part None, which broke the cn_img slot lookup (a 500).
+    _, client, tokens = env
+    body = (b"--b\r\nContent-Disposition: form-data; filename=\"x.png\"\r\n\r\n\x89PNG\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na red fox\r\n--b--\r\n")
+    response = client.post("/v1/generation/image-prompt", data=body, headers={
+        "X-API-KEY": tokens["alice"], "Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 422
+    assert response.get_json()["detail"][0]["loc"] == ["body", "image_prompts"]

@@ -500,8 +500,9 @@ def _slot(name: str) -> tuple[str, int] | None:
 
 def _request_body(model: type[FooocusText2Img]) -> FooocusText2Img:
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        files = {name: storage.read() for name, storage in request.files.items()}
-        values = form_values(request.form.to_dict(), files)
+        # A part without a name (werkzeug keys it None) is no field of any request: left out.
+        files = {name: storage.read() for name, storage in request.files.items() if name}
+        values = form_values({name: value for name, value in request.form.items() if name}, files)
     else:
         values = json_body()
     return validate(model, values, status=422)
