@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 LINEAGE_FIELDS = {
     "output_id", "job_id", "attempt", "user_id", "request", "params", "model", "worker", "software", "timings",
-    "object_key", "sidecar_key", "content_sha256", "byte_size", "content_type",
+    "object_key", "sidecar_key", "content_sha256", "byte_size", "content_type", "interface",
 }
 # Fields that are legitimately empty for a plain text-to-image job of a local model.
 MAY_BE_EMPTY = {"campaign_id", "parent_output", "source_upload", "rerender_of"}

@@ -155,9 +155,11 @@ def test_image_page_groups_the_lineage_and_shows_what_changed_from_the_parent(fa
     assert re.search(r"<dt>started_at</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</dd>", timings)  # no microseconds
 
     vary = post(ana, f"/images/{output_id}/vary_strong")
+    assert vary.headers["Location"].endswith(f"/images/{output_id}#made-from")  # back to the image, its strip
     run_queued(ctx, runtime)
     with ctx.db.session() as session:
-        child = session.get(Job, uuid.UUID(vary.headers["Location"].rsplit("/", 1)[1])).outputs[0]
+        derived_job = session.execute(select(Job).where(Job.parent_output == uuid.UUID(output_id))).scalar_one()
+        child = derived_job.outputs[0]
     derived = ana.get(f"/images/{child.id}").get_data(as_text=True)
     assert f'href="/images/{output_id}"' in derived and 'id="to-parent"' in derived
     changes = re.search(r'<table class="table" id="what-changed">(.*?)</table>', derived, re.S).group(1)
