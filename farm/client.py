@@ -45,7 +45,7 @@ __all__ = [
     "Unavailable", "Unreachable", "JobFailed", "WaitTimeout", "GenerationRequest", "preview_image",
     "CampaignProgressEvent", "CampaignStatusEvent", "CampaignSubmitted", "CampaignView", "EndEvent",
     "JobProgressEvent", "JobStatusEvent", "JobView", "OutputEvent", "OutputLink", "OutputRecord", "PreviewEvent",
-    "UploadView",
+    "SubmittedJob", "UploadView",
 ]
 
 FINAL_STATUSES = ("succeeded", "failed", "canceled")
@@ -53,6 +53,15 @@ FINAL_STATUSES = ("succeeded", "failed", "canceled")
 MAX_WAIT_S = 30.0
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class SubmittedJob(schemas.JobView):
+    """What :meth:`Farm.submit` returns: the job's view, plus its webhook as
+    submitted (``webhook_created``: the URL and the whsec_ secret, the one given
+    or the one the farm generated), which the farm shows only in the answer to
+    the submission."""
+
+    webhook_created: schemas.WebhookCreated | None = None
 
 
 # --------------------------------------------------------------------------- errors
@@ -309,8 +318,9 @@ class Farm:
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, request: GenerationRequest | dict[str, Any] | None = None, /, **fields) -> schemas.JobView:
-        """Queue one generation job and return its view (with the parameters resolved, e.g. the seed drawn).
+    def submit(self, request: GenerationRequest | dict[str, Any] | None = None, /, **fields) -> SubmittedJob:
+        """Queue one generation job and return its view (with the parameters resolved, e.g. the seed drawn)
+        and, when it asked for a webhook, the webhook's signing secret (``webhook_created``).
 
         ``request`` is a GenerationRequest or a dict of its fields; keyword
         fields add to (or replace) them. The shape is checked here as the farm
@@ -326,7 +336,9 @@ class Farm:
             raise _invalid(problems_from_validation(exc)) from None
         accepted = self._call(schemas.JobAccepted, "POST", "/api/v1/jobs",
                               json=body.model_dump(mode="json", exclude_unset=True))
-        return self._call(schemas.JobView, "GET", accepted.polling_url)
+        view = self._call(SubmittedJob, "GET", accepted.polling_url)
+        view.webhook_created = accepted.webhook  # its secret is in no later answer
+        return view
 
     def job(self, job_id: str, wait: float = 0) -> schemas.JobView:
         """A job's status, progress and outputs; ``wait`` (up to 30 s) long-polls until it is final."""

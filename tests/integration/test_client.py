@@ -85,7 +85,7 @@ def live(tmp_path_factory, migrated_postgres_url, redis_url, s3, tiny_models):
     settings = Settings(home=home, database_url=migrated_postgres_url, broker_url=redis_url, s3_endpoint=s3[0],
                         s3_access_key=s3[1], s3_secret_key=s3[2], s3_bucket=f"farm-client-{uuid.uuid4().hex[:8]}",
                         device="cpu", worker_vram_gb=2, preview_every_steps=2, progress_interval_s=0, sse_poll_s=0.5,
-                        sse_max_s=60)
+                        sse_max_s=60, webhook_allow="127.0.0.1")
     ctx = build_context(settings)
     with ctx.db.transaction() as session:
         add_model(session, "tiny-a", str(tiny_models["tiny-a"]), family="sd", vram_gb=0.01)
@@ -133,6 +133,19 @@ def test_submit_wait_and_download_a_png_of_the_asked_size(live, tmp_path):
         # One job a page: the iterator follows the cursors through both.
         listed = [view.id for view in farm.jobs(status=["succeeded"], page_size=1)]
         assert listed[:2] == [second.id, job.id] and len(listed) == len(set(listed))
+
+
+def test_submit_hands_back_the_webhook_secret_the_farm_shows_once(live):
+    with live.client("ana") as farm:
+        generated = farm.submit(prompt="a bell", **SMALL, webhook={"url": "http://127.0.0.1:9/hook"})
+        assert generated.webhook_created.url == "http://127.0.0.1:9/hook"
+        assert generated.webhook_created.secret.startswith("whsec_")
+        assert generated.webhook.url == "http://127.0.0.1:9/hook"  # the job's view: where delivery stands, no secret
+        assert "secret" not in farm.job(generated.id).model_dump_json()
+        farm.cancel(generated.id)
+        plain = farm.submit(prompt="a bell", **SMALL)
+        assert plain.webhook_created is None and plain.webhook is None
+        farm.cancel(plain.id)
 
 
 def test_events_stream_progress_previews_the_output_and_the_final_status(live):
