@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -96,6 +96,20 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
+        if request.blueprint is None and not g.get("farm_native_error"):
+            # No view ran (no such route, or not with this method): under an
+            # adapter's URLs its client reads the error in its own shape. The
+            # adapter's handler asks this one for farm's status and message,
+            # hence the flag.
+            from farm.api.adapters import routing_error_handler
+
+            adapter = routing_error_handler(app, request.path)
+            if adapter is not None:
+                g.farm_native_error = True
+                try:
+                    return adapter(exc)
+                finally:
+                    g.farm_native_error = False
         status = exc.code or 500
         messages = {
             400: "malformed request: the body is not valid JSON" if "JSON" in (exc.description or "") else exc.description,
