@@ -114,15 +114,23 @@
   var MAX_STREAMS = 4;
 
   function imagePage() {
-    var closers = {}, previews = {};
+    var closers = {}, previews = {}, steps = {};
     function tile(id) { return document.getElementById("made-" + id); }
     function progress(id, data) {
       var box = tile(id);
       if (!box || !data.total) return;
+      steps[id] = data;
       var percent = (Math.round(1000 * data.step / data.total) / 10).toFixed(1);
       var bar = box.querySelector(".bar > span"), step = box.querySelector(".live-step");
       if (bar) bar.style.width = percent + "%";
       if (step) step.textContent = "Step " + data.step + " of " + data.total + seconds(data.eta_s);
+      // Steps mean it is rendering, whatever the badge last said (the strip's
+      // refresh on the status event may still be on its way).
+      var badge = box.querySelector(".badge");
+      if (badge && data.step > 0 && badge.textContent !== "running") {
+        badge.textContent = "running";
+        badge.className = "badge badge-running";
+      }
     }
     function preview(id, url) {
       var box = tile(id), image = box && box.querySelector("img.live-preview");
@@ -153,7 +161,8 @@
         var id = box.getAttribute("data-live-job");
         wanted[id] = true;
         if (!closers[id]) closers[id] = follow(id);
-        if (previews[id]) preview(id, previews[id]);  // a refreshed strip keeps the latest preview
+        if (previews[id]) preview(id, previews[id]);  // a refreshed strip keeps the latest preview and step
+        if (steps[id]) progress(id, steps[id]);
       });
       Object.keys(closers).forEach(function (id) { if (!wanted[id]) { closers[id](); delete closers[id]; } });
     }

@@ -97,6 +97,7 @@ def test_image_page_strip_follows_jobs_made_from_the_image_over_sse(tmp_path, s3
                         " return i && !i.hidden && i.src.startsWith('data:image/jpeg') && i.naturalWidth === 128; })()")
         step = page.inner_text("#made-from .live-step")
         assert step.startswith("Step ") and " of 40" in step, step
+        assert page.inner_text("#made-from .badge") == "running"  # steps arriving: never still "queued"
         assert any("/jobs/" in url for url in streams)
         shot(page, "live-image-strip-1366")
         page.set_viewport_size({"width": 390, "height": 844})
