@@ -71,7 +71,8 @@ def _transition(
     attempt: int | None = None,
     worker_id: str | None = None,
     values: dict[str, Any] | None = None,
-) -> None:
+):
+    """The one UPDATE of a transition; returns the changed job's _TALLIED row."""
     conditions = [Job.id == job_id, Job.status.in_(sources_of(target))]
     if attempt is not None:
         conditions.append(Job.attempt == attempt)
@@ -88,7 +89,7 @@ def _transition(
     if len(changed) == 1:
         tallies.note_transitions(session, target, changed, now)
         logger.debug("job %s -> %s (attempt %s)", job_id, target.value, attempt)
-        return
+        return changed[0]
     _raise_refusal(session, job_id, target, attempt, worker_id)
 
 
@@ -107,15 +108,16 @@ def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
     raise StaleAttemptError(f"job {job_id}: worker {worker_id} no longer holds it (held by {row.worker_id})")
 
 
-def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> None:
+def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> uuid.UUID | None:
+    """Assign the attempt to the worker; returns the job's campaign (None outside campaigns)."""
     now = utcnow()
-    _transition(
+    return _transition(
         session,
         job_id,
         S.assigned,
         attempt=attempt,
         values={"worker_id": worker_id, "assigned_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s)},
-    )
+    ).campaign_id
 
 
 def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float,

@@ -183,17 +183,20 @@ class Scheduler:
             return report
         decisions = self.policy(snapshot)
         committed = []
+        campaigns = set()
         with self.ctx.db.transaction() as session:
             for assignment in decisions.assignments:
                 try:
-                    states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id, self.ctx.settings.lease_s)
+                    # The assignment's UPDATE returns the job's campaign: no second query for it.
+                    campaign_id = states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id,
+                                                    self.ctx.settings.lease_s)
                 except states.JobStateError as exc:
                     logger.info("skipped an assignment: %s", exc)
                     continue
                 committed.append(assignment)
+                if campaign_id is not None:
+                    campaigns.add(campaign_id)
             self._note_unplaceable(session, decisions)
-            campaigns = set(session.execute(select(Job.campaign_id).where(
-                Job.id.in_([a.job_id for a in committed]), Job.campaign_id.is_not(None))).scalars()) if committed else set()
         # The job's and its campaign's event streams show the assignment (and
         # the worker) now, not at their next safety-net read.
         for assignment in committed:

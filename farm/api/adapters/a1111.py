@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from sqlalchemy import select, update
 
 import farm
-from farm import lineage
+from farm import lineage, states
 from farm.api.adapters import common
 from farm.api.contract import Answer, declare
 from farm.api.errors import ApiError
@@ -618,7 +618,7 @@ def _render(body: A1111Txt2Img):
     except RequestError as exc:
         raise renamed(exc, names) from None
     (job,) = common.wait_for(ctx, g.user, [job.id], ctx.settings.adapter_wait_s)
-    if not common.is_final(job):
+    if not states.is_final(job.status):
         raise ApiError(504, f"job {job.id} is still {job.status} after {ctx.settings.adapter_wait_s:g} s (FARM_ADAPTER_WAIT_S); "
                             f"it goes on: GET /api/v1/jobs/{job.id} has its images when it is done")
     if job.status == "failed":

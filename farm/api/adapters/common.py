@@ -13,7 +13,6 @@ from typing import Any
 
 from flask import current_app, url_for
 
-from farm import states
 from farm.context import FarmContext
 from farm.models import Job, Output, User
 from farm.services import jobs as job_service
@@ -35,9 +34,6 @@ def wait_for(ctx: FarmContext, user: User, job_ids: list[uuid.UUID | str], timeo
         found.append(job)
     return found
 
-
-def is_final(job: Job) -> bool:
-    return states.is_final(job.status)
 
 
 def image_bytes(ctx: FarmContext, output: Output) -> bytes:

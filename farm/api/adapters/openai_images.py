@@ -63,6 +63,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import select
 
+from farm import states
 from farm.api.adapters import common
 from farm.api.contract import Answer, declare, validate
 from farm.api.security import farm_context
@@ -476,7 +477,7 @@ def _render(payload: dict[str, Any], response_format: str | None):
     job = common.submit(ctx, g.user, payload, INTERFACE)
     [job] = common.wait_for(ctx, g.user, [job.id], ctx.settings.adapter_wait_s)
     no_retry = {"x-should-retry": "false"}  # a retry would submit the same work again
-    if not common.is_final(job):
+    if not states.is_final(job.status):
         raise OpenAIFailure(504, f"job {job.id} is still {job.status} after {ctx.settings.adapter_wait_s:g} s; it goes on: "
                                  f"GET /api/v1/jobs/{job.id} shows it and its images when done", headers=no_retry)
     if job.status != JobStatus.succeeded.value:
