@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 WINDOWS_S = (30, 60, 120, 300, 600, 900, 1800)
 
 UNFINISHED = (JobStatus.queued.value, JobStatus.assigned.value, JobStatus.running.value)
-WORKED = (JobStatus.succeeded.value, JobStatus.failed.value)  # finished jobs that took a worker's time
+WORKED = tallies.WORKED  # finished jobs that took a worker's time
 
 
 @dataclass
@@ -59,9 +59,9 @@ class StatusStats:
     work: float = 0.0  # estimated GPU seconds
     first_start: dt.datetime | None = None
     last_finish: dt.datetime | None = None
-    # Work finished within the campaign's ETA window, at that window's index
-    # of WINDOWS_S (on the succeeded entry; progress_stats fills that index only).
-    recent: tuple[float, ...] = (0.0,) * len(WINDOWS_S)
+    # Work (succeeded or failed) finished within the campaign's ETA window
+    # (_window); kept on the succeeded entry.
+    recent: float = 0.0
     progressed: float = 0.0  # work done so far by running jobs (their share of steps)
     worker_rate: float = 0.0  # work per second the running jobs' worker ETAs imply
 
@@ -93,9 +93,7 @@ def progress_stats(session: Session, campaign_ids: list[uuid.UUID], now: dt.date
             started_s = (now - bucket).total_seconds()  # how long ago the bucket started
             recent[cid] += work * min(max((WINDOWS_S[index_of[cid]] - started_s) / tallies.BUCKET_S + 1.0, 0.0), 1.0)
         for cid, work in recent.items():
-            windows = [0.0] * len(WINDOWS_S)
-            windows[index_of[cid]] = work
-            out[cid].setdefault(JobStatus.succeeded.value, StatusStats()).recent = tuple(windows)
+            out[cid].setdefault(JobStatus.succeeded.value, StatusStats()).recent = work
     # The running jobs (as many as there are workers on the campaign): their steps done and their own ETAs.
     work = case((Job.reserved_gpu_seconds > 0, Job.reserved_gpu_seconds), else_=1.0)
     done_share = case((Job.progress_total > 0, work * Job.progress_step / Job.progress_total), else_=0.0)
@@ -146,7 +144,7 @@ def _eta_s(campaign: Campaign, stats: dict[str, StatusStats], unfinished: int, r
     running = stats.get(JobStatus.running.value, StatusStats())
     remaining = sum(stats[s].work for s in UNFINISHED if s in stats) - running.progressed
     index = _window(running_s)
-    finished = sum(stats[s].recent[index] for s in WORKED if s in stats)
+    finished = stats[JobStatus.succeeded.value].recent if JobStatus.succeeded.value in stats else 0.0
     length = min(WINDOWS_S[index], running_s)
     if finished > 0 and length > 0:
         if WINDOWS_S[index] >= running_s:
