@@ -22,14 +22,17 @@ logger = logging.getLogger(__name__)
 SCHEDULER_CHANNEL = "farm:scheduler:wake"
 
 
-def job_channel(job_id) -> str:
-    return f"farm:job:{job_id}"
+def job_channel(job_id, namespace: str = "") -> str:
+    return f"{namespace}farm:job:{job_id}"
 
 
-def live_channel(kind: str, key) -> str:
+def live_channel(kind: str, key, namespace: str = "") -> str:
     """Where a worker publishes what is not stored (progress, previews) for
-    a job's or a campaign's event streams (``kind``: job or campaign)."""
-    return f"farm:live:{kind}:{key}"
+    a job's or a campaign's event streams (``kind``: job or campaign).
+
+    ``namespace`` is FARM_REDIS_NAMESPACE: farms sharing one Redis keep
+    their channels apart."""
+    return f"{namespace}farm:live:{kind}:{key}"
 
 
 # The latest live message of a job is kept this long, so that a stream opened
@@ -148,9 +151,10 @@ class LocalEvents:
 
 
 class RedisEvents:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "") -> None:
         import redis
 
+        self.namespace = namespace
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
     def _publish(self, channel: str, data: bytes = b"1") -> None:
@@ -163,31 +167,31 @@ class RedisEvents:
         data = json.dumps(message).encode()
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(f"{live_channel('job', job_id)}:last", data, ex=LIVE_KEEP_S)
+            pipe.set(f"{live_channel('job', job_id, self.namespace)}:last", data, ex=LIVE_KEEP_S)
             if message.get("type") == "preview":
-                pipe.set(f"{live_channel(PREVIEW, job_id)}:last", data, ex=LIVE_KEEP_S)
-            pipe.publish(live_channel("job", job_id), data)
+                pipe.set(f"{live_channel(PREVIEW, job_id, self.namespace)}:last", data, ex=LIVE_KEEP_S)
+            pipe.publish(live_channel("job", job_id, self.namespace), data)
             if campaign_id is not None:
                 # Campaign streams show numbers and tiles, not every job's previews.
                 brief = data if message.get("type") != "preview" else json.dumps({**message, "jpeg": None}).encode()
-                pipe.publish(live_channel("campaign", campaign_id), brief)
+                pipe.publish(live_channel("campaign", campaign_id, self.namespace), brief)
             pipe.execute()
         except Exception as exc:
             logger.warning("cannot publish live progress of job %s: %s", job_id, exc)
 
     def campaign_changed(self, campaign_id) -> None:
-        self._publish(live_channel("campaign", campaign_id))  # b"1": the streams' plain wake-up
+        self._publish(live_channel("campaign", campaign_id, self.namespace))  # b"1": the streams' plain wake-up
 
     def latest_live(self, kind: str, key) -> dict | None:
         try:
-            data = self._redis.get(f"{live_channel(kind, key)}:last")
+            data = self._redis.get(f"{live_channel(kind, key, self.namespace)}:last")
             return json.loads(data) if data else None
         except Exception as exc:
             logger.warning("cannot read live progress of %s %s: %s", kind, key, exc)
             return None
 
     def wake_scheduler(self) -> None:
-        self._publish(SCHEDULER_CHANNEL)
+        self._publish(self.namespace + SCHEDULER_CHANNEL)
 
     def scheduler_waiter(self) -> Callable[[float], bool]:
         pubsub = None
@@ -197,7 +201,7 @@ class RedisEvents:
             try:
                 if pubsub is None:
                     pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(SCHEDULER_CHANNEL)
+                    pubsub.subscribe(self.namespace + SCHEDULER_CHANNEL)
                 message = pubsub.get_message(timeout=timeout)
                 if message is None:
                     return False
@@ -213,13 +217,13 @@ class RedisEvents:
         return wait
 
     def job_changed(self, job_id) -> None:
-        self._publish(job_channel(job_id))
+        self._publish(job_channel(job_id, self.namespace))
 
     def wait_job(self, job_id, is_done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         try:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(job_channel(job_id))
+            pubsub.subscribe(job_channel(job_id, self.namespace))
         except Exception as exc:
             logger.warning("job wake-ups unavailable (%s); polling", exc)
             return LocalEvents(poll_s=0.2).wait_job(job_id, is_done, timeout)
@@ -237,5 +241,5 @@ class RedisEvents:
 
 def make_events(settings) -> Events:
     if settings.redis_url:
-        return RedisEvents(settings.redis_url)
+        return RedisEvents(settings.redis_url, settings.redis_namespace)
     return LocalEvents(live_dir=settings.home / "live")

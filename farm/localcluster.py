@@ -184,6 +184,9 @@ def cluster_env(home: Path, database_url: str, broker_url: str, s3: tuple[str, s
         FARM_S3_SECRET_KEY=s3[2],
         FARM_S3_BUCKET=bucket,
         FARM_LOG_LEVEL="INFO",
+        # Its own Redis namespace: clusters running at once on one Redis
+        # would otherwise take each other's render messages.
+        FARM_REDIS_NAMESPACE=f"farm-test-{uuid.uuid4().hex[:8]}:",
         PYTHONUNBUFFERED="1",
     )
     env.update({f"FARM_{key.upper()}": str(value) for key, value in extra.items()})

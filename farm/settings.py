@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Directory for embedded data: SQLite file, local store, broker folders, model cache.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL of the database; a plain postgresql:// URL works. Unset: SQLite under FARM_HOME.")
     broker_url: str | None = Field(default=None, description="Celery broker URL (redis://...). Unset: a filesystem transport under FARM_HOME.")
+    redis_namespace: str = Field(default="", pattern=r"^([A-Za-z0-9_.-]+:)?$", description="Prefix of every Redis key and channel this farm uses (Celery queues and event channels), ending in ':', e.g. 'studio-a:'. Farms that share one Redis database need different ones, or they take each other's render messages. Empty: no prefix.")
     s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL such as http://127.0.0.1:9000. Unset: a local directory store under FARM_HOME.")
     s3_access_key: str = Field(default="", description="S3 access key.")
     s3_secret_key: str = Field(default="", description="S3 secret key.")

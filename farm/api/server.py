@@ -34,8 +34,9 @@ class RedisHub:
     """One Redis connection and one pub/sub subscription set for every
     stream of this process; messages fan out to the streams' queues."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str = "") -> None:
         self.url = url
+        self.namespace = namespace
         self._queues: dict[str, set[asyncio.Queue]] = {}
         self._pubsub = None
         self._task: asyncio.Task | None = None
@@ -76,7 +77,7 @@ class RedisHub:
     async def subscribe(self, feed, queue: asyncio.Queue) -> list[str]:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._read())
-        channels = [live_channel(feed.kind, feed.id)] + ([job_channel(feed.id)] if feed.kind == "job" else [])
+        channels = [live_channel(feed.kind, feed.id, self.namespace)] + ([job_channel(feed.id, self.namespace)] if feed.kind == "job" else [])
         fresh = [channel for channel in channels if channel not in self._queues]
         for channel in channels:
             self._queues.setdefault(channel, set()).add(queue)
@@ -150,7 +151,7 @@ class StreamingFront:
 
         self.wsgi = WSGIMiddleware(flask_app, workers=threads)
         self.settings = ctx.settings
-        self.hub = RedisHub(ctx.settings.redis_url) if ctx.settings.redis_url else LocalHub(ctx.events)
+        self.hub = RedisHub(ctx.settings.redis_url, ctx.settings.redis_namespace) if ctx.settings.redis_url else LocalHub(ctx.events)
         self.reads = ThreadPoolExecutor(max_workers=STREAM_READ_THREADS, thread_name_prefix="farm-stream")
         self.open_streams = 0
 

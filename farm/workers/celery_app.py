@@ -43,6 +43,8 @@ def create_celery(settings) -> Celery:
         # Longer than any render: an unacknowledged task is not redelivered
         # while it legitimately runs (fencing refuses it anyway).
         transport_options = {"visibility_timeout": settings.render_time_limit_s + 300}
+        if settings.redis_namespace:
+            transport_options["global_keyprefix"] = settings.redis_namespace
     app.conf.update(
         broker_transport=transport,
         broker_transport_options=transport_options,

@@ -109,3 +109,37 @@ def test_presigned_urls_use_the_public_endpoint(s3, s3_bucket):
     url = store.url("k/0.png", 60)
     assert url.startswith(public + "/")
     assert requests.get(url, timeout=10).content == b"img"
+
+
+def test_farms_sharing_one_redis_keep_their_namespaces_apart(redis_url):
+    """Two farms on one Redis database (two e2e clusters at once, or two
+    studios) must not wake each other's schedulers nor take each other's
+    render messages: FARM_REDIS_NAMESPACE prefixes channels and Celery keys."""
+    import uuid
+
+    import redis
+
+    from farm.settings import Settings
+    from farm.workers.celery_app import create_celery, worker_queue
+
+    first, second = f"t-{uuid.uuid4().hex[:6]}:", f"t-{uuid.uuid4().hex[:6]}:"
+    waiter = RedisEvents(redis_url, namespace=first).scheduler_waiter()
+    assert waiter(0.1) is False  # subscribes
+    RedisEvents(redis_url, namespace=second).wake_scheduler()
+    assert waiter(0.5) is False
+    RedisEvents(redis_url, namespace=first).wake_scheduler()
+    assert waiter(5.0) is True
+
+    queue = worker_queue(f"w-{uuid.uuid4().hex[:6]}")
+    app = create_celery(Settings(broker_url=redis_url, redis_namespace=first))
+    try:
+        app.send_task("farm.render", args=["job", 1], queue=queue)
+    finally:
+        app.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(first + queue) == 1
+        assert client.llen(queue) == 0 and client.llen(second + queue) == 0
+    finally:
+        client.delete(first + queue)
+        client.close()
