@@ -146,9 +146,6 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
     scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
     scheduler_thread.start()
-    from farm.services.webhooks import WebhookSender
-
-    threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
     server = make_server(create_app(settings, context=ctx), ctx, host, port, settings.api_threads)
 
     def shut_down(*_):

@@ -150,9 +150,14 @@ class Scheduler:
         wait = self.ctx.events.scheduler_waiter()
         poll_s = self.ctx.settings.scheduler_poll_s
         logger.info("scheduler started (poll %.2fs)", poll_s)
-        # The leader also sweeps objects of attempts that did not complete.
-        threading.Thread(target=Janitor(self.ctx).run, args=(stop, lambda: self.leadership.held),
-                         name="farm-janitor", daemon=True).start()
+        from farm.services.webhooks import WebhookSender
+
+        leading = lambda: self.leadership.held  # noqa: E731
+        # The leader also sweeps objects of attempts that did not complete, and
+        # sends webhooks from its own thread (a slow receiver never delays
+        # placement; a standby sending too would post some deliveries twice).
+        threading.Thread(target=Janitor(self.ctx).run, args=(stop, leading), name="farm-janitor", daemon=True).start()
+        threading.Thread(target=WebhookSender(self.ctx).run, args=(stop, leading), name="farm-webhooks", daemon=True).start()
         self.database_since = None
         while not stop.is_set():
             leader = self.leadership.acquire()
@@ -432,10 +437,6 @@ class Scheduler:
 def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:
     from farm.workers.celery_app import create_celery
 
-    from farm.services.webhooks import WebhookSender
-
     stop = stop or threading.Event()
-    # Webhooks go out from their own thread: a slow receiver never delays placement.
-    threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(ctx.settings)))
     scheduler.run(stop)

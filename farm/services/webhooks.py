@@ -31,7 +31,7 @@ import logging
 import secrets
 import threading
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import urllib3
 from sqlalchemy import exists, func, select
@@ -247,15 +247,21 @@ def job_webhooks(ctx: FarmContext, jobs: Iterable[Job]) -> dict[uuid.UUID, dict[
 
 
 class WebhookSender:
-    """The scheduler process's webhook thread."""
+    """The leading scheduler's webhook thread."""
 
     def __init__(self, ctx: FarmContext, interval_s: float = 1.0) -> None:
         self.ctx = ctx
         self.interval_s = interval_s
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, active: Callable[[], bool] = lambda: True) -> None:
+        """Deliver what is due every ``interval_s`` while ``active()``.
+
+        ``active`` is the scheduler's leadership: a standby that also sent
+        would race the leader for the same due rows and post some twice."""
         client = OutboundClient(self.ctx.settings.webhook_allow)
         while not stop.wait(self.interval_s):
+            if not active():
+                continue
             try:
                 mark_finished_campaigns(self.ctx)
                 deliver_due(self.ctx, client)

@@ -347,3 +347,42 @@ def test_delivery_connects_to_the_address_it_checked(farm_api, monkeypatch):
     assert resolver.lookups == ["127.0.0.1", "127.0.0.1"]  # creation and delivery; nothing resolved the name again
     receiver.close()
     trap.close()
+
+
+def test_only_the_leading_scheduler_sends_webhooks(farm_api):
+    """A standby scheduler (another holds the leader lock) sends nothing; once
+    it leads, each event goes out once. Before, every scheduler process ran a
+    sender, and leader and standby raced for the same due rows."""
+    import threading
+
+    from sqlalchemy import text
+
+    from farm.scheduler.service import LEADER_LOCK_KEY, run_scheduler
+
+    ctx, client, headers = farm_api
+    receiver = Receiver()
+    other = ctx.db.engine.connect()
+    try:
+        assert other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK_KEY}).scalar()
+        other.commit()
+        job = submit_hooked_job(client, headers, {"url": receiver.url, "secret": SECRET})
+        finish(ctx, uuid.UUID(job["id"]))
+        stop = threading.Event()
+        standby = threading.Thread(target=run_scheduler, args=(ctx, stop), daemon=True)
+        standby.start()
+        try:
+            time.sleep(3.5)  # three sender intervals as a standby
+            assert receiver.received == []
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEADER_LOCK_KEY})
+            other.commit()
+            deadline = time.monotonic() + 30
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.5)  # later passes must not send it again
+            assert [json.loads(body)["type"] for _, body in receiver.received] == ["job.succeeded"]
+        finally:
+            stop.set()
+            standby.join(timeout=10)
+    finally:
+        other.close()
+        receiver.close()
