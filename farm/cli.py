@@ -80,15 +80,22 @@ def up(host: str, port: int) -> None:
 @main.command()
 @click.option("--host", default=None, help="Address to listen on [FARM_API_HOST].")
 @click.option("--port", default=None, type=int, help="Port to listen on [FARM_API_PORT].")
+@click.option("--processes", default=None, type=click.IntRange(1, 256), help="Server processes sharing the port [FARM_API_PROCESSES; default 1].")
 @friendly_errors
-def api(host: str | None, port: int | None) -> None:
+def api(host: str | None, port: int | None, processes: int | None) -> None:
     """Serve the REST API and the dashboard."""
+    settings = _load_settings()
+    host, port, processes = host or settings.api_host, port or settings.api_port, processes or settings.api_processes
+    if processes > 1:
+        from farm.api.processes import serve_processes
+
+        click.echo(f"farm api on http://{host}:{port}/ ({processes} processes)")
+        serve_processes(settings, host, port, processes)
+        return
     from farm.api import create_app
     from farm.api.server import make_server
 
-    settings = _load_settings()
     app = create_app(settings)
-    host, port = host or settings.api_host, port or settings.api_port
     click.echo(f"farm api on http://{host}:{port}/")
     make_server(app, app.extensions["farm"], host, port, settings.api_threads).run()
 

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address farm api binds to.")
     api_port: int = Field(default=8000, gt=0, lt=65536, description="Port farm api binds to.")
     api_threads: int = Field(default=16, gt=0, description="Request threads of farm api.")
+    api_processes: int = Field(default=1, ge=1, le=256, description="Server processes of farm api sharing its one listening socket (metrics merged across them through prometheus_client's multiprocess mode); each has FARM_API_THREADS request threads.")
     preview_every_steps: int = Field(default=2, ge=0, description="A worker publishes a small preview of the current latents every this many denoising steps (a fixed latent-to-RGB projection, no extra model); 0: none.")
     preview_side: int = Field(default=128, ge=16, le=512, description="Longest side in pixels of a live preview JPEG.")
     sse_max_s: float = Field(default=600.0, gt=0, description="Longest a Server-Sent Events stream stays open before it ends with an 'end' event (clients reconnect with Last-Event-ID).")

@@ -1,4 +1,4 @@
-"""The Flask app: REST API under /api/v1, dashboard pages, /metrics, /healthz."""
+"""The Flask app: REST API under /api/v1, dashboard pages, /metrics, /healthz (live, ready)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     # The cookie lasts as long as the session row it names (farm/services/sessions.py).
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_s
     app.extensions["farm"] = context
+    health.instrument_requests(app)  # first, so the clock starts before any other hook answers
     for module in (jobs, events, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     register_adapters(app)

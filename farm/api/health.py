@@ -1,29 +1,57 @@
-"""/healthz and /metrics (Prometheus text format)."""
+"""/healthz, /healthz/live, /healthz/ready and /metrics, and the request
+timing behind ``farm_http_request_duration_seconds``.
+
+/metrics is prometheus_client's text output of this process (every api
+process's in ``farm api --processes N``; under ``farm up`` also the
+scheduler's, which runs in the same process). A scrape reads no table: the
+queue gauges are the scheduler's, filled from its pass snapshot.
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 
-from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import func, select, text
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from sqlalchemy import text
 
 from farm.api.security import farm_context
-from farm.models import Job, Worker
+from farm.metrics import HTTP_REQUEST_SECONDS, note_build_info, render_latest
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
+# Methods counted under their own name; anything else a client invents is
+# 'other', so the method label stays bounded.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
 
-@bp.get("/healthz")
-def healthz():
+
+def _database_reached() -> bool:
     try:
         with farm_context().db.session() as session:
             session.execute(text("SELECT 1"))
     except Exception as exc:
         logger.warning("health check failed: %s", exc)
+        return False
+    return True
+
+
+@bp.get("/healthz")
+@bp.get("/healthz/ready")
+def ready():
+    """Ready to serve: the database answers."""
+    if not _database_reached():
         return jsonify({"status": "unavailable", "database": "down"}), 503
     return jsonify({"status": "ok", "database": "up"})
+
+
+@bp.get("/healthz/live")
+def live():
+    """The process answers; nothing outside it is asked (a restart would not
+    bring an unreachable database back)."""
+    return jsonify({"status": "ok"})
 
 
 @bp.get("/metrics")
@@ -36,15 +64,25 @@ def metrics():
                                           "details": None}})
             response.headers["WWW-Authenticate"] = "Bearer"
             return response, 401
-    with farm_context().db.session() as session:
-        by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        by_state = dict(session.execute(select(Worker.state, func.count()).group_by(Worker.state)).all())
-        by_state["draining"] = session.execute(
-            select(func.count()).where(Worker.draining, Worker.state == "online")).scalar_one()
-    lines = ["# HELP farm_jobs Jobs by status.", "# TYPE farm_jobs gauge"]
-    for status in ("queued", "assigned", "running", "succeeded", "failed", "canceled"):
-        lines.append(f'farm_jobs{{status="{status}"}} {by_status.get(status, 0)}')
-    lines += ["# HELP farm_workers Workers by state.", "# TYPE farm_workers gauge"]
-    for state in ("online", "draining", "offline"):
-        lines.append(f'farm_workers{{state="{state}"}} {by_state.get(state, 0)}')
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    body, content_type = render_latest()
+    return Response(body, content_type=content_type)
+
+
+def instrument_requests(app: Flask) -> None:
+    """Time every request Flask answers, by URL rule, method and status, and
+    say which farm version this api runs (``farm_build_info``)."""
+    note_build_info("api")
+
+    @app.before_request
+    def _start_clock():
+        g.farm_request_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        started = g.pop("farm_request_started", None)
+        if started is not None:
+            rule = request.url_rule
+            method = request.method if request.method in KNOWN_METHODS else "other"
+            HTTP_REQUEST_SECONDS.labels(route=rule.rule if rule is not None else UNMATCHED, method=method,
+                                        status=str(response.status_code)).observe(time.perf_counter() - started)
+        return response

@@ -231,6 +231,14 @@ async def _disconnected(receive) -> None:
         pass
 
 
+# uvicorn options of every api process. Idle keep-alive connections are kept
+# 120 s, as waitress kept them: at uvicorn's 5 s a client pausing about that
+# long reused a connection the server was closing and got "Remote end closed
+# connection".
+SERVER_OPTIONS: dict[str, Any] = {"lifespan": "off", "access_log": False, "log_level": "warning", "backlog": 2048,
+                                  "timeout_graceful_shutdown": 5, "timeout_keep_alive": KEEP_ALIVE_S}
+
+
 def make_front(flask_app, ctx, threads: int) -> StreamingFront:
     return StreamingFront(flask_app, ctx, threads)
 
@@ -245,12 +253,7 @@ def make_server(flask_app, ctx, host: str, port: int, threads: int):
         def run(self, sockets=None) -> None:
             super().run(sockets=sockets or [self.socket])
 
-    # Idle keep-alive connections are kept 120 s, as waitress kept them: at
-    # uvicorn's 5 s a client pausing about that long reused a connection the
-    # server was closing and got "Remote end closed connection".
-    config = uvicorn.Config(make_front(flask_app, ctx, threads), host=host, port=port, lifespan="off",
-                            access_log=False, log_level="warning", backlog=2048, timeout_graceful_shutdown=5,
-                            timeout_keep_alive=KEEP_ALIVE_S)
+    config = uvicorn.Config(make_front(flask_app, ctx, threads), host=host, port=port, **SERVER_OPTIONS)
     server = BoundServer(config)
     server.socket = config.bind_socket()
     # Listening from here on: until run() starts the event loop, connections wait

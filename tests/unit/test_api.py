@@ -149,7 +149,7 @@ def test_admin_only_user_creation(env):
 def test_service_endpoints(env):
     _, client, tokens = env
     assert client.get("/healthz").get_json()["status"] == "ok"
-    assert 'farm_jobs{status="queued"} 0' in client.get("/metrics").get_data(as_text=True)
+    assert 'component="api"' in client.get("/metrics").get_data(as_text=True)
     document = client.get("/api/v1/openapi.json").get_json()
     assert "/api/v1/jobs" in document["paths"] and "prompt" in document["components"]["schemas"]["GenerationRequest"]["properties"]
     assert_error(client.get("/api/v1/nowhere", headers=auth(tokens["alice"])), 404, "no such endpoint")

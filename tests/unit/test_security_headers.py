@@ -42,4 +42,4 @@ def test_metrics_token_guards_metrics(sqlite_settings):
         assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer"
         assert "FARM_METRICS_TOKEN" in answer.get_json()["error"]["message"]
     answer = guarded.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123"})
-    assert answer.status_code == 200 and "farm_jobs" in answer.get_data(as_text=True)
+    assert answer.status_code == 200 and "farm_http_request_duration_seconds" in answer.get_data(as_text=True)
