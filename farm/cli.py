@@ -155,6 +155,22 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+@db.command("wait")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds to wait before giving up (exit 1).")
+@friendly_errors
+def db_wait(timeout_s: float) -> None:
+    """Wait until the database schema is at this farm's migrations (run by a
+    Kubernetes initContainer while the migration Job runs 'farm db upgrade')."""
+    from farm.db import SchemaNotCurrentError, wait_for_schema
+
+    try:
+        wait_for_schema(_load_settings().resolved_database_url, timeout_s)
+    except SchemaNotCurrentError as exc:
+        raise CliError(str(exc)) from None
+    click.echo("database schema is current")
+
+
 @db.command("downgrade")
 @click.argument("revision")
 @friendly_errors

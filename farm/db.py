@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -109,6 +110,46 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+
+
+def schema_heads(url: str) -> tuple[set[str], set[str]]:
+    """The revisions the database is at, and the heads of this farm's migrations."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    wanted = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    return current, wanted
+
+
+def wait_for_schema(url: str, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Return once the database is at this farm's migration heads, so a new
+    version's processes start only after its migrations ran (a Kubernetes
+    initContainer waiting for the migration Job). Database errors count as
+    "not yet" until ``timeout_s``; then :class:`SchemaNotCurrentError` says
+    where the database is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            current, wanted = schema_heads(url)
+            if current == wanted:
+                return
+            where = f"the database is at {', '.join(sorted(current)) or 'no revision'}, this farm needs {', '.join(sorted(wanted))}"
+        except sa_exc.SQLAlchemyError as exc:
+            where = f"the database cannot be read ({describe_database_error(exc)})"
+        if time.monotonic() >= deadline:
+            raise SchemaNotCurrentError(f"{where} after {timeout_s:g}s; run 'farm db upgrade'")
+        logger.info("waiting for the schema: %s", where)
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+class SchemaNotCurrentError(Exception):
+    """The database did not reach this farm's migration heads in time."""
 
 
 def downgrade_database(url: str, revision: str) -> None:
