@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     adapter_wait_s: float = Field(default=600.0, gt=0, le=3600, description="Longest a synchronous adapter request (OpenAI Images under /v1/images) waits for its job before answering a timeout that names the job; the job itself goes on.")
 
     public_url: str | None = Field(default=None, description="The address people reach the dashboard at, e.g. https://farm.example.com. When it is https, session cookies are sent only over HTTPS (Secure).")
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536, description="Port on which farm scheduler and farm worker serve /metrics, /healthz/live and /healthz/ready (the api serves them on its own port). Unset: no metrics server.")
+    metrics_host: str = Field(default="0.0.0.0", description="Address the scheduler's and worker's metrics server binds to (FARM_METRICS_PORT).")
     metrics_token: str | None = Field(default=None, description="When set, /metrics answers only requests with 'Authorization: Bearer <this token>' (a Prometheus scrape config's bearer_token). Unset: /metrics is open.")
     throttle_storage_url: str | None = Field(default=None, description="Where throttling counts live, as a storage URL of the limits library (redis://host:6379/1, memory://). Unset: the farm's Redis (FARM_BROKER_URL) when it is one, so all api replicas share the counts; else memory:// (farm up).")
     throttle_key_prefix: str = Field(default="farm", description="Prefix of the throttling keys in their storage, so farms that share one Redis keep their counts apart.")

@@ -9,7 +9,6 @@ queue gauges are the scheduler's, filled from its pass snapshot.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
@@ -18,6 +17,7 @@ from sqlalchemy import text
 
 from farm.api.security import farm_context
 from farm.metrics import HTTP_REQUEST_SECONDS, note_build_info, render_latest
+from farm.metrics_server import scrape_allowed
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -56,14 +56,11 @@ def live():
 
 @bp.get("/metrics")
 def metrics():
-    expected = farm_context().settings.metrics_token
-    if expected:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-            response = jsonify({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <FARM_METRICS_TOKEN>",
-                                          "details": None}})
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response, 401
+    if not scrape_allowed(farm_context().settings.metrics_token, request.headers.get("Authorization", "")):
+        response = jsonify({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <FARM_METRICS_TOKEN>",
+                                      "details": None}})
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response, 401
     body, content_type = render_latest()
     return Response(body, content_type=content_type)
 

@@ -20,11 +20,12 @@ from typing import Callable, Protocol
 from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from farm import states
+from farm import metrics, states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.db import classify_database_error, describe_database_error
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
+from farm.scheduler import gauges
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
 from farm.spec import REFINER_FAMILIES
 
@@ -39,6 +40,12 @@ MAX_JOBS_PER_SNAPSHOT = 5000
 USAGE_BANDS_S = ((300, 1.0), (900, 0.5), (1800, 0.2))
 PRELOAD_TIMEOUT_S = 600.0
 SHARES_TTL_S = 1.0
+# With nothing queued a pass reads no more than the queue; the worker and
+# placed-job gauges are then refreshed from a full snapshot read this often.
+GAUGES_EVERY_S = 1.0
+# /healthz/live: the loop must have turned within this many polls (at least LIVE_MIN_S).
+LIVE_POLLS = 30
+LIVE_MIN_S = 60.0
 
 
 class Dispatcher(Protocol):
@@ -143,6 +150,23 @@ class Scheduler:
         # scheduler asked for counts as busy until its heartbeat shows it held.
         self.preloading: dict[str, tuple[str, float]] = {}
         self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
+        self._gauges_due = float("-inf")
+        # time.monotonic() of the loop's latest turn (None before run()): /healthz/live.
+        self.last_tick: float | None = None
+
+    def liveness(self) -> tuple[bool, str]:
+        """Live: the loop turned recently (a pass stuck for minutes is not)."""
+        if self.last_tick is None:
+            return True, "starting"
+        age = time.monotonic() - self.last_tick
+        limit = max(LIVE_MIN_S, LIVE_POLLS * self.ctx.settings.scheduler_poll_s)
+        return age <= limit, f"loop turned {age:.1f}s ago (limit {limit:.0f}s)"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: the last pass (or a standby's leadership check) reached the database."""
+        if self.last_tick is None or self.database_since is None:
+            return False, "database not reached"
+        return True, "leader" if self.leadership.held else "standby"
 
     def run(self, stop: threading.Event) -> None:
         from farm.janitor import Janitor
@@ -158,15 +182,24 @@ class Scheduler:
         # placement; a standby sending too would post some deliveries twice).
         threading.Thread(target=Janitor(self.ctx).run, args=(stop, leading), name="farm-janitor", daemon=True).start()
         threading.Thread(target=WebhookSender(self.ctx).run, args=(stop, leading), name="farm-webhooks", daemon=True).start()
+        metrics.note_build_info("scheduler")
         self.database_since = None
+        was_leader = False
         while not stop.is_set():
+            self.last_tick = time.monotonic()
             leader = self.leadership.acquire()
             self._note_database(self.leadership.reached_database)
+            metrics.SCHEDULER_LEADER.set(1 if leader else 0)
             if not leader:
+                if was_leader:
+                    gauges.clear()
+                was_leader = False
                 stop.wait(poll_s)
                 continue
+            was_leader = True
             try:
-                self.run_pass()
+                with metrics.SCHEDULER_PASS_SECONDS.time():
+                    self.run_pass()
             except Exception as exc:
                 # The next pass is the retry: a pass reads everything afresh.
                 if classify_database_error(exc) is None:
@@ -186,7 +219,8 @@ class Scheduler:
         snapshot, queues = self.load_snapshot()
         if not snapshot.jobs:
             return report
-        decisions = self.policy(snapshot)
+        with metrics.SCHEDULER_DECISION_SECONDS.time():
+            decisions = self.policy(snapshot)
         committed = []
         campaigns = set()
         with self.ctx.db.transaction() as session:
@@ -210,6 +244,7 @@ class Scheduler:
             self.ctx.events.campaign_changed(campaign_id)
         report.assigned = len(committed)
         report.unplaceable = len(decisions.unplaceable)
+        self._count_placements(snapshot, committed, decisions.preloads)
         for assignment in committed:
             try:
                 self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id], assignment.evict)
@@ -227,6 +262,18 @@ class Scheduler:
         if committed:
             logger.info("assigned %d job(s)", len(committed))
         return report
+
+    @staticmethod
+    def _count_placements(snapshot: Snapshot, committed: list, preloads: list) -> None:
+        """Assignments and queue waits by model, and the models evicted to make room."""
+        jobs = {job.id: job for job in snapshot.jobs}
+        for assignment in committed:
+            job = jobs[assignment.job_id]
+            metrics.SCHEDULER_ASSIGNMENTS.labels(model=job.model_id).inc()
+            metrics.QUEUE_WAIT_SECONDS.labels(model=job.model_id).observe(max(0.0, snapshot.now - job.queued_at))
+        for placed in (*committed, *preloads):
+            for model_id in placed.evict:
+                metrics.SCHEDULER_EVICTIONS.labels(model=model_id).inc()
 
     def _note_database(self, reached: bool) -> None:
         if not reached:
@@ -257,13 +304,18 @@ class Scheduler:
                     or_(Job.lease_expires_at < now, *([Job.worker_id.in_(lost)] if lost else [])),
                 )
             ).all()
+            requeued: list[str] = []
             for row in stranded:
-                reason = f"worker {row.worker_id} was lost" if row.worker_id in lost else f"lease on worker {row.worker_id} expired"
+                worker_lost = row.worker_id in lost
+                reason = f"worker {row.worker_id} was lost" if worker_lost else f"lease on worker {row.worker_id} expired"
                 try:
-                    states.requeue_job(session, row.id, row.attempt, reason, settings.max_attempts)
+                    if states.requeue_job(session, row.id, row.attempt, reason, settings.max_attempts) == JobStatus.queued:
+                        requeued.append("worker_lost" if worker_lost else "lease_expired")
                     report.requeued += 1
                 except states.JobStateError as exc:
                     logger.info("not re-queued: %s", exc)
+        for reason in requeued:  # counted once the transaction committed
+            metrics.JOBS_REQUEUED.labels(reason=reason).inc()
         for row in stranded:
             self.ctx.events.job_changed(row.id)
         for campaign_id in {row.campaign_id for row in stranded if row.campaign_id is not None}:
@@ -276,7 +328,7 @@ class Scheduler:
         with self.ctx.db.session() as session:
             rows = session.execute(
                 select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.steps, Job.priority,
-                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id,
+                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id, User.role,
                        Job.params["refiner"]["model"].as_string().label("refiner_id"))
                 .join(ModelEntry, ModelEntry.id == Job.model_id)
                 .join(User, User.id == Job.user_id)
@@ -286,23 +338,32 @@ class Scheduler:
                 .order_by(Job.priority.desc(), Job.created_at)
                 .limit(MAX_JOBS_PER_SNAPSHOT)
             ).all()
-            if not rows:  # most wake-ups after a completion find nothing to place
+            # Most wake-ups after a completion find nothing to place: they
+            # read no more, unless the gauges are due.
+            if not rows and time.monotonic() < self._gauges_due:
+                gauges.publish_queue(rows)
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
-            # A job with an SDXL refiner needs room for both models.
-            refiner_gb = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)
-                                              .where(ModelEntry.family.in_(REFINER_FAMILIES))).all())
-            workers = session.execute(
+            # Every registered worker (a short table): the placeable ones are
+            # picked below, the others are counted by state for the gauges.
+            every_worker = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
-                       Worker.speed, Worker.load_gbps)
-                # Stopping and unhealthy workers are alive but take no work.
-                .where(Worker.state == "online", Worker.last_heartbeat_at >= fresh_since)
+                       Worker.speed, Worker.load_gbps, Worker.state, Worker.last_heartbeat_at)
             ).all()
             active = session.execute(
-                select(Job.worker_id, Job.model_id, Job.user_id, User.team_id)
+                select(Job.worker_id, Job.model_id, Job.user_id, User.team_id, Job.status)
                 .join(User, User.id == Job.user_id)
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
+            gauges.publish_snapshot(rows, every_worker, active, now)
+            self._gauges_due = time.monotonic() + GAUGES_EVERY_S
+            if not rows:
+                return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
+            # Stopping and unhealthy workers are alive but take no work.
+            workers = [w for w in every_worker if w.state == "online" and w.last_heartbeat_at >= fresh_since]
+            # A job with an SDXL refiner needs room for both models.
+            refiner_gb = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)
+                                              .where(ModelEntry.family.in_(REFINER_FAMILIES))).all())
             shares, team_shares = self._shares(session, {r.user_id for r in rows},
                                                {r.team_id for r in rows if r.team_id is not None}, active, now)
         in_use: dict[str, set[str]] = {}
@@ -435,8 +496,14 @@ class Scheduler:
 
 
 def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:
+    from farm.metrics_server import start_metrics_server
     from farm.workers.celery_app import create_celery
 
     stop = stop or threading.Event()
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(ctx.settings)))
-    scheduler.run(stop)
+    server = start_metrics_server(ctx.settings, scheduler.liveness, scheduler.readiness)
+    try:
+        scheduler.run(stop)
+    finally:
+        if server is not None:
+            server.stop()

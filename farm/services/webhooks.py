@@ -40,6 +40,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from farm.context import FarmContext
 from farm.db import classify_database_error
+from farm.metrics import WEBHOOK_DELIVERIES
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, Output, WebhookDelivery, utcnow
 from farm.outbound import OutboundClient, OutboundRefused, check_url
 from farm.spec import WEBHOOK_SECRET_PREFIX, FieldProblem, RequestError, WebhookRequest
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 MAX_BACKOFF_S = 3600.0
 NEW_KEY_BYTES = 32
 FINAL_JOB_STATUSES = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value)
+# How a delivery's last_error starts when the outbound check refused its address.
+REFUSED = "refused: "
 
 
 def new_secret() -> str:
@@ -100,7 +103,7 @@ def _post(client: OutboundClient, url: str, secret: str | None, msg_id: str, pay
     try:
         status = client.post(url, body, headers)
     except OutboundRefused as exc:
-        return f"refused: {exc}"[:500]
+        return f"{REFUSED}{exc}"[:500]
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     return None if 200 <= status < 300 else f"HTTP {status}"
@@ -120,14 +123,19 @@ def _record(row, settings, error: str | None, what: str) -> bool:
     setattr(row, prefix + "last_error", error)
     if error is None:
         setattr(row, prefix + "state", "delivered")
+        WEBHOOK_DELIVERIES.labels(result="delivered").inc()
         return True
     if attempts >= settings.webhook_max_attempts:
         setattr(row, prefix + "state", "failed")
         logger.warning("webhook of %s failed for good: %s", what, error)
+        result = "gave_up"
     else:
         backoff = _backoff_s(settings, attempts)
         setattr(row, prefix + "next_at", utcnow() + dt.timedelta(seconds=backoff))
         logger.info("webhook of %s: %s; retry in %.1fs", what, error, backoff)
+        result = "retrying"
+    # An address the outbound check refused is counted as such, whatever follows.
+    WEBHOOK_DELIVERIES.labels(result="refused" if error.startswith(REFUSED) else result).inc()
     return False
 
 
