@@ -33,6 +33,9 @@ def _load_settings() -> Settings:
         problems = "; ".join(f"FARM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise CliError(f"bad configuration: {problems}") from None
     _setup_logging(settings)
+    from farm.quiet import quiet_libraries
+
+    quiet_libraries(settings.log_level)
     return settings
 
 
@@ -45,11 +48,12 @@ def friendly_errors(command):
 
         from farm.auth import UserExistsError
         from farm.hub import ModelDownloadError
+        from farm.ports import AddressInUseError
         from farm.registry import RegistryError
 
         try:
             return command(*args, **kwargs)
-        except (RegistryError, UserExistsError, ModelDownloadError, ValueError) as exc:
+        except (RegistryError, UserExistsError, ModelDownloadError, AddressInUseError, ValueError) as exc:
             raise CliError(str(exc)) from None
         except OperationalError as exc:
             raise CliError(f"cannot use the database ({str(exc.orig).strip().splitlines()[0]}); check FARM_DATABASE_URL and run 'farm db upgrade'") from None
@@ -123,12 +127,17 @@ def scheduler() -> None:
 @click.option("--vram-gb", type=float, default=None, help="VRAM budget in GB [FARM_WORKER_VRAM_GB]; required on CPU, a cap on CUDA.")
 @click.option("--models", default=None, help="Comma-separated model ids this worker serves [FARM_WORKER_MODELS].")
 @click.option("--preload", default=None, help="Comma-separated model ids to load at start [FARM_WORKER_PRELOAD].")
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="Stop when this process is gone (farm up's child).")
 @friendly_errors
-def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None) -> None:
+def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None, parent_pid: int | None) -> None:
     """Run a GPU (or CPU) worker consuming its own queue."""
     from farm.workers.main import run_worker
 
     settings = _load_settings()
+    if parent_pid is not None:
+        from farm.lifeline import watch_parent
+
+        watch_parent(parent_pid, grace_s=settings.worker_grace_s + 15)
     changes = {key: value for key, value in (("worker_models", models), ("worker_preload", preload)) if value}
     if changes:
         settings = Settings(**{**settings.model_dump(), **changes})

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -35,19 +36,21 @@ RESTART_DELAY_RESET_AFTER_S = 60.0  # up this long: the next crash starts over a
 
 
 def prepare_home(settings: Settings) -> str:
-    """Migrate, write and register the demo model, and issue a fresh admin token."""
-    from farm.auth import create_user, issue_token, revoke_tokens
+    """Migrate, write and register the demo model, mark this farm's previous
+    worker offline, and return the admin token (kept across restarts)."""
+    from farm.auth import create_user, revoke_tokens
     from farm.context import build_context
     from farm.db import upgrade_database
     from farm.models import ModelEntry, User
     from farm.registry import add_model
-    from farm.workers.tiny import write_tiny_model
 
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
     ctx = build_context(settings)
     demo_dir = settings.resolved_model_cache / DEMO_MODEL_ID
     if not (demo_dir / "model_index.json").is_file():
+        from farm.workers.tiny import write_tiny_model  # imports diffusers: only when needed
+
         logger.info("writing the offline demo model to %s", demo_dir)
         write_tiny_model(demo_dir, family="sd", seed=0)
     with ctx.db.transaction() as session:
@@ -55,22 +58,75 @@ def prepare_home(settings: Settings) -> str:
             add_model(session, DEMO_MODEL_ID, str(demo_dir), family="sd", description=DEMO_NOTE, default_steps=8)
         admin = session.execute(select(User).where(User.name == ADMIN_NAME)).scalar_one_or_none()
         if admin is None:
-            admin, token = create_user(session, ADMIN_NAME, admin=True)
+            admin, _ = create_user(session, ADMIN_NAME, admin=True)
             revoke_tokens(session, admin, "default")
-        else:
-            revoke_tokens(session, admin, TOKEN_NAME)
-        token = issue_token(session, admin, name=TOKEN_NAME)
-    path = settings.home / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+        token = keep_admin_token(session, admin, token_path(settings))
+        retire_previous_worker(session, settings.max_attempts)
     ctx.db.dispose()
     return token
 
 
+def token_path(settings: Settings) -> Path:
+    return settings.home / "token"
+
+
+def keep_admin_token(session, admin, path: Path) -> str:
+    """The token saved at ``path`` while it still signs in as the admin with
+    full scope; otherwise the admin's earlier `farm up` tokens are revoked and
+    a new one is saved (mode 0600). A `$TOKEN` exported once keeps working."""
+    from farm.auth import issue_token, revoke_tokens, user_for_token
+
+    try:
+        saved = path.read_text().strip()
+    except OSError:
+        saved = ""
+    found = user_for_token(session, saved) if saved else None
+    if found is not None and found[0].id == admin.id and found[1].scope == "full":
+        path.chmod(0o600)
+        return saved
+    revoke_tokens(session, admin, TOKEN_NAME)
+    token = issue_token(session, admin, name=TOKEN_NAME)
+    # Created 0600 (never readable by others, even for a moment); chmod for a file that was there.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    path.chmod(0o600)
+    logger.info("issued a new admin token, saved in %s", path)
+    return token
+
+
+def retire_previous_worker(session, max_attempts: int) -> None:
+    """The last run's worker child is gone (this farm owns the name): mark it
+    offline and hand its jobs back now, before the scheduler's first pass,
+    instead of letting the scheduler declare it lost a heartbeat timeout later."""
+    from sqlalchemy import update
+
+    from farm import states
+    from farm.models import Job, JobStatus, Worker, utcnow
+
+    worker = session.get(Worker, WORKER_NAME)
+    if worker is None or worker.state == "offline":
+        return
+    session.execute(update(Worker).where(Worker.id == WORKER_NAME).values(state="offline", loaded_models=[], updated_at=utcnow()))
+    held = session.execute(select(Job.id, Job.attempt).where(
+        Job.worker_id == WORKER_NAME, Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))).all()
+    for row in held:
+        states.requeue_job(session, row.id, row.attempt, f"farm up restarted while worker {WORKER_NAME} held it",
+                           max_attempts, charge=False)
+    logger.info("worker %s of the previous run marked offline; %d job(s) back in the queue", WORKER_NAME, len(held))
+
+
 def start_worker_process(settings: Settings) -> subprocess.Popen:
+    """The worker child. It never outlives this process: the kernel sends it
+    SIGTERM when the forking thread ends (farm/lifeline.py), and it watches
+    this pid itself. Call from a thread that lives as long as the child should:
+    the main thread, or the supervisor's, which waits on the child."""
+    from farm.lifeline import die_with_parent
+
     env = dict(os.environ, FARM_HOME=str(settings.home))
-    command = [sys.executable, "-m", "farm", "worker", "--name", WORKER_NAME, "--vram-gb", "8", "--preload", DEMO_MODEL_ID]
-    return subprocess.Popen(command, env=env)
+    command = [sys.executable, "-m", "farm", "worker", "--name", WORKER_NAME, "--vram-gb", "8", "--preload", DEMO_MODEL_ID,
+               "--parent-pid", str(os.getpid())]
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
 
 class WorkerSupervisor:
@@ -125,6 +181,20 @@ class WorkerSupervisor:
 
 
 def run_embedded(settings: Settings, host: str, port: int) -> None:
+    from farm.ports import listen_socket
+
+    if not settings.embedded or settings.broker_url or settings.s3_endpoint:
+        raise ValueError("farm up runs the embedded farm; unset FARM_DATABASE_URL, FARM_BROKER_URL and FARM_S3_ENDPOINT")
+    # Bound before anything starts: a taken port is one line (AddressInUseError)
+    # with no worker, thread or migration behind it.
+    sock = listen_socket(host, port)
+    try:
+        _serve(settings, host, port, sock)
+    finally:
+        sock.close()
+
+
+def _serve(settings: Settings, host: str, port: int, sock) -> None:
     from farm.api import create_app
     from farm.api.server import make_server
     from farm.context import build_context
@@ -132,8 +202,6 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     from farm.scheduler.service import CeleryDispatcher, Scheduler
     from farm.workers.celery_app import create_celery
 
-    if not settings.embedded or settings.broker_url or settings.s3_endpoint:
-        raise ValueError("farm up runs the embedded farm; unset FARM_DATABASE_URL, FARM_BROKER_URL and FARM_S3_ENDPOINT")
     # The worker is another process and cannot wake this one: poll briskly
     # (a cheap query on a local SQLite file).
     settings = Settings(**{**settings.model_dump(), "scheduler_poll_s": min(settings.scheduler_poll_s, 0.05)})
@@ -146,22 +214,25 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     scheduler = Scheduler(ctx, CeleryDispatcher(create_celery(settings)))
     scheduler_thread = threading.Thread(target=scheduler.run, args=(stop,), name="farm-scheduler", daemon=True)
     scheduler_thread.start()
-    server = make_server(create_app(settings, context=ctx), ctx, host, port, settings.api_threads)
+    server = make_server(create_app(settings, context=ctx), ctx, host, port, settings.api_threads, sock=sock)
 
     def shut_down(*_):
         raise KeyboardInterrupt  # unwinds server.run() into the clean-up below
 
     signal.signal(signal.SIGTERM, shut_down)
     # Started once nothing but serving is left to fail, so that the finally
-    # below always stops it (a failed bind used to leave the child running).
+    # below always stops it. Forked from this (the main) thread, which lives
+    # until the child is stopped: PR_SET_PDEATHSIG follows the forking thread.
     worker = WorkerSupervisor(settings, stop)
     worker.start()
     print(f"farm is up (embedded, data in {settings.home})", flush=True)
     print(f"  dashboard:       {url}", flush=True)
     print(f"  API:             {url}api/v1", flush=True)
     print(f"  admin API token: {token}", flush=True)
+    print(f"                   (kept in {token_path(settings)}; the same after a restart)", flush=True)
     print(f"  demo model:      {DEMO_MODEL_ID} ({DEMO_NOTE})", flush=True)
     print('  try:             farm submit "a lighthouse at dawn" --wait', flush=True)
+    print("  stop:            Ctrl-C", flush=True)
     try:
         server.run()
     except (KeyboardInterrupt, OSError):

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from farm.api.streams import HEARTBEAT, SCOPE_KEY, encode, encode_all
 from farm.events import job_channel, live_channel
+from farm.ports import listen_socket
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +245,11 @@ def make_front(flask_app, ctx, threads: int) -> StreamingFront:
     return StreamingFront(flask_app, ctx, threads)
 
 
-def make_server(flask_app, ctx, host: str, port: int, threads: int):
+def make_server(flask_app, ctx, host: str, port: int, threads: int, sock: socket.socket | None = None):
     """A uvicorn server bound to its port already (so a taken port fails here,
     and clients may connect as soon as this returns); ``.run()`` serves until
-    SIGINT/SIGTERM or ``should_exit``."""
+    SIGINT/SIGTERM or ``should_exit``. ``sock``: a socket from
+    :func:`listen_socket` to serve on (`farm up` binds before anything else)."""
     import uvicorn
 
     class BoundServer(uvicorn.Server):
@@ -255,8 +258,7 @@ def make_server(flask_app, ctx, host: str, port: int, threads: int):
 
     config = uvicorn.Config(make_front(flask_app, ctx, threads), host=host, port=port, **SERVER_OPTIONS)
     server = BoundServer(config)
-    server.socket = config.bind_socket()
     # Listening from here on: until run() starts the event loop, connections wait
     # in the backlog instead of being refused (farm up prints its banner first).
-    server.socket.listen(config.backlog)
+    server.socket = sock if sock is not None else listen_socket(host, port, config.backlog)
     return server

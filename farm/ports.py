@@ -1,0 +1,31 @@
+"""Listening sockets for the farm's servers: bound with an error that says
+which option to change (uvicorn's own bind logs the OSError and exits)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+logger = logging.getLogger(__name__)
+
+
+class AddressInUseError(Exception):
+    """The port to listen on is taken (or the address cannot be used)."""
+
+
+def listen_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket listening on ``host:port``, or :class:`AddressInUseError`
+    naming the option to change."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUseError(f"port {port} on {host} is in use; pick another with --port") from None
+        raise AddressInUseError(f"cannot listen on {host} port {port} ({exc.strerror or exc}); check --host and --port") from None
+    return sock
