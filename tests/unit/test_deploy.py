@@ -25,6 +25,7 @@ FARM_VARIABLES = {f"FARM_{name.upper()}" for name in Settings.model_fields}
 # (name -> kind: "flag", "str", "int", "float" or a set of choices).
 CLI = {
     ("db", "upgrade"): (0, {}),
+    ("db", "wait"): (0, {"--timeout": "float"}),
     ("api",): (0, {"--host": "str", "--port": "int"}),
     ("scheduler",): (0, {}),
     ("worker",): (0, {"--name": "str", "--vram-gb": "float"}),
