@@ -52,7 +52,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, free_port, temporary_postgres_database, wait_until  # noqa: E402
 
 REQUEST = {"prompt": "a lighthouse at dawn", "model": "sd15", "width": 512, "height": 512, "steps": 20}
@@ -109,9 +111,10 @@ def supports_processes() -> bool:
 
 @contextlib.contextmanager
 def api_servers(env: dict[str, str], home: Path, counts: list[int]):
-    """``farm api --processes N`` for each N on a port of its own; yields {N: base URL}."""
+    """``farm api --processes N`` for each N on a port of its own; yields
+    ({N: base URL}, {N: the server's process id})."""
     started: list[tuple[subprocess.Popen, object]] = []
-    urls = {}
+    urls, pids = {}, {}
     try:
         for count in counts:
             port = free_port()
@@ -122,11 +125,12 @@ def api_servers(env: dict[str, str], home: Path, counts: list[int]):
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             started.append((process, log))
             urls[count] = f"http://127.0.0.1:{port}"
+            pids[count] = process.pid
         for (process, _), (count, url) in zip(started, urls.items()):
             wait_until(lambda: _healthy(url) or process.poll() is not None, 120, what=f"farm api with {count} process(es)")
             if process.poll() is not None:
                 raise RuntimeError(f"farm api --processes {count} exited:\n{(home / f'api-{count}.log').read_text()}")
-        yield urls
+        yield urls, pids
     finally:
         for process, log in started:
             if process.poll() is None:
@@ -217,7 +221,8 @@ def main() -> None:
             paths[endpoint] = home / f"{endpoint.split()[0].lower()}-{len(paths)}.lua"
             paths[endpoint].write_text(text)
         runs: dict[tuple[str, int], list[dict]] = {}
-        with api_servers(env, home, counts) as urls:
+        with api_servers(env, home, counts) as (urls, pids):
+            meters = {count: CpuMeter({"api (all processes)": pid}, trees=("api (all processes)",)) for count, pid in pids.items()}
             for count, url in urls.items():
                 prime(url, count, token, ids[0])
             for round_no in range(args.rounds):
@@ -227,7 +232,10 @@ def main() -> None:
                     for count in order:
                         if args.warmup:
                             run_wrk(urls[count], paths[endpoint], args.warmup, args.connections)
+                        before = meters[count].read()
                         result = run_wrk(urls[count], paths[endpoint], args.duration, args.connections)
+                        result["cores"] = CpuMeter.cores(before, meters[count].read())
+                        result["cores"]["wrk"] = result["cores"].pop("waited children")
                         runs.setdefault((endpoint, count), []).append(result)
                         print(f"round {round_no + 1}: {endpoint} x{count}: {result['requests_per_s']:.0f} req/s, "
                               f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, errors {result['errors']}",
@@ -248,6 +256,8 @@ def main() -> None:
                 "p99_ms": round(median(endpoint, count, "p99_ms"), 2),
                 "errors": sum(r["errors"] for r in runs[(endpoint, count)]),
                 "requests": sum(r["requests"] for r in runs[(endpoint, count)]),
+                "cores_used_median": {name: statistics.median(r["cores"][name] for r in runs[(endpoint, count)])
+                                      for name in runs[(endpoint, count)][0]["cores"]},
             }
     print(json.dumps({
         "benchmark": "api_requests_per_second",

@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, temporary_postgres_database, wait_until  # noqa: E402
 
 # (id, family, VRAM GB); workers start holding one each, round robin.
@@ -82,11 +83,11 @@ def ms(value: float | None) -> float | None:
 
 
 def serve_scheduler(record_path: Path) -> None:
-    """`farm scheduler`, with each pass timed; the passes go to ``record_path`` at SIGTERM."""
+    """`farm scheduler` (its run() starts the janitor and the webhook sender),
+    with each pass timed; the passes go to ``record_path`` at SIGTERM."""
     from farm.context import build_context
     from farm.scheduler.policy import place
     from farm.scheduler.service import CeleryDispatcher, Scheduler
-    from farm.services.webhooks import WebhookSender
     from farm.workers.celery_app import create_celery
 
     passes: list[dict] = []
@@ -131,7 +132,6 @@ def serve_scheduler(record_path: Path) -> None:
     ctx = build_context()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=WebhookSender(ctx).run, args=(stop,), name="farm-webhooks", daemon=True).start()
     dispatcher = TimedDispatcher(create_celery(ctx.settings))
     TimedScheduler(ctx, dispatcher, policy=timed_place).run(stop)
     record_path.write_text(json.dumps(passes))
@@ -341,40 +341,6 @@ class NoopSender:
 # ---------------------------------------------------------------------- the run
 
 
-class CpuMeter:
-    """CPU seconds each process (or group: every postgres, every redis-server
-    on the machine) spent between two readings: what bounds a rate shows as
-    the process near one core (one Python process, the GIL) or the machine
-    near all of them."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        import psutil
-
-        self.psutil = psutil
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
-
-    def _group(self, name: str) -> float:
-        total = 0.0
-        for process in self.psutil.process_iter(["name", "cpu_times"]):
-            if process.info["name"] == name and process.info["cpu_times"] is not None:
-                total += process.info["cpu_times"].user + process.info["cpu_times"].system
-        return total
-
-    def read(self) -> dict[str, float]:
-        reading = {name: sum(process.cpu_times()[:2]) for name, process in self.processes.items()}
-        reading["postgres (all)"] = self._group("postgres")
-        reading["redis-server"] = self._group("redis-server")
-        reading["machine"] = sum(self.psutil.cpu_times()[:3])
-        reading["wall"] = time.monotonic()
-        return reading
-
-    @staticmethod
-    def shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        """Cores each used on average between the readings."""
-        wall = after["wall"] - before["wall"]
-        return {name: round((after[name] - before[name]) / wall, 2) for name in before if name != "wall"}
-
-
 def pass_stats(passes: list[dict], window: tuple[float, float]) -> dict:
     inside = [p for p in passes if window[0] <= p["at"] <= window[1] + 0.5]
     assigning = [p for p in inside if p["assigned"]]
@@ -469,7 +435,7 @@ def main() -> None:
                         result[kind] = sender.burst(args.burst)
                     else:
                         result[kind] = farm_burst(ctx, users, args.burst, round_no, args.timeout)
-                    result[kind]["cores"] = CpuMeter.shares(before, meter.read())
+                    result[kind]["cores"] = CpuMeter.cores(before, meter.read())
                 print(f"burst round {round_no}: farm {result['farm']['jobs_per_s']:.1f} jobs/s, "
                       f"baseline {result['baseline']['round_trips_per_s']:.1f} round trips/s", file=sys.stderr)
                 rounds.append(result)
