@@ -42,7 +42,7 @@ ACTIVE_STATUSES = ("assigned", "running")
 WORKER_STATES = ("online", "draining", "stopping", "offline")
 REQUEUE_REASONS = ("lease_expired", "worker_lost")
 WEBHOOK_RESULTS = ("delivered", "retrying", "gave_up", "refused")
-FAILURE_REASONS = ("oom", "bad_input", "storage", "model_load", "canceled", "timeout", "error")
+FAILURE_REASONS = ("oom", "bad_input", "storage", "database", "model_load", "canceled", "timeout", "error")
 LOAD_SOURCES = ("disk", "hub")
 
 # --- every process ---------------------------------------------------------
@@ -83,7 +83,7 @@ MODEL_LOAD_SECONDS = Histogram("farm_model_load_seconds", "Time a worker took to
                                ["model", "source"], buckets=LOAD_BUCKETS)
 IMAGES_PRODUCED = Counter("farm_images_produced", "Images a worker rendered and stored, by model.", ["model"])
 IMAGES_FAILED = Counter("farm_images_failed",
-                        "Images a worker did not produce, by model and reason (oom|bad_input|storage|model_load|canceled|timeout|error).",
+                        "Images a worker did not produce, by model and reason (oom|bad_input|storage|database|model_load|canceled|timeout|error).",
                         ["model", "reason"])
 WORKER_VRAM_TOTAL_BYTES = Gauge("farm_worker_vram_total_bytes", "GPU memory of the worker (CUDA: the device's, capped by FARM_WORKER_VRAM_GB; CPU: the configured budget).",
                                 ["worker"], multiprocess_mode="livemostrecent")

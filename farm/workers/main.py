@@ -22,12 +22,15 @@ logger = logging.getLogger(__name__)
 def run_worker(settings: Settings, name: str | None = None, vram_gb: float | None = None) -> None:
     from celery.signals import worker_shutting_down
 
+    from farm.metrics_server import start_metrics_server
     from farm.workers.celery_app import create_celery
     from farm.workers.runtime import WorkerRuntime
 
     ctx = build_context(settings)
     runtime = WorkerRuntime(ctx, name=name, vram_gb=vram_gb)
     app = create_celery(settings)
+    # Up before the runtime starts: probes see it live while a preload runs, ready once registered.
+    metrics_server = start_metrics_server(settings, runtime.liveness, runtime.readiness)
     runtime.start()
 
     def on_shutting_down(**_):
@@ -50,3 +53,5 @@ def run_worker(settings: Settings, name: str | None = None, vram_gb: float | Non
         worker.start()
     finally:
         runtime.stop()
+        if metrics_server is not None:
+            metrics_server.stop()

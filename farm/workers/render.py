@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from farm import lineage, states
+from farm import lineage, metrics, states
 from farm.db import classify_database_error
 from farm.models import Job, JobStatus, ModelEntry, Output
 from farm.retry import ServiceError, ServiceUnavailableError
@@ -135,6 +135,8 @@ class JobSnapshot:
     rerender_of: uuid.UUID | None = None
     refiner: ModelEntry | None = None
     interface: str = "api"
+    # How far the attempt got (start | load | render | store): names a failure's reason.
+    stage: str = "start"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -168,6 +170,8 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
         try:
             outcome = _render_and_store(runtime, snapshot, keys)
         except Exception as exc:
+            metrics.IMAGES_FAILED.labels(model=snapshot.model.id, reason=failure_reason(snapshot.stage, exc)).inc(
+                snapshot.params.get("num_images", 1))
             outcome = _settle_failure(runtime, snapshot, exc)
             _discard_attempt_objects(runtime, snapshot, keys)
     finally:
@@ -195,6 +199,28 @@ def _start(session, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> 
     if job.params.get("refiner"):
         snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
     return snapshot
+
+
+def failure_reason(stage: str, exc: BaseException) -> str:
+    """The bounded reason (``farm.metrics.FAILURE_REASONS``) under which the
+    images of an attempt that did not complete are counted."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    if isinstance(exc, (RenderCanceled, HandBack, states.JobStateError)):
+        return "canceled"  # canceled, handed back, or no longer this attempt's
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return "timeout"
+    if isinstance(exc, StorageError) or (isinstance(exc, ServiceUnavailableError) and exc.service != "database"):
+        return "storage"
+    if isinstance(exc, ServiceUnavailableError):
+        return "database"
+    if _is_out_of_memory(exc):
+        return "oom"
+    if stage == "load":
+        return "model_load"
+    if isinstance(exc, ValueError):
+        return "bad_input"
+    return "error"
 
 
 def _settle_failure(runtime: WorkerRuntime, job: "JobSnapshot", exc: Exception) -> str:
@@ -283,6 +309,7 @@ def _image_prompts(runtime: WorkerRuntime, spec: dict) -> ImagePrompts:
 def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str]) -> str:
     ctx = runtime.ctx
     params = job.params
+    job.stage = "load"
     loaded, load_s = runtime.pipeline_for(job.model)
     count = params["num_images"]
     reporter = ProgressReporter(runtime, job.id, job.attempt, job.campaign_id)
@@ -296,9 +323,11 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     if params.get("refiner"):
         if job.refiner is None:
             raise ValueError(f"refiner {params['refiner']['model']!r} is no longer registered")
+        job.stage = "load"
         refiner_model, refiner_load_s = runtime.pipeline_for(job.refiner, keep=(loaded.entry_id,))
         load_s += refiner_load_s
         refiner = Refiner(refiner_model.pipe, float(params["refiner"]["switch"]))
+    job.stage = "render"
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
     seeds = [params["seed"] if params.get("same_seed") else (params["seed"] + index) % 2**64 for index in range(count)]
@@ -318,6 +347,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
                                       multiple=FAMILY_SIDE_MULTIPLE.get(loaded.family, 8), on_step=on_step,
                                       on_latents=reporter.preview))
     inference_s = time.perf_counter() - started
+    job.stage = "store"
 
     software = lineage.software_versions(runtime.device.type)
     model = {"id": loaded.entry_id, "family": loaded.family, "source": loaded.source, "revision": loaded.revision,
@@ -388,6 +418,8 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         session.add_all([Output(**row) for row in rows])
 
     ctx.db.retrying(complete, what=f"complete job {job.id}", budget_s=ctx.settings.db_retry_s)
+    metrics.RENDER_SECONDS.labels(model=loaded.entry_id).observe(inference_s)
+    metrics.IMAGES_PRODUCED.labels(model=loaded.entry_id).inc(len(rows))
     logger.info("job %s attempt %d done: load %.3fs, inference %.3fs, upload %.3fs", job.id, job.attempt, load_s, inference_s, upload_s)
     return "succeeded"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from farm import states
+from farm import metrics, states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, ModelEntry, Worker, utcnow
 from farm.retry import ServiceError
@@ -31,6 +31,9 @@ from farm.workers.celery_app import worker_queue
 logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_VRAM_GB = 8.0
+BYTES_PER_GB = 1e9
+# /healthz/ready: the latest heartbeat write must be this many heartbeats old at most.
+READY_HEARTBEATS = 3
 # An unhealthy worker asks its store again every this many heartbeats.
 HEALTH_PROBE_EVERY = 5
 _runtime: "WorkerRuntime | None" = None
@@ -89,6 +92,9 @@ class WorkerRuntime:
         self.stop_deadline: float | None = None
         self._superseded = False
         self._beats = 0
+        self.registered = False
+        # time.monotonic() of the latest heartbeat that reached the database.
+        self.last_beat_at: float | None = None
 
     # ------------------------------------------------------------------ device
 
@@ -145,6 +151,8 @@ class WorkerRuntime:
             return states.requeue_predecessor_jobs(session, self.name, self.instance_id, self.ctx.settings.max_attempts)
 
         handed_back = self.ctx.db.retrying(write, what=f"register worker {self.name}", budget_s=self.ctx.settings.db_retry_s)
+        self.registered, self.last_beat_at = True, time.monotonic()
+        self.publish_gauges(total, free)
         if handed_back:
             logger.warning("worker %s: re-queued %d job(s) an earlier process of this name was running", self.name, handed_back)
         logger.info("worker %s registered: %s, %.2f GB VRAM, queue %s", self.name, self.device_name, total, self.queue)
@@ -182,6 +190,39 @@ class WorkerRuntime:
             for job_id, attempt in in_hand.items():
                 if not states.renew_lease(session, job_id, attempt, self.instance_id, self.ctx.settings.lease_s):
                     logger.info("job %s attempt %d is no longer this worker's; its lease is not renewed", job_id, attempt)
+        self.last_beat_at = time.monotonic()
+        self.publish_gauges(total, free)
+
+    def publish_gauges(self, total_gb: float | None = None, free_gb: float | None = None) -> None:
+        """VRAM in bytes (used = total - free) and the models held, for /metrics."""
+        if total_gb is None or free_gb is None:
+            total_gb, free_gb = self.vram()
+        worker = self.name
+        metrics.WORKER_VRAM_TOTAL_BYTES.labels(worker=worker).set(total_gb * BYTES_PER_GB)
+        metrics.WORKER_VRAM_FREE_BYTES.labels(worker=worker).set(free_gb * BYTES_PER_GB)
+        metrics.WORKER_VRAM_USED_BYTES.labels(worker=worker).set(max(total_gb - free_gb, 0.0) * BYTES_PER_GB)
+        held = self.held_model_ids()
+        metrics.WORKER_MODELS_LOADED.labels(worker=worker).set(len(held))
+        metrics.fill_gauge(metrics.WORKER_MODEL_LOADED, {(worker, model_id): 1 for model_id in held})
+
+    def liveness(self) -> tuple[bool, str]:
+        """Live: the heartbeat thread runs (before start: starting)."""
+        if self._heartbeat_thread is None:
+            return True, "starting"
+        if not self._heartbeat_thread.is_alive() and not self._stop.is_set():
+            return False, "the heartbeat thread has stopped"
+        return True, self.state
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: registered, heartbeats reaching the database, taking work."""
+        if not self.registered:
+            return False, "not registered yet"
+        if not self.accepting:
+            return False, f"worker is {'superseded' if self._superseded else self.state}"
+        age = time.monotonic() - (self.last_beat_at or float("-inf"))
+        if age > READY_HEARTBEATS * self.ctx.settings.heartbeat_s:
+            return False, f"no heartbeat written for {age:.0f}s"
+        return True, "online"
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.ctx.settings.heartbeat_s):
@@ -195,10 +236,13 @@ class WorkerRuntime:
     def take(self, job_id: uuid.UUID, attempt: int) -> None:
         with self._lock:
             self._in_hand[job_id] = attempt
+        metrics.WORKER_BUSY.labels(worker=self.name).set(1)
 
     def release(self, job_id: uuid.UUID) -> None:
         with self._lock:
             self._in_hand.pop(job_id, None)
+            busy = bool(self._in_hand)
+        metrics.WORKER_BUSY.labels(worker=self.name).set(1 if busy else 0)
 
     @property
     def accepting(self) -> bool:
@@ -249,6 +293,8 @@ class WorkerRuntime:
         return True
 
     def start(self) -> None:
+        metrics.note_build_info("worker")
+        metrics.WORKER_BUSY.labels(worker=self.name).set(0)
         self.probe_storage()
         self.register()
         # Heartbeats first: a preload can take longer than the heartbeat timeout.
@@ -326,6 +372,7 @@ class WorkerRuntime:
                 self._models.move_to_end(entry.id)
                 return held, 0.0
         started = time.perf_counter()
+        source = "disk" if Path(entry.source).is_dir() else "hub"
         self._make_room(entry.vram_gb, keep)
         path, revision = self.resolve_source(entry)
         dtype = pick_dtype(self.device, entry.dtype, entry.family)
@@ -335,6 +382,8 @@ class WorkerRuntime:
         with self._lock:
             self._models[entry.id] = loaded
         load_s = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.labels(model=entry.id, source=source).observe(load_s)
+        self.publish_gauges()
         logger.info("loaded model %s in %.2fs (%.3f GB)", entry.id, load_s, loaded.vram_gb)
         return loaded, load_s
 
@@ -350,6 +399,7 @@ class WorkerRuntime:
             import torch
 
             torch.cuda.empty_cache()
+        self.publish_gauges()
 
     def _make_room(self, needed_gb: float, keep: tuple[str, ...] = ()) -> None:
         total, _ = self.vram()
