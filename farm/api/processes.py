@@ -1,6 +1,6 @@
 """`farm api --processes N`: N server processes on one listening socket.
 
-The parent binds the socket once (a taken port fails there) and hands it to
+The parent binds the socket once (a taken port fails there, in one line) and hands it to
 N children through uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``:
 spawned children inherit the socket, a child that dies is replaced). The
 kernel spreads the connections over the children's accept calls.
@@ -65,7 +65,10 @@ def serve_processes(settings: Settings, host: str, port: int, processes: int) ->
     from uvicorn.supervisors import Multiprocess
 
     from farm.api.server import SERVER_OPTIONS
+    from farm.ports import listen_socket
 
+    sock = listen_socket(host, port, SERVER_OPTIONS["backlog"])  # a taken port: one line naming --port
+    sock.set_inheritable(True)
     directory, private = _metrics_dir()
     os.environ[MULTIPROC_ENV] = directory
 
@@ -97,7 +100,6 @@ def serve_processes(settings: Settings, host: str, port: int, processes: int) ->
     config = uvicorn.Config("farm.api.processes:build_front", factory=True, host=host, port=port, workers=processes,
                             **SERVER_OPTIONS)
     try:
-        sock = config.bind_socket()
         logger.info("farm api: %d processes on %s:%d, metrics merged from %s", processes, host, port, directory)
         supervisor = Supervisor(config, sockets=[sock])
         try:

@@ -22,21 +22,26 @@ from farm.localcluster import free_port
 
 pytestmark = pytest.mark.integration
 
-ROUTE = "/healthz/live"
+PROBE = "/healthz/live"
+# The requests counted go elsewhere than the start-up probes (one that timed
+# out may still be answered, and counted, later).
+COUNTED = "/no/such/page"
 
 
 def start_api(tmp_path: Path, database_url: str, port: int, extra_env: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, "FARM_HOME": str(tmp_path / "home"), "FARM_DATABASE_URL": database_url, **extra_env}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None) if "PROMETHEUS_MULTIPROC_DIR" not in extra_env else None
+    if "PROMETHEUS_MULTIPROC_DIR" not in extra_env:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = subprocess.Popen([sys.executable, "-m", "farm", "api", "--port", str(port), "--processes", "2"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
         try:
-            if requests.get(f"http://127.0.0.1:{port}{ROUTE}", timeout=2).status_code == 200:
+            # The parent listens at once; the children answer once they have started.
+            if requests.get(f"http://127.0.0.1:{port}{PROBE}", timeout=5).status_code == 200:
                 return process
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.3)
     stop(process)
     raise AssertionError("farm api --processes 2 did not answer")
@@ -56,10 +61,26 @@ def pids_with(directory: Path, kind: str) -> set[int]:
     return {int(re.search(r"_(\d+)\.db$", path).group(1)) for path in glob.glob(str(directory / f"{kind}_*.db"))}
 
 
+def pids_counting(directory: Path) -> set[int]:
+    """The processes whose own files hold requests to COUNTED."""
+    import json
+
+    from prometheus_client.mmap_dict import MmapedDict
+
+    pids = set()
+    for pid in pids_with(directory, "histogram"):
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(directory / f"histogram_{pid}.db")):
+            _, sample, labels, *_ = json.loads(key)
+            if sample.endswith("_sum") and labels.get("route") == "unmatched" and value > 0:
+                pids.add(pid)
+    return pids
+
+
 def scraped_count(port: int) -> float:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "farm_http_request_duration_seconds_count" and sample.labels["route"] == ROUTE)
+               if sample.name == "farm_http_request_duration_seconds_count" and sample.labels["route"] == "unmatched"
+               and sample.labels["status"] == "404")
 
 
 def test_metrics_count_the_requests_of_every_process(tmp_path, migrated_postgres_url):
@@ -70,18 +91,18 @@ def test_metrics_count_the_requests_of_every_process(tmp_path, migrated_postgres
         # Both children registered farm_build_info (a live gauge) at start.
         children = pids_with(directory, "gauge_livemax")
         assert len(children) == 2, children
-        sent = 1  # start_api's last probe
+        sent = 0
 
         def fresh_connection_get(_):
             with requests.Session() as session:
-                assert session.get(f"http://127.0.0.1:{port}{ROUTE}", timeout=10).status_code == 200
+                assert session.get(f"http://127.0.0.1:{port}{COUNTED}", timeout=30).status_code == 404
 
         # Parallel requests on fresh connections until both processes served some.
         with ThreadPoolExecutor(8) as pool:
-            while pids_with(directory, "histogram") != children and sent < 2000:
+            while pids_counting(directory) != children and sent < 2000:
                 list(pool.map(fresh_connection_get, range(40)))
                 sent += 40
-        assert pids_with(directory, "histogram") == children, "the kernel gave every connection to one process"
+        assert pids_counting(directory) == children, "the kernel gave every connection to one process"
         assert scraped_count(port) == sent
 
         # A child that dies is replaced; its live gauges go, its counts stay.
@@ -111,8 +132,28 @@ def test_a_private_metrics_directory_is_removed_at_exit(tmp_path, migrated_postg
     try:
         made = list(scratch.glob("farm-api-metrics-*"))
         assert len(made) == 1 and list(made[0].glob("*.db"))
-        assert scraped_count(port) >= 1
+        assert requests.get(f"http://127.0.0.1:{port}{COUNTED}", timeout=30).status_code == 404
+        assert scraped_count(port) == 1
     finally:
         output = stop(process)
     assert process.returncode == 0, output
+    assert not list(scratch.glob("farm-api-metrics-*"))
+
+
+def test_a_taken_port_is_one_line_and_starts_nothing(tmp_path, migrated_postgres_url):
+    import socket
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {**os.environ, "FARM_HOME": str(tmp_path / "home"), "FARM_DATABASE_URL": migrated_postgres_url,
+               "TMPDIR": str(scratch)}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        result = subprocess.run([sys.executable, "-m", "farm", "api", "--port", str(port), "--processes", "2"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"port {port}" in result.stderr and "--port" in result.stderr
     assert not list(scratch.glob("farm-api-metrics-*"))
