@@ -445,19 +445,62 @@ def models_list() -> None:
 @click.option("--variant", default=None, help="Variant name (e.g. schnell, dev); requests pick it with 'variant'.")
 @click.option("--base", default=None, help="The model this is a variant of (default: the id without '-VARIANT').")
 @click.option("--guidance", "default_guidance", type=float, default=None, help="Default guidance scale for this model.")
+@click.option("--config", "config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="For a single .safetensors checkpoint: a diffusers folder of the same family whose configs and tokenizers the import uses (offline).")
 @friendly_errors
 def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps, description, variant, base,
-               default_guidance) -> None:
-    """Register MODEL_ID from SOURCE: a local diffusers folder or a hub repo id."""
+               default_guidance, config_dir) -> None:
+    """Register MODEL_ID from SOURCE: a local diffusers folder, a hub repo id, or a single .safetensors
+    checkpoint (imported into a diffusers folder under the model cache with --config)."""
     from farm.registry import add_model
 
     ctx = _context()
+    if Path(source).expanduser().is_file() and config_dir is not None:
+        source = str(_import_checkpoint(ctx, model_id, Path(source).expanduser(), family, config_dir))
+    elif config_dir is not None:
+        raise CliError("--config is for importing a single .safetensors checkpoint; SOURCE is not a file")
     with ctx.db.transaction() as session:
         entry = add_model(session, model_id, source, family=family, vram_gb=vram_gb, revision=revision, dtype=dtype,
                           description=description, default_steps=default_steps, base=base, variant=variant,
                           default_guidance=default_guidance)
     as_variant = f", variant {entry.variant} of {entry.base}" if entry.variant else ""
     click.echo(f"registered {entry.id} ({entry.family}{as_variant}, {entry.vram_gb:.3f} GB) from {entry.source}")
+
+
+def _import_checkpoint(ctx, model_id: str, file: Path, family: str | None, config_dir: Path) -> Path:
+    from farm.checkpoints import CheckpointError, import_single_file
+    from farm.models import ModelEntry
+    from farm.registry import detect_family, pipeline_class_for
+
+    with ctx.db.session() as session:
+        if session.get(ModelEntry, model_id) is not None:
+            raise CliError(f"model {model_id!r} is already registered")
+    family = family or detect_family(config_dir)
+    if family is None:
+        raise CliError(f"cannot tell the family of {config_dir}: pass --family")
+    target = ctx.settings.resolved_model_cache / model_id
+    click.echo(f"importing {file} into {target} with the configs of {config_dir} ...")
+    try:
+        return import_single_file(file, target, pipeline_class_for(family), config_dir)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+
+
+@models.command("remove")
+@click.argument("model_id")
+@click.option("--force", is_flag=True, help="Cancel the model's queued, assigned and running jobs (running renders stop at their next step).")
+@friendly_errors
+def models_remove(model_id: str, force: bool) -> None:
+    """Take MODEL_ID out of the registry; finished jobs keep their history. Refused while unfinished jobs use it, unless --force."""
+    from farm.registry import remove_model
+
+    ctx = _context()
+    with ctx.db.transaction() as session:
+        canceled = remove_model(session, model_id, force=force)
+    for job_id in canceled:
+        ctx.events.job_changed(job_id)
+    click.echo(f"removed {model_id}" + (f"; canceled {len(canceled)} unfinished job(s)" if canceled else "")
+               + "; its files stay where they are")
 
 
 @models.command("pull")

@@ -426,7 +426,9 @@ class Job(Timestamped, Base):
     reserved_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    # A registry id; no foreign key, so a model removed from the registry
+    # leaves its finished jobs' history readable (migration 0017).
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
     # The request as submitted and the parameters resolved from it.
     request: Mapped[dict[str, Any]]
     params: Mapped[dict[str, Any]]

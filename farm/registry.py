@@ -36,6 +36,11 @@ class RegistryError(Exception):
     pass
 
 
+def pipeline_class_for(family: str | None) -> str | None:
+    """The diffusers pipeline class a family's folders are saved as."""
+    return next((cls for cls, name in _PIPELINE_CLASSES.items() if name == family), None)
+
+
 def _farm_marker(directory: Path) -> dict:
     """farm_model.json of a local folder (tiny models write one), or {}."""
     marker = directory / "farm_model.json"
@@ -84,7 +89,16 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
     default_guidance = default_guidance if default_guidance is not None else marker.get("default_guidance")
     path = Path(source).expanduser()
     is_local = path.is_dir()
+    if path.is_file():
+        from farm.checkpoints import single_file_refusal
+
+        raise RegistryError(single_file_refusal(model_id, path, pipeline_class_for(family)))
     if is_local:
+        from farm.modelcheck import folder_problems
+
+        problems = folder_problems(path)
+        if problems:
+            raise RegistryError(f"not registered: {'; '.join(problems)}")
         source = str(path.resolve())
         detected = detect_family(path)
         family = family or detected
@@ -138,3 +152,28 @@ def model_infos(session: Session) -> dict[str, ModelInfo]:
 
 def is_local_source(entry: ModelEntry) -> bool:
     return Path(entry.source).is_dir()
+
+
+UNFINISHED = ("queued", "assigned", "running")
+
+
+def remove_model(session: Session, model_id: str, *, force: bool = False) -> list:
+    """Take ``model_id`` out of the registry; returns the ids of the jobs it
+    canceled. Unfinished jobs that use it (queued, assigned or running) make
+    this a RegistryError unless ``force``, which cancels them (a running
+    render stops at its next step). Finished jobs keep the model's id, their
+    outputs and lineage: only the registry row goes."""
+    from farm import states
+    from farm.models import Job
+
+    if session.get(ModelEntry, model_id) is None:
+        raise RegistryError(f"no model {model_id!r}; see 'farm models list'")
+    active = session.execute(select(Job.id).where(Job.model_id == model_id, Job.status.in_(UNFINISHED))).scalars().all()
+    if active and not force:
+        raise RegistryError(f"model {model_id} is used by {len(active)} unfinished job(s) (queued, assigned or running); "
+                            "wait for them to finish, or pass --force to cancel them (running renders stop at their next step)")
+    for job_id in active:
+        states.cancel_job(session, job_id)
+    session.delete(session.get(ModelEntry, model_id))
+    session.flush()
+    return list(active)

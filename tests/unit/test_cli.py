@@ -27,7 +27,7 @@ def test_models_add_refuses_bad_sources(run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run("models", "add", "y", str(empty))
-    assert result.exit_code == 1 and "--family" in result.output
+    assert result.exit_code == 1 and "has no model_index.json" in result.output
 
 
 def test_quota_commands(run):
