@@ -16,10 +16,14 @@ FAST = dict(heartbeat_s=0.5, heartbeat_timeout_s=3, lease_s=10, scheduler_poll_s
 
 
 @contextlib.contextmanager
-def running_cluster(tmp_path, s3, redis_url, tiny_models, workers: dict[str, list[str]], **settings):
+def running_cluster(tmp_path, s3, redis_url, tiny_models, workers: dict[str, list[str]],
+                    process_env: dict[str, dict[str, str]] | None = None, **settings):
     """Start a farm: one api, one scheduler, and a worker per entry of
     ``workers`` (name -> model ids it serves and preloads); ``settings`` are
-    more FARM_ settings for every process (ip_adapters='{"sd": ...}', say)."""
+    more FARM_ settings for every process (ip_adapters='{"sd": ...}', say);
+    ``process_env``: environment for one process only ("scheduler" or a
+    worker's name -> variables), such as its own FARM_METRICS_PORT."""
+    process_env = process_env or {}
     with temporary_postgres_database() as database_url:
         home = tmp_path / "farm"
         home.mkdir()
@@ -32,11 +36,12 @@ def running_cluster(tmp_path, s3, redis_url, tiny_models, workers: dict[str, lis
             for model_id, path in tiny_models.items():
                 cluster.farm("models", "add", model_id, str(path))
             cluster.start_api()
-            cluster.start("scheduler", "scheduler")
+            cluster.start("scheduler", "scheduler", extra_env=process_env.get("scheduler"))
             cluster.workers = {}
             for name, models in workers.items():
                 ids = ",".join(models)
-                cluster.workers[name] = cluster.start_worker(name, "--vram-gb", "4", "--models", ids, "--preload", ids)
+                cluster.workers[name] = cluster.start_worker(name, "--vram-gb", "4", "--models", ids, "--preload", ids,
+                                                             extra_env=process_env.get(name))
             for name in workers:
                 wait_until(lambda: worker_is_online(cluster.api_url, cluster.admin_token, name), 90, what=f"worker {name}")
             yield cluster
