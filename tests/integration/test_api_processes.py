@@ -35,16 +35,19 @@ def start_api(tmp_path: Path, database_url: str, port: int, extra_env: dict[str,
     process = subprocess.Popen([sys.executable, "-m", "farm", "api", "--port", str(port), "--processes", "2"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            # The parent listens at once; the children answer once they have started.
-            if requests.get(f"http://127.0.0.1:{port}{PROBE}", timeout=5).status_code == 200:
-                return process
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.3)
-    stop(process)
-    raise AssertionError("farm api --processes 2 did not answer")
+    try:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "farm api --processes 2 exited"
+            try:
+                # The parent listens at once; the children answer once they have started.
+                if requests.get(f"http://127.0.0.1:{port}{PROBE}", timeout=5).status_code == 200:
+                    return process
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.3)
+        raise AssertionError("farm api --processes 2 did not answer")
+    except BaseException:
+        print(stop(process))
+        raise
 
 
 def stop(process: subprocess.Popen) -> str:
