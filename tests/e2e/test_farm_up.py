@@ -124,6 +124,10 @@ def test_farm_up_serves_a_demo_image(tmp_path):
         image = farm.session().get(f"http://127.0.0.1:{farm.port}{job['outputs'][0]['url']}", timeout=30)
         assert image.status_code == 200
         assert Image.open(io.BytesIO(image.content)).size == (128, 128)
+        # The scheduler runs in the api's process: the api's /metrics shows its figures too.
+        scraped = requests.get(f"http://127.0.0.1:{farm.port}/metrics", timeout=30).text
+        assert 'component="scheduler"' in scraped and 'component="api"' in scraped
+        assert re.search(r'^farm_scheduler_assignments_total\{model="[^"]+"\} [1-9]', scraped, flags=re.M), scraped
         # The CLI finds the saved token and address by itself.
         out = subprocess.run([sys.executable, "-m", "farm", "submit", "a second image", "--wait", "--out", str(tmp_path / "out")],
                              env=farm.env, capture_output=True, text=True, timeout=120)
