@@ -84,8 +84,30 @@ def test_the_readme_campaign_file_is_valid_and_expands_as_it_says():
     body = json.loads(block[block.index("```json") + 7:block.index("```", block.index("```json") + 7)])
     jobs = expand(parse_campaign(body))
     assert len(jobs) == 32 and "= 32 jobs" in readme
-    assert all("width" not in j.request and j.request["aspect_ratio"] in ("1:1", "16:9") for j in jobs)
-    assert {tuple(j.request["styles"]) for j in jobs} == {("photo-golden-hour-landscape",), ("3d-low-poly",)}
+    assert all("width" not in j.request and j.request["aspect_ratio"] in ("512*512", "768*512") for j in jobs)
+    assert {tuple(j.request["styles"]) for j in jobs} == {("photo-golden-hour-landscape",),
+                                                          ("paint-loose-watercolor", "film-widescreen-epic")}
+
+
+def test_the_readme_campaign_file_passes_every_check_of_a_submission(sqlite_settings):
+    # The whole submission path, as a dry run: each job's request resolved
+    # against the registry (model sd15), the styles library and the sizes,
+    # then the quota; nothing is created.
+    from farm.context import build_context
+    from tests.support.factories import ensure_model, ensure_user
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index("`boats.json`:"):]
+    body = json.loads(block[block.index("```json") + 7:block.index("```", block.index("```json") + 7)])
+    ctx = build_context(sqlite_settings)
+    with ctx.db.transaction() as session:
+        ensure_model(session, "sd15", family="sd")
+        user = ensure_user(session, "ana")
+    answer = submit_campaign(ctx, user, parse_campaign({**body, "dry_run": True}))
+    assert answer["jobs"] == 32 and "id" not in answer
+    bad = {**body, "matrix": {**body["matrix"], "styles": [["photo-golden-hour-landscape"], ["no-such-style"]]}}
+    with pytest.raises(RequestError, match="no-such-style"):
+        submit_campaign(ctx, user, parse_campaign({**bad, "dry_run": True}))
 
 
 # ------------------------------------------------------------------ a rendered 2 x 2 x 2 campaign
