@@ -22,6 +22,7 @@ import secrets
 
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
+from farm import logs
 from farm.api.errors import ApiError
 from farm.api.security import READ_METHODS
 from farm.api.security import farm_context as farm_ctx
@@ -146,6 +147,7 @@ def login_required(view):
             if is_htmx():  # a poll after the session ended: send the whole page to the sign-in form
                 return "", 401, {"HX-Redirect": url_for("dashboard.login", next=request.path)}
             return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        logs.bind_fields(user=g.dashboard_user.id)  # until the request ends (farm.api.register_log_fields)
         if request.method not in READ_METHODS:
             require_write()
         return view(*args, **kwargs)

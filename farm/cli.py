@@ -21,7 +21,9 @@ class CliError(click.ClickException):
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from farm.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _load_settings() -> Settings:

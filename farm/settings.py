@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="A comment line is sent on an idle event stream this often, so proxies keep it open.")
     sse_poll_s: float = Field(default=1.0, gt=0, description="How often an event stream reads the database for status changes and outputs when nothing woke it (with Redis the wake-ups come first; this is the safety net, stretched tenfold).")
     log_level: str = Field(default="INFO", description="Log level of every farm process.")
+    log_format: Literal["text", "json"] = Field(default="text", description="How farm processes write their log lines: 'text' (one readable line) or 'json' (one JSON object a line with time, level, logger, message and, where they apply, job_id, attempt, worker, campaign, user), for a log collector.")
+    celery_events: bool = Field(default=False, description="Workers send Celery task events and the scheduler a task-sent event, so Flower lists tasks (Redis farms only). Off: only worker heartbeats, which is all `celery inspect` and Flower's worker list need.")
 
     @field_validator("database_url")
     @classmethod

@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.register_blueprint(dashboard_views.bp)
     errors.register_error_handlers(app)
     register_security_headers(app, settings)
+    register_log_fields(app)
     throttle.init_throttling(app, settings)
     return app
 
@@ -68,6 +69,27 @@ def register_security_headers(app: Flask, settings: Settings) -> None:
             response.headers.setdefault("X-Frame-Options", "DENY")
             response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
+
+
+def register_log_fields(app: Flask) -> None:
+    """Each request starts with no log fields; authentication binds the user
+    (farm.logs), so every line logged while handling the request names it."""
+    from flask import g
+
+    from farm import logs
+
+    @app.before_request
+    def _log_scope():
+        g.log_fields = logs.scope_fields()
+
+    @app.teardown_request
+    def _end_log_scope(_exc):
+        token = g.pop("log_fields", None)
+        try:
+            if token is not None:
+                logs.reset_fields(token)
+        except ValueError:
+            pass  # a streamed response ended on another thread; that thread's next request starts clean
 
 
 def _local_secret(settings: Settings) -> str:

@@ -39,10 +39,10 @@ def build_front():
     ASGI app from the environment it inherited."""
     from farm.api import create_app
     from farm.api.server import make_front
+    from farm.logs import configure_logging
 
     settings = get_settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     return make_front(app, app.extensions["farm"], settings.api_threads)
 

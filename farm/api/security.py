@@ -9,6 +9,7 @@ import logging
 
 from flask import current_app, g, request
 
+from farm import logs
 from farm.api.errors import ApiError
 from farm.auth import user_for_token
 
@@ -64,6 +65,7 @@ def authenticate(schemes=("bearer",), reads: bool = False):
     if api_token.scope == "read" and request.method not in READ_METHODS and not reads:
         raise ApiError(403, "this token is read-only")
     g.user = user
+    logs.bind_fields(user=user.id)  # until the request ends (farm.api.register_log_fields)
     g.token_scope = api_token.scope
     return user
 

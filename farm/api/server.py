@@ -236,9 +236,10 @@ async def _disconnected(receive) -> None:
 # uvicorn options of every api process. Idle keep-alive connections are kept
 # 120 s, as waitress kept them: at uvicorn's 5 s a client pausing about that
 # long reused a connection the server was closing and got "Remote end closed
-# connection".
+# connection". log_config=None: uvicorn's loggers propagate to the farm's
+# handler (farm.logs, FARM_LOG_FORMAT) instead of getting handlers of their own.
 SERVER_OPTIONS: dict[str, Any] = {"lifespan": "off", "access_log": False, "log_level": "warning", "backlog": 2048,
-                                  "timeout_graceful_shutdown": 5, "timeout_keep_alive": KEEP_ALIVE_S}
+                                  "timeout_graceful_shutdown": 5, "timeout_keep_alive": KEEP_ALIVE_S, "log_config": None}
 
 
 def make_front(flask_app, ctx, threads: int) -> StreamingFront:

@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from farm import metrics, states
+from farm import logs, metrics, states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.db import classify_database_error, describe_database_error
@@ -225,13 +225,14 @@ class Scheduler:
         campaigns = set()
         with self.ctx.db.transaction() as session:
             for assignment in decisions.assignments:
-                try:
-                    # The assignment's UPDATE returns the job's campaign: no second query for it.
-                    campaign_id = states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id,
-                                                    self.ctx.settings.lease_s)
-                except states.JobStateError as exc:
-                    logger.info("skipped an assignment: %s", exc)
-                    continue
+                with _job_log_context(assignment):
+                    try:
+                        # The assignment's UPDATE returns the job's campaign: no second query for it.
+                        campaign_id = states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id,
+                                                        self.ctx.settings.lease_s)
+                    except states.JobStateError as exc:
+                        logger.info("skipped an assignment: %s", exc)
+                        continue
                 committed.append(assignment)
                 if campaign_id is not None:
                     campaigns.add(campaign_id)
@@ -246,12 +247,14 @@ class Scheduler:
         report.unplaceable = len(decisions.unplaceable)
         self._count_placements(snapshot, committed, decisions.preloads)
         for assignment in committed:
-            try:
-                self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id], assignment.evict)
-                report.dispatched += 1
-            except Exception as exc:
-                # The lease expires and the job is re-queued; nothing is lost.
-                logger.warning("could not send job %s to %s: %s", assignment.job_id, assignment.worker_id, exc)
+            with _job_log_context(assignment):
+                try:
+                    self.dispatcher.send(assignment.job_id, assignment.attempt, queues[assignment.worker_id], assignment.evict)
+                    report.dispatched += 1
+                    logger.info("sent job %s attempt %d to worker %s", assignment.job_id, assignment.attempt, assignment.worker_id)
+                except Exception as exc:
+                    # The lease expires and the job is re-queued; nothing is lost.
+                    logger.warning("could not send job %s to %s: %s", assignment.job_id, assignment.worker_id, exc)
         for preload in decisions.preloads:
             try:
                 self.dispatcher.send_preload(queues[preload.worker_id], preload.model_id, preload.evict)
@@ -308,12 +311,13 @@ class Scheduler:
             for row in stranded:
                 worker_lost = row.worker_id in lost
                 reason = f"worker {row.worker_id} was lost" if worker_lost else f"lease on worker {row.worker_id} expired"
-                try:
-                    if states.requeue_job(session, row.id, row.attempt, reason, settings.max_attempts) == JobStatus.queued:
-                        requeued.append("worker_lost" if worker_lost else "lease_expired")
-                    report.requeued += 1
-                except states.JobStateError as exc:
-                    logger.info("not re-queued: %s", exc)
+                with logs.log_context(job_id=row.id, attempt=row.attempt, worker=row.worker_id, campaign=row.campaign_id):
+                    try:
+                        if states.requeue_job(session, row.id, row.attempt, reason, settings.max_attempts) == JobStatus.queued:
+                            requeued.append("worker_lost" if worker_lost else "lease_expired")
+                        report.requeued += 1
+                    except states.JobStateError as exc:
+                        logger.info("not re-queued: %s", exc)
         for reason in requeued:  # counted once the transaction committed
             metrics.JOBS_REQUEUED.labels(reason=reason).inc()
         for row in stranded:
@@ -493,6 +497,10 @@ class Scheduler:
                     .values(error=note)
                     .execution_options(synchronize_session=False)
                 )
+
+
+def _job_log_context(assignment):
+    return logs.log_context(job_id=assignment.job_id, attempt=assignment.attempt, worker=assignment.worker_id)
 
 
 def run_scheduler(ctx: FarmContext, stop: threading.Event | None = None) -> None:

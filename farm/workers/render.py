@@ -15,6 +15,7 @@ deletes them (the janitor catches what it cannot).
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import hashlib
 import logging
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from farm import lineage, metrics, states
+from farm import lineage, logs, metrics, states
 from farm.db import classify_database_error
 from farm.models import Job, JobStatus, ModelEntry, Output
 from farm.retry import ServiceError, ServiceUnavailableError
@@ -161,6 +162,7 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
         logger.warning("not running job %s attempt %d: %s", job_id, attempt, exc)
         return "skipped"
     runtime.take(job_id, attempt)
+    log_fields = logs.bind_fields(campaign=snapshot.campaign_id, user=snapshot.user_id)
     try:
         ctx.events.job_changed(job_id)
         ctx.events.publish_live(job_id, snapshot.campaign_id, {"type": "changed", "job": str(job_id)})
@@ -176,6 +178,7 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
             _discard_attempt_objects(runtime, snapshot, keys)
     finally:
         runtime.release(job_id)
+        logs.reset_fields(log_fields)
     ctx.events.job_changed(job_id)
     ctx.events.publish_live(job_id, snapshot.campaign_id, {"type": "changed", "job": str(job_id)})
     ctx.events.wake_scheduler()
@@ -429,7 +432,10 @@ _UPLOAD_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_
 
 def _put_all(storage, objects: list[tuple[str, bytes, str]]) -> None:
     """Upload in parallel; the first error (already retried by the store) is raised."""
-    futures = [_UPLOAD_POOL.submit(storage.put, key, data, content_type) for key, data, content_type in objects]
+    # Each upload runs in a copy of this thread's context: its log lines (store
+    # retries) keep the job's fields (farm.logs).
+    futures = [_UPLOAD_POOL.submit(contextvars.copy_context().run, storage.put, key, data, content_type)
+               for key, data, content_type in objects]
     for future in futures:
         future.result()
 

@@ -6,6 +6,9 @@ import logging
 import uuid
 
 from celery import shared_task
+from celery.signals import task_postrun, task_prerun
+
+from farm import logs
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +41,28 @@ def preload_model(model_id: str, evict: list[str] | None = None) -> str:
     runtime.heartbeat()  # tell the scheduler at once that the model is held
     runtime.ctx.events.wake_scheduler()
     return f"loaded in {load_s:.2f}s"
+
+
+# Log fields bound for the task each Celery task id names; prerun and postrun
+# bracket Celery's own "succeeded"/"raised" lines as well as the task's.
+_bound_fields: dict[str, object] = {}
+
+
+@task_prerun.connect
+def _bind_task_log_fields(task_id=None, task=None, args=(), **_) -> None:
+    from farm.workers.runtime import current_runtime
+
+    try:
+        fields = {"worker": current_runtime().name}
+    except RuntimeError:  # a task run outside a farm worker (tests)
+        fields = {}
+    if task is not None and task.name == RENDER_TASK and len(args) >= 2:
+        fields.update(job_id=args[0], attempt=int(args[1]))
+    _bound_fields[task_id] = logs.scope_fields(**fields)
+
+
+@task_postrun.connect
+def _reset_task_log_fields(task_id=None, **_) -> None:
+    token = _bound_fields.pop(task_id, None)
+    if token is not None:
+        logs.reset_fields(token)
