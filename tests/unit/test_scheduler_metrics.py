@@ -39,8 +39,9 @@ def value(name: str, **labels) -> float:
 
 
 def add_worker(session, worker_id: str, **fields) -> None:
-    session.add(Worker(id=worker_id, host="h", queue=f"q-{worker_id}", device="cpu", device_name="cpu", vram_total_gb=8,
-                       vram_free_gb=8, max_pixels=1 << 22, families=["sd"], **fields))
+    values = dict(host="h", queue=f"q-{worker_id}", device="cpu", device_name="cpu", vram_total_gb=8, vram_free_gb=8,
+                  max_pixels=1 << 22, families=["sd"])
+    session.add(Worker(id=worker_id, **{**values, **fields}))
 
 
 @pytest.fixture()
@@ -196,3 +197,16 @@ def test_metrics_server_keeps_the_metrics_token():
         assert requests.get(f"{base}/healthz/live", timeout=5).status_code == 200  # probes need no token
     finally:
         server.stop()
+
+
+def test_evictions_are_counted_by_the_model_evicted(farm):
+    ctx = farm
+    with ctx.db.transaction() as session:
+        add_worker(session, "w-full", vram_total_gb=4, vram_free_gb=0.5, loaded_models=[{"id": "m-old", "vram_gb": 3.5}])
+    make_job(ctx, created_at=utcnow() - dt.timedelta(minutes=10))
+    before = value("farm_scheduler_evictions_total", model="m-old")
+    dispatcher = RecordingDispatcher()
+    Scheduler(ctx, dispatcher).run_pass()
+    [(_, _, _, evict)] = dispatcher.sent
+    assert evict == ("m-old",)
+    assert value("farm_scheduler_evictions_total", model="m-old") == before + 1
