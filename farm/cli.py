@@ -136,10 +136,12 @@ def worker(name: str | None, vram_gb: float | None, models: str | None, preload:
     from farm.workers.main import run_worker
 
     settings = _load_settings()
-    if parent_pid is not None:
+    if parent_pid is not None:  # farm up's child
         from farm.lifeline import watch_parent
+        from farm.quiet import quiet_celery_banner
 
         watch_parent(parent_pid, grace_s=settings.worker_grace_s + 15)
+        quiet_celery_banner(settings.log_level)
     changes = {key: value for key, value in (("worker_models", models), ("worker_preload", preload)) if value}
     if changes:
         settings = Settings(**{**settings.model_dump(), **changes})

@@ -8,7 +8,9 @@ all of them come back with FARM_LOG_LEVEL=DEBUG:
   implementation because torchvision is not installed (farm never uses
   torchvision; the fallback is the intended path);
 - kombu's "No hostname was supplied" for the embedded filesystem transport,
-  whose URL has no host by design.
+  whose URL has no host by design;
+- under `farm up`, Celery's twenty-line worker banner (:func:`quiet_celery_banner`):
+  the farm's own lines already say the worker registered and is ready.
 """
 
 from __future__ import annotations
@@ -38,3 +40,18 @@ def quiet_libraries(log_level: str) -> None:
     kombu = logging.getLogger("kombu.connection")
     if not any(isinstance(f, _DropMessage) for f in kombu.filters):
         kombu.addFilter(_DropMessage(_KOMBU_NO_HOSTNAME))
+
+
+def _no_banner(sender=None, instance=None, **_) -> None:
+    # Sent just before the banner is printed; the worker prints it unless quiet.
+    instance.quiet = True
+
+
+def quiet_celery_banner(log_level: str) -> None:
+    """Leave out the banner of a Celery worker started later in this process
+    (`farm up`'s worker child), unless ``log_level`` is DEBUG."""
+    if log_level.upper() == "DEBUG":
+        return
+    from celery.signals import celeryd_after_setup
+
+    celeryd_after_setup.connect(_no_banner, weak=False)

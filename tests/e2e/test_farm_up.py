@@ -236,7 +236,7 @@ def test_a_restart_keeps_the_token_and_starts_quietly(tmp_path):
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         me = second.session().get(f"http://127.0.0.1:{second.port}/api/v1/me", timeout=30)
         assert me.status_code == 200 and me.json()["user"]["name"] == "admin"
-        for noise in ("torchvision", "alembic", "No hostname was supplied"):
+        for noise in ("torchvision", "alembic", "No hostname was supplied", "-------------- [queues]"):
             assert noise not in second.output, second.output
         assert "workers lost" not in before_registered, second.output
     finally:
