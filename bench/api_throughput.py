@@ -222,7 +222,7 @@ def main() -> None:
             paths[endpoint].write_text(text)
         runs: dict[tuple[str, int], list[dict]] = {}
         with api_servers(env, home, counts) as (urls, pids):
-            meters = {count: CpuMeter({"api (all processes)": pid}, trees=("api (all processes)",)) for count, pid in pids.items()}
+            meters = {count: CpuMeter({"api (all processes)": pid}, trees=("api (all processes)",), waited_children="wrk") for count, pid in pids.items()}
             for count, url in urls.items():
                 prime(url, count, token, ids[0])
             for round_no in range(args.rounds):
@@ -235,7 +235,6 @@ def main() -> None:
                         before = meters[count].read()
                         result = run_wrk(urls[count], paths[endpoint], args.duration, args.connections)
                         result["cores"] = CpuMeter.cores(before, meters[count].read())
-                        result["cores"]["wrk"] = result["cores"].pop("waited children")
                         runs.setdefault((endpoint, count), []).append(result)
                         print(f"round {round_no + 1}: {endpoint} x{count}: {result['requests_per_s']:.0f} req/s, "
                               f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, errors {result['errors']}",

@@ -19,16 +19,18 @@ class CpuMeter:
     ``trees`` with their children, e.g. the workers of `farm api --processes
     N`), of process groups
     by name (every postgres backend on the machine), of this process's waited
-    children (a load generator run to completion), and of the whole machine."""
+    children (``waited_children`` names them: a load generator run to
+    completion between the readings), and of the whole machine."""
 
     def __init__(self, processes: dict[str, int], trees: tuple[str, ...] = (),
-                 groups: tuple[str, ...] = ("postgres", "redis-server")) -> None:
+                 groups: tuple[str, ...] = ("postgres", "redis-server"), waited_children: str | None = None) -> None:
         import psutil
 
         self.psutil = psutil
         self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
         self.trees = trees
         self.groups = groups
+        self.waited_children = waited_children
 
     def _own(self, name: str, process) -> float:
         total = 0.0
@@ -53,8 +55,9 @@ class CpuMeter:
         reading = {name: self._own(name, process) for name, process in self.processes.items()}
         for name in self.groups:
             reading[f"{name} (all)"] = self._group(name)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        reading["waited children"] = children.ru_utime + children.ru_stime
+        if self.waited_children:
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            reading[self.waited_children] = children.ru_utime + children.ru_stime
         reading["machine"] = sum(self.psutil.cpu_times()[:3])
         reading["wall"] = time.monotonic()
         return reading

@@ -22,7 +22,8 @@ Workload shapes:
   job succeeded;
 - steady: single jobs through the job service (what POST /api/v1/jobs does)
   arriving at ``--rate`` per second for ``--steady-s`` seconds, from the four
-  users in turn across the three models.
+  users in turn across the three models, each handed at its due time to one
+  of eight submitting threads.
 
 Baseline, measured in the same run, interleaved with the farm rounds (order
 alternating), on the same Redis broker and the same consumer process: a
@@ -231,39 +232,44 @@ def farm_burst(ctx, users, total: int, round_no: int, timeout_s: float) -> dict:
             "queue_wait_p50_s": percentile(waits, 50), "queue_wait_p99_s": percentile(waits, 99)}
 
 
-def farm_steady(ctx, users, rate: float, seconds: float, timeout_s: float) -> dict:
-    from farm.services.jobs import submit_job
+def farm_steady(ctx, users, rate: float, seconds: float, timeout_s: float, submitters: int = 8) -> dict:
+    """Single jobs through the job service at ``rate`` per second; each is
+    handed at its due time to one of ``submitters`` threads (as concurrent
+    API requests would be), so a slow submission does not hold back the next."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    names = [name for name, _, _ in USERS]
-    job_ids, behind = [], 0
-    started = time.monotonic()
-    first = time.time()
-    count = int(rate * seconds)
-    for i in range(count):
-        due = started + i / rate
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        elif pause < -0.05:
-            behind += 1
-        job = submit_job(ctx, users[names[i % len(names)]], {
-            "prompt": "a steady arrival", "model": MODELS[i % len(MODELS)][0], "width": 512, "height": 512, "steps": 20})
-        job_ids.append(job.id)
-    submitted = time.time()
-    wait_until(lambda: unfinished(ctx, job_ids=job_ids) == 0, timeout_s, interval=0.25, what="the steady jobs to finish")
     from sqlalchemy import select
 
     from farm.models import Job
+    from farm.services.jobs import submit_job
 
+    names = [name for name, _, _ in USERS]
+
+    def submit(i: int) -> uuid.UUID:
+        return submit_job(ctx, users[names[i % len(names)]], {
+            "prompt": "a steady arrival", "model": MODELS[i % len(MODELS)][0], "width": 512, "height": 512, "steps": 20}).id
+
+    count = int(rate * seconds)
+    started = time.monotonic()
+    with ThreadPoolExecutor(submitters, thread_name_prefix="bench-submit") as pool:
+        futures = []
+        for i in range(count):
+            pause = started + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            futures.append(pool.submit(submit, i))
+        job_ids = [future.result() for future in futures]
+    wait_until(lambda: unfinished(ctx, job_ids=job_ids) == 0, timeout_s, interval=0.25, what="the steady jobs to finish")
     with ctx.db.session() as session:
         rows = session.execute(select(Job.status, Job.created_at, Job.assigned_at, Job.finished_at)
                                .where(Job.id.in_(job_ids))).all()
     if any(row.status != "succeeded" for row in rows):
         raise RuntimeError("steady round: some jobs did not succeed")
+    created = sorted(row.created_at.timestamp() for row in rows)
     waits = [(row.assigned_at - row.created_at).total_seconds() for row in rows]
     e2e = [(row.finished_at - row.created_at).total_seconds() for row in rows]
-    return {"jobs": len(rows), "offered_per_s": rate, "submitted_per_s": len(rows) / (submitted - first),
-            "late_submissions": behind, "window": (first, max(r.finished_at.timestamp() for r in rows)),
+    return {"jobs": len(rows), "offered_per_s": rate, "submitted_per_s": (len(rows) - 1) / (created[-1] - created[0]),
+            "window": (created[0], max(r.finished_at.timestamp() for r in rows)),
             "queue_wait_p50_s": percentile(waits, 50), "queue_wait_p99_s": percentile(waits, 99),
             "created_to_succeeded_p50_s": percentile(e2e, 50), "created_to_succeeded_p99_s": percentile(e2e, 99)}
 
@@ -333,8 +339,10 @@ class NoopSender:
             token = str(i)
             sent_at[token] = time.monotonic()
             self.send(self.queues[i % len(self.queues)], token)
+        sent_per_s = (count - 1) / (time.monotonic() - start) if count > 1 else None
         collector.join(timeout=60)
-        return {"tasks": count, "window": (first, time.time()), "round_trip_p50_s": percentile(latencies, 50),
+        return {"tasks": count, "window": (first, time.time()), "sent_per_s": sent_per_s,
+                "round_trip_p50_s": percentile(latencies, 50),
                 "round_trip_p99_s": percentile(latencies, 99)}
 
 
@@ -444,10 +452,12 @@ def main() -> None:
                 order = ("baseline", "farm") if round_no % 2 == 0 else ("farm", "baseline")
                 result = {}
                 for kind in order:
+                    before = meter.read()
                     if kind == "baseline":
                         result[kind] = sender.steady(args.rate, args.steady_s)
                     else:
                         result[kind] = farm_steady(ctx, users, args.rate, args.steady_s, args.timeout)
+                    result[kind]["cores"] = CpuMeter.cores(before, meter.read())
                 steady.append(result)
             scheduler.terminate()
             scheduler.wait(30)
@@ -497,15 +507,16 @@ def main() -> None:
             "seconds": args.steady_s,
             "rounds": len(steady),
             "submitted_jobs_per_s": round(median([r["farm"]["submitted_per_s"] for r in steady]), 1),
-            "late_submissions": sum(r["farm"]["late_submissions"] for r in steady),
             "queue_wait_p50_ms": ms(median([r["farm"]["queue_wait_p50_s"] for r in steady])),
             "queue_wait_p99_ms": ms(median([r["farm"]["queue_wait_p99_s"] for r in steady])),
             "created_to_succeeded_p50_ms": ms(median([r["farm"]["created_to_succeeded_p50_s"] for r in steady])),
             "created_to_succeeded_p99_ms": ms(median([r["farm"]["created_to_succeeded_p99_s"] for r in steady])),
+            "baseline_sent_per_s": round(median([r["baseline"]["sent_per_s"] for r in steady]), 1),
             "baseline_round_trip_p50_ms": ms(median([r["baseline"]["round_trip_p50_s"] for r in steady])),
             "baseline_round_trip_p99_ms": ms(median([r["baseline"]["round_trip_p99_s"] for r in steady])),
             "scheduler_pass_p50_ms": ms(median([p["pass_p50_s"] for p in steady_passes])),
             "scheduler_pass_p99_ms": ms(median([p["pass_p99_s"] for p in steady_passes])),
+            "per_round_cores": [{"farm": r["farm"]["cores"], "baseline": r["baseline"]["cores"]} for r in steady],
         } if steady else None,
     }
     print(json.dumps(result, indent=2))
