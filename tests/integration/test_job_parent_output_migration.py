@@ -10,34 +10,16 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from farm.db import downgrade_database, upgrade_database
-from farm.localcluster import temporary_postgres_database
-from farm.settings import Settings
 from tests.support.factories import make_job
+from tests.support.migrations import RowContext
+from tests.support.migrations import database_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
 
-class _Ctx:
-    """Just enough of a FarmContext for the row factory."""
-
-    def __init__(self, url: str) -> None:
-        from farm.db import Database
-
-        self.db = Database(url)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'parent.sqlite'}"
-        return
-    with temporary_postgres_database() as url:
-        yield Settings(database_url=url).resolved_database_url
-
-
 def test_parent_output_is_backfilled_from_the_request_and_dropped_on_downgrade(database_url):
     upgrade_database(database_url)
-    ctx = _Ctx(database_url)
+    ctx = RowContext(database_url)
     parent = uuid.uuid4()
     derived = make_job(ctx, request={"prompt": "p", "image_mode": "vary_subtle", "parent_output": str(parent)})
     plain = make_job(ctx, request={"prompt": "p"})
@@ -51,7 +33,7 @@ def test_parent_output_is_backfilled_from_the_request_and_dropped_on_downgrade(d
     engine.dispose()
 
     upgrade_database(database_url)
-    ctx = _Ctx(database_url)
+    ctx = RowContext(database_url)
     from farm.models import Job
 
     with ctx.db.session() as session:

@@ -8,29 +8,11 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from farm.db import downgrade_database, upgrade_database
-from farm.localcluster import temporary_postgres_database
-from farm.settings import Settings
 from tests.support.factories import make_job
+from tests.support.migrations import RowContext
+from tests.support.migrations import database_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
-
-
-class _Ctx:
-    """Just enough of a FarmContext for the row factory."""
-
-    def __init__(self, url: str) -> None:
-        from farm.db import Database
-
-        self.db = Database(url)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'removal.sqlite'}"
-        return
-    with temporary_postgres_database() as url:
-        yield Settings(database_url=url).resolved_database_url
 
 
 def job_foreign_keys(url: str) -> list:
@@ -47,7 +29,7 @@ def test_a_removed_models_jobs_survive_and_a_downgrade_restores_the_key(database
 
     upgrade_database(database_url)
     assert "models" not in job_foreign_keys(database_url)
-    ctx = _Ctx(database_url)
+    ctx = RowContext(database_url)
     done = make_job(ctx, model="m-gone", status="succeeded")
     with ctx.db.transaction() as session:
         remove_model(session, "m-gone")
@@ -55,7 +37,7 @@ def test_a_removed_models_jobs_survive_and_a_downgrade_restores_the_key(database
 
     downgrade_database(database_url, "0016")
     assert "models" in job_foreign_keys(database_url)
-    ctx = _Ctx(database_url)
+    ctx = RowContext(database_url)
     with ctx.db.session() as session:
         assert session.get(Job, done).model_id == "m-gone"
         assert session.get(ModelEntry, "m-gone").description == "removed from the registry"
