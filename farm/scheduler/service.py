@@ -151,6 +151,7 @@ class Scheduler:
         self.preloading: dict[str, tuple[str, float]] = {}
         self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
         self._gauges_due = float("-inf")
+        metrics.register_component("scheduler")
         # time.monotonic() of the loop's latest turn (None before run()): /healthz/live.
         self.last_tick: float | None = None
 

@@ -93,6 +93,7 @@ class WorkerRuntime:
         self._superseded = False
         self._beats = 0
         self.registered = False
+        metrics.register_component("worker")
         # time.monotonic() of the latest heartbeat that reached the database.
         self.last_beat_at: float | None = None
 

@@ -19,6 +19,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from farm.localcluster import free_port
+from farm.metrics import COMPONENT_METRICS
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +138,10 @@ def test_a_private_metrics_directory_is_removed_at_exit(tmp_path, migrated_postg
         assert len(made) == 1 and list(made[0].glob("*.db"))
         assert requests.get(f"http://127.0.0.1:{port}{COUNTED}", timeout=30).status_code == 404
         assert scraped_count(port) == 1
+        # The files also hold the metrics every process creates on import; only the api's are shown.
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert {family.name for family in text_string_to_metric_families(text)} == \
+            {metric._name for metric in COMPONENT_METRICS["api"]}
     finally:
         output = stop(process)
     assert process.returncode == 0, output

@@ -27,6 +27,8 @@ def test_catalogue_names_follow_prometheus_conventions():
 def test_exported_names_are_what_a_scrape_shows():
     """Every catalogue metric, once it has a sample, shows up under the
     names exported_metric_names() promises, and under no other farm name."""
+    for component in metrics.COMPONENTS:
+        metrics.register_component(component)
     names = metrics.exported_metric_names()
     assert {"farm_queued_jobs", "farm_render_seconds_bucket", "farm_render_seconds_count",
             "farm_scheduler_assignments_total", "farm_webhook_deliveries_total", "farm_build_info",
@@ -47,6 +49,7 @@ def test_exported_names_are_what_a_scrape_shows():
 
 
 def test_fill_gauge_drops_labels_that_went_away():
+    metrics.register_component("scheduler")
     metrics.fill_gauge(metrics.QUEUED_JOBS, {("m1", "user"): 3, ("m2", "admin"): 1})
     metrics.fill_gauge(metrics.QUEUED_JOBS, {("m1", "user"): 2})
     from prometheus_client import REGISTRY
@@ -65,3 +68,18 @@ def test_build_info_names_version_and_component():
     with pytest.raises(ValueError, match="component must be one of"):
         metrics.note_build_info("gateway")
     metrics.BUILD_INFO.clear()
+
+
+def test_each_component_shows_only_its_own_metrics():
+    """A process registers its own part of the catalogue: run alone, a
+    worker's scrape has no scheduler or api series."""
+    import subprocess
+    import sys
+
+    script = ("from farm import metrics; metrics.note_build_info('worker'); "
+              "print(metrics.render_latest()[0].decode())")
+    scraped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    families = {family.name for family in text_string_to_metric_families(scraped) if family.name.startswith("farm_")}
+    assert families == {metric._name for metric in metrics.COMPONENT_METRICS["worker"]}
+    with pytest.raises(ValueError, match="component must be one of api, scheduler, worker"):
+        metrics.register_component("gateway")

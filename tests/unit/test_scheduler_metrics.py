@@ -131,6 +131,9 @@ def test_requeues_are_counted_by_reason(farm):
     (webhooks.REFUSED + "the address is a loopback address", 0, "refused"),
 ])
 def test_webhook_deliveries_are_counted_by_result(error, attempts, result):
+    from farm.metrics import register_component
+
+    register_component("scheduler")  # the sender runs in the leading scheduler
     settings = Settings(webhook_max_attempts=5)
     delivery = WebhookDelivery(attempts=attempts, state="pending")
     before = value("farm_webhook_deliveries_total", result=result)
