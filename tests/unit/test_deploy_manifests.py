@@ -10,8 +10,9 @@ dashboard (deploy/grafana); no cluster, no daemon.
 - Every metric a ScaledObject query or a dashboard expression names is one the
   farm exports (farm.metrics.exported_metric_names()); expressions are parsed
   with promql-parser, not searched with a pattern.
-- Consistency a schema cannot see: grace periods, probe ports, FARM_ names,
-  CLI commands, references between resources, pools and their triggers.
+- Consistency a schema cannot see: grace periods, probe ports, FARM_ names
+  and values, CLI commands, references between resources, pools and their
+  triggers.
 """
 
 from __future__ import annotations
@@ -309,6 +310,33 @@ def variable_problems(files: list[Path] | None = None) -> list[str]:
     return problems
 
 
+def settings_problems(resources) -> list[str]:
+    """Each farm container's FARM_ values (ConfigMap, Secret, its own env) are
+    values the farm accepts: the settings object builds from them."""
+    from pydantic import ValidationError
+
+    sources = {**{("ConfigMap", name): doc.get("data", {}) for name, doc in _by_kind(resources, "ConfigMap").items()},
+               **{("Secret", name): doc.get("stringData", {}) for name, doc in _by_kind(resources, "Secret").items()}}
+    problems = []
+    for _, doc in resources:
+        for container in _containers(doc):
+            values: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    if key in source:
+                        values.update(sources.get((kind, source[key]["name"]), {}))
+            values.update({name: value for name, value in _env(container).items() if value is not None})
+            fields = {name[len("FARM_"):].lower(): value for name, value in values.items()
+                      if name in FARM_VARIABLES}
+            try:
+                Settings(**fields)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    problems.append(f"{doc['kind']}/{doc['metadata']['name']}/{container['name']}: "
+                                    f"FARM_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}")
+    return problems
+
+
 def cli_problem(argv: list[str]) -> str | None:
     """None when argv parses as a command of the real `farm` CLI."""
     from farm.cli import main
@@ -508,6 +536,18 @@ def test_only_farm_settings_are_configured(tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text("env:\n  - name: FARM_WORKER_MODEL\n    value: sdxl\n")
     assert variable_problems([typo])
+
+
+def test_configured_values_are_accepted_by_the_settings():
+    resources = _resources()
+    assert settings_problems(resources) == []
+    broken = copy.deepcopy(resources)
+    _by_kind(broken, "ConfigMap")["farm-config"]["data"]["FARM_LOG_FORMAT"] = "xml"
+    pool = next(iter(_pool_deployments(broken).values()))
+    worker = _pod_spec(pool)["containers"][0]
+    worker["env"] = [{"name": e["name"], "value": "fast"} if e["name"] == "FARM_WORKER_SPEED" else e for e in worker["env"]]
+    problems = settings_problems(broken)
+    assert any("FARM_LOG_FORMAT" in p for p in problems) and any("FARM_WORKER_SPEED" in p for p in problems)
 
 
 def test_references_commands_and_budgets_hold_together():
