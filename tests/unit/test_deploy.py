@@ -213,6 +213,27 @@ def test_main_compose_file_layout():
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_metrics_ports_are_set_and_health_probes_use_them(name):
+    """Scheduler and workers serve /metrics and /healthz/live on
+    FARM_METRICS_PORT (none when unset); a healthcheck that probes a port the
+    service does not serve would mark it unhealthy for ever."""
+    from farm.settings import Settings
+
+    services = _load(name)["services"]
+    for key, service in services.items():
+        if not _is_farm_service(service) or key in ("migrate", "api"):
+            continue
+        port = service["environment"].get("FARM_METRICS_PORT")
+        assert port, f"{name}: {key} sets no FARM_METRICS_PORT"
+        Settings(metrics_port=port)  # a valid port
+        check = service.get("healthcheck")
+        if check and not check.get("disable"):
+            assert f"127.0.0.1:{port}/healthz/" in " ".join(check["test"]), (name, key)
+    if "scheduler" in services:
+        assert not services["scheduler"]["healthcheck"].get("disable")
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_worker_reserves_one_gpu_and_mounts_the_shared_model_cache(name):
     compose = _load(name)
     worker = compose["services"]["worker"]
