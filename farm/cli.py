@@ -525,6 +525,11 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
         raise CliError(f"model {model_id} is a local folder ({entry.source}); nothing to pull")
     result = download_model(entry.source, revision=entry.revision, cache_dir=ctx.settings.resolved_model_cache,
                             endpoint=endpoint or ctx.settings.hub_endpoint, token=ctx.settings.hub_token)
+    from farm.modelcheck import folder_problems
+
+    problems = folder_problems(Path(result.path))
+    if problems:  # the repo itself is incomplete: no worker could load it
+        raise CliError(f"{entry.source} at {result.revision} is not a loadable diffusers model: {'; '.join(problems)}; nothing recorded")
     with ctx.db.transaction() as session:
         row = session.get(ModelEntry, model_id)
         if row.weights_sha256 and row.weights_sha256 != result.weights_sha256:

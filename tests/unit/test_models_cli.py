@@ -144,3 +144,29 @@ def test_remove_refuses_while_jobs_wait_and_force_cancels_them(run, sqlite_setti
         assert session.get(Job, waiting).status == "canceled"
     missing = run("models", "remove", "m-old")
     assert missing.exit_code == 1 and "no model 'm-old'" in missing.output
+
+
+@pytest.fixture()
+def hub(tiny_dirs):
+    """A local fake hub (tests/support/fake_hub.py) with a whole tiny SD and one without unet weights."""
+    from tests.support.fake_hub import FakeHub
+
+    whole = tiny_dirs["sd"]
+    files = {str(p.relative_to(whole)): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+    broken = {path: data for path, data in files.items() if not path.startswith("unet/") or path.endswith(".json")}
+    with FakeHub() as fake:
+        fake.add_commit("studio/whole", files)
+        fake.add_commit("studio/broken", broken)
+        yield fake
+
+
+def test_pull_checks_the_download_as_add_checks_a_folder(run, hub, sqlite_settings):
+    assert run("models", "add", "whole", "studio/whole", "--family", "sd").exit_code == 0
+    assert run("models", "add", "broken", "studio/broken", "--family", "sd").exit_code == 0
+    pulled = run("models", "pull", "whole", "--endpoint", hub.url)
+    assert pulled.exit_code == 0, pulled.output
+    refused = run("models", "pull", "broken", "--endpoint", hub.url)
+    assert refused.exit_code == 1 and "unet has no weights" in refused.output and "nothing recorded" in refused.output
+    with build_context(sqlite_settings).db.session() as session:
+        assert session.get(ModelEntry, "whole").weights_sha256 is not None
+        assert session.get(ModelEntry, "broken").weights_sha256 is None
