@@ -17,8 +17,9 @@ request's latency is wrk's (its own clock, from the request's send).
   insert, commit, a Redis publish), each a new queued job;
 - ``GET /api/v1/jobs/{id}``: one of the 1,000 jobs, in turn (token check, one
   visible-job read, the job's JSON);
-- ``GET /healthz`` (the baseline): the same HTTP stack, auth-free, no
-  database: the ceiling the server and load generator reach on this machine.
+- ``GET /healthz/live`` (the baseline): the same HTTP stack (uvicorn, the
+  WSGI bridge, Flask, the request timing), no token, no database: the
+  ceiling the server and load generator reach on this machine.
 
 Ratios are against 1 process measured in the same run; the configurations
 are interleaved (process counts in rotating order, round after round) so that
@@ -58,7 +59,7 @@ from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, free_port, temporary_postgres_database, wait_until  # noqa: E402
 
 REQUEST = {"prompt": "a lighthouse at dawn", "model": "sd15", "width": 512, "height": 512, "steps": 20}
-ENDPOINTS = ("POST /api/v1/jobs", "GET /api/v1/jobs/{id}", "GET /healthz")
+ENDPOINTS = ("POST /api/v1/jobs", "GET /api/v1/jobs/{id}", "GET /healthz/live")
 
 # wrk's Lua hooks: requests from a table, and a JSON summary at the end.
 WRK_SCRIPT = """
@@ -214,11 +215,11 @@ def main() -> None:
         scripts = {
             "POST /api/v1/jobs": wrk_script("POST", ["/api/v1/jobs"], json.dumps(REQUEST), token),
             "GET /api/v1/jobs/{id}": wrk_script("GET", [f"/api/v1/jobs/{job_id}" for job_id in ids], "", token),
-            "GET /healthz": wrk_script("GET", ["/healthz"], "", ""),
+            "GET /healthz/live": wrk_script("GET", ["/healthz/live"], "", ""),
         }
         paths = {}
         for endpoint, text in scripts.items():
-            paths[endpoint] = home / f"{endpoint.split()[0].lower()}-{len(paths)}.lua"
+            paths[endpoint] = home / f"endpoint-{len(paths)}.lua"
             paths[endpoint].write_text(text)
         runs: dict[tuple[str, int], list[dict]] = {}
         with api_servers(env, home, counts) as (urls, pids):

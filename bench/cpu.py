@@ -43,15 +43,16 @@ class CpuMeter:
             total += times.user + times.system
         return total
 
-    def _group(self, name: str) -> float:
-        total = 0.0
+    def _group(self, name: str) -> dict[int, float]:
+        """CPU seconds of each live process of that name, by process id."""
+        found = {}
         for process in self.psutil.process_iter(["name", "cpu_times"]):
             times = process.info["cpu_times"]
             if process.info["name"] == name and times is not None:
-                total += times.user + times.system
-        return total
+                found[process.pid] = times.user + times.system
+        return found
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> dict[str, float | dict[int, float]]:
         reading = {name: self._own(name, process) for name, process in self.processes.items()}
         for name in self.groups:
             reading[f"{name} (all)"] = self._group(name)
@@ -68,6 +69,16 @@ class CpuMeter:
         machine" is what processes outside the benchmark (other users of a
         shared machine) took."""
         wall = after["wall"] - before["wall"]
-        used = {name: (after[name] - before[name]) / wall for name in before if name != "wall"}
+        used = {}
+        for name in before:
+            if name == "wall":
+                continue
+            if isinstance(before[name], dict):
+                # A group's processes come and go (database connections
+                # close): count those alive at the end, from zero if new. What
+                # a process that ended in between used is not counted.
+                used[name] = sum(seconds - before[name].get(pid, 0.0) for pid, seconds in after[name].items()) / wall
+            else:
+                used[name] = (after[name] - before[name]) / wall
         used["rest of the machine"] = max(used["machine"] - sum(v for k, v in used.items() if k != "machine"), 0.0)
         return {name: round(value, 2) for name, value in used.items()}

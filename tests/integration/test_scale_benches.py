@@ -46,7 +46,7 @@ def test_api_throughput_measures_each_endpoint_without_errors(redis_url):
     report = run_bench("api_throughput.py", "--processes", "1", "--rounds", "1", "--duration", "1", "--warmup", "1",
                        "--jobs", "5", "--connections", "4", "--redis", redis_url)
     assert report["cpus"] == os.cpu_count()
-    assert set(report["endpoints"]) == {"POST /api/v1/jobs", "GET /api/v1/jobs/{id}", "GET /healthz"}
+    assert set(report["endpoints"]) == {"POST /api/v1/jobs", "GET /api/v1/jobs/{id}", "GET /healthz/live"}
     for endpoint, by_count in report["endpoints"].items():
         one = by_count["1 process"]
         assert one["requests"] > 0 and one["errors"] == 0, (endpoint, one)
