@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "cpu.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.bench_scripts import load_bench_script
 
 
 def test_a_group_member_that_ended_is_not_counted_negative_and_a_new_one_counts_from_zero():
-    cpu = load_script()
+    cpu = load_bench_script("cpu")
     before = {"api": 10.0, "postgres (all)": {1: 50.0, 2: 7.0}, "machine": 100.0, "wall": 0.0}
     # Between the readings: the api used 1 s, backend 2 closed, backend 3 opened and used 0.5 s.
     after = {"api": 11.0, "postgres (all)": {1: 50.5, 3: 0.5}, "machine": 103.0, "wall": 2.0}

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_render.py"
+from tests.support.bench_scripts import BENCH, load_bench_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_render", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCH / "gpu_render.py"
 
 
 def on_meta(factory):
@@ -31,7 +24,7 @@ def billions(module) -> float:
 
 
 def test_full_size_pipelines_have_the_published_parameter_counts():
-    bench = load_script()
+    bench = load_bench_script("gpu_render")
     sdxl, flux = bench.full_sdxl(on_meta), bench.full_flux(on_meta)
     # SDXL base 1.0: UNet 2.567 B, CLIP ViT-L 0.123 B, OpenCLIP bigG 0.695 B.
     assert (billions(sdxl.unet), billions(sdxl.text_encoder), billions(sdxl.text_encoder_2)) == (2.567, 0.123, 0.695)

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "standin_workers.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("standin_workers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.bench_scripts import load_bench_script
 
 
 def worker(total_gb: float, *held: tuple[str, float]):
@@ -21,7 +12,7 @@ def worker(total_gb: float, *held: tuple[str, float]):
 
 
 def test_a_new_model_drops_the_least_recently_used_until_it_fits():
-    standin = load_script()
+    standin = load_bench_script("standin_workers")
     row = worker(24.0, ("a", 10.0), ("b", 10.0))
     standin._hold_model(row, "c", 8.0, evict=[])
     assert [m["id"] for m in row.loaded_models] == ["b", "c"]
@@ -29,7 +20,7 @@ def test_a_new_model_drops_the_least_recently_used_until_it_fits():
 
 
 def test_using_a_held_model_makes_it_the_most_recent_and_evict_drops_first():
-    standin = load_script()
+    standin = load_bench_script("standin_workers")
     row = worker(24.0, ("a", 10.0), ("b", 10.0))
     standin._hold_model(row, "a", 10.0, evict=[])
     assert [m["id"] for m in row.loaded_models] == ["b", "a"]
