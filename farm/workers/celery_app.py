@@ -55,7 +55,7 @@ def create_celery(settings) -> Celery:
                  control=None if remote else EmbeddedControl)
     transport_options: dict = {}
     transport = None
-    if not remote:
+    if settings.resolved_broker_url.startswith("filesystem"):
         # kombu's own filesystem transport can hand a consumer half a message
         # (issue 17); the URL keeps its scheme, the class is ours.
         transport = "farm.workers.fs_transport:Transport"
