@@ -57,7 +57,8 @@ def _options():
     return {
         "models": renderers,
         "refiners": [m for m in models if m.family in REFINER_FAMILIES],
-        "presets": _library().presets.listing(), "performance_modes": PERFORMANCE_MODES,
+        "presets": _library().presets.listing(), "wildcards": _library().wildcards.listing(),
+        "performance_modes": PERFORMANCE_MODES,
         "aspect_ratios": aspect_ratio_choices(m.family for m in renderers),
         "samplers": SAMPLERS, "schedules": SIGMA_SCHEDULES,
     }

@@ -14,6 +14,7 @@ import platform
 from typing import Any
 
 import farm
+from farm.generation.wildcards import image_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,15 @@ def software_versions(device_kind: str) -> dict[str, str | None]:
     }
 
 
-def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
-    """What made this one image: the same for a rerender, whatever its place in its job."""
+def image_params(params: dict[str, Any], seed: int, index: int = 0) -> dict[str, Any]:
+    """What made image ``index`` of a job: the same for a rerender, whatever its place in its job."""
     resolved = {key: params[key] for key in (
-        "final_prompt", "final_negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "scheduler",
-        "output_format",
+        "width", "height", "steps", "guidance_scale", "sampler", "scheduler", "output_format",
     )}
+    resolved["final_prompt"], resolved["final_negative_prompt"], choices = image_prompts(params, index)
     resolved["seed"] = seed
+    if choices:
+        resolved["wildcards"] = choices  # each __name__ and the line this image's seed drew for it
     # How the prompt and settings were arrived at, where the request used
     # them (a plain render's record stays as short as it was).
     for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts", "refiner", "styles",
@@ -48,7 +51,7 @@ def image_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
         if params.get(extra):
             resolved[extra] = params[extra]
     for written, final in (("prompt", "final_prompt"), ("negative_prompt", "final_negative_prompt")):
-        if params.get(written) is not None and params[written] != params[final]:
+        if params.get(written) is not None and params[written] != resolved[final]:
             resolved[written] = params[written]
     return resolved
 

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook deliveries tried before giving up.")
     styles_dir: Path | None = Field(default=None, description="Directory of user style files (*.json lists of {name, category, positive, negative}); they add to and override the built-in library.")
     presets_dir: Path | None = Field(default=None, description="Directory of user preset files (*.json); they add to and override the built-in presets.")
+    wildcards_dir: Path | None = Field(default=None, description="Directory of user wildcard files (name.txt, one option per line, # comments; subfolders give folder/name); they add to and override the built-in wildcards that __name__ in a prompt picks from.")
     prompt_expansion_engine: Literal["builtin", "lm"] = Field(default="builtin", description="Prompt expansion: 'builtin' (curated vocabulary, no model) or 'lm' (a causal language model).")
     prompt_expansion_model: str | None = Field(default=None, description="Local directory or hub id of the causal LM used when FARM_PROMPT_EXPANSION_ENGINE=lm.")
     max_prompt_chars: int = Field(default=4000, gt=0, description="Longest accepted prompt or negative prompt.")

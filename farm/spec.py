@@ -392,18 +392,31 @@ def resolve_request(
             problems.append(FieldProblem("image_prompts", f"image prompts need an IP-Adapter for {model.family} models; this farm has one for: {configured} (FARM_IP_ADAPTERS)"))
         elif image_prompts is None or len(image_prompts) != len(req.image_prompts):
             problems.append(FieldProblem("image_prompts", "image prompts are submitted one job at a time through POST /api/v1/jobs"))
+    from farm.generation.wildcards import has_wildcards
+
+    uses_wildcards = has_wildcards(req.prompt) or has_wildcards(req.negative_prompt)
+    if uses_wildcards:
+        if resources is None:
+            from farm.generation.resources import generation_resources
+
+            resources = generation_resources(settings)
+        problems.extend(_unknown_wildcards(req, resources.wildcards))
     if problems:
         raise RequestError(problems)
 
     assert model is not None
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     final_prompt, final_negative, styles = req.prompt, req.negative_prompt, []
-    if req.styles or req.prompt_expansion:
+    wildcard_images: list[dict[str, Any]] = []
+    if uses_wildcards:
+        wildcard_images, styles = _wildcard_images(req, seed, resources)
+        final_prompt, final_negative = wildcard_images[0]["final_prompt"], wildcard_images[0]["final_negative_prompt"]
+    elif req.styles or req.prompt_expansion:
         if resources is None:
             from farm.generation.resources import generation_resources
 
             resources = generation_resources(settings)
-        final_prompt, final_negative, styles = _styled_and_expanded(req, seed, resources)
+        final_prompt, final_negative, styles = _styled_and_expanded(req, req.prompt, req.negative_prompt, seed, resources)
     guidance = req.guidance_scale if req.guidance_scale is not None else (
         mode.guidance_scale if mode is not None and mode.guidance_scale is not None else model.default_guidance)
     params = {
@@ -431,6 +444,9 @@ def resolve_request(
     }
     if req.same_seed:
         params["same_seed"] = True
+    if wildcard_images:
+        # Each image draws its wildcards from its own seed; final_prompt above is image 0's.
+        params["wildcard_images"] = wildcard_images
     if req.prompt_expansion:
         params["prompt_expansion_engine"] = settings.prompt_expansion_engine
         if settings.prompt_expansion_engine == "lm":
@@ -614,11 +630,49 @@ def _with_preset(req: GenerationRequest, models: dict[str, ModelInfo], resources
         return req
 
 
-def _styled_and_expanded(req: GenerationRequest, seed: int, resources) -> tuple[str, str, list[str]]:
+def image_seed(seed: int, index: int, same_seed: bool = False) -> int:
+    """The seed of image ``index`` of a job: the job's seed plus the index, or the job's seed for every image."""
+    return seed if same_seed else (seed + index) % 2**64
+
+
+def _unknown_wildcards(req: GenerationRequest, library) -> list[FieldProblem]:
+    from farm.generation.wildcards import unknown_wildcard
+
+    return [FieldProblem(name, str(unknown_wildcard(unknown, library.names())))
+            for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt))
+            for unknown in library.unknown_names(text)]
+
+
+def _wildcard_images(req: GenerationRequest, seed: int, resources) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per image: its seed, its wildcards' choices and the prompts that follow (then styles and
+    expansion, as for any prompt); and the styles applied, the same for every image."""
+    from farm.generation.wildcards import WildcardError, expand_wildcards
+
+    images: list[dict[str, Any]] = []
+    styled: dict[tuple[str, str], tuple[str, str, list[str]]] = {}  # same_seed: every image alike
+    styles: list[str] = []
+    for index in range(req.num_images):
+        this_seed = image_seed(seed, index, req.same_seed)
+        try:
+            prompt = expand_wildcards(resources.wildcards, req.prompt, this_seed, "prompt")
+            negative = expand_wildcards(resources.wildcards, req.negative_prompt, this_seed, "negative_prompt")
+        except WildcardError as exc:
+            raise RequestError([FieldProblem("prompt", str(exc))]) from None
+        key = (prompt.text, negative.text)
+        if key not in styled:
+            styled[key] = _styled_and_expanded(req, prompt.text, negative.text, seed, resources)
+        final_prompt, final_negative, styles = styled[key]
+        images.append({"seed": this_seed, "final_prompt": final_prompt, "final_negative_prompt": final_negative,
+                       "wildcards": prompt.choices + negative.choices})
+    return images, styles
+
+
+def _styled_and_expanded(req: GenerationRequest, prompt: str, negative: str, seed: int,
+                         resources) -> tuple[str, str, list[str]]:
     from farm.generation.expansion import ExpansionError
     from farm.generation.styles import StyleError, apply_styles
 
-    prompt, negative, styles = req.prompt, req.negative_prompt, []
+    styles: list[str] = []
     if req.styles:
         try:
             prompt, negative, styles = apply_styles(resources.styles, prompt, negative, req.styles, seed)

@@ -49,6 +49,11 @@ class WorkerPath(CheckedModel):
     worker_id: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/]+$")]
 
 
+class WildcardPath(CheckedModel):
+    # "folder/name" for a file in a subfolder of FARM_WILDCARDS_DIR.
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_/-]+$")]
+
+
 class TokenPath(CheckedModel):
     token_id: RowId
 
@@ -315,6 +320,22 @@ class StyleList(BaseModel):
 
 class PresetList(BaseModel):
     presets: list[dict[str, Any]]
+
+
+class WildcardSummary(BaseModel):
+    name: str = Field(description="Written __name__ in a prompt or negative prompt")
+    lines: int = Field(description="How many options it picks from")
+    source: str = Field(description="'builtin', or the user file (FARM_WILDCARDS_DIR) that defines it")
+
+
+class WildcardList(BaseModel):
+    wildcards: list[WildcardSummary]
+
+
+class WildcardView(BaseModel):
+    name: str
+    source: str
+    lines: list[str] = Field(description="The options, one of which each image's seed picks")
 
 
 class UserCreated(BaseModel):

@@ -1,4 +1,4 @@
-"""The style and preset libraries and the prompt expander of a process,
+"""The style, preset and wildcard libraries and the prompt expander of a process,
 loaded once from settings (a style file edited on disk needs a restart)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from farm.generation.presets import PresetLibrary
 from farm.generation.styles import StyleLibrary
+from farm.generation.wildcards import WildcardLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 class GenerationResources:
     styles: StyleLibrary
     presets: PresetLibrary
+    wildcards: WildcardLibrary
     expansion_engine: str
     expansion_model: str | None
     _expander: object | None = field(default=None, repr=False)
@@ -37,7 +39,7 @@ _cache_lock = threading.Lock()
 
 
 def generation_resources(settings) -> GenerationResources:
-    key = (settings.styles_dir, settings.presets_dir, settings.prompt_expansion_engine, settings.prompt_expansion_model)
+    key = (settings.styles_dir, settings.presets_dir, settings.wildcards_dir, settings.prompt_expansion_engine, settings.prompt_expansion_model)
     with _cache_lock:
         if key not in _cache:
             style_dirs = [settings.styles_dir] if settings.styles_dir else []
@@ -45,7 +47,9 @@ def generation_resources(settings) -> GenerationResources:
             styles = StyleLibrary.load(style_dirs)
             _cache[key] = GenerationResources(
                 styles=styles, presets=PresetLibrary.load(preset_dirs, style_library=styles),
+                wildcards=WildcardLibrary.load([settings.wildcards_dir] if settings.wildcards_dir else []),
                 expansion_engine=settings.prompt_expansion_engine, expansion_model=settings.prompt_expansion_model,
             )
-            logger.info("loaded %d styles and %d presets", len(styles), len(_cache[key].presets))
+            logger.info("loaded %d styles, %d presets and %d wildcards", len(styles), len(_cache[key].presets),
+                        len(_cache[key].wildcards))
         return _cache[key]

@@ -27,6 +27,7 @@ from farm import states, tallies
 from farm.csvsafe import SafeDictWriter
 from farm.context import FarmContext
 from farm.costs import RenderTimes
+from farm.generation.wildcards import TOKEN, substitute, unknown_wildcard
 from farm.models import INTEGER_MAX, Campaign, CampaignStatus, Job, JobStatus, Output, User, WebhookDelivery, utcnow
 from farm.loras import lora_infos
 from farm.registry import model_infos
@@ -41,7 +42,9 @@ from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, W
 logger = logging.getLogger(__name__)
 
 MAX_CAMPAIGN_JOBS = 100_000
-MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority", "webhook"}) | {"seed_count"}
+# "seed_count": [N] draws N seeds; "wildcards": ["color", ...] makes an axis
+# "__color__" of the wildcard's lines, each substituted where the prompts say __color__.
+MATRIX_FIELDS = (set(GenerationRequest.model_fields) - {"priority", "webhook"}) | {"seed_count", "wildcards"}
 # CSV cells are text: these fields are converted.
 _INT_FIELDS = {"width", "height", "steps", "seed", "num_images"}
 _FLOAT_FIELDS = {"guidance_scale"}
@@ -57,7 +60,10 @@ class WebhookSpec(WebhookRequest):
 class CampaignRequest(CheckedModel):
     name: str = Field(min_length=1, max_length=200)
     base: dict[str, Any] = Field(default_factory=dict)
-    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict, description=(
+        "Generation field -> values, expanded as a cross product. Also \"seed_count\": [N] (N random seeds), "
+        "\"wildcards\": [\"color\", ...] (one job per line of each wildcard, the line put where the prompt or "
+        "negative prompt says __color__) and \"__name__\": [\"a\", \"b\"] (your own lines for __name__)."))
     rows: list[dict[str, Any]] = Field(default_factory=list)
     priority: int = Field(default=0, ge=-10, le=10)
     budget_images: int | None = Field(default=None, ge=1, le=INTEGER_MAX)
@@ -79,13 +85,15 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
         req.rows = req.rows + parse_rows(rows_text, rows_format or "csv")
     problems = []
     for key, values in req.matrix.items():
-        if key not in MATRIX_FIELDS:
+        if key not in MATRIX_FIELDS and not is_wildcard_axis(key):
             problems.append(FieldProblem(f"matrix.{key}", f"not a generation field; use one of {', '.join(sorted(MATRIX_FIELDS))}"))
         elif key == "seed_count":
             if len(values) != 1 or not isinstance(values[0], int) or not 1 <= values[0] <= MAX_CAMPAIGN_JOBS:
                 problems.append(FieldProblem("matrix.seed_count", f"give one number of seeds, 1..{MAX_CAMPAIGN_JOBS}, as [N]"))
         elif not values:
             problems.append(FieldProblem(f"matrix.{key}", "needs at least one value"))
+        elif key == "wildcards" or is_wildcard_axis(key):
+            problems += _wildcard_axis_problems(key, values)
     if "seed_count" in req.matrix and "seed" in req.matrix:
         problems.append(FieldProblem("matrix.seed_count", "give seeds or seed_count, not both"))
     # Jobs of a campaign are announced through the campaign's webhook (per_job), never their own.
@@ -97,6 +105,41 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
     if problems:
         raise RequestError(problems)
     return req
+
+
+def is_wildcard_axis(key: str) -> bool:
+    """Whether a matrix key is a wildcard's axis (``__color__``)."""
+    return TOKEN.fullmatch(key) is not None
+
+
+def _wildcard_axis_problems(key: str, values: list[Any]) -> list[FieldProblem]:
+    if not all(isinstance(value, str) and value.strip() for value in values):
+        what = "wildcard names like \"color\"" if key == "wildcards" else "lines of text"
+        return [FieldProblem(f"matrix.{key}", f"must be a list of {what}")]
+    if key == "wildcards" and len(set(values)) != len(values):
+        return [FieldProblem("matrix.wildcards", "names a wildcard twice")]
+    return []
+
+
+def with_wildcard_axes(req: CampaignRequest, library) -> CampaignRequest:
+    """``req`` with its matrix's "wildcards" turned into one axis per wildcard (``__color__``: its lines)."""
+    names = req.matrix.get("wildcards")
+    if not names:
+        return req
+    matrix = {key: values for key, values in req.matrix.items() if key != "wildcards"}
+    problems = []
+    for name in names:
+        name = name.strip().lower()
+        axis = f"__{name}__"
+        if name not in library:
+            problems.append(FieldProblem("matrix.wildcards", str(unknown_wildcard(name, library.names()))))
+        elif axis in matrix:
+            problems.append(FieldProblem("matrix.wildcards", f"{axis} is also a matrix key of its own; keep one"))
+        else:
+            matrix[axis] = list(library.get(name).lines)
+    if problems:
+        raise RequestError(problems)
+    return req.model_copy(update={"matrix": matrix})
 
 
 def rows_format(filename: str | None) -> str | None:
@@ -223,17 +266,42 @@ def expand(req: CampaignRequest) -> list[ExpandedJob]:
     if total > MAX_CAMPAIGN_JOBS:
         raise RequestError([FieldProblem("matrix", f"expands to {total} jobs; a campaign has at most {MAX_CAMPAIGN_JOBS}")], status=422)
     expanded = []
+    used: set[str] = set()
     for combo in combos:
         values = dict(zip(keys, combo))
-        combined = _override(req.base, values)
+        lines = {key: value for key, value in values.items() if is_wildcard_axis(key)}
+        combined = _override(req.base, {key: value for key, value in values.items() if key not in lines})
         for number, row in enumerate(rows, start=1):
             axes = {**values, "row": number} if req.rows else values
-            expanded.append(ExpandedJob({**_override(combined, row), "priority": req.priority}, len(expanded), axes))
+            request = _override(combined, row)
+            for axis, line in lines.items():
+                if _put_line(request, axis, line):
+                    used.add(axis)
+            expanded.append(ExpandedJob({**request, "priority": req.priority}, len(expanded), axes))
+    unused = [key for key in keys if is_wildcard_axis(key) and key not in used]
+    if unused:
+        raise RequestError([FieldProblem(f"matrix.{key}", f"no prompt or negative_prompt of the campaign says {key}; "
+                                                           f"write {key} where each line should go") for key in unused])
     return expanded
+
+
+def _put_line(request: dict[str, Any], axis: str, line: str) -> bool:
+    """Put a wildcard axis's line where the request's prompts say ``axis``; whether they did."""
+    found = False
+    for name in ("prompt", "negative_prompt"):
+        if isinstance(request.get(name), str):
+            request[name], here = substitute(request[name], axis[2:-2], line)
+            found = found or here
+    return found
 
 
 def submit_campaign(ctx: FarmContext, user: User, req: CampaignRequest) -> dict[str, Any]:
     webhook_url, webhook_secret = webhooks.accept(req.webhook, ctx.settings) if req.webhook else (None, None)
+    if req.matrix.get("wildcards"):
+        from farm.generation.resources import generation_resources
+
+        # Stored resolved, so the campaign's grid keeps its axes when a wildcard file changes.
+        req = with_wildcard_axes(req, generation_resources(ctx.settings).wildcards)
     requests_ = expand(req)
     with ctx.db.transaction() as session:
         infos = model_infos(session)

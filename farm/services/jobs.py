@@ -16,6 +16,7 @@ from farm import states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, Output, User, WebhookDelivery
 from farm.costs import RenderTimes
+from farm.generation.wildcards import single_image_params
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm.services import webhooks
@@ -247,7 +248,8 @@ def rerender_output(ctx: FarmContext, user: User, output_id: str, interface: str
     with ctx.db.transaction() as session:
         original = session.get(Job, output.job_id)
         owner = session.get(User, user.id)
-        params = {**original.params, "seed": output.seed, "num_images": 1}
+        # Narrowed to this output's image: its own wildcard draws and prompts.
+        params = {**single_image_params(original.params, output.index), "seed": output.seed, "num_images": 1}
         job = Job(
             id=uuid.uuid4(), user_id=user.id, model_id=original.model_id, request=original.request, params=params,
             width=original.width, height=original.height, steps=original.steps, num_images=1, seed=output.seed,

@@ -29,7 +29,8 @@ from farm.db import classify_database_error
 from farm.models import Job, JobStatus, ModelEntry, Output
 from farm.retry import ServiceError, ServiceUnavailableError
 from farm.storage import CONTENT_TYPES, StorageError, StoragePermanentError, output_key, sidecar_key
-from farm.spec import FAMILY_SIDE_MULTIPLE
+from farm.generation.wildcards import image_prompts as wildcard_prompts
+from farm.spec import FAMILY_SIDE_MULTIPLE, image_seed
 from farm.workers.img2img import render_task
 from farm.workers.pipelines import ImagePrompts, Refiner, RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime
@@ -333,10 +334,11 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     job.stage = "render"
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
-    seeds = [params["seed"] if params.get("same_seed") else (params["seed"] + index) % 2**64 for index in range(count)]
+    seeds = [image_seed(params["seed"], index, bool(params.get("same_seed"))) for index in range(count)]
     for index in range(count):
+        prompt, negative_prompt, _ = wildcard_prompts(params, index)  # each image its own wildcard draws
         image_params = RenderParams(
-            prompt=params["final_prompt"], negative_prompt=params["final_negative_prompt"], width=params["width"],
+            prompt=prompt, negative_prompt=negative_prompt, width=params["width"],
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=seeds[index], num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
@@ -365,7 +367,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     objects: list[tuple[str, bytes, str]] = []
     for index, image in enumerate(images):
         seed = seeds[index]
-        resolved = lineage.image_params(params, seed)
+        resolved = lineage.image_params(params, seed, index)
         reproducible = lineage.reproducible_record(resolved, model, software, runtime.device.type)
         text = {"parameters": lineage.parameters_text(resolved, loaded.entry_id), "farm": lineage.dumps(reproducible)}
         data = encode_image(image, fmt, text)

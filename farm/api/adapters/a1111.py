@@ -57,6 +57,7 @@ from farm.api.errors import ApiError
 from farm.api.security import farm_context
 from farm.api.throttle import ThrottledError
 from farm.events import PREVIEW
+from farm.generation.wildcards import image_prompts
 from farm.models import Job, ModelEntry, User
 from farm.safejson import CheckedModel
 from farm.spec import MAX_SEED, REFINER_FAMILIES, FieldProblem, RequestError
@@ -572,17 +573,18 @@ def _job_timestamp(job: Job) -> str:
     return when.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S") if when else ""
 
 
-def infotext(job: Job, seed: int) -> str:
-    """The 'parameters' text farm writes into each PNG (farm.lineage.parameters_text)."""
-    return lineage.parameters_text(lineage.image_params(job.params, seed), job.model_id)
+def infotext(job: Job, seed: int, index: int = 0) -> str:
+    """The 'parameters' text farm writes into image ``index``'s PNG (farm.lineage.parameters_text)."""
+    return lineage.parameters_text(lineage.image_params(job.params, seed, index), job.model_id)
 
 
 def images_answer(ctx, job: Job, body: A1111Txt2Img, entry: ModelEntry | None) -> dict[str, Any]:
     params = job.params
     seeds = [output.seed for output in job.outputs] or [job.seed]
     info = {
-        "prompt": params["prompt"], "all_prompts": [params["final_prompt"]] * len(seeds),
-        "negative_prompt": params["negative_prompt"], "all_negative_prompts": [params["final_negative_prompt"]] * len(seeds),
+        "prompt": params["prompt"], "all_prompts": [image_prompts(params, i)[0] for i in range(len(seeds))],
+        "negative_prompt": params["negative_prompt"],
+        "all_negative_prompts": [image_prompts(params, i)[1] for i in range(len(seeds))],
         "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
         "width": job.width, "height": job.height, "sampler_name": SAMPLERS[params["sampler"]][0],
         "scheduler": SCHEDULES[params["scheduler"]][0], "cfg_scale": params["guidance_scale"], "steps": job.steps,
@@ -591,7 +593,7 @@ def images_answer(ctx, job: Job, body: A1111Txt2Img, entry: ModelEntry | None) -
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": (params.get("image_task") or {}).get("strength", 0),
         "extra_generation_params": {"Schedule type": SCHEDULES[params["scheduler"]][0]},
-        "index_of_first_image": 0, "infotexts": [infotext(job, seed) for seed in seeds],
+        "index_of_first_image": 0, "infotexts": [infotext(job, seed, i) for i, seed in enumerate(seeds)],
         "styles": params.get("styles") or [], "job_timestamp": _job_timestamp(job),
         "clip_skip": params.get("clip_skip") or 1, "is_using_inpainting_conditioning": False,
         "version": f"farm {farm.__version__}",

@@ -483,9 +483,11 @@ def _render(payload: dict[str, Any], response_format: str | None):
     if job.status != JobStatus.succeeded.value:
         why = f": {job.error}" if job.error else ""
         raise OpenAIFailure(500, f"job {job.id} {job.status}{why}", code=f"job_{job.status}", headers=no_retry)
-    revised = job.params.get("final_prompt", job.params.get("prompt"))
     data = []
     for output in job.outputs:
+        # Each image's own final prompt: wildcards draw per image.
+        revised = ((output.lineage or {}).get("params") or {}).get("final_prompt") \
+            or job.params.get("final_prompt", job.params.get("prompt"))
         if response_format == "b64_json":
             data.append({"b64_json": base64.b64encode(common.image_bytes(ctx, output)).decode("ascii"), "revised_prompt": revised})
         else:
