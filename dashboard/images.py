@@ -129,8 +129,8 @@ def full_image(output_id: str):
 # The image page's lineage, grouped (issue 19): each group names the record's
 # parts it shows, as (group, part of the record, keys of that part or None for all).
 LINEAGE_GROUPS = (
-    ("Prompt", "params", ("prompt", "final_prompt", "negative_prompt", "final_negative_prompt", "styles", "preset",
-                          "prompt_expansion", "prompt_expansion_engine", "prompt_expansion_model")),
+    ("Prompt", "params", ("prompt", "final_prompt", "negative_prompt", "final_negative_prompt", "wildcards", "styles",
+                          "preset", "prompt_expansion", "prompt_expansion_engine", "prompt_expansion_model")),
     ("Settings", "params", None),  # every other parameter
     ("Model", "model", None),
     ("Worker", "worker", None),

@@ -251,7 +251,7 @@ def api(sqlite_settings, tmp_path):
     ctx = build_context(settings, events=LocalEvents())
     with ctx.db.transaction() as session:
         ensure_model(session, "m-sd")
-        _, token = create_user(session, "ana")
+        _, token = create_user(session, "ana", password="ana password 1")
     return create_app(settings, context=ctx).test_client(), {"Authorization": f"Bearer {token}"}
 
 
@@ -269,6 +269,7 @@ def test_wildcards_are_listed_and_read_by_name(api):
     assert client.get("/api/v1/wildcards").status_code == 401
     document = client.get("/api/v1/openapi.json").get_json()
     assert {"/api/v1/wildcards", "/api/v1/wildcards/{name}"} <= set(document["paths"])
+    assert "one job per line of each wildcard" in json.dumps(document)  # the campaign matrix's description
 
 
 def test_a_job_with_an_unknown_wildcard_is_refused_and_a_known_one_is_expanded(api):
@@ -364,3 +365,22 @@ def test_a_campaign_submitted_with_wildcards_queues_one_job_per_line(sqlite_sett
         assert stored.matrix == {"__season__": list(seasons)}
         assert [job.params["final_prompt"] for job in jobs] == [f"a park in {season}" for season in seasons]
         assert json.loads(json.dumps(jobs[0].campaign_axes)) == {"__season__": seasons[0]}
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def test_the_create_page_lists_wildcards_and_the_image_page_shows_the_choices_with_the_prompt(api):
+    import re
+
+    from dashboard.images import lineage_groups
+
+    client, _ = api
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+    assert client.post("/login", data={"name": "ana", "password": "ana password 1", "csrf_token": csrf}).status_code == 302
+    page = client.get("/create").get_data(as_text=True)
+    assert 'id="wildcard-hint"' in page and "<code>__studio/props__</code>" in page and "<code>__color__</code>" in page
+    params = resolve(prompt="a __color__ cat", seed=2).params
+    groups = dict(lineage_groups({"params": lineage.image_params(params, 2, 0)}))
+    prompt_rows = dict(groups["Prompt"])
+    assert prompt_rows["wildcards.0.name"] == "color" and prompt_rows["wildcards.0.choice"] in prompt_rows["final_prompt"]
