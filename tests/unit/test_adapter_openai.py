@@ -152,6 +152,18 @@ def test_generate_answers_with_the_images_of_one_openai_job(farm):
     assert {item["revised_prompt"] for item in answer["data"]} == {job.params["final_prompt"]}
 
 
+def test_each_images_revised_prompt_is_its_own_with_wildcards(farm):
+    ctx, client, tokens = farm
+    body = {"prompt": "a __color__ lighthouse", "model": "tiny-sd", "n": 4, "size": "64x64"}
+    with worker(ctx):
+        response = client.post("/v1/images/generations", json=body, headers=bearer(tokens["ana"]))
+    assert response.status_code == 200, response.get_json()
+    job = only_job(ctx)
+    revised = [item["revised_prompt"] for item in response.get_json()["data"]]
+    assert revised == [image["final_prompt"] for image in job.params["wildcard_images"]]
+    assert revised == [output.lineage["params"]["final_prompt"] for output in job.outputs]
+
+
 def test_generate_with_urls_links_each_image(farm):
     ctx, client, tokens = farm
     with worker(ctx):

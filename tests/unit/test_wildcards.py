@@ -226,6 +226,18 @@ def test_each_images_lineage_holds_its_prompt_as_written_expanded_and_choices():
         assert image_prompts(params, index)[0] == record["final_prompt"]
 
 
+def test_a1111_infotexts_and_prompts_are_each_images_own():
+    from types import SimpleNamespace
+
+    from farm.api.adapters.a1111 import infotext
+
+    params = resolve(prompt="a __color__ cat", seed=11, num_images=3).params
+    job = SimpleNamespace(params=params, model_id="m-sd")
+    assert len({image["final_prompt"] for image in params["wildcard_images"]}) == 3
+    for index, image in enumerate(params["wildcard_images"]):
+        assert infotext(job, image["seed"], index).startswith(image["final_prompt"] + "\n")
+
+
 def test_one_image_of_a_job_narrows_to_its_own_draws():
     params = resolve(prompt="a __color__ cat", seed=11, num_images=3).params
     narrowed = single_image_params(params, 2)
