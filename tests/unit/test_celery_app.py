@@ -76,3 +76,19 @@ def test_celery_inspect_against_an_embedded_farm_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("Error:") and "embedded" in line and "FARM_BROKER_URL=redis://" in line
+
+
+def test_a_render_task_binds_its_job_and_attempt_from_prerun_to_postrun():
+    from celery.signals import task_postrun, task_prerun
+
+    from farm import logs
+    from farm.workers.tasks import render_job
+
+    logs.bind_fields(user=9)  # left by earlier work on this thread: a task starts clean
+    task = render_job._get_current_object()
+    task_prerun.send(sender=task, task_id="t-1", task=task, args=("job-1", "2"), kwargs={})
+    # No runtime in this process, so no worker field; the attempt is a number.
+    assert logs.bound_fields() == {"job_id": "job-1", "attempt": 2}
+    task_postrun.send(sender=task, task_id="t-1", task=task, args=("job-1", "2"), kwargs={}, retval="succeeded")
+    assert logs.bound_fields() == {"user": 9}
+    logs.scope_fields()  # leave this test's thread clean
