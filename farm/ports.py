@@ -18,7 +18,10 @@ def listen_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A socket listening on ``host:port``, or :class:`AddressInUseError`
     naming the option to change."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio (uvicorn's loop) turns Nagle off on accepted
+    # connections only when the socket says IPPROTO_TCP; with proto 0 each
+    # small keep-alive response waited for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
