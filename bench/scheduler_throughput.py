@@ -34,7 +34,7 @@ worker queue (200, as the farm has at most one job per worker), the next
 sent to a queue as soon as its previous one is back. Steady: tasks sent at
 the same rate, round trip latency.
 
-    python bench/scheduler_throughput.py [--workers 200] [--burst 5000] [--rounds 3] [--rate 40] [--steady-s 20]
+    python bench/scheduler_throughput.py [--workers 200] [--burst 5000] [--rounds 3] [--rate 20] [--steady-s 20]
 
 Prints one JSON object (medians over rounds).
 """
@@ -63,7 +63,7 @@ from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, temporary_postgres_database, wait_until  # noqa: E402
 
 # (id, family, VRAM GB); workers start holding one each, round robin.
-MODELS = (("sd15", "sd", 2.5), ("sdxl", "sdxl", 7.0), ("flux", "flux", 24.0))
+MODELS = (("sd15", "sd", 2.5), ("sdxl", "sdxl", 7.0), ("flux", "flux", 16.0))
 # (name, role, share of the burst)
 USERS = (("ada", "member", 0.4), ("ben", "member", 0.3), ("cy", "member", 0.2), ("dee", "admin", 0.1))
 WORKER_VRAM_GB = (24.0, 80.0)
@@ -404,9 +404,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=200)
     parser.add_argument("--burst", type=int, default=5000, help="jobs per burst (and no-op tasks per baseline burst)")
     parser.add_argument("--rounds", type=int, default=3, help="burst rounds (each with its baseline)")
-    parser.add_argument("--rate", type=float, default=40.0, help="steady arrivals per second")
+    parser.add_argument("--rate", type=float, default=20.0, help="steady arrivals per second")
     parser.add_argument("--steady-s", type=float, default=20.0)
-    parser.add_argument("--steady-rounds", type=int, default=1)
+    parser.add_argument("--steady-rounds", type=int, default=2)
     parser.add_argument("--consumers", type=int, default=1, help="stand-in consumer processes")
     parser.add_argument("--concurrency", type=int, default=4, help="threads per stand-in consumer")
     parser.add_argument("--redis", default=os.environ.get("FARM_TEST_REDIS_URL", DEFAULT_REDIS_URL))
