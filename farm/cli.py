@@ -26,6 +26,15 @@ def _setup_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
+def _announce(settings: Settings, text: str) -> None:
+    """A long-running command's start-up line: plain on stdout, or a log
+    record where every line must be JSON (FARM_LOG_FORMAT=json)."""
+    if settings.log_format == "json":
+        logger.info("%s", text)
+    else:
+        click.echo(text)
+
+
 def _load_settings() -> Settings:
     from pydantic import ValidationError
 
@@ -95,14 +104,14 @@ def api(host: str | None, port: int | None, processes: int | None) -> None:
     if processes > 1:
         from farm.api.processes import serve_processes
 
-        click.echo(f"farm api on http://{host}:{port}/ ({processes} processes)")
+        _announce(settings, f"farm api on http://{host}:{port}/ ({processes} processes)")
         serve_processes(settings, host, port, processes)
         return
     from farm.api import create_app
     from farm.api.server import make_server
 
     app = create_app(settings)
-    click.echo(f"farm api on http://{host}:{port}/")
+    _announce(settings, f"farm api on http://{host}:{port}/")
     make_server(app, app.extensions["farm"], host, port, settings.api_threads).run()
 
 

@@ -1,7 +1,8 @@
 """Celery's own tools and structured logs against a live farm: `celery -A
 farm.workers.celery_app inspect` reaches every worker, Flower lists the
 workers and the render task, and with FARM_LOG_FORMAT=json every line the
-scheduler and the workers write is JSON, the job's lines carrying its fields.
+api, the scheduler and the workers write is JSON, the job's lines carrying
+its fields.
 
 One farm (Postgres, Redis, S3, api, scheduler, two workers) serves the module."""
 
@@ -172,6 +173,7 @@ def test_json_logs_every_line_and_the_job_fields(farm, rendered):
     worker_lines = _json_lines(processes["worker-wa"])
     scheduler_lines = _json_lines(processes["scheduler"])
     _json_lines(processes["worker-wb"])
+    _json_lines(processes["api"])
     for line in worker_lines + scheduler_lines:
         assert {"time", "level", "logger", "message"} <= set(line), line
 
