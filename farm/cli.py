@@ -87,9 +87,12 @@ def main() -> None:
 @friendly_errors
 def up(host: str, port: int) -> None:
     """Run an embedded farm: SQLite, a local store, a filesystem broker, one CPU worker and an offline demo model."""
-    from farm.embedded import run_embedded
+    from farm.embedded import HomeInUseError, run_embedded
 
-    run_embedded(_load_settings(), host, port)
+    try:
+        run_embedded(_load_settings(), host, port)
+    except HomeInUseError as exc:
+        raise CliError(str(exc)) from None
 
 
 @main.command()

@@ -9,6 +9,7 @@ written on first start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -189,9 +190,44 @@ def run_embedded(settings: Settings, host: str, port: int) -> None:
     # with no worker, thread or migration behind it.
     sock = listen_socket(host, port)
     try:
-        _serve(settings, host, port, sock)
+        with home_lock(settings.home):
+            _serve(settings, host, port, sock)
     finally:
         sock.close()
+
+
+class HomeInUseError(Exception):
+    """Another `farm up` runs on this FARM_HOME."""
+
+
+@contextlib.contextmanager
+def home_lock(home: Path):
+    """Hold FARM_HOME/farm-up.lock for this run. Two farms on one home would
+    share a database, a broker folder and the worker name `local-cpu`, and
+    each start marks the other's worker offline; the second is refused."""
+    try:
+        import fcntl
+    except ImportError:  # no flock here: nothing to hold
+        yield
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "farm-up.lock"
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            raise HomeInUseError(f"another farm up (pid {holder}) is using {home}; stop it, "
+                                 "or give this one its own FARM_HOME") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _serve(settings: Settings, host: str, port: int, sock) -> None:

@@ -242,3 +242,16 @@ def test_a_restart_keeps_the_token_and_starts_quietly(tmp_path):
     finally:
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(60) == 0
+
+
+def test_a_second_farm_up_on_the_same_home_is_refused(tmp_path):
+    with running_farm_up(tmp_path) as farm:
+        second = subprocess.run([sys.executable, "-m", "farm", "up", "--port", str(free_port())], env=farm.env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert second.stderr.strip() == (f"Error: another farm up (pid {farm.process.pid}) is using {tmp_path / 'home'}; "
+                                         "stop it, or give this one its own FARM_HOME"), second.stderr
+        # The first farm is untouched: its one worker still renders.
+        assert len(child_pids(farm.process.pid)) == 1
+        job = farm.render("still served")
+        assert job["status"] == "succeeded", f"{job}\n{''.join(farm.lines[-30:])}"
