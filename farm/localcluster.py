@@ -14,12 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from farm.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +148,13 @@ class LocalCluster:
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> FarmProcess:
         log_path = self.home / f"{name}.log"
         handle = open(log_path, "wb")
+        # A test process killed before its teardown (a timeout, ^C twice) left
+        # api, scheduler and workers running: the kernel now stops them with
+        # it. Only from the main thread, which lives as long as the process:
+        # the signal fires when the thread that forked the child ends.
+        from_main = threading.current_thread() is threading.main_thread()
         process = subprocess.Popen([sys.executable, "-m", "farm", *args], env={**self.env, **(extra_env or {})},
-                                   stdout=handle, stderr=subprocess.STDOUT)
+                                   stdout=handle, stderr=subprocess.STDOUT, preexec_fn=die_with_parent if from_main else None)
         started = FarmProcess(name, process, log_path)
         self.processes.append(started)
         return started

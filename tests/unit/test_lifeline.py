@@ -70,3 +70,34 @@ def test_a_child_without_the_signal_lives_on():
 
 def test_a_child_watching_its_parent_stops_when_the_parent_was_killed():
     assert kill_parent_and_wait(WATCHER, "")
+
+
+# A test process that starts a LocalCluster process, then is killed before
+# its teardown could stop it (a pytest timeout, ^C twice).
+CLUSTER_PARENT = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from farm.localcluster import LocalCluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["FARM_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/nowhere"  # farm db wait retries it
+    cluster = LocalCluster(home=Path(sys.argv[1]), env=env, api_port=0)
+    print(cluster.start("waiter", "db", "wait", "--timeout", "600").process.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_local_cluster_processes_end_with_the_test_process(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", CLUSTER_PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    try:
+        time.sleep(1.0)
+        assert not gone(child_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while not gone(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(child_pid)
+    finally:
+        if not gone(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
