@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from farm.families import get_family  # noqa: E402
 from farm.workers.pipelines import RenderParams, pick_dtype, render  # noqa: E402
 from farm.workers.tiny import build_tiny_pipeline, build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: E402
 
@@ -152,8 +153,7 @@ def measure(arch: str, scale: str, device: torch.device, repeat: int) -> dict:
     def direct(seed: int):
         kwargs = dict(prompt=PROMPT, width=side, height=side, num_inference_steps=steps, guidance_scale=guidance,
                       generator=torch.Generator("cpu").manual_seed(seed))
-        if family != "flux":
-            kwargs["negative_prompt"] = "blurry"
+        kwargs.update(get_family(family).render_kwargs("blurry"))  # FLUX takes no negative prompt
         with torch.inference_mode():
             return pipe(**kwargs).images
 

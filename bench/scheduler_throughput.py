@@ -148,7 +148,7 @@ def set_up_farm(ctx, workers: int) -> dict[str, object]:
 
     from farm.auth import create_user
     from farm.models import ModelEntry, Worker
-    from farm.registry import FAMILIES
+    from farm.families import renderer_names
     from standin_workers import worker_row
 
     with ctx.db.transaction() as session:
@@ -157,7 +157,7 @@ def set_up_farm(ctx, workers: int) -> dict[str, object]:
         session.flush()
         for name, role, _ in USERS:
             create_user(session, name, admin=role == "admin")
-        families = [f for f in FAMILIES if f != "sdxl_refiner"]
+        families = list(renderer_names())
         session.execute(insert(Worker), [
             worker_row(name, WORKER_VRAM_GB[i % 2], {MODELS[i % 3][0]: MODELS[i % 3][2]}, families)
             for i, name in enumerate(worker_names(workers))])

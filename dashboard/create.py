@@ -14,7 +14,8 @@ from farm.models import Job, ModelEntry
 from farm.services import campaigns as campaign_service
 from farm.services import jobs as job_service
 from farm.services.quotas import QuotaExceededError, me_report
-from farm.spec import FAMILY_ASPECT_RATIOS, REFINER_FAMILIES, SAMPLERS, SIGMA_SCHEDULES, RequestError
+from farm.families import is_refiner
+from farm.spec import FAMILY_ASPECT_RATIOS, SAMPLERS, SIGMA_SCHEDULES, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,10 @@ def aspect_ratio_choices(families) -> list[tuple[str, list[str]]]:
 def _options():
     with farm_ctx().db.session() as session:
         models = session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars().all()
-    renderers = [m for m in models if m.family not in REFINER_FAMILIES]
+    renderers = [m for m in models if not is_refiner(m.family)]
     return {
         "models": renderers,
-        "refiners": [m for m in models if m.family in REFINER_FAMILIES],
+        "refiners": [m for m in models if is_refiner(m.family)],
         "presets": _library().presets.listing(), "wildcards": _library().wildcards.listing(),
         "performance_modes": PERFORMANCE_MODES,
         "aspect_ratios": aspect_ratio_choices(m.family for m in renderers),

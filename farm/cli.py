@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from farm.families import family_names, renderer_names
 from farm.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -452,7 +453,7 @@ def models_list() -> None:
 @models.command("add")
 @click.argument("model_id")
 @click.argument("source")
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3", "sdxl_refiner"]), default=None, help="Pipeline family (read from a local folder when omitted).")
+@click.option("--family", type=click.Choice(family_names()), default=None, help="Pipeline family (read from a local folder when omitted).")
 @click.option("--vram-gb", type=float, default=None, help="Estimated VRAM in GB (measured from local weights when omitted).")
 @click.option("--revision", default=None, help="Hub revision to pin (branch, tag or commit).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None, help="Weights dtype on CUDA.")
@@ -552,7 +553,7 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
 
 @models.command("tiny")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3", "sdxl_refiner"]), default="sd", show_default=True)
+@click.option("--family", type=click.Choice(family_names()), default="sd", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--variant", default=None, help="flux: dev (guidance-distilled, the default) or schnell (few-step).")
 @friendly_errors
@@ -575,7 +576,7 @@ def loras() -> None:
 @loras.command("add")
 @click.argument("lora_id")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), required=True, help="Model family the LoRA was trained for.")
+@click.option("--family", type=click.Choice(renderer_names()), required=True, help="Model family the LoRA was trained for.")
 @click.option("--description", default="", help="Free text shown in listings.")
 @friendly_errors
 def loras_add(lora_id: str, source: Path, family: str, description: str) -> None:
@@ -605,7 +606,7 @@ def loras_list() -> None:
 
 @loras.command("tiny")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--family", type=click.Choice(["sd", "sdxl", "flux", "sd3"]), default="sd", show_default=True)
+@click.option("--family", type=click.Choice(renderer_names()), default="sd", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly_errors
 def loras_tiny(directory: Path, family: str, seed: int) -> None:

@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from farm.families import all_families
 from farm.models import Job, JobStatus, ModelEntry
 
 logger = logging.getLogger(__name__)
 
 # Seconds per step on a reference GPU at the family's native size (the
-# default until the farm has measured a family).
-STEP_S = {"sd": 0.05, "sdxl": 0.12, "flux": 0.45, "sd3": 0.3}
-NATIVE_PIXELS = {"sd": 512 * 512, "sdxl": 1024 * 1024, "flux": 1024 * 1024, "sd3": 1024 * 1024}
+# default until the farm has measured a family), as each family declares them.
+STEP_S = {f.name: f.step_s for f in all_families() if f.renders}
+NATIVE_PIXELS = {f.name: f.native_pixels for f in all_families() if f.renders}
 DEFAULT_STEP_S = 0.1  # a family without an entry above
 SAMPLE_JOBS = 200  # how many recent succeeded jobs the measured estimates come from
 

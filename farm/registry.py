@@ -12,24 +12,15 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from farm.families import detect_family as family_from_index
+from farm.families import family_names, find_family
 from farm.models import ModelEntry
 from farm.spec import ModelInfo
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("sd", "sdxl", "flux", "sd3", "sdxl_refiner")
-# Typical 16-bit footprints (GB) when the size cannot be measured from files.
-DEFAULT_VRAM_GB = {"sd": 2.2, "sdxl": 7.0, "flux": 24.0, "sd3": 16.0, "sdxl_refiner": 6.1}
-DEFAULT_STEPS = {"sd": 25, "sdxl": 30, "flux": 28, "sd3": 28, "sdxl_refiner": 30}
-DEFAULT_GUIDANCE = {"sd": 7.0, "sdxl": 7.0, "flux": 3.5, "sd3": 5.0, "sdxl_refiner": 7.0}
-_PIPELINE_CLASSES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-    "StableDiffusion3Pipeline": "sd3",
-    # The published SDXL refiner is saved as an image-to-image pipeline.
-    "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner",
-}
+#: Every family a model may be registered as (farm/families), refiners included.
+FAMILIES = family_names()
 
 
 class RegistryError(Exception):
@@ -38,7 +29,8 @@ class RegistryError(Exception):
 
 def pipeline_class_for(family: str | None) -> str | None:
     """The diffusers pipeline class a family's folders are saved as."""
-    return next((cls for cls, name in _PIPELINE_CLASSES.items() if name == family), None)
+    found = find_family(family)
+    return found.pipeline_class if found is not None else None
 
 
 def _farm_marker(directory: Path) -> dict:
@@ -59,7 +51,7 @@ def detect_family(directory: Path) -> str | None:
             return family
     index = directory / "model_index.json"
     if index.is_file():
-        return _PIPELINE_CLASSES.get(json.loads(index.read_text()).get("_class_name", ""))
+        return family_from_index(json.loads(index.read_text()))
     return None
 
 
@@ -117,7 +109,8 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         if family is None:
             raise RegistryError(f"pass --family for hub model {source!r} ({', '.join(FAMILIES)})")
         files, weights_sha256 = None, None  # recorded by 'farm models pull'
-    if family not in FAMILIES:
+    declared = find_family(family)
+    if declared is None:
         raise RegistryError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     entry = ModelEntry(
         id=model_id,
@@ -125,9 +118,9 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         family=family,
         dtype=dtype,
         revision=revision,
-        vram_gb=vram_gb or DEFAULT_VRAM_GB[family],
-        default_steps=default_steps or DEFAULT_STEPS[family],
-        default_guidance=default_guidance if default_guidance is not None else DEFAULT_GUIDANCE[family],
+        vram_gb=vram_gb or declared.default_vram_gb,
+        default_steps=default_steps or declared.default_steps,
+        default_guidance=default_guidance if default_guidance is not None else declared.default_guidance,
         description=description,
         base=base,
         variant=variant,

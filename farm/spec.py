@@ -20,62 +20,30 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from farm.families import all_families, check_extras, check_sampler, find_family, is_refiner, refiner_names
+from farm.families.performance import NOISE_PERFORMANCE, PERFORMANCE_MODES, PerformanceMode  # noqa: F401  (PERFORMANCE_MODES: part of the request vocabulary)
+from farm.families.samplers import SAMPLER_NAMES, SIGMA_SCHEDULES
 from farm.safejson import UUID_PATTERN, CheckedModel
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "unipc", "ddim", "lcm")
-SIGMA_SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform")
-PERFORMANCE_MODES = ("quality", "speed", "extreme_speed", "lightning")
+SAMPLERS = SAMPLER_NAMES
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**32 - 1
-# Smallest and largest side per family, in pixels.
-FAMILY_SIDES = {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
-# Sides must be multiples of this: the VAE's factor of 8, times 2 where the
-# transformer works on 2x2 latent patches (FLUX packs them, SD3 patchifies).
-FAMILY_SIDE_MULTIPLE = {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
-# Frames (width*height) worth offering per family: the buckets each was
-# trained near (SD 1.5 around 512 px, the others around one megapixel), so a
-# form never offers an SDXL frame when only SD models are registered.
-_MEGAPIXEL_FRAMES = ("1024*1024", "1152*896", "896*1152", "1216*832", "832*1216", "1344*768", "768*1344", "1536*640", "640*1536")
-FAMILY_ASPECT_RATIOS = {
-    "sd": ("512*512", "768*512", "512*768", "640*512", "512*640", "256*256", "384*256", "256*384"),
-    "sdxl": _MEGAPIXEL_FRAMES, "flux": _MEGAPIXEL_FRAMES, "sd3": _MEGAPIXEL_FRAMES,
-}
+# Request defaults where no size is given, whatever the family.
+DEFAULT_SIDE = 512
+# Size rules per family that renders (farm/families declares them): smallest
+# and largest side; the multiple sides must be (the VAE's factor of 8, times 2
+# where the transformer works on 2x2 latent patches); the frames worth
+# offering (the buckets each was trained near, so a form never offers an SDXL
+# frame when only SD models are registered).
+FAMILY_SIDES = {f.name: f.side_range for f in all_families() if f.renders}
+FAMILY_SIDE_MULTIPLE = {f.name: f.side_multiple for f in all_families() if f.renders}
+FAMILY_ASPECT_RATIOS = {f.name: f.aspect_ratios for f in all_families() if f.renders}
 #: Families that only finish another model's render (a request's "refiner"),
 #: never render on their own.
-REFINER_FAMILIES = ("sdxl_refiner",)
+REFINER_FAMILIES = refiner_names()
 _ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×]\s*(\d{2,5})\s*$")
-
-
-@dataclass(frozen=True)
-class PerformanceMode:
-    """Steps, sampler, sigma schedule and guidance a mode stands for."""
-
-    steps_factor: float | None  # times the model's default steps; None = fixed ``steps``
-    steps: int | None
-    sampler: str
-    scheduler: str
-    guidance_scale: float | None  # None = the model's default
-
-
-# Few-step modes trade quality for speed the way distilled/LCM checkpoints do;
-# the accelerating LoRA a family may configure is not applied yet, so on a
-# plain checkpoint they give rough images quickly.
-PERFORMANCE = {
-    "quality": PerformanceMode(1.5, None, "dpmpp_2m", "karras", None),
-    "speed": PerformanceMode(1.0, None, "dpmpp_2m", "karras", None),
-    "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
-    "lightning": PerformanceMode(None, 4, "euler", "sgm_uniform", 1.0),
-}
-# Flow-matching families (FLUX, SD3) step along flow sigmas: Karras spacing
-# and trailing timesteps do not apply, so their modes keep the plain schedule.
-FLOW_PERFORMANCE = {
-    "quality": PerformanceMode(1.5, None, "dpmpp_2m", "normal", None),
-    "speed": PerformanceMode(1.0, None, "euler", "normal", None),
-    "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
-    "lightning": PerformanceMode(None, 4, "euler", "normal", 1.0),
-}
 
 
 @dataclass
@@ -319,7 +287,7 @@ def resolve_request(
         if len(value) > settings.max_prompt_chars:
             problems.append(FieldProblem(name, f"is {len(value)} characters; the limit is {settings.max_prompt_chars}"))
 
-    renderers = sorted(m.id for m in models.values() if m.family not in REFINER_FAMILIES)
+    renderers = sorted(m.id for m in models.values() if not is_refiner(m.family))
     model_id = req.model or default_model or settings.default_model or (renderers[0] if renderers else None)
     model = models.get(model_id) if model_id else None
     if req.variant is not None or (model is None and model_id is not None):
@@ -329,9 +297,10 @@ def resolve_request(
     if model is None and not any(p.field in ("model", "variant") for p in problems):
         known = ", ".join(renderers) or "none registered (farm models add ...)"
         problems.append(FieldProblem("model", f"unknown model {model_id!r}; available: {known}"))
-    if model is not None and model.family in REFINER_FAMILIES:
-        problems.append(FieldProblem("model", f"{model.id} is an SDXL refiner, which only finishes renders: ask for an "
-                                              f"sdxl model and name {model.id} as \"refiner\""))
+    if model is not None and is_refiner(model.family):
+        finishes = find_family(model.family).refines
+        problems.append(FieldProblem("model", f"{model.id} is a refiner, which only finishes renders: ask for a "
+                                              f"{finishes} model and name {model.id} as \"refiner\""))
         model = None
 
     # Fields of the contract whose features are not built yet are refused
@@ -343,12 +312,13 @@ def resolve_request(
 
         # The size follows from the source and the mode.
         width, height = output_size(req.image_mode, source.width, source.height,
-                                    FAMILY_SIDE_MULTIPLE.get(model.family, 8), tuple(image_task["outpaint"] or ()))
+                                    side_multiple(model.family), tuple(image_task["outpaint"] or ()))
     else:
         width, height = _resolve_size(req, problems)
     if model is not None and width and height:
-        low, high = FAMILY_SIDES.get(model.family, (64, 2048))
-        multiple = FAMILY_SIDE_MULTIPLE.get(model.family, 8)
+        family = find_family(model.family)
+        low, high = family.side_range if family is not None else (64, 2048)
+        multiple = side_multiple(model.family)
         for name, side in (("width", width), ("height", height)):
             if not low <= side <= high:
                 problems.append(FieldProblem(name, f"{side} is outside {low}..{high} for {model.family} models"))
@@ -359,8 +329,7 @@ def resolve_request(
 
     # A performance mode fills steps, sampler, schedule and guidance; fields
     # the request sets itself win.
-    modes = FLOW_PERFORMANCE if model is not None and model.family in ("flux", "sd3") else PERFORMANCE
-    mode = modes.get(req.performance) if req.performance else None
+    mode = performance_modes(model.family if model is not None else None).get(req.performance) if req.performance else None
     explicit = req.model_fields_set
     sampler = req.sampler if mode is None or "sampler" in explicit else mode.sampler
     schedule = req.scheduler if mode is None or "scheduler" in explicit else mode.scheduler
@@ -373,13 +342,9 @@ def resolve_request(
     if req.num_images > settings.max_images_per_job:
         problems.append(FieldProblem("num_images", f"{req.num_images} images; one job makes at most {settings.max_images_per_job}"))
     if model is not None:
-        from farm.workers.pipelines import check_sampler
-
         message = check_sampler(model.family, sampler, schedule)
         if message:
             problems.append(FieldProblem("sampler", message))
-        from farm.workers.pipelines import check_extras
-
         inpainting = req.image_mode in ("inpaint", "outpaint")
         problems.extend(FieldProblem(name, why) for name, why in check_extras(
             model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
@@ -492,16 +457,17 @@ def _resolve_refiner(req: GenerationRequest, model: ModelInfo | None, models: di
         if req.refiner_switch is not None:
             problems.append(FieldProblem("refiner_switch", "is the point a refiner takes over; name the \"refiner\" too"))
         return None
-    refiners = ", ".join(sorted(m.id for m in models.values() if m.family in REFINER_FAMILIES)) or "none registered"
+    refiners = ", ".join(sorted(m.id for m in models.values() if is_refiner(m.family))) or "none registered"
     entry = models.get(req.refiner)
     if entry is None:
         problems.append(FieldProblem("refiner", f"unknown refiner {req.refiner!r}; refiners: {refiners}"))
         return None
-    if entry.family not in REFINER_FAMILIES:
+    if not is_refiner(entry.family):
         problems.append(FieldProblem("refiner", f"{entry.id} is a {entry.family} model, not a refiner; refiners: {refiners}"))
         return None
-    if model is not None and model.family != "sdxl":
-        problems.append(FieldProblem("refiner", f"a refiner finishes sdxl renders; {model.id} is a {model.family} model"))
+    finishes = find_family(entry.family).refines
+    if model is not None and model.family != finishes:
+        problems.append(FieldProblem("refiner", f"a refiner finishes {finishes} renders; {model.id} is a {model.family} model"))
         return None
     if image_task is not None:
         problems.append(FieldProblem("refiner", "a refiner finishes text-to-image renders; leave it out with image_mode"))
@@ -701,7 +667,7 @@ def _resolve_size(req: GenerationRequest, problems: list[FieldProblem]) -> tuple
         if (req.width is None) != (req.height is None):
             problems.append(FieldProblem("width" if req.width is None else "height", "give both width and height, or neither"))
             return 0, 0
-        width, height = req.width or 512, req.height or 512
+        width, height = req.width or DEFAULT_SIDE, req.height or DEFAULT_SIDE
         name_w, name_h = "width", "height"
     ok = True
     for name, side in ((name_w, width), (name_h, height)):
@@ -709,3 +675,15 @@ def _resolve_size(req: GenerationRequest, problems: list[FieldProblem]) -> tuple
             problems.append(FieldProblem(name, f"{side} is not a multiple of 8"))
             ok = False
     return (width, height) if ok else (0, 0)
+
+
+def side_multiple(family: str) -> int:
+    """The multiple ``family``'s sides must be (8 for a family the registry does not know)."""
+    found = find_family(family)
+    return found.side_multiple if found is not None else 8
+
+
+def performance_modes(family: str | None) -> dict[str, PerformanceMode]:
+    """What each performance mode stands for on ``family`` (the noise-prediction table when unknown)."""
+    found = find_family(family)
+    return dict(found.performance) if found is not None else dict(NOISE_PERFORMANCE)

@@ -22,12 +22,13 @@ from typing import Any
 
 from farm.generation.jsonfiles import json_files, read_builtin, read_json
 from farm.generation.styles import RANDOM_STYLE, StyleLibrary
-from farm.spec import FAMILY_SIDES, PERFORMANCE_MODES, SAMPLERS, SIGMA_SCHEDULES
+from farm.families import renderer_names
+from farm.spec import PERFORMANCE_MODES, SAMPLERS, SIGMA_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_SOURCE = "builtin"
-MODEL_FAMILIES = tuple(FAMILY_SIDES)
+MODEL_FAMILIES = renderer_names()
 
 _NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _ASPECT = re.compile(r"^(\d+)\*(\d+)$")

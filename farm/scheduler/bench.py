@@ -18,6 +18,7 @@ from typing import Callable
 import click
 import numpy as np
 
+from farm.families import get_family
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState
 from farm.scheduler.simulator import TraceError, load_trace, load_workers, simulate
@@ -36,7 +37,10 @@ GPU_CLASSES = [  # (vram_gb, speed, load_gbps, share of the fleet)
     (48.0, 1.6, 3.0, 0.15),
     (80.0, 2.5, 4.0, 0.15),
 ]
-MODEL_FAMILIES = {"sd": (2.2, 512), "sdxl": (7.0, 1024), "flux": (24.0, 1024)}  # family -> (GB, native side)
+# Synthetic models' seconds per image at their native size, by family (a workload shape, not a measurement).
+RENDER_S = {"sd": 1.0, "sdxl": 4.5, "flux": 14.0}
+# family -> (GB, native side), as the families declare them.
+MODEL_FAMILIES = {name: (get_family(name).default_vram_gb, get_family(name).native_side) for name in RENDER_S}
 # Families of the synthetic models in popularity order, repeated: most models are SD or SDXL.
 FAMILY_CYCLE = ("sd", "sdxl", "sd", "sdxl", "flux")
 # A decision happens after a render finishes, so most of the fleet is busy.
@@ -98,7 +102,8 @@ def synthetic_snapshot(workers: int = 100, models: int = 20, queued: int = 10_00
     worker_states = []
     for index, cls in enumerate(classes):
         vram, speed, load_gbps, _ = GPU_CLASSES[cls]
-        families = frozenset({"sd", "sdxl", "flux"} if vram >= 48 else {"sd", "sdxl"})
+        # The big GPUs serve every synthetic family; the others leave FLUX out.
+        families = frozenset(RENDER_S if vram >= 48 else ("sd", "sdxl"))
         held: dict[str, float] = {}
         for pick in rng.choice(models, size=models, replace=False, p=popularity):
             model_id, family, gb, side = model_table[pick]
@@ -126,7 +131,7 @@ def synthetic_snapshot(workers: int = 100, models: int = 20, queued: int = 10_00
         jobs.append(QueuedJob(
             id=index + 1, attempt=1, user_id=int(job_users[index]), model_id=model_id, family=family, model_gb=gb,
             width=width, height=side, priority=int(rng.random() < 0.02), queued_at=float(arrivals[index]),
-            est_seconds=float({"sd": 1.0, "sdxl": 4.5, "flux": 14.0}[family] * scale)))
+            est_seconds=float(RENDER_S[family] * scale)))
     shares = {u: Share(weight=1.0, usage_s=float(rng.exponential(300.0)), running=int(rng.integers(0, 3)))
               for u in range(1, users + 1)}
     return Snapshot(jobs=jobs, workers=worker_states, now=600.0, shares=shares)

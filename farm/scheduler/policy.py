@@ -59,16 +59,28 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
+from farm.families import find_family
+
 logger = logging.getLogger(__name__)
 
 # Working memory a render needs on top of the weights: activations grow with
-# the latent size. Rough figures for fp16 UNets; the scheduler issue refines it.
+# the latent size. Each family declares its figures (farm/families); these
+# are for a family the registry does not know (a simulator trace's own).
 BASE_WORKING_GB = 0.4
 WORKING_GB_PER_MEGAPIXEL = 1.6
 
 
-def working_memory_gb(width: int, height: int) -> float:
-    return BASE_WORKING_GB + WORKING_GB_PER_MEGAPIXEL * (width * height) / 1e6
+def _working_coefficients(family: str | None) -> tuple[float, float]:
+    """(base GB, GB per megapixel) of ``family``'s working memory."""
+    found = find_family(family)
+    if found is None:
+        return BASE_WORKING_GB, WORKING_GB_PER_MEGAPIXEL
+    return found.working_gb_base, found.working_gb_per_megapixel
+
+
+def working_memory_gb(width: int, height: int, family: str | None = None) -> float:
+    base, per_megapixel = _working_coefficients(family)
+    return base + per_megapixel * (width * height) / 1e6
 
 
 @dataclass(frozen=True)
@@ -119,8 +131,9 @@ class WorkerState:
             return f"does not serve model {job.model_id}"
         if job.pixels > self.max_pixels:
             return f"accepts at most {self.max_pixels} pixels"
-        if job.model_gb + working_memory_gb(job.width, job.height) > self.vram_total_gb:
-            return f"has {self.vram_total_gb:.1f} GB of VRAM; the job needs {job.model_gb + working_memory_gb(job.width, job.height):.1f} GB"
+        if job.model_gb + working_memory_gb(job.width, job.height, job.family) > self.vram_total_gb:
+            return (f"has {self.vram_total_gb:.1f} GB of VRAM; the job needs "
+                    f"{job.model_gb + working_memory_gb(job.width, job.height, job.family):.1f} GB")
         return None
 
 
@@ -396,7 +409,7 @@ class _Placement:
         """
         held = self.held[worker.id]
         holds = job.model_id in held
-        need = (0.0 if holds else job.model_gb) + working_memory_gb(job.width, job.height) - self.free_gb[worker.id]
+        need = (0.0 if holds else job.model_gb) + working_memory_gb(job.width, job.height, job.family) - self.free_gb[worker.id]
         cost = 0.0 if holds else job.model_gb / worker.load_gbps
         if need <= 1e-9:
             return cost, ()
@@ -751,7 +764,7 @@ def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
         and job.family in worker.families
         and (worker.serves_models is None or job.model_id in worker.serves_models)
         and job.pixels <= worker.max_pixels
-        and job.model_gb + working_memory_gb(job.width, job.height) <= worker.vram_total_gb
+        and job.model_gb + working_memory_gb(job.width, job.height, job.family) <= worker.vram_total_gb
     )
 
 
@@ -770,13 +783,14 @@ def _largest_runnable_pixels(job: QueuedJob, family_workers: Sequence[tuple]) ->
     """The largest width x height of this job's model that one of its family's workers could ever run."""
     best = 0
     model_id, model_gb = job.model_id, job.model_gb
+    base_gb, gb_per_megapixel = _working_coefficients(job.family)
     for vram_total_gb, max_pixels, serves in family_workers:
         if serves is not None and model_id not in serves:
             continue
-        room_gb = vram_total_gb - model_gb - BASE_WORKING_GB
+        room_gb = vram_total_gb - model_gb - base_gb
         if room_gb < 0:
             continue
-        limit = int(room_gb / WORKING_GB_PER_MEGAPIXEL * 1e6)
+        limit = int(room_gb / gb_per_megapixel * 1e6)
         if limit > max_pixels:
             limit = max_pixels
         if limit > best:

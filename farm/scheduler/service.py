@@ -27,7 +27,7 @@ from farm.db import classify_database_error, describe_database_error
 from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
 from farm.scheduler import gauges
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
-from farm.spec import REFINER_FAMILIES
+from farm.families import refiner_names
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ class Scheduler:
             workers = [w for w in every_worker if w.state == "online" and w.last_heartbeat_at >= fresh_since]
             # A job with an SDXL refiner needs room for both models.
             refiner_gb = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)
-                                              .where(ModelEntry.family.in_(REFINER_FAMILIES))).all())
+                                              .where(ModelEntry.family.in_(refiner_names()))).all())
             shares, team_shares = self._shares(session, {r.user_id for r in rows},
                                                {r.team_id for r in rows if r.team_id is not None}, active, now)
         in_use: dict[str, set[str]] = {}

@@ -620,7 +620,7 @@ class Simulation:
         job.render_start = render_start
         render_s = spec.work_s / worker.spec.speed
         worker.render_s += render_s
-        task = _Task(job, spec.model, working_memory_gb(spec.width, spec.height))
+        task = _Task(job, spec.model, working_memory_gb(spec.width, spec.height, spec.family))
         worker.tasks.append(task)
         worker.changed()
         self.usage[job.user_id].running += 1

@@ -1,10 +1,10 @@
-"""Loading diffusers pipelines per model family, and the render call.
+"""Loading a model family's pipeline, and the render call.
 
-The farm speaks in stable sampler names ("euler", "dpmpp_2m", ...) and sigma
-schedule names ("normal", "karras", ...); this module maps them onto diffusers
-scheduler classes and their config keys, builds a fresh scheduler for every
-job, and runs the pipeline with per-image seeded generators so that the same
-parameters always give the same pixels on the same machine.
+What differs between families (pipeline classes, samplers, extras, the
+negative prompt, the IP-Adapter layout) is declared in ``farm/families``;
+this module loads through the family's ``load``, builds a fresh scheduler
+for every job, and runs the pipeline with per-image seeded generators so that
+the same parameters always give the same pixels on the same machine.
 
 A pipeline object must not be used by two renders at once: ``render`` swaps
 the job's scheduler in for the length of the call.
@@ -13,15 +13,13 @@ the job's scheduler in for the length of the call.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
-import threading
 import io
 import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import PIL.Image
@@ -29,18 +27,14 @@ import torch
 from PIL import ExifTags
 from PIL.PngImagePlugin import PngInfo
 
-from farm.spec import REFINER_FAMILIES  # noqa: F401  (families that only finish another model's render)
+from farm.families import (available_samplers, build_scheduler, check_extras, check_sampler, find_family, get_family,
+                           pipeline_family, renderer_names)
+from farm.families.samplers import SIGMA_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
 #: Families that render on their own (a refiner family only finishes renders of one of them).
-FAMILIES = ("sd", "sdxl", "flux", "sd3")
-#: Families trained with flow matching (rectified flow): their samplers step
-#: along sigmas from 1 to 0 and predict a velocity, so they take the
-#: FlowMatch* schedulers or the multistep solvers in their flow mode.
-FLOW_FAMILIES = ("flux", "sd3")
-
-SIGMA_SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform")
+FAMILIES = renderer_names()
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 
@@ -53,129 +47,8 @@ _SEED_MOD = 2**64
 warnings.filterwarnings("ignore", message=r"Should have t[ab](<=t1|>=t0) but got", category=UserWarning)
 
 
-@dataclass(frozen=True)
-class _Sampler:
-    class_name: str  # attribute of the diffusers package
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    requires: tuple[str, ...] = ()  # importable modules the class needs
-
-
-SAMPLERS: dict[str, _Sampler] = {
-    "euler": _Sampler("EulerDiscreteScheduler"),
-    "euler_ancestral": _Sampler("EulerAncestralDiscreteScheduler"),
-    "heun": _Sampler("HeunDiscreteScheduler"),
-    "dpmpp_2m": _Sampler("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_sde": _Sampler(
-        "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-    ),
-    "dpmpp_sde": _Sampler("DPMSolverSDEScheduler", requires=("torchsde",)),
-    "unipc": _Sampler("UniPCMultistepScheduler"),
-    # Latent models must not clip the predicted sample to [-1, 1] (DDIM's
-    # default, meant for pixel-space models); SD's own DDIM config sets both.
-    "ddim": _Sampler("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
-    "lcm": _Sampler("LCMScheduler"),
-}
-
-# The same stable names on flow-matching families. euler_ancestral is flow
-# Euler with stochastic sampling: each step re-noises the predicted clean
-# sample to the next sigma, the ancestral idea in flow form. The multistep
-# solvers run on flow sigmas with a velocity prediction.
-FLOW_SAMPLERS: dict[str, _Sampler] = {
-    "euler": _Sampler("FlowMatchEulerDiscreteScheduler"),
-    "euler_ancestral": _Sampler("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
-    "heun": _Sampler("FlowMatchHeunDiscreteScheduler"),
-    "dpmpp_2m": _Sampler(
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
-    ),
-    "unipc": _Sampler("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
-    "lcm": _Sampler("FlowMatchLCMScheduler"),
-}
-
-#: Samplers each family may use. FLUX's pipeline hands the scheduler its own
-#: sigma list, which FlowMatchHeunDiscreteScheduler cannot take, so FLUX has
-#: no heun; the SDE samplers and DDIM exist only for noise-prediction models.
-FAMILY_SAMPLERS: dict[str, tuple[str, ...]] = {
-    "sd": tuple(SAMPLERS),
-    "sdxl": tuple(SAMPLERS),
-    "sdxl_refiner": tuple(SAMPLERS),
-    "flux": ("euler", "euler_ancestral", "dpmpp_2m", "unipc", "lcm"),
-    "sd3": ("euler", "euler_ancestral", "heun", "dpmpp_2m", "unipc", "lcm"),
-}
-
-
-def _sampler_spec(family: str, sampler: str) -> _Sampler:
-    return (FLOW_SAMPLERS if family in FLOW_FAMILIES else SAMPLERS)[sampler]
-
-
-_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-
-# Flow samplers whose class takes a sigma flag that its flow mode then
-# ignores or breaks on: refused rather than silently ignored.
-# (Measured on tiny FLUX and SD3 pipelines with diffusers 0.42: DPM++ 2M on
-# flow sigmas with Karras or exponential spacing, and UniPC with exponential
-# spacing, decode to NaN; "sgm_uniform" is trailing timestep spacing, which
-# flow sigmas do not use.)
-_FLOW_UNSUPPORTED_SCHEDULES: dict[str, tuple[str, ...]] = {
-    "euler": ("sgm_uniform",),
-    "euler_ancestral": ("sgm_uniform",),
-    "heun": ("sgm_uniform",),
-    "dpmpp_2m": ("karras", "exponential", "sgm_uniform"),
-    "unipc": ("exponential", "sgm_uniform"),
-    "lcm": ("sgm_uniform",),
-}
-
-# schedule -> (the __init__ parameter the class must have, the kwargs to set).
-# Every schedule switches the other sigma flags off explicitly so that a base
-# config that had one of them on cannot leak through.
-_SCHEDULES: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "normal": (None, {}),
-    "karras": ("use_karras_sigmas", {"use_karras_sigmas": True}),
-    "exponential": ("use_exponential_sigmas", {"use_exponential_sigmas": True}),
-    "sgm_uniform": ("timestep_spacing", {"timestep_spacing": "trailing"}),
-}
-
-
 class RenderCanceled(Exception):
     """Raised from an ``on_step`` callback to stop a render at that step."""
-
-
-# Guidance extras each family's pipelines provide (diffusers 0.42): CLIP skip
-# (SD, SDXL, SD3 text encoders), FreeU (UNets only) and perturbed-attention
-# guidance, "detail guidance" here (PAG pipelines exist for SD and SDXL in
-# every mode, for SD3 without inpainting, not for FLUX).
-FAMILY_EXTRAS: dict[str, frozenset[str]] = {
-    "sd": frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"}),
-    "sdxl": frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"}),
-    "sd3": frozenset({"clip_skip", "detail_guidance"}),
-    "flux": frozenset(),
-    "sdxl_refiner": frozenset(),
-}
-
-# FreeU re-weights the UNet decoder's backbone (b1, b2) and skip (s1, s2)
-# features; the values are the FreeU authors' recommended settings for SD and
-# SDXL (Si et al., "FreeU: Free Lunch in Diffusion U-Net", CVPR 2024).
-FREEU_SETTINGS: dict[str, dict[str, float]] = {
-    "sd": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},
-    "sdxl": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},
-}
-
-
-def check_extras(family: str, *, clip_skip: int | None, freeu: bool, detail_guidance: float | None,
-                 inpainting: bool) -> list[tuple[str, str]]:
-    """(field, why) for each guidance extra ``family`` cannot use; empty when all can be used."""
-    have = FAMILY_EXTRAS.get(family, frozenset())
-    problems = []
-    if clip_skip is not None and clip_skip > 1 and "clip_skip" not in have:
-        problems.append(("clip_skip", f"{family} models have no CLIP text encoder to skip layers of; leave clip_skip out"))
-    if freeu and "freeu" not in have:
-        problems.append(("freeu", f"FreeU works on UNets (sd, sdxl), not on {family} models"))
-    if detail_guidance:
-        if "detail_guidance" not in have:
-            problems.append(("detail_guidance", f"detail guidance (perturbed attention) is not available for {family} models"))
-        elif inpainting and "detail_guidance_inpaint" not in have:
-            problems.append(("detail_guidance", f"detail guidance is not available for {family} inpainting or outpainting"))
-    return problems
 
 
 #: Above this many pixels the VAE decodes in tiles (diffusers' enable_tiling).
@@ -223,124 +96,6 @@ class ImagePrompts:
     images: tuple  # PIL images
 
 
-# --------------------------------------------------------------------------- samplers
-
-
-def _module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-_CLASS_LOCK = threading.Lock()
-_CLASS_CACHE: dict[str, type | None] = {}
-
-
-def _diffusers_class(name: str) -> type | None:
-    """A class exported by diffusers, looked up once per process under a lock:
-    diffusers' lazy module is not safe for concurrent first access (API
-    threads checking requests at once saw a missing class)."""
-    with _CLASS_LOCK:
-        if name not in _CLASS_CACHE:
-            import diffusers
-
-            _CLASS_CACHE[name] = getattr(diffusers, name, None)
-        return _CLASS_CACHE[name]
-
-
-def _scheduler_class(sampler: str, family: str = "sd") -> type | None:
-    """The real diffusers class for ``sampler`` on ``family``, or None where it cannot be used here."""
-    spec = _sampler_spec(family, sampler)
-    if not all(_module_available(m) for m in spec.requires):
-        return None
-    cls = _diffusers_class(spec.class_name)
-    # diffusers exports placeholder "dummy" classes when an optional dependency is missing.
-    if cls is None or type(cls).__name__ == "DummyObject":
-        return None
-    return cls
-
-
-def _init_params(cls: type) -> set[str]:
-    return {
-        name
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-
-
-def available_samplers(family: str) -> tuple[str, ...]:
-    """Sampler names ``family`` can use on this machine (optional packages considered)."""
-    return tuple(s for s in FAMILY_SAMPLERS.get(family, ()) if _scheduler_class(s, family) is not None)
-
-
-def check_sampler(family: str, sampler: str, schedule: str) -> str | None:
-    """None if ``sampler`` with sigma ``schedule`` can render ``family`` here, else why not."""
-    if family not in FAMILY_SAMPLERS:
-        return f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}"
-    allowed = FAMILY_SAMPLERS[family]
-    if sampler not in allowed:
-        if sampler in SAMPLERS:
-            return f"sampler {sampler!r} is not available for {family} models; choose one of {', '.join(allowed)}"
-        return f"sampler {sampler!r} is not known; choose one of {', '.join(allowed)}"
-    if schedule not in _SCHEDULES:
-        return f"sigma schedule {schedule!r} is not known; choose one of {', '.join(SIGMA_SCHEDULES)}"
-    if family in FLOW_FAMILIES and schedule in _FLOW_UNSUPPORTED_SCHEDULES.get(sampler, ()):
-        return f"sigma schedule {schedule!r} is not available with sampler {sampler!r} on {family} models"
-    cls = _scheduler_class(sampler, family)
-    if cls is None:
-        missing = [m for m in _sampler_spec(family, sampler).requires if not _module_available(m)]
-        if missing:
-            return (
-                f"sampler {sampler!r} is not supported on this worker: it needs the "
-                f"{', '.join(missing)} package (pip install {' '.join(missing)})"
-            )
-        return f"sampler {sampler!r} is not supported by the installed diffusers"
-    needed, _ = _SCHEDULES[schedule]
-    if needed is not None and needed not in _init_params(cls):
-        return f"sigma schedule {schedule!r} is not available with sampler {sampler!r}"
-    return None
-
-
-def build_scheduler(
-    base_config: Mapping[str, Any],
-    sampler: str,
-    schedule: str,
-    *,
-    noise_seed: int | list[int] | None = None,
-    family: str = "sd",
-):
-    """A new scheduler for ``sampler`` / ``schedule`` from a pipeline's scheduler config.
-
-    ``base_config`` keeps the model's training schedule (betas, prediction
-    type, timestep spacing); the sampler and schedule settings override it.
-    ``noise_seed`` seeds samplers that draw their noise outside the pipeline's
-    generators (dpmpp_sde's Brownian tree): one seed, or one per image.
-    Raises ValueError where ``check_sampler`` would refuse the combination.
-    """
-    problem = check_sampler(family, sampler, schedule) if family in FAMILY_SAMPLERS else f"model family {family!r} is not supported"
-    if problem:
-        raise ValueError(problem)
-    cls = _scheduler_class(sampler, family)
-    params = _init_params(cls)
-    _, schedule_kwargs = _SCHEDULES[schedule]
-
-    overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS}
-    overrides.update(_sampler_spec(family, sampler).kwargs)
-    overrides.update(schedule_kwargs)
-    if family in FLOW_FAMILIES and overrides.get("use_flow_sigmas"):
-        # The multistep solvers shift flow sigmas by flow_shift: the model's
-        # own shift, or, where the pipeline passes a resolution-dependent mu
-        # (FLUX always does), exp(mu), which needs dynamic shifting on.
-        overrides["flow_shift"] = float(base_config.get("shift", 1.0))
-        if family == "flux":
-            overrides["use_dynamic_shifting"] = True
-            overrides["time_shift_type"] = "exponential"
-    if noise_seed is not None:
-        overrides["noise_sampler_seed"] = noise_seed
-    overrides = {k: v for k, v in overrides.items() if k in params}
-    # Only pass config keys the class takes; from_config would otherwise log each stray one.
-    config = {k: v for k, v in dict(base_config).items() if k in params or k.startswith("_")}
-    return cls.from_config(config, **overrides)
-
-
 # --------------------------------------------------------------------------- device
 
 
@@ -372,7 +127,7 @@ _DTYPES = {
 def pick_dtype(device: torch.device, requested: str | None = None, family: str = "sd") -> torch.dtype:
     """float32 on the CPU always; elsewhere ``requested`` ("fp16", "bf16", "fp32").
 
-    Unset: bf16 for the flow-matching families (FLUX and SD3 activations
+    Unset: the family's own (bf16 for FLUX and SD3, whose activations
     overflow fp16) where the GPU has it, fp16 otherwise.
     """
     if requested is not None and requested.lower() not in _DTYPES:
@@ -382,7 +137,8 @@ def pick_dtype(device: torch.device, requested: str | None = None, family: str =
             logger.info("dtype %s ignored on the CPU; using fp32", requested)
         return torch.float32
     if requested is None:
-        requested = "bf16" if family in FLOW_FAMILIES else "fp16"
+        found = find_family(family)
+        requested = found.default_dtype if found is not None else "fp16"
     dtype = _DTYPES[requested.lower()]
     if (
         dtype == torch.bfloat16
@@ -396,61 +152,6 @@ def pick_dtype(device: torch.device, requested: str | None = None, family: str =
 
 
 # --------------------------------------------------------------------------- pipelines
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """from_pretrained's dtype keyword: ``dtype`` on newer diffusers, ``torch_dtype`` before.
-
-    diffusers 0.42 deprecated ``torch_dtype`` (warning on every load); older
-    releases do not know ``dtype``. The helper probed here came with the rename.
-    """
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
-
-
-def _load_sd(path: str | os.PathLike, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.from_pretrained(
-        path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **_dtype_kwarg(dtype)
-    )
-
-
-def _load_sdxl(path: str | os.PathLike, dtype: torch.dtype):
-    from diffusers import StableDiffusionXLPipeline
-
-    # SDXL has no safety checker; its invisible watermark is left at diffusers' default.
-    return StableDiffusionXLPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
-
-
-def _load_sdxl_refiner(path: str | os.PathLike, dtype: torch.dtype):
-    from diffusers import StableDiffusionXLImg2ImgPipeline
-
-    return StableDiffusionXLImg2ImgPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
-
-
-def _load_flux(path: str | os.PathLike, dtype: torch.dtype):
-    from diffusers import FluxPipeline
-
-    return FluxPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
-
-
-def _load_sd3(path: str | os.PathLike, dtype: torch.dtype):
-    from diffusers import StableDiffusion3Pipeline
-
-    return StableDiffusion3Pipeline.from_pretrained(path, **_dtype_kwarg(dtype))
-
-
-_LOADERS: dict[str, Callable[[str | os.PathLike, torch.dtype], Any]] = {
-    "sd": _load_sd,
-    "sdxl": _load_sdxl,
-    "flux": _load_flux,
-    "sd3": _load_sd3,
-    "sdxl_refiner": _load_sdxl_refiner,
-}
 
 
 @contextlib.contextmanager
@@ -472,27 +173,13 @@ def quiet_progress_bars():
 
 def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dtype: torch.dtype):
     """Load a diffusers model directory (or hub id) of ``family`` onto ``device``."""
-    if family not in _LOADERS:
-        raise ValueError(f"model family {family!r} is not supported; choose one of {', '.join(FAMILIES)}")
+    loader = get_family(family).load
     with quiet_progress_bars():
-        pipe = _LOADERS[family](os.fspath(path), dtype)
+        pipe = loader(os.fspath(path), dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s pipeline from %s on %s as %s", family, path, device, dtype)
     return pipe
-
-
-def pipeline_family(pipe) -> str:
-    """The farm family name of a loaded pipeline object."""
-    from diffusers import (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
-                           StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline)
-
-    for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
-                        (FluxPipeline, "flux"), (StableDiffusion3Pipeline, "sd3"),
-                        (StableDiffusionXLImg2ImgPipeline, "sdxl_refiner")):
-        if isinstance(pipe, cls):
-            return family
-    raise ValueError(f"pipeline class {type(pipe).__name__} belongs to no supported family")
 
 
 def _torch_modules(pipe) -> list[torch.nn.Module]:
@@ -522,16 +209,6 @@ def _image_seeds(params: RenderParams) -> list[int]:
     if params.same_seed:
         return [params.seed % _SEED_MOD] * params.num_images
     return [(params.seed + i) % _SEED_MOD for i in range(params.num_images)]
-
-
-def _negative_prompt_kwargs(family: str, negative_prompt: str) -> dict[str, Any]:
-    """None lets each pipeline do its own thing for "no negative prompt" (SDXL
-    uses zero embeddings, SD encodes ""). FLUX is guidance-distilled: it takes
-    no negative prompt (diffusers would need a second, "true CFG" pass), so the
-    request's negative prompt is recorded but not used."""
-    if family == "flux":
-        return {}
-    return {"negative_prompt": negative_prompt or None}
 
 
 @dataclass(frozen=True)
@@ -637,7 +314,7 @@ def _use_ip_adapter(pipe, target, prompts: ImagePrompts | None) -> None:
             raise ValueError(f"IP-Adapter folder {folder} must hold exactly one .safetensors file; found {len(files)}")
         if not hasattr(target, "load_ip_adapter"):
             raise ValueError(f"{type(target).__name__} takes no image prompts")
-        if pipeline_family(pipe) == "flux":
+        if get_family(pipeline_family(pipe)).ip_adapter_layout == "xlabs":
             # FLUX's loader (XLabs layout) names the encoder folder by path and
             # defaults it to fp16; keep it in the pipeline's dtype.
             target.load_ip_adapter(folder, subfolder="", weight_name=files[0],
@@ -678,6 +355,7 @@ def render(
     if params.steps < 1:
         raise ValueError("steps must be at least 1")
     family = pipeline_family(pipe)
+    declared = get_family(family)
     problem = check_sampler(family, params.sampler, params.scheduler)
     if problem:
         raise ValueError(problem)
@@ -697,7 +375,7 @@ def render(
     scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
     refiner = params.refiner
-    if refiner is not None and (family != "sdxl" or inputs is not None):
+    if refiner is not None and (not declared.takes("refiner") or inputs is not None):
         raise ValueError("a refiner finishes SDXL text-to-image renders only")
     if refiner is not None and not 0 < refiner.switch < 1:
         raise ValueError("the refiner switch must lie strictly between 0 and 1")
@@ -727,7 +405,7 @@ def render(
 
     call_kwargs: dict[str, Any] = dict(
         prompt=params.prompt,
-        **_negative_prompt_kwargs(family, params.negative_prompt),
+        **declared.render_kwargs(params.negative_prompt),
         width=params.width,
         height=params.height,
         num_inference_steps=params.steps,
@@ -758,7 +436,7 @@ def render(
         call_kwargs["ip_adapter_image"] = [list(params.image_prompts.images)]
     if params.freeu:
         # FreeU changes the shared UNet in place: on for this call only.
-        target.enable_freeu(**FREEU_SETTINGS[family])
+        target.enable_freeu(**declared.freeu)
     # Large images decode tile by tile, so the VAE's activations (which grow
     # with the pixel count) stay bounded up to 4 megapixels.
     tiled_vae = params.width * params.height > LARGE_IMAGE_PIXELS and hasattr(getattr(target, "vae", None), "enable_tiling")
@@ -790,7 +468,7 @@ def _refine(refiner: Refiner, params: RenderParams, latents, generators, seeds, 
     pipe = refiner.pipe
     original = pipe.scheduler
     pipe.scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds,
-                                     family="sdxl_refiner")
+                                     family=pipeline_family(pipe))
     tiled_vae = params.width * params.height > LARGE_IMAGE_PIXELS
     if tiled_vae:
         pipe.vae.enable_tiling()
@@ -877,27 +555,20 @@ def read_image_text(data: bytes) -> dict[str, str]:
 
 __all__ = [
     "FAMILIES",
-    "FAMILY_SAMPLERS",
-    "FLOW_FAMILIES",
-    "FLOW_SAMPLERS",
-    "FAMILY_EXTRAS",
-    "FREEU_SETTINGS",
+    "IMAGE_FORMATS",
     "ImageInputs",
     "ImagePrompts",
     "LoraIntegrityError",
-    "apply_loras",
-    "check_extras",
-    "derived_pipeline",
-    "IMAGE_FORMATS",
-    "SAMPLERS",
     "SIGMA_SCHEDULES",
-    "REFINER_FAMILIES",
     "Refiner",
     "RenderCanceled",
     "RenderParams",
+    "apply_loras",
     "available_samplers",
     "build_scheduler",
+    "check_extras",
     "check_sampler",
+    "derived_pipeline",
     "encode_image",
     "estimate_vram_gb",
     "load_pipeline",

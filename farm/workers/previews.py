@@ -5,14 +5,10 @@ model), cheap enough to run every few steps on the render thread.
 A VAE latent pixel stands for an 8x8 patch of the image, and its channels
 are close to a linear colour transform of that patch (the encoder's last
 layer is a 1x1 convolution over features that are mostly colour and local
-contrast). The matrices below were set by hand from that reading, not
-fitted to any published VAE (none may be downloaded here): channel 0 of
-the 4-channel SD/SDXL latents carries brightness, channels 1 and 2 two
-opposing colour axes (warm/cool, green/magenta) and channel 3 texture,
-which reads as a faint blue shift. The 16-channel latents of FLUX and SD3
-spread the same four roles over four groups of channels. A preview only has
-to show the composition and the main colours; ``fit_projection`` derives a
-matrix for any given VAE by least squares when a closer match is wanted.
+contrast). Each family declares its matrix (``Family.latent_rgb``, set by
+hand in ``farm/families/latent_rgb.py``). A preview only has to show the
+composition and the main colours; ``fit_projection`` derives a matrix for
+any given VAE by least squares when a closer match is wanted.
 """
 
 from __future__ import annotations
@@ -23,46 +19,16 @@ import math
 
 import numpy as np
 
+from farm.families import all_families
+from farm.families.latent_rgb import FLUX_16, SD_4
+
 logger = logging.getLogger(__name__)
 
-# Rows: latent channels; columns: contribution to R, G, B around mid-grey.
-_SD_4 = (
-    (0.34, 0.33, 0.31),   # brightness
-    (0.22, -0.04, -0.20),  # warm (+) / cool (-)
-    (-0.12, 0.24, -0.08),  # green (+) / magenta (-)
-    (-0.06, -0.05, 0.12),  # texture, a faint blue shift
-)
-_SDXL_4 = (
-    (0.30, 0.30, 0.28),
-    (0.20, -0.02, -0.18),
-    (-0.10, 0.22, -0.10),
-    (-0.08, -0.06, 0.14),
-)
-
-
-def _spread(rows: tuple[tuple[float, float, float], ...], groups: int, decay: float) -> tuple[tuple[float, float, float], ...]:
-    """16 rows from 4 roles: role r takes channels r*groups .. r*groups+groups-1,
-    each later channel of a group weighted ``decay`` times the one before and
-    the group's weights summing to the role's, so a latent of ones in a
-    group gives the same colour as one channel of the 4-channel table."""
-    weights = [decay ** i for i in range(groups)]
-    total = sum(weights)
-    return tuple(tuple(value * w / total for value in role) for role in rows for w in weights)
-
-
-_FLUX_16 = _spread(_SD_4, 4, 0.7)
-_SD3_16 = _spread(_SDXL_4, 4, 0.8)
-
-PROJECTIONS: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "sd": _SD_4,
-    "sdxl": _SDXL_4,
-    "sdxl_refiner": _SDXL_4,
-    "flux": _FLUX_16,
-    "sd3": _SD3_16,
-}
+# Each family's latent-to-RGB table (farm/families/latent_rgb.py).
+PROJECTIONS: dict[str, tuple[tuple[float, float, float], ...]] = {f.name: f.latent_rgb for f in all_families()}
 # Models whose latents have another channel count than their family's usual
 # (the tiny test models of FLUX and SD3 have 4) use the table of that count.
-_BY_CHANNELS = {4: _SD_4, 16: _FLUX_16}
+_BY_CHANNELS = {4: SD_4, 16: FLUX_16}
 
 
 def projection_for(family: str, channels: int) -> np.ndarray:

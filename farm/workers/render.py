@@ -30,7 +30,7 @@ from farm.models import Job, JobStatus, ModelEntry, Output
 from farm.retry import ServiceError, ServiceUnavailableError
 from farm.storage import CONTENT_TYPES, StorageError, StoragePermanentError, output_key, sidecar_key
 from farm.generation.wildcards import image_prompts as wildcard_prompts
-from farm.spec import FAMILY_SIDE_MULTIPLE, image_seed
+from farm.spec import image_seed, side_multiple
 from farm.workers.img2img import render_task
 from farm.workers.pipelines import ImagePrompts, Refiner, RenderCanceled, RenderParams, encode_image, render
 from farm.workers.runtime import WorkerRuntime
@@ -298,7 +298,7 @@ def _image_inputs(runtime: WorkerRuntime, task: dict, params: dict, family: str)
     storage = runtime.ctx.storage
     source = PIL.Image.open(io.BytesIO(storage.get(task["source_key"])))
     mask = PIL.Image.open(io.BytesIO(storage.get(task["mask_key"]))) if task.get("mask_key") else None
-    return prepare_inputs(task, source, mask, params["width"], params["height"], FAMILY_SIDE_MULTIPLE.get(family, 8))
+    return prepare_inputs(task, source, mask, params["width"], params["height"], side_multiple(family))
 
 
 def _image_prompts(runtime: WorkerRuntime, spec: dict) -> ImagePrompts:
@@ -349,7 +349,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
             images += render(loaded.pipe, image_params, on_step=on_step, on_latents=reporter.preview)
         else:
             images.append(render_task(loaded.pipe, image_params, inputs, tile_pixels=ctx.settings.upscale_tile_pixels,
-                                      multiple=FAMILY_SIDE_MULTIPLE.get(loaded.family, 8), on_step=on_step,
+                                      multiple=side_multiple(loaded.family), on_step=on_step,
                                       on_latents=reporter.preview))
     inference_s = time.perf_counter() - started
     job.stage = "store"

@@ -64,7 +64,8 @@ class LoadedModel:
 
 class WorkerRuntime:
     def __init__(self, ctx: FarmContext, name: str | None = None, vram_gb: float | None = None) -> None:
-        from farm.workers.pipelines import FAMILIES, pick_device
+        from farm.families import renderer_names
+        from farm.workers.pipelines import pick_device
 
         self.ctx = ctx
         settings = ctx.settings
@@ -75,7 +76,7 @@ class WorkerRuntime:
         self.vram_budget_gb = vram_gb or settings.worker_vram_gb
         if self.device.type == "cpu" and self.vram_budget_gb is None:
             self.vram_budget_gb = CPU_DEFAULT_VRAM_GB
-        self.families = list(FAMILIES)
+        self.families = list(renderer_names())
         self.serves = settings.worker_model_ids()
         self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._lock = threading.Lock()

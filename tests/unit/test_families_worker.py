@@ -22,7 +22,8 @@ from farm.registry import add_model
 from farm.services import jobs as job_service
 from farm.spec import RequestError
 from farm.workers import render as render_module
-from farm.workers.pipelines import FAMILY_SAMPLERS, available_samplers, read_image_text
+from farm.families import available_samplers, get_family
+from farm.workers.pipelines import read_image_text
 from farm.workers.runtime import WorkerRuntime
 from farm.workers.tiny import write_tiny_model
 
@@ -82,7 +83,7 @@ def test_every_family_renders_every_sampler_through_the_worker(farm, model, samp
 def test_each_family_lists_its_samplers():
     # Every sampler a family admits is available here (torchsde is installed).
     for family in FAMILIES:
-        assert available_samplers(family) == FAMILY_SAMPLERS[family]
+        assert available_samplers(family) == get_family(family).samplers
 
 
 @pytest.mark.parametrize(("model", "request_fields", "field", "message"), [
@@ -121,7 +122,7 @@ def test_every_performance_mode_resolves_for_every_family(farm, model, mode):
     job = job_service.submit_job(ctx, user, {"prompt": "a cat", "model": f"tiny-{model}", "width": 64, "height": 64,
                                             "performance": mode})
     assert job.params["performance"] == mode
-    assert job.params["sampler"] in FAMILY_SAMPLERS[model]
+    assert job.params["sampler"] in get_family(model).samplers
 
 
 def test_variants_are_listed_and_picked_by_base_and_variant(farm):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from farm.families import get_family, samplers
 from farm.workers import pipelines as P
 from farm.workers.pipelines import (
     FAMILIES,
@@ -100,7 +101,7 @@ def test_every_accepted_schedule_renders_an_image(pipes, family, sampler, schedu
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_schedule_has_a_sampler_where_the_family_can_use_it(family):
     usable = {sch for _, _, sch in [c for c in SCHEDULE_CASES if c[0] == family]}
-    expected = set(SIGMA_SCHEDULES) - ({"sgm_uniform"} if family in P.FLOW_FAMILIES else set())
+    expected = set(SIGMA_SCHEDULES) - ({"sgm_uniform"} if get_family(family).flow else set())
     assert usable == expected
 
 
@@ -248,8 +249,8 @@ def test_check_sampler_messages():
 
 
 def test_dpmpp_sde_without_torchsde_is_reported(monkeypatch):
-    real = P._module_available
-    monkeypatch.setattr(P, "_module_available", lambda name: False if name == "torchsde" else real(name))
+    real = samplers._module_available
+    monkeypatch.setattr(samplers, "_module_available", lambda name: False if name == "torchsde" else real(name))
     msg = check_sampler("sd", "dpmpp_sde", "normal")
     assert msg is not None and "torchsde" in msg and "'dpmpp_sde'" in msg
     assert "dpmpp_sde" not in available_samplers("sd")

@@ -12,7 +12,8 @@ from farm.registry import add_model, detect_family
 from farm.services import jobs as job_service
 from farm.services.uploads import store_upload
 from farm.spec import RequestError
-from farm.workers.pipelines import FAMILY_SAMPLERS, Refiner, RenderParams, available_samplers, read_image_text, render
+from farm.families import available_samplers, get_family
+from farm.workers.pipelines import Refiner, RenderParams, read_image_text, render
 from farm.workers.runtime import WorkerRuntime
 from farm.workers.tiny import build_tiny_pipeline, write_tiny_model
 from tests.support.worker_jobs import submit_and_execute
@@ -91,7 +92,7 @@ def test_a_refined_output_rerenders_to_the_same_bytes(farm):
 
 def test_every_sdxl_sampler_runs_through_the_refiner():
     base, refiner = build_tiny_pipeline("sdxl"), build_tiny_pipeline("sdxl_refiner")
-    assert FAMILY_SAMPLERS["sdxl_refiner"] == FAMILY_SAMPLERS["sdxl"]
+    assert get_family("sdxl_refiner").samplers == get_family("sdxl").samplers
     for sampler in available_samplers("sdxl"):
         params = RenderParams(prompt="a cat", negative_prompt="blurry", width=64, height=64, steps=4, guidance_scale=5.0,
                               sampler=sampler, scheduler="normal", seed=3)

@@ -285,7 +285,8 @@ def test_every_style_named_by_a_builtin_preset_exists(library, presets):
 
 def test_builtin_preset_sampler_and_schedule_work_for_their_families(presets):
     pytest.importorskip("diffusers")
-    from farm.workers.pipelines import FAMILIES, check_sampler
+    from farm.families import check_sampler
+    from farm.workers.pipelines import FAMILIES
 
     for preset in presets.all():
         if preset.sampler is None or preset.scheduler is None:

@@ -60,7 +60,8 @@ from farm.events import PREVIEW
 from farm.generation.wildcards import image_prompts
 from farm.models import Job, ModelEntry, User
 from farm.safejson import CheckedModel
-from farm.spec import MAX_SEED, REFINER_FAMILIES, FieldProblem, RequestError
+from farm.families import find_family, is_refiner
+from farm.spec import MAX_SEED, FieldProblem, RequestError
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
@@ -90,8 +91,6 @@ SCHEDULES: dict[str, tuple[str, tuple[str, ...], float, bool]] = {
     "exponential": ("Exponential", (), -1.0, False),
     "sgm_uniform": ("SGM Uniform", (), -1.0, True),
 }
-# Families whose flow sigmas take no Karras or exponential spacing (farm.spec.FLOW_PERFORMANCE).
-FLOW_FAMILIES = ("flux", "sd3")
 # farm's field -> the A1111 field a 422 names.
 A1111_FIELDS = {
     "guidance_scale": "cfg_scale", "num_images": "batch_size", "sampler": "sampler_name", "denoise": "denoising_strength",
@@ -341,9 +340,16 @@ def parse_sampler(sampler_name: str | None, scheduler: str | None, family: str |
             known = ", ".join(["automatic", *SCHEDULES])
             raise RequestError([FieldProblem("scheduler", f"unknown scheduler {scheduler!r}; farm has {known}")])
         schedule = schedules[wanted]
-    elif schedule is None and sampler is not None and family not in FLOW_FAMILIES:
-        schedule = SAMPLERS[sampler][2]  # what A1111's "Automatic" picks for this sampler
+    elif schedule is None and sampler is not None and not _is_flow(family):
+        # What A1111's "Automatic" picks for this sampler; flow sigmas take no
+        # Karras or exponential spacing, so flow families keep farm's default.
+        schedule = SAMPLERS[sampler][2]
     return sampler, schedule
+
+
+def _is_flow(family: str | None) -> bool:
+    found = find_family(family)
+    return found is not None and found.flow
 
 
 def checkpoint_title(entry: ModelEntry) -> str:
@@ -371,7 +377,7 @@ def find_model(entries: list[ModelEntry], model_id: str | None) -> ModelEntry | 
 
 def farm_default(entries: list[ModelEntry], settings) -> ModelEntry | None:
     """The model farm renders with when nothing names one (farm.spec.resolve_request's rule)."""
-    renderers = [entry for entry in entries if entry.family not in REFINER_FAMILIES]
+    renderers = [entry for entry in entries if not is_refiner(entry.family)]
     return find_model(entries, settings.default_model) or (renderers[0] if renderers else None)
 
 
@@ -772,7 +778,7 @@ def set_options(body: A1111OptionsUpdate):
                                    "yours to set") for name, value in (body.model_extra or {}).items()
                 if name in options and value != options[name]]
     entry = _checkpoint(entries, body.sd_model_checkpoint, "sd_model_checkpoint") if body.sd_model_checkpoint else None
-    if entry is not None and entry.family in REFINER_FAMILIES:
+    if entry is not None and is_refiner(entry.family):
         problems.append(FieldProblem("sd_model_checkpoint", f"{entry.id} is an SDXL refiner, which only finishes renders; "
                                                             "pick it as refiner_checkpoint"))
     if problems:

@@ -71,7 +71,8 @@ from farm.models import JobStatus, ModelEntry
 from farm.safejson import CheckedModel
 from farm.services.quotas import QuotaExceededError
 from farm.services.uploads import UploadError
-from farm.spec import MAX_IMAGE_PROMPTS, REFINER_FAMILIES, RequestError
+from farm.families import is_refiner
+from farm.spec import MAX_IMAGE_PROMPTS, RequestError
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("openai_images", __name__, url_prefix="/v1")
@@ -500,7 +501,7 @@ def _renderers() -> list[ModelEntry]:
     """Registered models a request can name (refiners only finish other models' renders)."""
     with farm_context().db.session() as session:
         entries = session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars().all()
-    return [entry for entry in entries if entry.family not in REFINER_FAMILIES]
+    return [entry for entry in entries if not is_refiner(entry.family)]
 
 
 def _model_view(entry: ModelEntry) -> dict[str, Any]:
