@@ -32,13 +32,9 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**32 - 1
 # Request defaults where no size is given, whatever the family.
 DEFAULT_SIDE = 512
-# Size rules per family that renders (farm/families declares them): smallest
-# and largest side; the multiple sides must be (the VAE's factor of 8, times 2
-# where the transformer works on 2x2 latent patches); the frames worth
-# offering (the buckets each was trained near, so a form never offers an SDXL
-# frame when only SD models are registered).
-FAMILY_SIDES = {f.name: f.side_range for f in all_families() if f.renders}
-FAMILY_SIDE_MULTIPLE = {f.name: f.side_multiple for f in all_families() if f.renders}
+# Frames worth offering per family that renders (farm/families declares them:
+# the buckets each was trained near, so a form never offers an SDXL frame when
+# only SD models are registered).
 FAMILY_ASPECT_RATIOS = {f.name: f.aspect_ratios for f in all_families() if f.renders}
 #: Families that only finish another model's render (a request's "refiner"),
 #: never render on their own.
@@ -316,8 +312,7 @@ def resolve_request(
     else:
         width, height = _resolve_size(req, problems)
     if model is not None and width and height:
-        family = find_family(model.family)
-        low, high = family.side_range if family is not None else (64, 2048)
+        low, high = side_range(model.family)
         multiple = side_multiple(model.family)
         for name, side in (("width", width), ("height", height)):
             if not low <= side <= high:
@@ -675,6 +670,12 @@ def _resolve_size(req: GenerationRequest, problems: list[FieldProblem]) -> tuple
             problems.append(FieldProblem(name, f"{side} is not a multiple of 8"))
             ok = False
     return (width, height) if ok else (0, 0)
+
+
+def side_range(family: str) -> tuple[int, int]:
+    """The smallest and largest side ``family`` takes (64..2048 for a family the registry does not know)."""
+    found = find_family(family)
+    return found.side_range if found is not None else (64, 2048)
 
 
 def side_multiple(family: str) -> int:

@@ -123,8 +123,10 @@ def test_a_loaded_tiny_folder_is_its_family(tiny_folders, name):
 def test_capability_lookups_the_spec_uses():
     from farm import spec
 
-    assert spec.FAMILY_SIDES == {"sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
-    assert spec.FAMILY_SIDE_MULTIPLE == {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
+    assert {name: spec.side_range(name) for name in families.renderer_names()} == {
+        "sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
+    assert {name: spec.side_multiple(name) for name in families.renderer_names()} == {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
+    assert spec.side_range("unknown") == (64, 2048)
     assert spec.FAMILY_ASPECT_RATIOS["sd"][0] == "512*512" and spec.FAMILY_ASPECT_RATIOS["flux"][0] == "1024*1024"
     assert spec.REFINER_FAMILIES == ("sdxl_refiner",)
     assert spec.side_multiple("flux") == 16 and spec.side_multiple("unknown") == 8
