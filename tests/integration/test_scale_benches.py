@@ -34,6 +34,7 @@ def test_scheduler_throughput_places_every_job_on_stand_in_workers(redis_url):
     assert burst["jobs_per_s"] > 0 and burst["assignments_per_s"] > 0
     assert burst["baseline_celery_round_trips_per_s"] > 0
     assert burst["passes_per_round"][0] > 0 and burst["scheduler_pass_p50_ms"] is not None
+    assert burst["assigned_to_started_p50_ms"] >= 0 and burst["started_to_finished_p50_ms"] >= 0
     # The policy and the sends are parts of the pass.
     parts = burst["pass_parts_p50_ms"]
     assert all(value is not None and value <= burst["scheduler_pass_p99_ms"] for value in parts.values())
