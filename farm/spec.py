@@ -296,7 +296,7 @@ def resolve_request(
     if model is not None and is_refiner(model.family):
         finishes = find_family(model.family).refines
         problems.append(FieldProblem("model", f"{model.id} is a refiner, which only finishes renders: ask for a "
-                                              f"{finishes} model and name {model.id} as \"refiner\""))
+                                              f"model of family {finishes} and name {model.id} as \"refiner\""))
         model = None
 
     # Fields of the contract whose features are not built yet are refused

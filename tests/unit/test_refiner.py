@@ -116,7 +116,7 @@ def test_refiner_mistakes_are_refused(farm):
     assert "unknown refiner 'nope'; refiners: tiny-refiner" in refused(refiner="nope")["refiner"]
     assert "tiny-sd is a sd model, not a refiner" in refused(refiner="tiny-sd")["refiner"]
     assert "finishes sdxl renders; tiny-sd is a sd model" in refused(model="tiny-sd", refiner="tiny-refiner")["refiner"]
-    assert "only finishes renders" in refused(model="tiny-refiner")["model"]
+    assert "only finishes renders: ask for a model of family sdxl" in refused(model="tiny-refiner")["model"]
     assert "name the \"refiner\" too" in refused(refiner_switch=0.5)["refiner_switch"]
     assert "less than 1" in refused(refiner="tiny-refiner", refiner_switch=1.0)["refiner_switch"]
     upload = store_upload(ctx, user, png()).id
