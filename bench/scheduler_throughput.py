@@ -392,7 +392,7 @@ def processes(env: dict[str, str], home: Path, names: list[str], consumers: int,
         scheduler = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-scheduler", str(record)],
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append(scheduler)
-        yield record, scheduler, started[0].pid
+        yield record, scheduler, [process.pid for process in started[:consumers]]
     finally:
         for process in reversed(started):
             if process.poll() is None:
@@ -441,11 +441,12 @@ def main() -> None:
         users = set_up_farm(ctx, args.workers)
         names = worker_names(args.workers)
         sender = NoopSender(settings, [worker_queue(name) for name in names])
-        with processes(env, home, names, args.consumers, args.concurrency) as (record, scheduler, consumer_pid):
+        with processes(env, home, names, args.consumers, args.concurrency) as (record, scheduler, consumer_pids):
             # Warm-up: every queue answers, and a small burst goes through the farm.
             sender.burst(len(names))
             farm_burst(ctx, users, min(400, args.burst), 0, args.timeout)
-            meter = CpuMeter({"scheduler": scheduler.pid, "stand-in": consumer_pid, "bench (sender, submitter)": os.getpid()})
+            meter = CpuMeter({"scheduler": scheduler.pid, "bench (sender, submitter)": os.getpid(),
+                              **{f"stand-in {i + 1}": pid for i, pid in enumerate(consumer_pids)}})
             rounds = []
             for round_no in range(1, args.rounds + 1):
                 order = ("baseline", "farm") if round_no % 2 else ("farm", "baseline")
