@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import requests
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from benchenv import farm_env  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, free_port, temporary_postgres_database, wait_until  # noqa: E402
 
@@ -195,9 +195,6 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("error: this benchmark needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)")
 
-    from farm.db import upgrade_database
-    from farm.settings import Settings
-
     counts = [int(n) for n in args.processes.split(",")]
     skipped = []
     if not supports_processes():
@@ -205,12 +202,7 @@ def main() -> None:
         counts = [1]
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp, temporary_postgres_database() as database_url:
         home = Path(tmp)
-        namespace = f"farm-bench-{uuid.uuid4().hex[:8]}:"
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FARM_")}
-        env.update(FARM_HOME=str(home), FARM_DATABASE_URL=database_url, FARM_BROKER_URL=args.redis,
-                   FARM_REDIS_NAMESPACE=namespace, FARM_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-        settings = Settings(home=home, database_url=database_url, broker_url=args.redis, redis_namespace=namespace)
-        upgrade_database(settings.resolved_database_url)
+        env, settings = farm_env(home, database_url, args.redis)
         token, ids = set_up_farm(settings, args.jobs)
         scripts = {
             "POST /api/v1/jobs": wrk_script("POST", ["/api/v1/jobs"], json.dumps(REQUEST), token),

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from benchenv import farm_env  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, temporary_postgres_database, wait_until  # noqa: E402
 
@@ -425,18 +426,11 @@ def main() -> None:
         return
 
     from farm.context import build_context
-    from farm.db import upgrade_database
-    from farm.settings import Settings
     from farm.workers.celery_app import worker_queue
 
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp, temporary_postgres_database() as database_url:
         home = Path(tmp)
-        namespace = f"farm-bench-{uuid.uuid4().hex[:8]}:"
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FARM_")}
-        env.update(FARM_HOME=str(home), FARM_DATABASE_URL=database_url, FARM_BROKER_URL=args.redis,
-                   FARM_REDIS_NAMESPACE=namespace, FARM_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-        settings = Settings(home=home, database_url=database_url, broker_url=args.redis, redis_namespace=namespace)
-        upgrade_database(settings.resolved_database_url)
+        env, settings = farm_env(home, database_url, args.redis)
         ctx = build_context(settings)
         users = set_up_farm(ctx, args.workers)
         names = worker_names(args.workers)
