@@ -1,9 +1,11 @@
-"""`farm api --processes N`: N server processes on one listening socket.
+"""`farm api --processes N`: N server processes on one port.
 
-The parent binds the socket once (a taken port fails there, in one line) and hands it to
-N children through uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``:
-spawned children inherit the socket, a child that dies is replaced). The
-kernel spreads the connections over the children's accept calls.
+The parent checks the port (a taken port fails there, in one line) and holds
+it; uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``) starts N
+children and replaces one that dies. Each child listens on a socket of its
+own in the port's SO_REUSEPORT group, and the kernel spreads new connections
+over those sockets evenly; on one shared socket, a burst of keep-alive
+connections went to whichever child woke first.
 
 Metrics stay right across the processes with prometheus_client's
 multiprocess mode: each child writes its values to files under
@@ -23,6 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
+
+from uvicorn.supervisors import multiprocess
 
 from farm.settings import Settings, get_settings
 
@@ -47,6 +51,18 @@ def build_front():
     return make_front(app, app.extensions["farm"], settings.api_threads)
 
 
+class _OwnSocketProcess(multiprocess.Process):
+    """uvicorn's child process, serving on a listening socket of its own in
+    the port's SO_REUSEPORT group instead of the parent's shared one."""
+
+    def target(self, sockets=None) -> None:  # runs in the child
+        from farm.api.server import SERVER_OPTIONS
+        from farm.ports import listen_socket
+
+        own = listen_socket(self.config.host, self.config.port, SERVER_OPTIONS["backlog"], reuse_port=True)
+        super().target([own])
+
+
 def _metrics_dir() -> tuple[str, bool]:
     """The multiprocess directory and whether it is private to this run."""
     given = os.environ.get(MULTIPROC_ENV)
@@ -67,8 +83,17 @@ def serve_processes(settings: Settings, host: str, port: int, processes: int) ->
     from farm.api.server import SERVER_OPTIONS
     from farm.ports import listen_socket
 
-    sock = listen_socket(host, port, SERVER_OPTIONS["backlog"])  # a taken port: one line naming --port
+    # A taken port is one line naming --port. The parent then only holds the
+    # port (bound in the SO_REUSEPORT group, not listening): each child
+    # listens on a socket of its own in that group (_OwnSocketProcess), so
+    # the kernel spreads new connections over the children. On one shared
+    # socket the first child to wake accepted a whole burst of keep-alive
+    # connections (a load balancer's pool) and kept them: two processes
+    # served on one core (docs/benchmarks.md, scale-out).
+    listen_socket(host, port, SERVER_OPTIONS["backlog"]).close()
+    sock = listen_socket(host, port, reuse_port=True, listen=False)
     sock.set_inheritable(True)
+    multiprocess.Process = _OwnSocketProcess
     directory, private = _metrics_dir()
     os.environ[MULTIPROC_ENV] = directory
 

@@ -87,14 +87,22 @@ def scraped_count(port: int) -> float:
                and sample.labels["status"] == "404")
 
 
-def test_metrics_count_the_requests_of_every_process(tmp_path, migrated_postgres_url):
+def start_two(tmp_path: Path, database_url: str) -> tuple[subprocess.Popen, Path, int, set[int]]:
+    """`farm api --processes 2` with its metrics directory under tmp_path; the
+    children's pids are those that registered farm_build_info (a live gauge)."""
     directory = tmp_path / "prometheus"
     port = free_port()
-    process = start_api(tmp_path, migrated_postgres_url, port, {"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    process = start_api(tmp_path, database_url, port, {"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    children = pids_with(directory, "gauge_livemax")
+    if len(children) != 2:
+        print(stop(process))
+        raise AssertionError(f"two children expected, found {children}")
+    return process, directory, port, children
+
+
+def test_metrics_count_the_requests_of_every_process(tmp_path, migrated_postgres_url):
+    process, directory, port, children = start_two(tmp_path, migrated_postgres_url)
     try:
-        # Both children registered farm_build_info (a live gauge) at start.
-        children = pids_with(directory, "gauge_livemax")
-        assert len(children) == 2, children
         sent = 0
 
         def fresh_connection_get(_):
@@ -165,3 +173,57 @@ def test_a_taken_port_is_one_line_and_starts_nothing(tmp_path, migrated_postgres
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"port {port}" in result.stderr and "--port" in result.stderr
     assert not list(scratch.glob("farm-api-metrics-*"))
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port`` (state 0A in /proc/net/tcp)."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def test_each_process_listens_on_its_own_socket_so_connections_spread(tmp_path, migrated_postgres_url):
+    """A burst of keep-alive connections opened at once (a load balancer's
+    pool, wrk) reaches both processes: each child listens on a socket of its
+    own in the port's SO_REUSEPORT group. On one inherited socket the first
+    child to wake accepted the whole burst (two processes used one core)."""
+    process, directory, port, children = start_two(tmp_path, migrated_postgres_url)
+    try:
+        listening = listening_inodes(port)
+        own = {pid: socket_inodes(pid) & listening for pid in children}
+        assert all(len(inodes) == 1 for inodes in own.values()), own
+        assert len(set().union(*own.values())) == 2, f"the children share one listening socket: {own}"
+        assert not socket_inodes(process.pid) & listening, "the parent must hold the port without listening"
+
+        # 32 connections opened together, each then used for a request.
+        import socket as sockets
+
+        conns = [sockets.create_connection(("127.0.0.1", port), timeout=30) for _ in range(32)]
+        try:
+            for conn in conns:
+                conn.sendall(f"GET {COUNTED} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            for conn in conns:
+                assert conn.recv(64).startswith(b"HTTP/1.1 404")
+        finally:
+            for conn in conns:
+                conn.close()
+        assert pids_counting(directory) == children, "one process took every connection of the burst"
+    finally:
+        output = stop(process)
+    assert process.returncode == 0, output
