@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchenv import farm_env  # noqa: E402
+from benchenv import farm_env, stop_process  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, free_port, temporary_postgres_database, wait_until  # noqa: E402
 
@@ -134,13 +134,7 @@ def api_servers(env: dict[str, str], home: Path, counts: list[int]):
         yield urls, pids
     finally:
         for process, log in started:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            stop_process(process)
             log.close()
 
 

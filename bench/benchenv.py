@@ -4,6 +4,7 @@ home, database and Redis namespace, migrated, quiet logs."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -21,3 +22,14 @@ def farm_env(home: Path, database_url: str, redis_url: str):
     settings = Settings(home=home, database_url=database_url, broker_url=redis_url, redis_namespace=namespace)
     upgrade_database(settings.resolved_database_url)
     return env, settings
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM (the farm processes' clean stop), then SIGKILL after ``timeout_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

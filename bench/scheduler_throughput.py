@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchenv import farm_env  # noqa: E402
+from benchenv import farm_env, stop_process  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from farm.localcluster import DEFAULT_REDIS_URL, temporary_postgres_database, wait_until  # noqa: E402
 
@@ -396,13 +396,7 @@ def processes(env: dict[str, str], home: Path, names: list[str], consumers: int,
         yield record, scheduler, [process.pid for process in started[:consumers]]
     finally:
         for process in reversed(started):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            stop_process(process)
         for log in logs:
             log.close()
 
