@@ -31,7 +31,7 @@ def publish_queue(queued: Iterable) -> None:
     fill_gauge(QUEUED_JOBS, Counter((row.model_id, row.role) for row in queued))
 
 
-def publish_snapshot(queued: Iterable, workers: Iterable, active: Iterable, now: dt.datetime) -> None:
+def publish_snapshot(queued: Iterable, workers: Iterable, active: Iterable, now: dt.datetime, offline: int = 0) -> None:
     """``queued``: as for :func:`publish_queue`; ``workers``: rows with
     ``id``, ``state``, ``draining``, ``last_heartbeat_at``; ``active``: rows
     with ``model_id`` and ``status`` (assigned|running)."""
@@ -39,6 +39,7 @@ def publish_snapshot(queued: Iterable, workers: Iterable, active: Iterable, now:
     fill_gauge(ACTIVE_JOBS, Counter((row.model_id, row.status) for row in active))
     workers = list(workers)
     states = Counter(worker_state(row.state, row.draining) for row in workers)
+    states["offline"] += offline  # ``offline``: workers counted apart, not in ``workers``
     fill_gauge(WORKERS, {state: states.get(state, 0) for state in WORKER_STATES})
     fill_gauge(WORKER_HEARTBEAT_AGE_SECONDS, {row.id: max(0.0, (now - row.last_heartbeat_at).total_seconds())
                                               for row in workers if row.state != "offline"})

@@ -151,6 +151,7 @@ class Scheduler:
         self.preloading: dict[str, tuple[str, float]] = {}
         self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
         self._gauges_due = float("-inf")
+        self._offline_workers = 0  # counted when the gauges are due
         metrics.register_component("scheduler")
         # time.monotonic() of the loop's latest turn (None before run()): /healthz/live.
         self.last_tick: float | None = None
@@ -348,19 +349,25 @@ class Scheduler:
             if not rows and time.monotonic() < self._gauges_due:
                 gauges.publish_queue(rows)
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
-            # Every registered worker (a short table): the placeable ones are
-            # picked below, the others are counted by state for the gauges.
+            # Every live worker: the placeable ones are picked below, the
+            # others are counted by state for the gauges. Offline rows pile up
+            # (a pod's name per worker under Kubernetes) and are only counted,
+            # no more often than the gauges are due.
             every_worker = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
                        Worker.speed, Worker.load_gbps, Worker.state, Worker.last_heartbeat_at)
+                .where(Worker.state != "offline")
             ).all()
+            if time.monotonic() >= self._gauges_due:
+                self._offline_workers = session.execute(
+                    select(func.count()).select_from(Worker).where(Worker.state == "offline")).scalar_one()
             active = session.execute(
                 select(Job.worker_id, Job.model_id, Job.user_id, User.team_id, Job.status)
                 .join(User, User.id == Job.user_id)
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
-            gauges.publish_snapshot(rows, every_worker, active, now)
+            gauges.publish_snapshot(rows, every_worker, active, now, self._offline_workers)
             self._gauges_due = time.monotonic() + GAUGES_EVERY_S
             if not rows:
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
