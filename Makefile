@@ -33,8 +33,10 @@ services:
 browser:
 	bash scripts/ensure-browser.sh
 
+# Two lanes at once (scripts/run-tests.sh): end-to-end and fault tiers beside
+# unit and integration tiers.
 test: install services browser
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	PYTHON=$(BIN)/python bash scripts/run-tests.sh
 
 bench: install services
 	$(BIN)/python bench/overhead.py --jobs 50

@@ -1,15 +1,21 @@
-"""Seconds per image and peak VRAM of full-size SDXL and FLUX renders, farm against diffusers.
+"""Seconds per image, peak VRAM and load speed of full-size SDXL and FLUX renders, per quantized variant, farm against diffusers.
 
 The pipelines have the real models' architectures (the published configs of
 SDXL base 1.0 and FLUX.1 dev: same layers, widths and sequence lengths, so the
-same compute) with random weights built on the device: no download. For each
-architecture the same pipeline object renders alternately through a direct
-diffusers call (the baseline) and through farm's ``render`` (fresh scheduler,
-seeded generators, progress callback), and the script prints one JSON object:
-median seconds per image and peak allocated VRAM for both, and farm / direct.
+same compute) with random weights built on the device: no download. Each is
+saved to a folder; each variant (the unquantized weights, torchao int8,
+bitsandbytes nf4 and LLM.int8, GGUF Q8_0 and Q4_0) is made from it the way
+'farm models quantize' makes it and loaded from disk through the worker's
+loader (timed: GB/s of the files read). The loaded pipeline then renders
+alternately through a direct diffusers call (the baseline) and through farm's
+``render`` (fresh scheduler, seeded generators, progress callback), and the
+script prints one JSON object: per architecture and variant, median seconds
+per image and peak allocated VRAM for both, farm / direct, the weights' size
+in memory, and the load. A variant the device cannot run (bitsandbytes on a
+CPU) is listed with the reason.
 
     python bench/gpu_render.py                      # on a CUDA machine: full size
-    python bench/gpu_render.py --scale tiny         # anywhere: tiny pipelines, to check the script runs
+    python bench/gpu_render.py --scale tiny         # anywhere: tiny pipelines (CPU figures, and a check that it runs)
 
 Random weights render noise; the time and memory are the real models' own.
 """
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.families import get_family  # noqa: E402
-from farm.workers.pipelines import RenderParams, pick_dtype, render  # noqa: E402
+from farm.quantization import device_refusal, get_format, read_folder_quantization  # noqa: E402
+from farm.registry import measure_weights_gb  # noqa: E402
+from farm.workers.pipelines import RenderParams, estimate_vram_gb, load_pipeline, pick_dtype, render  # noqa: E402
+from farm.workers.quantize import quantize_folder  # noqa: E402
 from farm.workers.tiny import build_tiny_pipeline, build_tiny_t5_tokenizer, build_tiny_tokenizer  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dawn, volumetric light, detailed photograph"
@@ -145,10 +156,54 @@ def timed(device: torch.device, call) -> tuple[float, float]:
     return seconds, peak
 
 
-def measure(arch: str, scale: str, device: torch.device, repeat: int) -> dict:
-    pipe, family, side, steps, guidance, sampler = build(arch, scale, device)
-    weights_gb = sum(p.numel() * p.element_size() for c in pipe.components.values()
-                     if isinstance(c, torch.nn.Module) for p in c.parameters()) / 2**30
+#: "16bit": the unquantized weights (16-bit on a GPU, fp32 on a CPU); the others: farm/quantization.py's formats.
+VARIANTS = ("16bit", "int8", "nf4", "int8-bnb", "gguf-q8_0", "gguf-q4_0")
+
+
+def save_base(arch: str, scale: str, device: torch.device, folder: Path) -> tuple:
+    """Build the architecture's pipeline and save it to ``folder``; (family, side, steps, guidance, sampler)."""
+    pipe, *shape = build(arch, scale, device)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return tuple(shape)
+
+
+def make_variant(base: Path, variant: str, family: str, workdir: Path) -> tuple[Path, dict | None]:
+    """(folder, quantization record) of ``variant``, made as 'farm models quantize' makes it."""
+    if variant == "16bit":
+        return base, None
+    fmt = get_format(variant)
+    if fmt.writes_files:
+        folder = workdir / variant
+        quantize_folder(base, folder, variant, family)
+        return folder, read_folder_quantization(folder)
+    return base, {"format": fmt.name, "library": fmt.library, "at_load": True,
+                  "components": list(get_family(family).quantized_components)}
+
+
+def timed_load(folder: Path, family: str, device: torch.device, record: dict | None):
+    """(pipeline, seconds) of the worker's load from disk onto the device."""
+    dtype = pick_dtype(device, None, family)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    pipe = load_pipeline(folder, family, device, dtype, record)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return pipe, time.perf_counter() - started
+
+
+def measure(arch: str, variant: str, shape: tuple, base: Path, device: torch.device, repeat: int, workdir: Path) -> dict:
+    family, side, steps, guidance, sampler = shape
+    folder, record = make_variant(base, variant, family, workdir)
+    refusal = device_refusal(record, device.type)
+    if refusal:
+        return {"skipped": refusal}
+    pipe, load_s = timed_load(folder, family, device, record)
+    disk_gb = measure_weights_gb(folder)
+    weights_gb = estimate_vram_gb(pipe)  # what the worker reports for it
 
     def direct(seed: int):
         kwargs = dict(prompt=PROMPT, width=side, height=side, num_inference_steps=steps, guidance_scale=guidance,
@@ -168,7 +223,8 @@ def measure(arch: str, scale: str, device: torch.device, repeat: int) -> dict:
         for name, call in (("direct", direct), ("farm", farm)):
             runs[name].append(timed(device, lambda: call(index + 1)))
     result = {"family": family, "size": f"{side}x{side}", "steps": steps, "dtype": str(pipe.dtype).replace("torch.", ""),
-              "weights_gb": round(weights_gb, 2)}
+              "quantization": record["format"] if record else None, "weights_gib": round(weights_gb, 4),
+              "disk_gb": round(disk_gb, 4), "load_s": round(load_s, 3), "load_gb_per_s": round(disk_gb / load_s, 4)}
     for name, values in runs.items():
         result[f"{name}_s_per_image"] = round(statistics.median(s for s, _ in values), 3)
         result[f"{name}_peak_vram_gb"] = round(max(p for _, p in values), 2)
@@ -176,6 +232,8 @@ def measure(arch: str, scale: str, device: torch.device, repeat: int) -> dict:
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    if folder != base:
+        shutil.rmtree(folder, ignore_errors=True)  # full-size variants are tens of GB
     return result
 
 
@@ -183,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--arch", choices=tuple(CASES), action="append", help="default: all")
+    parser.add_argument("--variant", choices=VARIANTS, action="append", help="default: all")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the saved pipelines go [default: a temporary folder]")
     args = parser.parse_args(argv)
     from farm.workers.pipelines import pick_device
 
@@ -196,8 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers
 
     report["diffusers"] = diffusers.__version__
-    for arch in args.arch or tuple(CASES):
-        report["results"][arch] = measure(arch, args.scale, device, args.repeat)
+    workdir = Path(tempfile.mkdtemp(prefix="gpu-render-", dir=args.workdir))
+    try:
+        for arch in args.arch or tuple(CASES):
+            base = workdir / arch
+            shape = save_base(arch, args.scale, device, base)
+            report["results"][arch] = {variant: measure(arch, variant, shape, base, device, args.repeat, workdir / f"{arch}-q")
+                                       for variant in args.variant or VARIANTS}
+            shutil.rmtree(base, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -14,6 +14,26 @@ Traces, all against the mixed cluster:
   bursts from one team on one model.
 - heavy_user.jsonl: one user's very large campaign beside a steady stream of
   light users' single images (the fairness case).
+- deadlines.jsonl: five campaigns of 100-300 images from five users, three
+  with deadlines from tight to loose and two without, beside light users
+  whose single images sometimes carry a deadline of a few minutes (rows
+  carry ``deadline_s`` and ``campaign``; issue 23). Drawn from its own
+  seeded generator, so the other traces do not change with it.
+- preempt_campaign.jsonl: a campaign of long, large renders (2048x2048 FLUX
+  and SDXL, priority 0) that saturates the GPUs able to run them for most
+  of an hour, and interactive single images (priority 5) on the same models
+  arriving all along: the case preemption at step boundaries is for
+  (bench/scheduler_preemption.py). Drawn from its own seeded generator too.
+
+All-at-once workloads (``write_at_once``, their own seed, so the traces above
+do not change): every job arrives at t=0, the shape a farm meets when
+campaigns are submitted together and the live scheduler meets with its
+deepest queue. bench/traces/at_once/jobs-10k.jsonl holds 10,000 jobs from
+13 users over 20 models for bench/workers/at_once.json: 100 GPUs, 40 x 24 GB
+without FLUX, 40 x 48 GB and 20 x 80 GB. The 1,000-GPU shape (the same
+classes ten times over, 50 models, 100,000 jobs) is too big to commit:
+``at_once_workload(workers=1000, models=50, jobs=100_000)`` builds it in
+memory at bench time (bench/scheduler_scale.py).
 
 Model popularity is Zipf-like (the k-th most popular model is asked for about
 k^-1.1 as often as the first). step_s grows with the image size a little
@@ -199,6 +219,64 @@ def make_heavy_user(rng: np.random.Generator, scale: int = 1) -> list[dict]:
     return rescale_to_load(records, sum(w[2] for w in MIXED_WORKERS), TARGET_UTILIZATION)
 
 
+# Campaigns of the deadlines trace: (user, images, models, deadline as a
+# multiple of the campaign's work over the whole cluster's speed; None: none).
+DEADLINE_CAMPAIGNS = [
+    ("catalogue", 300, {"sdxl-base": 0.7, "sd15-base": 0.3}, 3.0),
+    ("posters", 200, {"sdxl-juggernaut": 1.0}, None),
+    ("thumbnails", 300, {"sd15-dreamshaper": 0.6, "sd15-anime": 0.4}, 4.0),
+    ("hero-shots", 100, {"flux-schnell": 0.6, "sdxl-base": 0.4}, 6.0),
+    ("backgrounds", 250, {"sdxl-turbo": 0.5, "sd15-base": 0.5}, None),
+]
+LIGHT_DEADLINE_ODDS = 0.3  # a light user's image has a deadline this often...
+LIGHT_DEADLINE_S = (90.0, 300.0)  # ... drawn uniformly from this range
+
+
+def make_deadlines(rng: np.random.Generator, scale: int = 1) -> list[dict]:
+    """Campaigns with and without deadlines beside light users (see the module docstring)."""
+    span = 1500.0 * scale
+    cluster_speed = sum(w[2] for w in MIXED_WORKERS)
+    records = light_jobs(rng, poisson_times(rng, np.full(int(span), 0.3)))
+    for record in records:
+        if rng.random() < LIGHT_DEADLINE_ODDS:
+            record["deadline_s"] = round(float(rng.uniform(*LIGHT_DEADLINE_S)), 3)
+    # The light users' arrivals are stretched to the target load first; the
+    # campaigns then start at fixed points of that span.
+    records = rescale_to_load(records, cluster_speed, TARGET_UTILIZATION * 0.35)
+    span = max(r["t"] for r in records)
+    for k in range(scale):
+        for number, (user, count, models, factor) in enumerate(DEADLINE_CAMPAIGNS):
+            start = span * (k + rng.uniform(0.05, 0.5)) / scale
+            jobs = campaign_jobs(rng, start, count, models, ingest_s=30.0, user=user)
+            name = f"{user}-{k + 1}"
+            due = None if factor is None else start + factor * sum(map(work_s, jobs)) / cluster_speed
+            for record in jobs:
+                record["campaign"] = name
+                if due is not None:
+                    record["deadline_s"] = round(due - record["t"], 3)
+            records += jobs
+    return sorted(records, key=lambda r: r["t"])
+
+
+INTERACTIVE_PRIORITY = 5
+
+
+def make_preempt_campaign(rng: np.random.Generator, scale: int = 1) -> list[dict]:
+    """A saturating campaign of long renders and a stream of interactive images on its models."""
+    records = []
+    for k in range(scale):
+        start = 2800.0 * k
+        times = np.sort(rng.uniform(start, start + 30.0, size=500))
+        picks = rng.random(size=500) < 0.4
+        records += [job_record(rng, t, HEAVY_USER, "marketing", "flux-dev" if flux else "sdxl-base", (2048, 2048))
+                    for t, flux in zip(times, picks)]
+        for t in poisson_times(rng, np.full(2500, 0.05)) + start:
+            model = "flux-dev" if rng.random() < 0.5 else "sdxl-base"
+            user = LIGHT_USERS[rng.integers(len(LIGHT_USERS))]
+            records.append({**job_record(rng, t, user, "community", model), "priority": INTERACTIVE_PRIORITY})
+    return sorted(records, key=lambda r: r["t"])
+
+
 def big_workers(rng: np.random.Generator, count: int = 100) -> list[dict]:
     """A 100-GPU fleet of the mixed cluster's classes, in about the same proportions."""
     workers = []
@@ -207,6 +285,85 @@ def big_workers(rng: np.random.Generator, count: int = 100) -> list[dict]:
         workers.append({"id": f"node-{index:03d}", "vram_gb": vram, "speed": speed, "load_gbps": load_gbps,
                         "families": families})
     return workers
+
+
+# The all-at-once cluster: (vram_gb, speed, load_gbps, families, share of the fleet).
+AT_ONCE_CLASSES = [
+    (24, 1.0, 2.5, ["sd", "sdxl"], 0.4),
+    (48, 1.4, 3.0, ["sd", "sdxl", "flux"], 0.4),
+    (80, 2.2, 4.0, ["sd", "sdxl", "flux"], 0.2),
+]
+AT_ONCE_SEED = 20261206
+AT_ONCE_USERS = 13
+# The all-at-once models cycle through these families (most are SD or SDXL);
+# each has its family's size and its own step count.
+AT_ONCE_FAMILIES = ("sdxl", "sd", "flux", "sdxl", "sd")
+AT_ONCE_STEPS = {"sd": (20, 25, 30), "sdxl": (4, 25, 30, 40), "flux": (4, 20, 28)}
+AT_ONCE_GB = {"sd": 2.2, "sdxl": 6.9, "flux": 23.8}
+
+
+def at_once_workers(count: int = 100) -> list[dict]:
+    """``count`` GPUs in the all-at-once classes' proportions (40/40/20 at 100)."""
+    workers = []
+    for vram, speed, load_gbps, families, share in AT_ONCE_CLASSES:
+        for _ in range(round(count * share)):
+            workers.append({"id": f"gpu{vram}-{len(workers):04d}", "vram_gb": vram, "speed": speed,
+                            "load_gbps": load_gbps, "families": families})
+    return workers
+
+
+def at_once_models(rng: np.random.Generator, count: int) -> dict[str, tuple[str, float, int]]:
+    """``count`` models: id -> (family, GB, steps)."""
+    models = {}
+    for index in range(count):
+        family = AT_ONCE_FAMILIES[index % len(AT_ONCE_FAMILIES)]
+        steps = AT_ONCE_STEPS[family][rng.integers(len(AT_ONCE_STEPS[family]))]
+        models[f"{family}-{index:02d}"] = (family, AT_ONCE_GB[family], int(steps))
+    return models
+
+
+def at_once_jobs(rng: np.random.Generator, models: dict[str, tuple[str, float, int]], jobs: int,
+                 users: int = AT_ONCE_USERS) -> list[dict]:
+    """``jobs`` jobs at t=0: users of very different sizes, each mostly on a few favourite models."""
+    names = list(models)
+    popularity = np.array([1.0 / k ** ZIPF_EXPONENT for k in range(1, len(names) + 1)])
+    popularity /= popularity.sum()
+    # A few campaign-sized users and many small ones (Zipf-like again).
+    user_share = np.array([1.0 / k for k in range(1, users + 1)])
+    user_share /= user_share.sum()
+    owners = rng.choice(users, size=jobs, p=user_share)
+    favourites = {u: rng.choice(len(names), size=3, replace=False, p=popularity) for u in range(users)}
+    records = []
+    for owner in owners:
+        pick = favourites[owner][rng.integers(3)] if rng.random() < 0.7 else rng.choice(len(names), p=popularity)
+        model = names[pick]
+        family, gb, steps = models[model]
+        choices, odds = SIZES[family]
+        width, height = choices[rng.choice(len(choices), p=odds)]
+        records.append({"t": 0.0, "user": f"user-{owner:02d}", "team": "at-once", "model": model, "model_gb": gb,
+                        "family": family, "width": width, "height": height, "steps": steps,
+                        "step_s": round(step_seconds(family, width, height), 4)})
+    return records
+
+
+def at_once_workload(workers: int = 100, models: int = 20, jobs: int = 10_000,
+                     seed: int = AT_ONCE_SEED) -> tuple[list[dict], list[dict]]:
+    """(workers, jobs) of an all-at-once workload; the same arguments give the same files."""
+    rng = np.random.default_rng(seed)
+    return at_once_workers(workers), at_once_jobs(rng, at_once_models(rng, models), jobs)
+
+
+def write_at_once(out: Path, seed: int = AT_ONCE_SEED) -> str:
+    """Write OUT/workers/at_once.json and OUT/traces/at_once/jobs-10k.jsonl; a line describing them."""
+    (out / "traces" / "at_once").mkdir(parents=True, exist_ok=True)
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    workers, records = at_once_workload(seed=seed)
+    (out / "workers" / "at_once.json").write_text(json.dumps(workers, indent=1) + "\n")
+    write_jsonl(out / "traces" / "at_once" / "jobs-10k.jsonl", records)
+    work = sum(work_s(r) for r in records)
+    return (f"at_once/jobs-10k: {len(records)} jobs at t=0, {len({r['model'] for r in records})} models, "
+            f"{len({r['user'] for r in records})} users, {work:.0f} s of work at speed 1 on "
+            f"{len(workers)} GPUs of total speed {sum(w['speed'] for w in workers):.0f}")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -236,6 +393,12 @@ def write_workload(out: Path, seed: int = SEED, scale: int = 1) -> list[str]:
         records = make(rng, scale)
         write_jsonl(out / "traces" / f"{name}.jsonl", records)
         lines.append(describe(name, records))
+    records = make_deadlines(np.random.default_rng([seed, 23]), scale)
+    write_jsonl(out / "traces" / "deadlines.jsonl", records)
+    lines.append(describe("deadlines", records))
+    records = make_preempt_campaign(np.random.default_rng([seed, 2323]), scale)
+    write_jsonl(out / "traces" / "preempt_campaign.jsonl", records)
+    lines.append(describe("preempt_campaign", records))
     return lines
 
 
@@ -247,6 +410,7 @@ def main() -> None:
     args = parser.parse_args()
     for line in write_workload(args.out, args.seed, args.scale):
         print(line)
+    print(write_at_once(args.out))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from farm.models import Job, ModelEntry
 from farm.services import campaigns as campaign_service
 from farm.services import jobs as job_service
 from farm.services.quotas import QuotaExceededError, me_report
-from farm.families import is_refiner
+from farm.families import editing_names, is_refiner
 from farm.spec import FAMILY_ASPECT_RATIOS, SAMPLERS, SIGMA_SCHEDULES, RequestError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,13 @@ def _options():
     }
 
 
+def first_editing_model(ctx) -> str | None:
+    """The first registered model of a family that edits from instructions (the image page's Edit), or None."""
+    with ctx.db.session() as session:
+        return session.execute(select(ModelEntry.id).where(ModelEntry.family.in_(editing_names()))
+                               .order_by(ModelEntry.id).limit(1)).scalar_one_or_none()
+
+
 def _quota_summary():
     with farm_ctx().db.session() as session:
         return me_report(session, g.dashboard_user)
@@ -73,8 +80,8 @@ def _quota_summary():
 # Fields of the form that show their own error; problems with any other field are listed above the form.
 FIELD_SLOTS = frozenset({"prompt", "negative_prompt", "model", "variant", "preset", "performance", "aspect_ratio", "styles",
                          "num_images", "seed", "seed_count", "steps", "guidance_scale", "width", "height", "sampler",
-                         "scheduler", "output_format", "clip_skip", "detail_guidance", "priority", "refiner",
-                         "refiner_switch", "name", "rows", "budget_images", "quota"})
+                         "scheduler", "output_format", "clip_skip", "detail_guidance", "sag_scale", "priority", "refiner",
+                         "refiner_switch", "name", "rows", "budget_images", "quota", "deadline"})
 
 
 def _render_form(values, errors=None, status=200, message=None):
@@ -107,6 +114,16 @@ def create():
             values["seed"] = output.seed
     if request.args.get("image_prompt"):
         values["image_prompt"] = str(job_service.get_output(ctx, user, request.args["image_prompt"]).id)
+    # References (multi-reference families): each one an output this user can see, in order.
+    values["references"] = [str(job_service.get_output(ctx, user, ref).id) for ref in request.args.getlist("reference")]
+    if request.args.get("prompt"):
+        values["prompt"] = request.args["prompt"]  # an image's description (the image page's Describe button)
+    if request.args.get("edit"):
+        # Edit an image from an instruction (the image page's Edit): the prompt is the instruction, and an
+        # editing model is chosen unless the request names one.
+        values.update(image_mode="edit", parent_output=str(job_service.get_output(ctx, user, request.args["edit"]).id))
+        if not values["model"]:
+            values["model"] = [model_id for model_id in [first_editing_model(ctx)] if model_id]
     return _render_form(values)
 
 
@@ -165,7 +182,7 @@ def submit():
                                                   submission.rows_format)
             result = campaign_service.submit_campaign(ctx, user, req)
             return redirect(url_for("dashboard.campaign", campaign_id=result["id"]))
-        job = job_service.submit_job(ctx, user, submission.base, interface="dashboard")
+        job = job_service.submit_job(ctx, user, submission.job_request, interface="dashboard")
     except RequestError as exc:
         return _render_form(values, field_errors(exc), 422, "The request needs fixing: see the marked fields.")
     except QuotaExceededError as exc:

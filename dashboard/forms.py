@@ -17,7 +17,7 @@ from farm.spec import FieldProblem, RequestError
 logger = logging.getLogger(__name__)
 
 INT_FIELDS = ("steps", "width", "height", "num_images", "clip_skip", "priority")
-FLOAT_FIELDS = ("guidance_scale", "detail_guidance", "refiner_switch", "image_prompt_weight")
+FLOAT_FIELDS = ("guidance_scale", "detail_guidance", "sag_scale", "refiner_switch", "image_prompt_weight")
 TEXT_FIELDS = ("negative_prompt", "variant", "preset", "performance", "sampler", "scheduler", "output_format",
                "refiner", "image_mode", "parent_output")
 FLAGS = ("prompt_expansion", "freeu", "same_seed")
@@ -31,6 +31,12 @@ class Submission:
     rows_format: str | None = None
     name: str = ""
     budget_images: int | None = None
+    deadline: str | None = None  # ISO 8601 with a zone: the job's, or the campaign's
+
+    @property
+    def job_request(self) -> dict[str, Any]:
+        """The one job's request: the base, with the deadline when one was given."""
+        return {**self.base, "deadline": self.deadline} if self.deadline else self.base
 
     @property
     def is_campaign(self) -> bool:
@@ -41,6 +47,8 @@ class Submission:
                                    "dry_run": dry_run}
         if self.budget_images is not None:
             payload["budget_images"] = self.budget_images
+        if self.deadline:
+            payload["deadline"] = self.deadline
         return payload
 
 
@@ -80,6 +88,9 @@ def read_create_form(form: MultiDict, files: MultiDict) -> Submission:
     image_prompt = form.get("image_prompt", "").strip()
     if image_prompt:
         base["image_prompts"] = [{"parent_output": image_prompt}]
+    references = [ref.strip() for ref in form.getlist("reference") if ref.strip()]
+    if references:
+        base["references"] = [{"parent_output": ref} for ref in references]
 
     prompts = [line.strip() for line in form.get("prompt", "").splitlines() if line.strip()]
     if len(prompts) == 1:
@@ -129,7 +140,8 @@ def read_create_form(form: MultiDict, files: MultiDict) -> Submission:
     if problems:
         raise RequestError(problems)
     return Submission(base=base, matrix=matrix, rows_text=rows_text, rows_format=rows_format,
-                      name=form.get("campaign_name", "").strip(), budget_images=budget)
+                      name=form.get("campaign_name", "").strip(), budget_images=budget,
+                      deadline=form.get("deadline", "").strip() or None)
 
 
 def prefill_from_request(request_: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 from flask import Response, abort, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from dashboard.core import bp, farm_ctx, login_required
+from dashboard.core import bp, farm_ctx, login_required, require_write
 from farm.api.outputs import image_response
 from farm.models import Campaign, Job
 from farm.services import jobs as job_service
@@ -72,13 +72,14 @@ def flat_rows(value, prefix: str = "") -> list[tuple[str, str]]:
 def job(job_id: str):
     ctx = farm_ctx()
     found = job_service.get_job(ctx, g.dashboard_user, job_id)
+    queue = job_service.queue_standing(ctx, found)
     if request.args.get("fragment"):
-        return render_template("partials/job_status.html", job=found, active=ACTIVE)
+        return render_template("partials/job_status.html", job=found, active=ACTIVE, queue=queue)
     campaign_name = None
     if found.campaign_id:
         with ctx.db.session() as session:
             campaign_name = session.execute(select(Campaign.name).where(Campaign.id == found.campaign_id)).scalar_one_or_none()
-    return render_template("job.html", job=found, active=ACTIVE, campaign_name=campaign_name,
+    return render_template("job.html", job=found, active=ACTIVE, campaign_name=campaign_name, queue=queue,
                            parameters=flat_rows({k: v for k, v in found.params.items() if k not in JOB_PAGE_SHOWN}))
 
 
@@ -207,9 +208,13 @@ def image(output_id: str):
             parent = None
         if parent is not None:
             changes = lineage_changes(record, parent.lineage or {})
+    from dashboard.create import first_editing_model
+    from farm.services.describe import describe_workers
+
     return render_template("image.html", output=output, record=record, groups=lineage_groups(record), parent=parent,
                            parent_id=parent_id(record), changes=changes, image_modes=IMAGE_ACTIONS, derived=derived,
-                           active=ACTIVE)
+                           active=ACTIVE, can_describe=bool(describe_workers(ctx)),
+                           can_edit=first_editing_model(ctx) is not None)  # Edit once an editing model is registered
 
 
 def back_to_strip(output_id: str):
@@ -223,6 +228,17 @@ def back_to_strip(output_id: str):
 def rerender(output_id: str):
     job_service.rerender_output(farm_ctx(), g.dashboard_user, output_id, interface="dashboard")
     return back_to_strip(output_id)
+
+
+@bp.post("/images/<output_id>/describe")
+@login_required
+def describe(output_id: str):
+    """Describe the image with a worker's image-to-text model and open the create form with the text as its prompt."""
+    from farm.api.describe import describe_output_for_page
+
+    require_write()
+    prompt = describe_output_for_page(output_id)
+    return redirect(url_for("dashboard.create", prompt=prompt))
 
 
 @bp.post("/images/<output_id>/<mode>")

@@ -87,7 +87,8 @@ def _from_single_file(cls, file: Path, config_dir: Path, dtype):
                 raise CheckpointError(f"{file} lacks {match.group(1) if match else 'a component'} and {config_dir} has no weights "
                                       "for it either; give --config a complete diffusers folder of the same family") from None
             for name in names:
-                given[name] = _load_component(config_dir, name, index[name], dtype)
+                logger.info("the checkpoint has no %s; taking it from %s", name, config_dir)
+                given[name] = load_component(config_dir, name, index[name], dtype)
         except Exception as exc:  # diffusers' own words: keys that do not fit the family, missing configs
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot import {file} as a {cls.__name__} with the configs of {config_dir}: {message}") from None
@@ -99,13 +100,13 @@ def folder_problems_of_component(config_dir: Path, name: str) -> bool:
     return not folder.is_dir() or not any(p.name.endswith((".safetensors", ".bin", ".index.json")) for p in folder.iterdir())
 
 
-def _load_component(config_dir: Path, name: str, spec: list, dtype):
+def load_component(folder: Path, name: str, spec: list, dtype, **extras):
+    """Component ``name`` of the diffusers folder ``folder`` (``spec``: its model_index.json entry, [library, class])."""
     import importlib
 
     library, class_name = spec
     component_class = getattr(importlib.import_module(library), class_name)
-    logger.info("the checkpoint has no %s; taking it from %s", name, config_dir)
-    return component_class.from_pretrained(str(config_dir), subfolder=name, torch_dtype=dtype, local_files_only=True)
+    return component_class.from_pretrained(str(folder), subfolder=name, torch_dtype=dtype, local_files_only=True, **extras)
 
 
 def import_single_file(file: Path, target: Path, pipeline_class: str, config_dir: Path) -> Path:

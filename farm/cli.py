@@ -142,9 +142,12 @@ def scheduler() -> None:
 @click.option("--vram-gb", type=float, default=None, help="VRAM budget in GB [FARM_WORKER_VRAM_GB]; required on CPU, a cap on CUDA.")
 @click.option("--models", default=None, help="Comma-separated model ids this worker serves [FARM_WORKER_MODELS].")
 @click.option("--preload", default=None, help="Comma-separated model ids to load at start [FARM_WORKER_PRELOAD].")
+@click.option("--ram-cache-gb", type=click.FloatRange(min=0), default=None,
+              help="Host memory in GB that keeps models evicted from the GPU [FARM_WORKER_RAM_CACHE_GB; default 0, off].")
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Stop when this process is gone (farm up's child).")
 @friendly_errors
-def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None, parent_pid: int | None) -> None:
+def worker(name: str | None, vram_gb: float | None, models: str | None, preload: str | None, ram_cache_gb: float | None,
+           parent_pid: int | None) -> None:
     """Run a GPU (or CPU) worker consuming its own queue."""
     from farm.workers.main import run_worker
 
@@ -156,6 +159,8 @@ def worker(name: str | None, vram_gb: float | None, models: str | None, preload:
         watch_parent(parent_pid, grace_s=settings.worker_grace_s + 15)
         quiet_celery_banner(settings.log_level)
     changes = {key: value for key, value in (("worker_models", models), ("worker_preload", preload)) if value}
+    if ram_cache_gb is not None:
+        changes["worker_ram_cache_gb"] = ram_cache_gb
     if changes:
         settings = Settings(**{**settings.model_dump(), **changes})
     run_worker(settings, name=name, vram_gb=vram_gb)
@@ -353,13 +358,20 @@ def campaign() -> None:
 @click.option("--rows", "rows_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A CSV or JSONL file of per-job overrides.")
 @click.option("--dry-run", is_flag=True, help="Report the job count and cost; create nothing.")
+@click.option("--deadline", default=None, help="When the campaign is due, ISO 8601 with a time zone "
+                                               "(e.g. 2026-12-01T18:00:00Z); overrides the file's.")
 @click.option("--api", "api_url", default=None, help="API base URL [FARM_API_URL].")
 @click.option("--token", default=None, help="API token [FARM_API_TOKEN].")
-def campaign_submit(file: Path, rows_file: Path | None, dry_run: bool, api_url, token) -> None:
+def campaign_submit(file: Path, rows_file: Path | None, dry_run: bool, deadline: str | None, api_url, token) -> None:
     """Submit the campaign described by FILE (JSON or YAML: name, base, matrix, rows, ...)."""
+    from farm.client import load_campaign_file
+
     base, token = _client_target(api_url, token)
+    spec: Path | dict = file
+    if deadline is not None:
+        spec = {**load_campaign_file(file), "deadline": deadline}
     with _farm_client(base, token) as farm:
-        result = farm.submit_campaign(file, rows=rows_file, dry_run=True if dry_run else None)
+        result = farm.submit_campaign(spec, rows=rows_file, dry_run=True if dry_run else None)
     if dry_run:
         click.echo(f"{result.jobs} jobs, {result.cost.images} images, about {result.cost.gpu_seconds:.0f} GPU-seconds")
     else:
@@ -392,8 +404,9 @@ def workers_list() -> None:
     now = utcnow()
     for w in rows:
         held = ",".join(m["id"] for m in w.loaded_models) or "-"
+        in_ram = ",".join(m["id"] for m in w.host_models)
         click.echo(f"{w.id}\t{'draining' if w.draining and w.state == 'online' else w.state}\t{w.device_name}\t{w.vram_free_gb:.1f}/{w.vram_total_gb:.1f} GB free\t"
-                   f"holds {held}\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago"
+                   f"holds {held}" + (f"\tin host memory {in_ram}" if in_ram else "") + f"\theartbeat {(now - w.last_heartbeat_at).total_seconds():.0f}s ago"
                    + (f"\t{w.health_error}" if w.health_error else ""))
 
 
@@ -437,7 +450,8 @@ def models() -> None:
 @models.command("list")
 @friendly_errors
 def models_list() -> None:
-    """List registered models."""
+    """List registered models: id, family, base:variant, quantization, VRAM, steps, source, description."""
+    from farm.quantization import describe as describe_quantization
     from farm.registry import list_models
 
     ctx = _context()
@@ -447,7 +461,8 @@ def models_list() -> None:
         click.echo("no models registered; add one with 'farm models add ID SOURCE'")
     for row in rows:
         variant = f"{row.base}:{row.variant}" if row.variant else "-"
-        click.echo(f"{row.id}\t{row.family}\t{variant}\t{row.vram_gb:.3f} GB\t{row.default_steps} steps\t{row.source}\t{row.description}")
+        click.echo(f"{row.id}\t{row.family}\t{variant}\t{describe_quantization(row.quantization)}\t{row.vram_gb:.3f} GB\t"
+                   f"{row.default_steps} steps\t{row.source}\t{row.description}")
 
 
 @models.command("add")
@@ -463,31 +478,115 @@ def models_list() -> None:
 @click.option("--base", default=None, help="The model this is a variant of (default: the id without '-VARIANT').")
 @click.option("--guidance", "default_guidance", type=float, default=None, help="Default guidance scale for this model.")
 @click.option("--config", "config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="For a single .safetensors checkpoint: a diffusers folder of the same family whose configs and tokenizers the import uses (offline).")
+              help="For a single .safetensors checkpoint or a .gguf denoiser: a diffusers folder of the same family whose configs and tokenizers (and, for GGUF, other components) the import uses (offline).")
+@click.option("--quantize", "quantize_at_load", type=click.Choice(["nf4", "int8-bnb", "int8"]), default=None,
+              help="Register SOURCE's 16-bit weights as a quantized variant the worker quantizes while loading "
+                   "(nf4 and int8-bnb need a CUDA worker). To write quantized files instead: farm models quantize.")
 @friendly_errors
 def models_add(model_id, source, family, vram_gb, revision, dtype, default_steps, description, variant, base,
-               default_guidance, config_dir) -> None:
-    """Register MODEL_ID from SOURCE: a local diffusers folder, a hub repo id, or a single .safetensors
-    checkpoint (imported into a diffusers folder under the model cache with --config)."""
+               default_guidance, config_dir, quantize_at_load) -> None:
+    """Register MODEL_ID from SOURCE: a local diffusers folder (prequantized ones included), a hub repo id, a single
+    .safetensors checkpoint or a .gguf denoiser file (both imported into a folder under the model cache with --config)."""
     from farm.registry import add_model
 
     ctx = _context()
-    if Path(source).expanduser().is_file() and config_dir is not None:
-        source = str(_import_checkpoint(ctx, model_id, Path(source).expanduser(), family, config_dir))
+    file = Path(source).expanduser()
+    if file.is_file() and file.suffix.lower() == ".gguf":
+        if config_dir is None:
+            raise CliError(f"{file} holds only a quantized denoiser; give --config, a diffusers folder of the same "
+                           "family whose other components, configs and tokenizers the variant uses")
+        source = str(_import_gguf(ctx, model_id, file, family, config_dir))
+    elif file.is_file() and config_dir is not None:
+        source = str(_import_checkpoint(ctx, model_id, file, family, config_dir))
     elif config_dir is not None:
         raise CliError("--config is for importing a single .safetensors checkpoint; SOURCE is not a file")
     with ctx.db.transaction() as session:
         entry = add_model(session, model_id, source, family=family, vram_gb=vram_gb, revision=revision, dtype=dtype,
                           description=description, default_steps=default_steps, base=base, variant=variant,
-                          default_guidance=default_guidance)
+                          default_guidance=default_guidance, quantize_at_load=quantize_at_load)
+    _say_registered(entry)
+
+
+def _say_registered(entry) -> None:
+    from farm.quantization import describe, needs_cuda
+
     as_variant = f", variant {entry.variant} of {entry.base}" if entry.variant else ""
-    click.echo(f"registered {entry.id} ({entry.family}{as_variant}, {entry.vram_gb:.3f} GB) from {entry.source}")
+    quantized = f", quantized {describe(entry.quantization)}" if entry.quantization else ""
+    click.echo(f"registered {entry.id} ({entry.family}{as_variant}{quantized}, {entry.vram_gb:.3f} GB) from {entry.source}")
+    if needs_cuda(entry.quantization):
+        click.echo(f"note: {entry.quantization['format']} needs a CUDA GPU; only CUDA workers are given {entry.id}")
 
 
-def _import_checkpoint(ctx, model_id: str, file: Path, family: str | None, config_dir: Path) -> Path:
-    from farm.checkpoints import CheckpointError, import_single_file
+def _import_gguf(ctx, model_id: str, file: Path, family: str | None, config_dir: Path) -> Path:
+    from farm.workers.quantize import import_gguf_file
+
+    family, target = _import_target(ctx, model_id, family, config_dir)
+    click.echo(f"importing {file} into {target} with the other components of {config_dir} ...")
+    import_gguf_file(file, target, family, config_dir)
+    return target
+
+
+@models.command("quantize")
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["int8", "gguf-q8_0", "gguf-q4_0", "nf4", "int8-bnb"]), required=True,
+              help="int8: torchao int8 weight-only; gguf-q8_0/gguf-q4_0: a GGUF denoiser (these three run on CPUs and GPUs); "
+                   "nf4, int8-bnb: bitsandbytes, CUDA only, quantized when a CUDA worker loads the variant.")
+@click.option("--id", "model_id", required=True, help="The new variant's model id (e.g. flux-int8).")
+@click.option("--variant", default=None, help="Its variant name [default: the format, or SOURCE's variant-FORMAT].")
+@click.option("--base", default=None, help="The model it is a variant of [default: SOURCE's base, or SOURCE's id].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the quantized folder [default: the model cache/ID].")
+@click.option("--description", default="", help="Free text shown in listings.")
+@friendly_errors
+def models_quantize(source: str, fmt: str, model_id: str, variant: str | None, base: str | None, out: Path | None,
+                    description: str) -> None:
+    """Make MODEL_ID, a quantized variant of SOURCE (a registered model id or a local diffusers folder): its
+    quantized folder is written (unchanged components hard-linked) and registered with its own VRAM."""
+    from sqlalchemy import select
+
     from farm.models import ModelEntry
-    from farm.registry import detect_family, pipeline_class_for
+    from farm.quantization import get_format
+    from farm.registry import add_model, detect_family
+
+    ctx = _context()
+    with ctx.db.session() as session:
+        if session.get(ModelEntry, model_id) is not None:
+            raise CliError(f"model {model_id!r} is already registered")
+        entry = session.get(ModelEntry, source)
+    folder = Path(entry.source if entry is not None else source).expanduser()
+    if not folder.is_dir():
+        raise CliError(f"{source} is neither a registered model with a local folder nor a folder; "
+                       "for a hub model run 'farm models pull' first")
+    family = entry.family if entry is not None else detect_family(folder)
+    if family is None:
+        raise CliError(f"cannot tell the family of {folder}; register it first with 'farm models add ID {folder} --family F'")
+    if entry is not None:
+        base = base or entry.base or entry.id
+        variant = variant or (f"{entry.variant}-{fmt}" if entry.variant else fmt)
+    with ctx.db.session() as session:
+        if base and variant and session.execute(select(ModelEntry.id).where(ModelEntry.base == base,
+                                                                             ModelEntry.variant == variant)).scalar():
+            raise CliError(f"{base} already has a variant {variant!r}; pass another --variant")
+    if not get_format(fmt).writes_files:
+        with ctx.db.transaction() as session:
+            new = add_model(session, model_id, str(folder), family=family, description=description, base=base,
+                            variant=variant, quantize_at_load=fmt)
+        _say_registered(new)
+        return
+    from farm.workers.quantize import quantize_folder
+
+    target = (out or ctx.settings.resolved_model_cache / model_id).expanduser()
+    click.echo(f"quantizing {folder} as {fmt} into {target} ...")
+    quantize_folder(folder, target, fmt, family, base=base, variant=variant)
+    with ctx.db.transaction() as session:
+        new = add_model(session, model_id, str(target), family=family, description=description, base=base, variant=variant)
+    _say_registered(new)
+
+
+def _import_target(ctx, model_id: str, family: str | None, config_dir: Path) -> tuple[str, Path]:
+    """(family, folder under the model cache) of an import into a new model ``model_id``."""
+    from farm.models import ModelEntry
+    from farm.registry import detect_family
 
     with ctx.db.session() as session:
         if session.get(ModelEntry, model_id) is not None:
@@ -495,7 +594,14 @@ def _import_checkpoint(ctx, model_id: str, file: Path, family: str | None, confi
     family = family or detect_family(config_dir)
     if family is None:
         raise CliError(f"cannot tell the family of {config_dir}: pass --family")
-    target = ctx.settings.resolved_model_cache / model_id
+    return family, ctx.settings.resolved_model_cache / model_id
+
+
+def _import_checkpoint(ctx, model_id: str, file: Path, family: str | None, config_dir: Path) -> Path:
+    from farm.checkpoints import CheckpointError, import_single_file
+    from farm.registry import pipeline_class_for
+
+    family, target = _import_target(ctx, model_id, family, config_dir)
     click.echo(f"importing {file} into {target} with the configs of {config_dir} ...")
     try:
         return import_single_file(file, target, pipeline_class_for(family), config_dir)
@@ -555,17 +661,43 @@ def models_pull(model_id: str, endpoint: str | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--family", type=click.Choice(family_names()), default="sd", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--variant", default=None, help="flux: dev (guidance-distilled, the default) or schnell (few-step).")
+@click.option("--variant", default=None, help="flux: dev (guidance-distilled, the default) or schnell (few-step); "
+                                             "flux2_klein: 4b (the default) or 9b (step-distilled), base-4b or base-9b.")
+@click.option("--quantize", "fmt", type=click.Choice(["int8", "gguf-q8_0", "gguf-q4_0"]), default=None,
+              help="Write it quantized in this format (as 'farm models quantize' would), for tests of quantized variants.")
 @friendly_errors
-def models_tiny(directory: Path, family: str, seed: int, variant: str | None) -> None:
+def models_tiny(directory: Path, family: str, seed: int, variant: str | None, fmt: str | None) -> None:
     """Write a small random-weight pipeline to DIRECTORY (tests and the offline demo; its images are noise)."""
+    import tempfile
+
     from farm.workers.tiny import write_tiny_model
 
     try:
-        path = write_tiny_model(directory, family=family, seed=seed, variant=variant)
+        if fmt is None:
+            path = write_tiny_model(directory, family=family, seed=seed, variant=variant)
+        else:
+            from farm.workers.quantize import quantize_folder
+
+            with tempfile.TemporaryDirectory() as scratch:
+                plain = write_tiny_model(Path(scratch) / "plain", family=family, seed=seed, variant=variant)
+                quantize_folder(plain, directory, fmt, family)
+            path = directory
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    click.echo(f"wrote a tiny random-weight {family}{' ' + variant if variant else ''} pipeline to {path}")
+    quantized = f", quantized {fmt}" if fmt else ""
+    click.echo(f"wrote a tiny random-weight {family}{' ' + variant if variant else ''} pipeline{quantized} to {path}")
+
+
+@models.command("tiny-describe")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def models_tiny_describe(directory: Path, seed: int) -> None:
+    """Write a small random-weight image-to-text model (BLIP) to DIRECTORY, for FARM_WORKER_DESCRIBE_MODEL in tests and the offline demo (its text is gibberish)."""
+    from farm.workers.describe import write_tiny_describer
+
+    path = write_tiny_describer(directory, seed=seed)
+    click.echo(f"wrote a tiny random-weight image-to-text model to {path}")
 
 
 @main.group()
@@ -649,16 +781,18 @@ def _read(path: Path) -> str | None:
 @click.option("--guidance", "guidance_scale", type=float, default=None)
 @click.option("--images", "num_images", type=int, default=None)
 @click.option("--format", "output_format", type=click.Choice(["png", "jpeg", "webp"]), default=None)
+@click.option("--deadline", default=None, help="When the image is due, ISO 8601 with a time zone (e.g. 2026-12-01T18:00:00Z).")
 @click.option("--wait", is_flag=True, help="Wait for the job and download its images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Where --wait saves images.")
 @click.option("--api", "api_url", default=None, help="API base URL [FARM_API_URL].")
 @click.option("--token", default=None, help="API token [FARM_API_TOKEN].")
 def submit(prompt, model, negative_prompt, width, height, steps, seed, sampler, guidance_scale, num_images, output_format,
-           wait, out, api_url, token) -> None:
+           deadline, wait, out, api_url, token) -> None:
     """Submit one generation job."""
     base, token = _client_target(api_url, token)
     fields = dict(model=model, negative_prompt=negative_prompt, width=width, height=height, steps=steps, seed=seed,
-                  sampler=sampler, guidance_scale=guidance_scale, num_images=num_images, output_format=output_format)
+                  sampler=sampler, guidance_scale=guidance_scale, num_images=num_images, output_format=output_format,
+                  deadline=deadline)
     with _farm_client(base, token) as farm:
         job = farm.submit(prompt=prompt, **{k: v for k, v in fields.items() if v is not None})
         click.echo(f"job {job.id} {job.status}")

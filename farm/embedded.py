@@ -108,7 +108,7 @@ def retire_previous_worker(session, max_attempts: int) -> None:
     worker = session.get(Worker, WORKER_NAME)
     if worker is None or worker.state == "offline":
         return
-    session.execute(update(Worker).where(Worker.id == WORKER_NAME).values(state="offline", loaded_models=[], updated_at=utcnow()))
+    session.execute(update(Worker).where(Worker.id == WORKER_NAME).values(state="offline", loaded_models=[], host_models=[], updated_at=utcnow()))
     held = session.execute(select(Job.id, Job.attempt).where(
         Job.worker_id == WORKER_NAME, Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))).all()
     for row in held:

@@ -26,6 +26,11 @@ def job_channel(job_id, namespace: str = "") -> str:
     return f"{namespace}farm:job:{job_id}"
 
 
+def reply_key(key: str, namespace: str = "") -> str:
+    """Where a worker leaves its answer to one request the API waits for (describe)."""
+    return f"{namespace}farm:reply:{key}"
+
+
 def live_channel(kind: str, key, namespace: str = "") -> str:
     """Where a worker publishes what is not stored (progress, previews) for
     a job's or a campaign's event streams (``kind``: job or campaign).
@@ -38,6 +43,8 @@ def live_channel(kind: str, key, namespace: str = "") -> str:
 # The latest live message of a job is kept this long, so that a stream opened
 # mid-render shows the current preview at once.
 LIVE_KEEP_S = 300
+# An answer nobody collected (the API gave up waiting) is dropped after this long.
+REPLY_KEEP_S = 120
 # The latest preview of a job is kept apart under this kind (latest_live(PREVIEW,
 # job id)): progress messages come between previews, and a client polling for
 # the current image (A1111's /sdapi/v1/progress) would otherwise often find none.
@@ -66,6 +73,12 @@ class Events(Protocol):
         """Best effort: the campaign's status or one of its jobs' changed (a
         pause, a cancel, an assignment); its event streams read the database."""
 
+    def post_reply(self, key: str, message: dict) -> None:
+        """A worker's answer to a request the API waits for (describe), kept REPLY_KEEP_S."""
+
+    def wait_reply(self, key: str, timeout: float) -> dict | None:
+        """The answer posted under ``key``, taken (read once), or None after ``timeout`` seconds."""
+
 
 class LocalEvents:
     """Embedded mode: one process hosts api and scheduler; workers are polled for."""
@@ -73,6 +86,9 @@ class LocalEvents:
     def __init__(self, poll_s: float = 0.05, live_dir: str | os.PathLike | None = None) -> None:
         self._wake = threading.Event()
         self._poll_s = poll_s
+        # Replies within one process (no live_dir: tests running the worker in-process).
+        self._replies: dict[str, dict] = {}
+        self._replied = threading.Condition()
         # The worker of `farm up` is a child process: live messages cross
         # over as small files (the latest message per job or campaign).
         self.live_dir = Path(live_dir) if live_dir else None
@@ -138,6 +154,39 @@ class LocalEvents:
             except OSError:
                 pass  # another process pruned it first
 
+    def post_reply(self, key: str, message: dict) -> None:
+        if self.live_dir is None:
+            with self._replied:
+                self._replies[key] = message
+                self._replied.notify_all()
+            return
+        path = self.live_dir / f"reply-{key}.json"
+        try:
+            self.live_dir.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(message))
+            os.replace(temporary, path)
+        except OSError as exc:
+            logger.warning("cannot post the reply to %s: %s", key, exc)
+
+    def wait_reply(self, key: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        if self.live_dir is None:
+            with self._replied:
+                self._replied.wait_for(lambda: key in self._replies, timeout)
+                return self._replies.pop(key, None)
+        path = self.live_dir / f"reply-{key}.json"
+        while True:
+            try:
+                message = json.loads(path.read_text())
+                path.unlink(missing_ok=True)
+                return message
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(self._poll_s)
+
     def latest_live(self, kind: str, key) -> dict | None:
         path = self._live_path(kind, key)
         if path is None:
@@ -189,6 +238,33 @@ class RedisEvents:
         except Exception as exc:
             logger.warning("cannot read live progress of %s %s: %s", kind, key, exc)
             return None
+
+    def post_reply(self, key: str, message: dict) -> None:
+        name = reply_key(key, self.namespace)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.rpush(name, json.dumps(message).encode())
+            pipe.expire(name, REPLY_KEEP_S)
+            pipe.execute()
+        except Exception as exc:
+            logger.warning("cannot post the reply to %s: %s", key, exc)
+
+    def wait_reply(self, key: str, timeout: float) -> dict | None:
+        name = reply_key(key, self.namespace)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                # Whole seconds below the client's 5 s socket timeout.
+                found = self._redis.blpop([name], timeout=max(1, min(int(left), 4)))
+            except Exception as exc:
+                logger.warning("replies unavailable (%s); retrying", exc)
+                time.sleep(min(left, 0.5))
+                continue
+            if found is not None:
+                return json.loads(found[1])
 
     def wake_scheduler(self) -> None:
         self._publish(self.namespace + SCHEDULER_CHANNEL)

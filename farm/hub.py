@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: File suffixes that count as weights (hashed into DownloadResult.files).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".gguf")
 
 _CHUNK = 8 * 1024 * 1024
 _HASH_THREADS = 4

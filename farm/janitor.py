@@ -1,4 +1,5 @@
-"""The janitor: deletes objects of attempts that did not complete.
+"""The janitor: deletes objects of attempts that did not complete, and
+render checkpoints that no job will continue from.
 
 An attempt writes only under its own keys (``outputs/u<user>/<job>/a<attempt>/``,
 see farm/storage.py) and the output rows point at the keys of the one attempt
@@ -7,6 +8,11 @@ superseded deletes what it uploaded; a worker killed or cut off mid-upload
 cannot, and leaves objects no row references. Garbage can therefore only sit
 under jobs that had more than one attempt or ended without success, so the
 janitor lists just those jobs' prefixes, not the whole bucket.
+
+Render checkpoints (``checkpoints/u<user>/<job>/a<attempt>.pt``, written by
+a preempted attempt, which always leaves the job with attempt > 1) are swept
+with their job: the one ``jobs.resume_key`` names is referenced; the others
+(superseded, or left by a job that ended without continuing) are not.
 
 It deletes an object when no output row references it, it is not under the
 attempt a worker is running right now, and it is older than
@@ -30,7 +36,7 @@ from farm.context import FarmContext
 from farm.db import classify_database_error
 from farm.models import Job, JobStatus, Output, utcnow
 from farm.retry import ServiceError
-from farm.storage import StorageError, attempt_of_key, job_prefix
+from farm.storage import StorageError, attempt_of_key, checkpoint_prefix, job_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,7 @@ class Janitor:
                 continue
             report.jobs += 1
             objects = list(self.ctx.storage.list(job_prefix(job.user_id, job.id)))
+            objects += self.ctx.storage.list(checkpoint_prefix(job.user_id, job.id))
             if not objects:
                 self._remember_if_final(job)
                 continue
@@ -98,7 +105,10 @@ class Janitor:
                 for object_key, side_key in session.execute(
                         select(Output.object_key, Output.sidecar_key).where(Output.job_id == job.id)).all():
                     referenced |= {object_key, side_key}
-                current = session.execute(select(Job.status, Job.attempt).where(Job.id == job.id)).one_or_none()
+                current = session.execute(select(Job.status, Job.attempt, Job.resume_key)
+                                          .where(Job.id == job.id)).one_or_none()
+            if current is not None and current.resume_key and (current.status in LIVE or current.status == JobStatus.queued.value):
+                referenced.add(current.resume_key)  # the checkpoint its next attempt continues from
             young = 0
             for stored in objects:
                 written_by = attempt_of_key(stored.key)

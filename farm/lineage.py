@@ -45,7 +45,7 @@ def image_params(params: dict[str, Any], seed: int, index: int = 0) -> dict[str,
         resolved["wildcards"] = choices  # each __name__ and the line this image's seed drew for it
     # How the prompt and settings were arrived at, where the request used
     # them (a plain render's record stays as short as it was).
-    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "loras", "image_prompts", "refiner", "styles",
+    for extra in ("image_task", "clip_skip", "freeu", "detail_guidance", "sag_scale", "loras", "image_prompts", "references", "refiner", "styles",
                   "preset", "performance", "prompt_expansion", "prompt_expansion_engine", "prompt_expansion_model",
                   "same_seed", "variant"):
         if params.get(extra):

@@ -112,7 +112,7 @@ def json_formatter() -> logging.Formatter:
 
 
 def adopt_library_loggers() -> None:
-    """transformers and diffusers give their loggers a stderr handler of
+    """transformers, diffusers and torch give their loggers a stderr handler of
     their own and stop them propagating; send their lines through the farm's
     handler instead (a worker calls this once it has imported them)."""
     import importlib
@@ -124,6 +124,13 @@ def adopt_library_loggers() -> None:
             continue
         module.disable_default_handler()
         module.enable_propagation()
+    # torch does the same for its "torch" logger tree, in its own format
+    # ("W1206 23:04:11 ... _pytree.py:630] ..."); torchao's import warns there.
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger):
+            for own in list(logger.handlers):
+                logger.removeHandler(own)
+            logger.propagate = True
 
 
 class _FarmHandler(logging.StreamHandler):

@@ -42,7 +42,7 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Bounded label vocabularies (documentation for readers and tests).
 ACTIVE_STATUSES = ("assigned", "running")
 WORKER_STATES = ("online", "draining", "stopping", "offline")
-REQUEUE_REASONS = ("lease_expired", "worker_lost")
+REQUEUE_REASONS = ("lease_expired", "worker_lost", "preempted")
 WEBHOOK_RESULTS = ("delivered", "retrying", "gave_up", "refused")
 FAILURE_REASONS = ("oom", "bad_input", "storage", "database", "model_load", "canceled", "timeout", "error")
 LOAD_SOURCES = ("disk", "hub")
@@ -75,13 +75,13 @@ WORKERS = Gauge("farm_workers", "Registered workers by state (online|draining|st
                 ["state"], multiprocess_mode="livemostrecent", registry=None)
 WORKER_HEARTBEAT_AGE_SECONDS = Gauge("farm_worker_heartbeat_age_seconds", "Seconds since each live worker's last heartbeat, at the leader's last pass.",
                                      ["worker"], multiprocess_mode="livemostrecent", registry=None)
-JOBS_REQUEUED = Counter("farm_jobs_requeued", "Jobs put back in the queue, by reason (lease_expired|worker_lost).", ["reason"], registry=None)
+JOBS_REQUEUED = Counter("farm_jobs_requeued", "Jobs put back in the queue, by reason (lease_expired|worker_lost: the scheduler; preempted: the worker that checkpointed it).", ["reason"], registry=None)
 WEBHOOK_DELIVERIES = Counter("farm_webhook_deliveries", "Webhook delivery attempts by result (delivered|retrying|gave_up|refused).", ["result"], registry=None)
 
 # --- worker ----------------------------------------------------------------
 RENDER_SECONDS = Histogram("farm_render_seconds", "Time a worker spent rendering one job (inference, without the model load), by model.",
                            ["model"], buckets=RENDER_BUCKETS, registry=None)
-MODEL_LOAD_SECONDS = Histogram("farm_model_load_seconds", "Time a worker took to load a model, by model and source (disk|hub).",
+MODEL_LOAD_SECONDS = Histogram("farm_model_load_seconds", "Time a worker took to load a model, by model and source (disk|hub|host: its host-memory tier).",
                                ["model", "source"], buckets=LOAD_BUCKETS, registry=None)
 IMAGES_PRODUCED = Counter("farm_images_produced", "Images a worker rendered and stored, by model.", ["model"], registry=None)
 IMAGES_FAILED = Counter("farm_images_failed",
@@ -97,6 +97,8 @@ WORKER_MODELS_LOADED = Gauge("farm_worker_models_loaded", "Number of models the 
                              multiprocess_mode="livemostrecent", registry=None)
 WORKER_MODEL_LOADED = Gauge("farm_worker_model_loaded", "1 for each model the worker holds in memory.", ["worker", "model"],
                             multiprocess_mode="livemostrecent", registry=None)
+WORKER_HOST_MODEL = Gauge("farm_worker_host_model", "1 for each model the worker keeps in its host-memory tier (evicted from the GPU, FARM_WORKER_RAM_CACHE_GB).",
+                          ["worker", "model"], multiprocess_mode="livemostrecent", registry=None)
 WORKER_BUSY = Gauge("farm_worker_busy", "1 while the worker renders, 0 while it is idle.", ["worker"], multiprocess_mode="livemostrecent", registry=None)
 
 # What each kind of process registers (and so shows on /metrics): a worker
@@ -108,7 +110,8 @@ COMPONENT_METRICS: dict[str, tuple[MetricWrapperBase, ...]] = {
                   SCHEDULER_DECISION_SECONDS, SCHEDULER_ASSIGNMENTS, SCHEDULER_EVICTIONS, SCHEDULER_LEADER, WORKERS,
                   WORKER_HEARTBEAT_AGE_SECONDS, JOBS_REQUEUED, WEBHOOK_DELIVERIES),
     "worker": (BUILD_INFO, RENDER_SECONDS, MODEL_LOAD_SECONDS, IMAGES_PRODUCED, IMAGES_FAILED, WORKER_VRAM_TOTAL_BYTES,
-               WORKER_VRAM_USED_BYTES, WORKER_VRAM_FREE_BYTES, WORKER_MODELS_LOADED, WORKER_MODEL_LOADED, WORKER_BUSY),
+               WORKER_VRAM_USED_BYTES, WORKER_VRAM_FREE_BYTES, WORKER_MODELS_LOADED, WORKER_MODEL_LOADED, WORKER_HOST_MODEL,
+               WORKER_BUSY, JOBS_REQUEUED),
 }
 CATALOGUE: tuple[MetricWrapperBase, ...] = tuple(dict.fromkeys(m for ms in COMPONENT_METRICS.values() for m in ms))
 COMPONENTS = tuple(COMPONENT_METRICS)

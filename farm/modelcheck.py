@@ -16,13 +16,16 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")  # .gguf: a GGUF-quantized component (farm/quantization.py)
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
 # Files one of which a component of each kind needs; anything else is a model
 # (config.json plus weights).
 SCHEDULER_CONFIGS = ("scheduler_config.json",)
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "spiece.model")
-PROCESSOR_CONFIGS = ("preprocessor_config.json",)
+# transformers 5 saves a multimodal processor (Qwen2-VL's, say) with its image
+# processor's settings nested in processor_config.json; older saves wrote
+# preprocessor_config.json.
+PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 
 def _read_json(path: Path) -> tuple[dict | None, str | None]:

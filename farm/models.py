@@ -197,6 +197,9 @@ class ModelEntry(Timestamped, Base):
     # ("schnell", "dev"); a request names the entry's id, or base + variant.
     base: Mapped[Optional[str]] = mapped_column(String(128), index=True)
     variant: Mapped[Optional[str]] = mapped_column(String(64))
+    # How a quantized variant's weights are quantized (farm/quantization.py:
+    # format, library, components, at_load, config); null for 16-bit/fp32 weights.
+    quantization: Mapped[Optional[dict[str, Any]]]
 
     __table_args__ = (UniqueConstraint("base", "variant"),)
 
@@ -229,10 +232,18 @@ class Worker(Timestamped, Base):
     # Model ids the worker may serve; null means any registered model.
     serves_models: Mapped[Optional[list[Any]]]
     families: Mapped[list[Any]] = mapped_column(default=list)
+    # The image-to-text model it describes images with (its folder's name); null: it offers no describe.
+    describe_model: Mapped[Optional[str]] = mapped_column(String(255))
     max_pixels: Mapped[int] = mapped_column(Integer)
     capacity: Mapped[int] = mapped_column(Integer, default=1)
     speed: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     load_gbps: Mapped[float] = mapped_column(Float, default=2.0, server_default="2.0")
+    # The host-memory tier: [{"id": model id, "gb": float}] evicted from the
+    # GPU and kept in RAM (least recently evicted first), its size in GB and
+    # the host-to-GPU rate that prices a load from it (GB/s).
+    host_models: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    ram_cache_gb: Mapped[float] = mapped_column(Float, default=0.0, server_default="0.0")
+    h2d_gbps: Mapped[float] = mapped_column(Float, default=12.0, server_default="12.0")
     # online | stopping (SIGTERM: finishing, takes no work) | unhealthy (its
     # object store refuses it for good; see health_error) | offline
     state: Mapped[str] = mapped_column(String(16), default="online")
@@ -282,6 +293,38 @@ class Campaign(Timestamped, Base):
     webhook_next_at: Mapped[Optional[dt.datetime]]
     webhook_last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]]
+    # With a deadline: the scheduler's prediction of the last image's end and
+    # whether it passes the deadline (campaign.at_risk is sent when that turns
+    # true); set at the end when it ended late: seconds past the deadline.
+    at_risk: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    predicted_finish_at: Mapped[Optional[dt.datetime]]
+    deadline_missed_s: Mapped[Optional[float]] = mapped_column(Float)
+
+    def complete(self, now: dt.datetime) -> None:
+        """Every job is final: the campaign is completed, and a deadline it passed is recorded as missed."""
+        self.status, self.finished_at, self.at_risk = CampaignStatus.completed.value, now, False
+        if self.deadline is not None and now > self.deadline:
+            self.deadline_missed_s = (now - self.deadline).total_seconds()
+
+    def forget_prediction(self) -> None:
+        """Paused or canceled: nothing renders, so no finish is predicted and it is not at risk (a
+        resumed campaign's next forecast predicts again, and a turn to at risk is told again)."""
+        self.predicted_finish_at, self.at_risk = None, False
+
+
+class QueueForecast(Base):
+    """The scheduler's last pass, summed per model: for each queued job of the
+    model (in queue order), its position among the jobs that compete for the
+    same workers and its predicted start, seconds after ``computed_at``.
+    GET /jobs/{id} reads one row (farm/scheduler/forecast.py)."""
+
+    __tablename__ = "queue_forecasts"
+
+    model_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    computed_at: Mapped[dt.datetime]
+    job_ids: Mapped[list[Any]]
+    positions: Mapped[list[Any]]
+    starts_s: Mapped[list[Any]]
 
 
 class CampaignTally(Base):
@@ -397,6 +440,7 @@ class Job(Timestamped, Base):
         Index("ix_jobs_user_created", "user_id", "created_at", "id"),
         Index("ix_jobs_campaign_index", "campaign_id", "campaign_index", "id"),  # gallery order, grid cells
         Index("ix_jobs_campaign_status_index", "campaign_id", "status", "campaign_index", "id"),  # gallery by status
+        Index("ix_jobs_updated_at", "updated_at"),  # the live scheduler reads the rows changed since its last pass
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -448,6 +492,13 @@ class Job(Timestamped, Base):
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Workers this job must not go to again (out of memory there).
     excluded_workers: Mapped[list[Any]] = mapped_column(default=list)
+    # Preemption at step boundaries (farm/workers/resume.py): the scheduler
+    # sets preempt_requested on a running attempt; its worker stops at the
+    # next step, writes a checkpoint to the store under resume_key and
+    # re-queues the job (preemptions + 1); the next attempt continues from it.
+    preempt_requested: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resume_key: Mapped[Optional[str]] = mapped_column(String(1024))
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     eta_s: Mapped[Optional[float]] = mapped_column(Float)
@@ -457,6 +508,11 @@ class Job(Timestamped, Base):
     assigned_at: Mapped[Optional[dt.datetime]]
     started_at: Mapped[Optional[dt.datetime]]
     finished_at: Mapped[Optional[dt.datetime]]
+    # When the job is due (its campaign's deadline counts for a campaign's
+    # jobs: the scheduler reads both); set at the end when it ended late:
+    # seconds past the deadline.
+    deadline: Mapped[Optional[dt.datetime]]
+    deadline_missed_s: Mapped[Optional[float]] = mapped_column(Float)
 
     user: Mapped[User] = relationship(lazy="raise")
     outputs: Mapped[list["Output"]] = relationship(back_populates="job", order_by="Output.index", lazy="selectin")

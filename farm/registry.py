@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from farm.families import detect_family as family_from_index
 from farm.families import family_names, find_family
 from farm.models import ModelEntry
+from farm.quantization import VRAM_OVERHEAD, QuantizationError, get_format, read_folder_quantization
+from farm.quantization import estimate_vram_gb as estimate_quantized_vram_gb
 from farm.spec import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -56,18 +58,30 @@ def detect_family(directory: Path) -> str | None:
 
 
 def measure_weights_gb(directory: Path) -> float:
-    """Bytes of the weights on disk; fp32 files are counted as loaded in fp32."""
-    total = sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    """Bytes of the weights on disk (quantized files at their own size); fp32 files are counted as loaded in fp32."""
+    total = sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".safetensors", ".bin", ".gguf") and p.is_file())
     return total / 1e9
 
 
 def add_model(session: Session, model_id: str, source: str, *, family: str | None = None, vram_gb: float | None = None,
               revision: str | None = None, dtype: str | None = None, description: str = "",
               default_steps: int | None = None, base: str | None = None, variant: str | None = None,
-              default_guidance: float | None = None) -> ModelEntry:
+              default_guidance: float | None = None, quantize_at_load: str | None = None) -> ModelEntry:
+    """Register ``model_id``. A folder whose components are quantized
+    (prequantized, or written by 'farm models quantize') becomes a quantized
+    variant with its VRAM measured from those files; ``quantize_at_load``
+    (a format of farm/quantization.py) registers a 16-bit folder as a variant
+    the worker quantizes while loading, its VRAM estimated from the format's
+    bits per weight."""
     if session.get(ModelEntry, model_id) is not None:
         raise RegistryError(f"model {model_id!r} is already registered")
     marker = _farm_marker(Path(source).expanduser())
+    quantization = _quantization_of(Path(source).expanduser(), quantize_at_load, family or marker.get("family"))
+    if quantization is not None and variant is None and not (marker.get("quantization") and marker.get("variant")):
+        # A quantized copy of "flux" is variant "nf4"; of the "dev" variant, "dev-nf4".
+        fmt = quantization["format"]
+        variant = f"{marker['variant']}-{fmt}" if marker.get("variant") else fmt
+        base = base or marker.get("base") or model_id.removesuffix(f"-{variant}").removesuffix(f"-{fmt}")
     variant = variant or marker.get("variant")
     if variant is not None:
         # "flux-schnell" with variant "schnell" belongs to "flux"; otherwise the id is the base.
@@ -96,7 +110,9 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         family = family or detected
         if family is None:
             raise RegistryError(f"cannot tell the family of {source}: pass --family ({', '.join(FAMILIES)})")
-        vram_gb = vram_gb or round(max(measure_weights_gb(path), 0.001) * 1.2, 4)
+        if quantization is not None and quantization["at_load"]:
+            vram_gb = vram_gb or estimate_quantized_vram_gb(path, quantization)
+        vram_gb = vram_gb or round(max(measure_weights_gb(path), 0.001) * VRAM_OVERHEAD, 4)
         from farm.hub import hash_weights, weights_fingerprint
 
         files = hash_weights(path)
@@ -112,6 +128,10 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
     declared = find_family(family)
     if declared is None:
         raise RegistryError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if quantization is not None and not quantization["components"]:
+        quantization["components"] = list(declared.quantized_components)
+    if quantization is not None and vram_gb is None:  # a hub model quantized at load: its 16-bit default scaled
+        vram_gb = round(declared.default_vram_gb * get_format(quantization["format"]).bits / 16, 3)
     entry = ModelEntry(
         id=model_id,
         source=source,
@@ -124,6 +144,7 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
         description=description,
         base=base,
         variant=variant,
+        quantization=quantization,
         files=files,
         weights_sha256=weights_sha256,
     )
@@ -132,15 +153,35 @@ def add_model(session: Session, model_id: str, source: str, *, family: str | Non
     return entry
 
 
+def _quantization_of(path: Path, at_load: str | None, family: str | None) -> dict | None:
+    """The quantization record of a new entry (farm/quantization.py), or None for plain weights."""
+    try:
+        found = read_folder_quantization(path) if path.is_dir() else None
+        if at_load is None:
+            return found
+        fmt = get_format(at_load)
+    except QuantizationError as exc:
+        raise RegistryError(str(exc)) from None
+    if found is not None:
+        raise RegistryError(f"{path} is quantized already ({found['format']}); register it without --quantize")
+    if fmt.library == "gguf":
+        raise RegistryError(f"{fmt.name} is written to files, not applied at load: "
+                            f"farm models quantize SOURCE --format {fmt.name} --id ID")
+    declared = find_family(family)
+    components = list(declared.quantized_components) if declared is not None else []
+    return {"format": fmt.name, "library": fmt.library, "components": components, "at_load": True, "config": None}
+
+
 def list_models(session: Session) -> list[ModelEntry]:
     return list(session.execute(select(ModelEntry).order_by(ModelEntry.id)).scalars())
 
 
 def model_infos(session: Session) -> dict[str, ModelInfo]:
     rows = session.execute(select(ModelEntry.id, ModelEntry.family, ModelEntry.default_steps, ModelEntry.default_guidance,
-                                  ModelEntry.base, ModelEntry.variant))
-    return {row.id: ModelInfo(row.id, row.family, row.default_steps, row.default_guidance, row.base, row.variant)
-            for row in rows}
+                                  ModelEntry.base, ModelEntry.variant,
+                                  ModelEntry.quantization["format"].as_string().label("quantized")))
+    return {row.id: ModelInfo(row.id, row.family, row.default_steps, row.default_guidance, row.base, row.variant,
+                              row.quantized) for row in rows}
 
 
 def is_local_source(entry: ModelEntry) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import logging
 import re
 import secrets
@@ -20,9 +21,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from farm.families import all_families, check_extras, check_sampler, find_family, is_refiner, refiner_names
+from farm.families import (all_families, check_extras, check_image_mode, check_reference_size, check_references,
+                           check_sampler, find_family, is_refiner, reference_pixels, refiner_names)
 from farm.families.performance import NOISE_PERFORMANCE, PERFORMANCE_MODES, PerformanceMode  # noqa: F401  (PERFORMANCE_MODES: part of the request vocabulary)
-from farm.families.samplers import SAMPLER_NAMES, SIGMA_SCHEDULES
+from farm.families.samplers import SAG_SAMPLERS, SAMPLER_NAMES, SIGMA_SCHEDULES
 from farm.safejson import UUID_PATTERN, CheckedModel
 
 logger = logging.getLogger(__name__)
@@ -115,9 +117,20 @@ def webhook_key(secret: str) -> bytes | None:
     return key if WEBHOOK_KEY_BYTES[0] <= len(key) <= WEBHOOK_KEY_BYTES[1] else None
 
 
-class ImagePromptRequest(CheckedModel):
+class StoredImageRequest(CheckedModel):
+    """An image the farm already holds: one of ``image`` (an upload id) or
+    ``parent_output`` (an output id), readable by the requester."""
+
     image: str | None = None  # an upload id
     parent_output: str | None = None  # or an output id
+
+
+class ImagePromptRequest(StoredImageRequest):
+    """An image prompt: a reference steering the render through the family's IP-Adapter."""
+
+
+class ReferenceRequest(StoredImageRequest):
+    """A reference image the model conditions on directly (FLUX.2's multi-reference)."""
 
 
 # Upper bounds of the request's shape; the farm's own, lower limits
@@ -126,6 +139,9 @@ class ImagePromptRequest(CheckedModel):
 SHAPE_MAX_SIDE = 16384
 SHAPE_MAX_STEPS = 1000
 SHAPE_MAX_IMAGES = 1000
+# The most references any family takes (FLUX.2 [dev]: 10); each family's own
+# limit is checked when the request is resolved.
+SHAPE_MAX_REFERENCES = 10
 
 
 class GenerationRequest(CheckedModel):
@@ -157,6 +173,13 @@ class GenerationRequest(CheckedModel):
     # family's IP-Adapter, all at one weight.
     image_prompts: list[ImagePromptRequest] = Field(default_factory=list, max_length=MAX_IMAGE_PROMPTS)
     image_prompt_weight: float = Field(default=0.6, ge=0, le=2)
+    # References: images the model itself conditions on (multi-reference
+    # families such as FLUX.2); the prompt says what to make of them, an
+    # edit of one or a combination of several.
+    references: list[ReferenceRequest] = Field(
+        default_factory=list, max_length=SHAPE_MAX_REFERENCES,
+        description="reference images, each an upload ({\"image\": UPLOAD_ID}) or an output ({\"parent_output\": "
+                    "OUTPUT_ID}) you may read; only for families that take references, up to the model's limit")
     # SDXL refiner: a registered sdxl_refiner model that denoises the last
     # part of the schedule (from refiner_switch, a fraction of it).
     refiner: str | None = None
@@ -164,11 +187,15 @@ class GenerationRequest(CheckedModel):
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     freeu: bool = False
     detail_guidance: float | None = Field(default=None, ge=0, le=10)
+    # Self-attention guidance scale (SD 1.5, text to image; 0 = off). The
+    # SAG paper and diffusers default to 0.75; past 3 images fall apart.
+    sag_scale: float | None = Field(default=None, ge=0, le=3)
     priority: int = Field(default=0, ge=-10, le=10)
     # Image to image: a mode and a source (one of parent_output or image, an
     # upload id from POST /api/v1/uploads); inpaint also takes a mask upload
-    # (white = repaint); outpaint the directions to extend in.
-    image_mode: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "inpaint", "outpaint"] | None = None
+    # (white = repaint); outpaint the directions to extend in. "edit" (on an
+    # editing family) takes the prompt as an instruction for the source.
+    image_mode: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "inpaint", "outpaint", "edit"] | None = None
     parent_output: str | None = None
     image: str | None = None
     mask: str | None = None
@@ -176,6 +203,9 @@ class GenerationRequest(CheckedModel):
     denoise: float | None = Field(default=None, gt=0, le=1)
     # Announce the job's end (succeeded, failed or canceled) to a URL, once, signed.
     webhook: WebhookRequest | None = None
+    # When the image is due: the scheduler weighs the slack left (issue 23).
+    deadline: dt.datetime | None = Field(default=None, description="when the job is due, ISO 8601 with a time zone "
+                                         "(e.g. 2026-12-01T18:00:00Z), in the future")
 
     @field_validator("prompt")
     @classmethod
@@ -195,6 +225,7 @@ class ModelInfo:
     default_guidance: float
     base: str | None = None  # the model this entry is a variant of
     variant: str | None = None
+    quantized: str | None = None  # its quantization format (farm/quantization.py); None: plain weights
 
 
 @dataclass(frozen=True)
@@ -220,6 +251,17 @@ class ResolvedRequest:
     num_images: int
     priority: int
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def deadline_problem(deadline: dt.datetime | None, now: dt.datetime, field: str = "deadline") -> FieldProblem | None:
+    """What is wrong with a deadline (a job's or a campaign's), if anything: it needs a time zone and a future time."""
+    if deadline is None:
+        return None
+    if deadline.tzinfo is None:
+        return FieldProblem(field, "include a time zone, e.g. 2026-12-01T18:00:00Z")
+    if deadline <= now:
+        return FieldProblem(field, f"is in the past ({deadline.isoformat()}); give a time after {now.isoformat()}")
+    return None
 
 
 def parse_request(payload: Any) -> GenerationRequest:
@@ -269,10 +311,12 @@ def resolve_request(
     mask: SourceImage | None = None,
     loras: dict | None = None,
     image_prompts: list[SourceImage] | None = None,
+    references: list[SourceImage] | None = None,
 ) -> ResolvedRequest:
     problems: list[FieldProblem] = []
     # The webhook is delivery, not rendering, and carries a secret: not recorded with the request.
-    submitted = req.model_dump(exclude_unset=True, exclude={"webhook"})
+    # The deadline is scheduling, kept on the job row (Job.deadline), not rendering.
+    submitted = req.model_dump(exclude_unset=True, exclude={"webhook", "deadline"})
     if req.preset:
         if resources is None:
             from farm.generation.resources import generation_resources
@@ -284,7 +328,7 @@ def resolve_request(
             problems.append(FieldProblem(name, f"is {len(value)} characters; the limit is {settings.max_prompt_chars}"))
 
     renderers = sorted(m.id for m in models.values() if not is_refiner(m.family))
-    model_id = req.model or default_model or settings.default_model or (renderers[0] if renderers else None)
+    model_id = req.model or default_model or default_model_id(models, settings)
     model = models.get(model_id) if model_id else None
     if req.variant is not None or (model is None and model_id is not None):
         model = _pick_variant(models, model_id, req.variant, problems)
@@ -302,13 +346,19 @@ def resolve_request(
     # Fields of the contract whose features are not built yet are refused
     # rather than silently ignored.
     image_task = _image_task(req, source, mask, problems)
+    if model is not None:
+        why = check_image_mode(model.family, req.image_mode)
+        if why:
+            problems.append(FieldProblem("image_mode", f"{model.id}: {why}"))
 
     if image_task is not None and source is not None and model is not None:
         from farm.generation.image_tasks import output_size
 
         # The size follows from the source and the mode.
+        family = find_family(model.family)
         width, height = output_size(req.image_mode, source.width, source.height,
-                                    side_multiple(model.family), tuple(image_task["outpaint"] or ()))
+                                    side_multiple(model.family), tuple(image_task["outpaint"] or ()),
+                                    edit_pixels=family.native_pixels if family is not None else None)
     else:
         width, height = _resolve_size(req, problems)
     if model is not None and width and height:
@@ -327,6 +377,10 @@ def resolve_request(
     mode = performance_modes(model.family if model is not None else None).get(req.performance) if req.performance else None
     explicit = req.model_fields_set
     sampler = req.sampler if mode is None or "sampler" in explicit else mode.sampler
+    if req.sag_scale and "sampler" not in explicit and sampler not in SAG_SAMPLERS:
+        # Self-attention guidance needs a sampler on integer timesteps: one the request did not choose is one
+        # that does (a request that names another is told why, below).
+        sampler = SAG_SAMPLERS[0]
     schedule = req.scheduler if mode is None or "scheduler" in explicit else mode.scheduler
     default_steps = model.default_steps if model else 20
     if mode is not None and req.steps is None:
@@ -343,7 +397,8 @@ def resolve_request(
         inpainting = req.image_mode in ("inpaint", "outpaint")
         problems.extend(FieldProblem(name, why) for name, why in check_extras(
             model.family, clip_skip=req.clip_skip, freeu=req.freeu, detail_guidance=req.detail_guidance,
-            inpainting=inpainting))
+            inpainting=inpainting, sag_scale=req.sag_scale, sampler=sampler, image_input=req.image_mode is not None,
+            image_prompts=bool(req.image_prompts)))
     refiner = _resolve_refiner(req, model, models, image_task, problems)
     chosen_loras = _resolve_loras(req, model, loras or {}, settings, problems) if model is not None else []
     if req.image_prompts and model is not None:
@@ -352,6 +407,8 @@ def resolve_request(
             problems.append(FieldProblem("image_prompts", f"image prompts need an IP-Adapter for {model.family} models; this farm has one for: {configured} (FARM_IP_ADAPTERS)"))
         elif image_prompts is None or len(image_prompts) != len(req.image_prompts):
             problems.append(FieldProblem("image_prompts", "image prompts are submitted one job at a time through POST /api/v1/jobs"))
+    if req.references and model is not None:
+        _check_references(req, model, references, problems)
     from farm.generation.wildcards import has_wildcards
 
     uses_wildcards = has_wildcards(req.prompt) or has_wildcards(req.negative_prompt)
@@ -414,7 +471,7 @@ def resolve_request(
     if image_task is not None:
         params["image_task"] = image_task
     # Recorded only when used, so the embedded metadata of plain renders stays as it was.
-    for name in ("clip_skip", "detail_guidance"):
+    for name in ("clip_skip", "detail_guidance", "sag_scale"):
         if getattr(req, name):
             params[name] = getattr(req, name)
     if req.freeu:
@@ -429,6 +486,11 @@ def resolve_request(
             "weight": req.image_prompt_weight,
             "images": [{"key": p.object_key, "parent_output": p.parent_output, "upload": p.upload} for p in image_prompts],
         }
+    if req.references and references:
+        params["references"] = [{"key": r.object_key, "parent_output": r.parent_output, "upload": r.upload,
+                                 "width": r.width, "height": r.height} for r in references]
+        # What the scheduler adds to the job's working memory (farm.scheduler.policy).
+        params["reference_pixels"] = reference_pixels(model.family, [(r.width, r.height) for r in references])
     return ResolvedRequest(
         request=submitted,
         params=params,
@@ -440,6 +502,30 @@ def resolve_request(
         num_images=req.num_images,
         priority=req.priority,
     )
+
+
+def default_model_id(models: dict[str, ModelInfo], settings) -> str | None:
+    """The model a request that names none renders with: FARM_DEFAULT_MODEL, else the first registered renderer."""
+    renderers = sorted(m.id for m in models.values() if not is_refiner(m.family))
+    return settings.default_model or (renderers[0] if renderers else None)
+
+
+def _check_references(req: GenerationRequest, model: ModelInfo, references: list[SourceImage] | None,
+                      problems: list[FieldProblem]) -> None:
+    """The model's family takes this many references, and the job service found each."""
+    problem = check_references(model.family, len(req.references))
+    if problem:
+        problems.append(FieldProblem("references", problem))
+    elif req.image_mode is not None:
+        problems.append(FieldProblem("references", "references guide a new render; leave image_mode out and say in "
+                                                   "the prompt what to change or combine"))
+    elif references is None or len(references) != len(req.references):
+        problems.append(FieldProblem("references", "references are submitted one job at a time through POST /api/v1/jobs"))
+    else:
+        for index, reference in enumerate(references):
+            problem = check_reference_size(model.family, reference.width, reference.height)
+            if problem:
+                problems.append(FieldProblem(f"references.{index}", problem))
 
 
 DEFAULT_REFINER_SWITCH = 0.8
@@ -503,7 +589,9 @@ def _resolve_loras(req: GenerationRequest, model: ModelInfo, loras: dict, settin
 def _pick_variant(models: dict[str, ModelInfo], name: str | None, variant: str | None,
                   problems: list[FieldProblem]) -> ModelInfo | None:
     """The entry a (model, variant) pair names: ``name`` is a base (or a variant's id) and
-    ``variant`` one of its variants; a bare base name picks its only variant."""
+    ``variant`` one of its variants; a bare base name picks its only variant. A
+    quantized variant renders differently, so a bare base name never picks one:
+    it is named (its id, or its variant) or not used."""
     if name is None:
         return None
     base = models[name].base if name in models and models[name].base else name
@@ -514,8 +602,14 @@ def _pick_variant(models: dict[str, ModelInfo], name: str | None, variant: str |
         return None
     names = ", ".join(sorted(m.variant for m in family if m.variant))
     if variant is None:
-        if len(family) == 1:
-            return family[0]
+        plain = [m for m in family if m.quantized is None]
+        if len(plain) == 1:
+            return plain[0]
+        if not plain:
+            problems.append(FieldProblem("model", f"{base} is registered only as quantized variants ({names}), which "
+                                                  "render differently from its full weights; name one with variant "
+                                                  "or by its model id"))
+            return None
         problems.append(FieldProblem("variant", f"{base} has variants {names}; pick one with variant (or name a model id)"))
         return None
     match = next((m for m in family if m.variant == variant), None)
@@ -544,6 +638,9 @@ def _image_task(req: GenerationRequest, source: SourceImage | None, mask: Source
         problems.append(FieldProblem("mask", "inpaint needs a mask: an upload id of an image whose white parts are repainted"))
     if not mode.needs_mask and req.mask is not None:
         problems.append(FieldProblem("mask", f"only inpaint takes a mask, not {req.image_mode}"))
+    if req.image_mode == "edit" and req.denoise is not None:
+        problems.append(FieldProblem("denoise", "an edit renders the whole image from the instruction and has no "
+                                                "denoising strength; leave denoise out"))
     if req.outpaint is not None and req.image_mode != "outpaint":
         problems.append(FieldProblem("outpaint", f"only image_mode 'outpaint' takes directions, not {req.image_mode}"))
     if req.image_mode == "outpaint" and req.outpaint is not None and not req.outpaint:

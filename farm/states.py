@@ -19,7 +19,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Integer, String, column, or_, select, update, values
 from sqlalchemy.orm import Session
 
 from farm import tallies
@@ -109,15 +109,52 @@ def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
 
 
 def assign_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float) -> uuid.UUID | None:
-    """Assign the attempt to the worker; returns the job's campaign (None outside campaigns)."""
+    """Assign the attempt to the worker; returns the job's campaign (None outside campaigns). One row of
+    ``assign_jobs``; a refusal raises the JobStateError that says why."""
+    assigned, refused = assign_jobs(session, [(job_id, attempt, worker_id)], lease_s)
+    if job_id in refused:
+        raise refused[job_id]
+    return assigned[job_id]
+
+
+# Rows of one assign_jobs UPDATE: three bound values each, well under SQLite's and Postgres' limits.
+ASSIGN_BATCH = 500
+
+
+def assign_jobs(session: Session, assignments, lease_s: float) -> tuple[dict[uuid.UUID, uuid.UUID | None], dict[uuid.UUID, JobStateError]]:
+    """Assign many attempts at once: ``assignments`` are (job id, attempt, worker id).
+
+    One ``UPDATE ... FROM wanted`` per ASSIGN_BATCH rows (``wanted`` their VALUES), with the same
+    conditions as ``assign_job`` row by row (queued, at that attempt), so a
+    scheduler's pass of 1,000 placements is two statements, not 1,000.
+    Returns ({job id: its campaign or None} for the jobs assigned, {job id:
+    the JobStateError that says why not} for the others).
+    """
     now = utcnow()
-    return _transition(
-        session,
-        job_id,
-        S.assigned,
-        attempt=attempt,
-        values={"worker_id": worker_id, "assigned_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease_s)},
-    ).campaign_id
+    assigned: dict[uuid.UUID, uuid.UUID | None] = {}
+    rows = list(assignments)
+    for start in range(0, len(rows), ASSIGN_BATCH):
+        chunk = rows[start:start + ASSIGN_BATCH]
+        wanted = values(column("job_id", Job.id.type), column("attempt", Integer), column("worker", String),
+                        name="wanted").data(chunk).cte("wanted")  # WITH wanted(...) AS (VALUES ...): SQLite and Postgres
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == wanted.c.job_id, Job.attempt == wanted.c.attempt, Job.status.in_(sources_of(S.assigned)))
+            .values(previous_status=Job.status, status=S.assigned.value, updated_at=now, worker_id=wanted.c.worker,
+                    assigned_at=now, lease_expires_at=now + dt.timedelta(seconds=lease_s))
+            .returning(Job.id, *_TALLIED)
+            .execution_options(synchronize_session=False)
+        ).all()
+        tallies.note_transitions(session, S.assigned, [row[1:] for row in changed], now)
+        assigned.update((row[0], row[1]) for row in changed)
+    refused = {}
+    for job_id, attempt, worker_id in rows:
+        if job_id not in assigned:
+            try:
+                _raise_refusal(session, job_id, S.assigned, attempt, None)  # always raises: says why
+            except JobStateError as exc:
+                refused[job_id] = exc
+    return assigned, refused
 
 
 def start_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, lease_s: float,
@@ -139,10 +176,43 @@ def record_progress(session: Session, job_id: uuid.UUID, attempt: int, step: int
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.status == S.running.value)
-        .values(progress_step=step, progress_total=total, eta_s=eta_s, updated_at=utcnow())
+        # updated_at marks state changes (the kept queue and the janitor read it); a progress write, four a
+        # second per render, leaves it, so that Postgres updates the row in place (HOT) and no index of the
+        # jobs table grows (bench/progress_writes.py). It has onupdate=utcnow: leaving it takes saying so.
+        .values(progress_step=step, progress_total=total, eta_s=eta_s, updated_at=Job.updated_at)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def request_preemption(session: Session, job_id: uuid.UUID, attempt: int, max_preemptions: int) -> bool:
+    """Ask a running attempt to stop at its next step boundary and hand the
+    job back with a checkpoint (``preempt_job``). False when the attempt is
+    no longer running, was already asked, or was preempted ``max_preemptions``
+    times already."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == S.running.value,
+               Job.preempt_requested.is_(False), Job.preemptions < max_preemptions)
+        .values(preempt_requested=True, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def preempt_requested(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
+    """Whether the scheduler asked this running attempt to stop (read with its progress writes)."""
+    return bool(session.execute(
+        select(Job.preempt_requested).where(Job.id == job_id, Job.attempt == attempt, Job.status == S.running.value)
+    ).scalar_one_or_none())
+
+
+def preempt_job(session: Session, job_id: uuid.UUID, attempt: int, resume_key: str, reason: str, max_attempts: int) -> JobStatus:
+    """A preempted attempt hands its job back (not charged) with the key of its
+    checkpoint: the next attempt continues from there."""
+    preemptions = session.execute(select(Job.preemptions).where(Job.id == job_id)).scalar_one_or_none() or 0
+    return requeue_job(session, job_id, attempt, reason, max_attempts, charge=False,
+                       values={"resume_key": resume_key, "preemptions": preemptions + 1})
 
 
 def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: str, gpu_seconds: float | None = None) -> None:
@@ -152,12 +222,23 @@ def complete_job(session: Session, job_id: uuid.UUID, attempt: int, worker_id: s
         S.succeeded,
         attempt=attempt,
         worker_id=worker_id,
-        values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None, "gpu_seconds": gpu_seconds},
+        values={"finished_at": utcnow(), "lease_expires_at": None, "eta_s": 0.0, "error": None, "gpu_seconds": gpu_seconds,
+                "preempt_requested": False, "resume_key": None},
     )
+    _note_deadline_miss(session, job_id)
     if gpu_seconds is not None:
         from farm.services.quotas import record_settlement
 
         record_settlement(session, _accounting_row(session, job_id), gpu_seconds)
+
+
+def _note_deadline_miss(session: Session, job_id: uuid.UUID) -> None:
+    """A job that ended after its own deadline records by how much (issue 23); a campaign's is its campaign's."""
+    row = session.execute(select(Job.deadline, Job.finished_at).where(Job.id == job_id)).one_or_none()
+    if row is not None and row.deadline is not None and row.finished_at > row.deadline:
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(deadline_missed_s=(row.finished_at - row.deadline).total_seconds())
+                        .execution_options(synchronize_session=False))
 
 
 def _accounting_row(session: Session, job_id: uuid.UUID):
@@ -220,12 +301,15 @@ def requeue_job(
     max_attempts: int,
     exclude_worker: str | None = None,
     charge: bool = True,
+    values: dict[str, Any] | None = None,
 ) -> JobStatus:
     """Return an assigned or running attempt to the queue with attempt + 1.
 
     ``charge``: the attempt ended in an error or a lost worker and counts
     against ``max_attempts``; a job that has used them all fails with the
     reason instead. A hand-back (a worker stopping) is not charged.
+    ``values``: more columns to set (a preemption's checkpoint key).
+    A request to stop that the attempt did not act on ends with it.
     Returns the status the job ended in.
     """
     failures = session.execute(select(Job.failures).where(Job.id == job_id)).scalar_one_or_none() or 0
@@ -246,6 +330,8 @@ def requeue_job(
         "progress_total": 0,
         "eta_s": None,
         "error": reason[:4000],
+        "preempt_requested": False,
+        **(values or {}),
     }
     if exclude_worker is not None:
         excluded = session.execute(select(Job.excluded_workers).where(Job.id == job_id)).scalar_one()

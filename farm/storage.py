@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "json": "application/json"}
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _OUTPUT_KEY = re.compile(r"^outputs/u(\d+)/([0-9a-fA-F-]{36})/a(\d+)/[^/]+$")
+_CHECKPOINT_KEY = re.compile(r"^checkpoints/u(\d+)/([0-9a-fA-F-]{36})/a(\d+)\.pt$")
 OUTPUTS_PREFIX = "outputs/"
+CHECKPOINTS_PREFIX = "checkpoints/"
 
 class StorageError(Exception):
     pass
@@ -64,14 +66,25 @@ def output_key(user_id: int, job_id: uuid.UUID | str, attempt: int, index: int, 
     return f"{job_prefix(user_id, job_id)}a{attempt}/{index}.{extension}"
 
 
+def checkpoint_key(user_id: int, job_id: uuid.UUID | str, attempt: int) -> str:
+    """Where a preempted attempt's render checkpoint lives (farm/workers/resume.py):
+    outside ``outputs/``, so it is never taken for an output of an attempt that did not complete."""
+    return f"{checkpoint_prefix(user_id, job_id)}a{attempt}.pt"
+
+
+def checkpoint_prefix(user_id: int, job_id: uuid.UUID | str) -> str:
+    return f"{CHECKPOINTS_PREFIX}u{user_id}/{job_id}/"
+
+
 def job_prefix(user_id: int, job_id: uuid.UUID | str) -> str:
     return f"{OUTPUTS_PREFIX}u{user_id}/{job_id}/"
 
 
 def attempt_of_key(key: str) -> tuple[uuid.UUID, int] | None:
-    """(job id, attempt) an output object was written by; None for keys of
-    another shape (uploads, outputs written before keys named attempts)."""
-    match = _OUTPUT_KEY.match(key)
+    """(job id, attempt) an output object or a render checkpoint was written
+    by; None for keys of another shape (uploads, outputs written before keys
+    named attempts)."""
+    match = _OUTPUT_KEY.match(key) or _CHECKPOINT_KEY.match(key)
     if match is None:
         return None
     try:

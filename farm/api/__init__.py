@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, context: FarmContext | None = None) -> Flask:
     from dashboard import views as dashboard_views
     from farm.api.adapters import register_adapters
-    from farm.api import campaigns, errors, events, health, jobs, library, openapi, outputs, throttle, tokens, uploads, users, workers
+    from farm.api import (campaigns, describe, errors, events, health, jobs, library, openapi, outputs, throttle, tokens,
+                          uploads, users, workers)
 
     settings = settings or (context.settings if context else get_settings())
     context = context or build_context(settings)
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, context: FarmContext | None = N
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.session_lifetime_s
     app.extensions["farm"] = context
     health.instrument_requests(app)  # first, so the clock starts before any other hook answers
-    for module in (jobs, events, outputs, uploads, workers, users, tokens, campaigns, library, openapi):
+    for module in (jobs, events, outputs, uploads, describe, workers, users, tokens, campaigns, library, openapi):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     register_adapters(app)
     app.register_blueprint(health.bp)

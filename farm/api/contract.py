@@ -54,6 +54,7 @@ _ERROR_TEXT = {
     422: "A body field needs fixing (details name each field)",
     429: "A quota or a throttle refuses it now; Retry-After says when to try again",
     503: "The database or the object store is unavailable; Retry-After says when to try again",
+    504: "The work took longer than the API waits for it; try again",
 }
 
 

@@ -26,7 +26,7 @@ STORAGE_RETRY_AFTER_S = 5
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "quota_exceeded",
-          503: "unavailable"}
+          503: "unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):

@@ -37,7 +37,8 @@ def submit_job(body: GenerationRequest):
 def get_job(job_id: str, query: schemas.WaitQuery):
     ctx = farm_context()
     job = job_service.get_job(ctx, g.user, job_id, wait_s=query.wait)
-    return jsonify(job_view(job, job_service.rerender_match(ctx, job), webhooks.job_webhooks(ctx, [job]).get(job.id)))
+    return jsonify(job_view(job, job_service.rerender_match(ctx, job), webhooks.job_webhooks(ctx, [job]).get(job.id),
+                            job_service.queue_standing(ctx, job)))
 
 
 @bp.get("/jobs")

@@ -206,6 +206,26 @@ class JobWebhook(BaseModel):
     next_at: Timestamp | None = Field(description="the next try, while pending")
 
 
+class JobQueue(BaseModel):
+    """Where a queued job stands, from the scheduler's last pass (farm/scheduler/forecast.py)."""
+
+    position: int | None = Field(description="its place, from 1, among the queued jobs that compete for the same "
+                                             "workers; null when the last pass did not see it (beyond the 5,000 "
+                                             "jobs a pass reads, or submitted since)")
+    predicted_start: Timestamp | None = Field(description="when it is predicted to start rendering; null as above, or "
+                                                          "when no online worker can run it")
+    computed_at: Timestamp | None = Field(description="when the scheduler computed this")
+
+
+class JobPreemption(BaseModel):
+    """Preemption at step boundaries (a render of a lower priority class stopped for an interactive job)."""
+
+    count: int = Field(description="how many times its render was stopped and checkpointed")
+    stopping: bool = Field(description="running, and asked to stop at its next step (it is checkpointed, then queued)")
+    resumes: bool = Field(description="queued with a checkpoint: its next attempt continues from the stopped step "
+                                      "and makes the same bytes as an uninterrupted render")
+
+
 class JobView(BaseModel):
     id: str
     status: Literal[JOB_STATUSES]  # type: ignore[valid-type]
@@ -226,6 +246,13 @@ class JobView(BaseModel):
     rerender_of: str | None
     rerender_matches: bool | None
     webhook: JobWebhook | None = Field(default=None, description="the job's own webhook (campaign jobs are announced by their campaign's)")
+    deadline: Timestamp | None = Field(default=None, description="when the job is due (its own deadline; a campaign's jobs are due at the campaign's)")
+    at_risk: bool = Field(default=False, description="queued and predicted to end after its deadline")
+    deadline_missed: bool = Field(default=False, description="it ended after its own deadline")
+    deadline_missed_s: float | None = Field(default=None, description="by how many seconds, when it did")
+    queue: JobQueue | None = Field(default=None, description="while queued: where it stands, from the scheduler's last "
+                                                             "pass; null in lists and once it left the queue")
+    preemption: JobPreemption
 
 
 class JobPage(BaseModel):
@@ -237,6 +264,21 @@ class OutputRecord(OutputLink):
     """The lineage record: the link fields and everything that made the image."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class DescribeRequest(BaseModel):
+    """One image to describe: an upload id or an output id the caller can see."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload: str | None = Field(default=None, description="an upload id (POST /api/v1/uploads)")
+    output: str | None = Field(default=None, description="an output id")
+
+
+class DescribeView(BaseModel):
+    prompt: str = Field(description="the description, to use as a prompt")
+    model: str = Field(description="the image-to-text model that wrote it (its folder's name)")
+    worker: str = Field(description="the worker that ran it")
 
 
 class UploadView(BaseModel):
@@ -257,6 +299,9 @@ class WorkerView(BaseModel):
     vram_total_gb: float
     vram_free_gb: float
     loaded_models: list[dict[str, Any]]
+    host_models: list[dict[str, Any]] = Field(description="Models evicted from the GPU and kept in host memory (the host tier): [{id, gb}].")
+    ram_cache_gb: float = Field(description="Size of the worker's host tier in GB (0: off).")
+    h2d_gbps: float = Field(description="Host-to-GPU copy rate, GB/s, that prices a load from the host tier.")
     serves_models: list[str] | None
     families: list[str] | None
     max_pixels: int | None
@@ -290,6 +335,7 @@ class ModelVariant(BaseModel):
     variant: str | None
     default_steps: int
     vram_gb: float
+    quantization: str | None = None  # its quantization format (int8, nf4, gguf-q4_0, ...); null: full weights
 
 
 class ModelView(BaseModel):
@@ -305,6 +351,9 @@ class ModelView(BaseModel):
     base: str | None
     variant: str | None
     variants: list[ModelVariant]
+    # A quantized variant's format, library, quantized components, whether the worker quantizes
+    # it while loading (at_load) and the quantization config; null for full weights.
+    quantization: dict[str, Any] | None = None
     weights_sha256: str | None
     held_by: list[str]
 
@@ -434,6 +483,12 @@ class CampaignView(BaseModel):
                                             "or nothing finished lately); 0 when no job remains")
     budget_images: int | None
     deadline: Timestamp | None
+    at_risk: bool = Field(description="the scheduler's prediction of the campaign's finish passes its deadline "
+                                      "(campaign.at_risk is sent to its webhook when this turns true)")
+    predicted_finish_at: Timestamp | None = Field(description="the scheduler's prediction of the last image's end, "
+                                                              "campaigns with a deadline only")
+    deadline_missed: bool = Field(description="it finished after its deadline")
+    deadline_missed_s: float | None = Field(description="by how many seconds, when it did")
     created_at: Timestamp
     finished_at: Timestamp | None
     webhook: WebhookStatus | None

@@ -16,8 +16,10 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def job_view(job: Job, rerender_matches: bool | None = None, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``webhook``: where the job's own webhook stands (farm.services.webhooks.job_webhooks)."""
+def job_view(job: Job, rerender_matches: bool | None = None, webhook: dict[str, Any] | None = None,
+             queue: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``webhook``: where the job's own webhook stands (farm.services.webhooks.job_webhooks); ``queue``: where a
+    queued job stands (farm.services.jobs.queue_standing)."""
     total = job.progress_total or job.steps
     step = job.progress_step if job.status != "succeeded" else total
     return {
@@ -45,6 +47,13 @@ def job_view(job: Job, rerender_matches: bool | None = None, webhook: dict[str, 
         "rerender_of": str(job.rerender_of) if job.rerender_of else None,
         "rerender_matches": rerender_matches,
         "webhook": webhook,
+        "deadline": _iso(job.deadline),
+        "at_risk": bool(queue and queue.pop("at_risk", False)),
+        "deadline_missed": job.deadline_missed_s is not None,
+        "deadline_missed_s": job.deadline_missed_s,
+        "queue": queue,
+        "preemption": {"count": job.preemptions or 0, "stopping": bool(job.preempt_requested) and job.status == "running",
+                       "resumes": bool(job.resume_key) and job.status == "queued"},
     }
 
 
@@ -79,6 +88,9 @@ def worker_view(worker: Worker, heartbeat_age_s: float) -> dict[str, Any]:
         "vram_total_gb": worker.vram_total_gb,
         "vram_free_gb": worker.vram_free_gb,
         "loaded_models": worker.loaded_models,
+        "host_models": worker.host_models,
+        "ram_cache_gb": worker.ram_cache_gb,
+        "h2d_gbps": worker.h2d_gbps,
         "serves_models": worker.serves_models,
         "families": worker.families,
         "max_pixels": worker.max_pixels,

@@ -82,8 +82,10 @@ def list_models():
             "base": m.base,
             "variant": m.variant,
             # Every entry of the same base, this one included: what "variant" can pick.
-            "variants": [{"id": v.id, "variant": v.variant, "default_steps": v.default_steps, "vram_gb": v.vram_gb}
+            "variants": [{"id": v.id, "variant": v.variant, "default_steps": v.default_steps, "vram_gb": v.vram_gb,
+                          "quantization": (v.quantization or {}).get("format")}
                          for v in models if m.base is not None and v.base == m.base],
+            "quantization": m.quantization,
             "weights_sha256": m.weights_sha256,
             "held_by": sorted(holders.get(m.id, [])),
         }

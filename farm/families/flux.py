@@ -12,20 +12,20 @@ from farm.families.sdxl import MEGAPIXEL_FRAMES
 logger = logging.getLogger(__name__)
 
 
-def load(path: str, dtype):
-    return from_pretrained("FluxPipeline", path, dtype)
+def load(path: str, dtype, **extras):
+    return from_pretrained("FluxPipeline", path, dtype, **extras)
 
 
-def build_tiny(seed: int, variant: str | None = None):
-    """FLUX "dev" is guidance-distilled (the guidance scale is an input of the
-    transformer); "schnell" is not and runs in a few steps."""
+def tiny_components(seed: int, variant: str = "dev") -> dict:
+    """The tiny FLUX.1 components (FLUX.1 Kontext shares them): "dev" is
+    guidance-distilled (the guidance scale is an input of the transformer);
+    "schnell" is not and runs in a few steps."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     from farm.families import tiny_parts as parts
 
-    variant = variant or "dev"
     torch.manual_seed(seed)
     # FLUX packs 2x2 latent patches, so the transformer sees 4 x 4 channels.
     transformer = FluxTransformer2DModel(
@@ -58,8 +58,14 @@ def build_tiny(seed: int, variant: str | None = None):
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+def build_tiny(seed: int, variant: str | None = None):
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(**tiny_components(seed, variant or "dev"))
 
 
 FAMILY = Family(
@@ -84,6 +90,7 @@ FAMILY = Family(
     default_steps=28,
     default_guidance=3.5,
     step_s=0.45,
+    quantize=("transformer", "text_encoder_2"),  # the T5-XXL encoder is 9.5 GB in 16-bit
     latent_rgb=FLUX_16,
     # Guidance-distilled: no negative prompt (diffusers would need a second,
     # "true CFG" pass), so a request's negative prompt is recorded, not used.

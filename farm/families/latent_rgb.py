@@ -7,7 +7,10 @@ downloaded here): channel 0 of the 4-channel SD/SDXL latents carries
 brightness, channels 1 and 2 two opposing colour axes (warm/cool,
 green/magenta) and channel 3 texture, which reads as a faint blue shift. The
 16-channel latents of FLUX and SD3 spread the same four roles over four
-groups of channels.
+groups of channels, and the 32-channel latents of FLUX.2 over four groups of
+eight: an approximation by analogy (FLUX.2's VAE was trained anew, and its
+channels need not keep those roles), good enough for a preview's layout and
+rough colours, not fitted to that VAE.
 """
 
 from __future__ import annotations
@@ -43,3 +46,8 @@ def spread(rows: tuple[tuple[float, float, float], ...], groups: int, decay: flo
 
 FLUX_16 = spread(SD_4, 4, 0.7)
 SD3_16 = spread(SDXL_4, 4, 0.8)
+FLUX2_32 = spread(SD_4, 8, 0.8)
+# Qwen-Image's VAE (a Wan-style video VAE, 16 channels, latents normalised
+# per channel by the pipeline): the same four hand-set roles spread evenly,
+# an approximation good enough for a preview, not a fit of its decoder.
+QWEN_16 = spread(SD_4, 4, 0.9)

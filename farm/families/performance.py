@@ -40,3 +40,7 @@ FLOW_PERFORMANCE = {
     "extreme_speed": PerformanceMode(None, 8, "lcm", "normal", 1.0),
     "lightning": PerformanceMode(None, 4, "euler", "normal", 1.0),
 }
+# Flow pipelines that hand the scheduler their own sigma list (FLUX.1
+# Kontext, Qwen-Image), which DPM++ 2M refuses: quality runs UniPC, the other
+# multistep flow solver, instead.
+FLOW_OWN_SIGMAS_PERFORMANCE = {**FLOW_PERFORMANCE, "quality": PerformanceMode(1.5, None, "unipc", "normal", None)}

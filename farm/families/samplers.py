@@ -32,6 +32,11 @@ class SamplerConfig:
     class_name: str  # attribute of the diffusers package
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # importable modules the class needs
+    # Whether a render can stop at a step boundary and continue later to the
+    # same bytes (farm/workers/resume.py): all of the sampler's state is in
+    # its scheduler's plain attributes and the farm's seeded generators. The
+    # scheduler never preempts a render whose sampler is not.
+    resumable: bool = True
 
 
 #: Samplers of noise-prediction models (SD, SDXL).
@@ -43,13 +48,23 @@ NOISE_SAMPLERS: dict[str, SamplerConfig] = {
     "dpmpp_2m_sde": SamplerConfig(
         "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
     ),
-    "dpmpp_sde": SamplerConfig("DPMSolverSDEScheduler", requires=("torchsde",)),
+    # Its noise comes from a torchsde Brownian tree built inside the
+    # scheduler, an object whose state cannot be checkpointed.
+    "dpmpp_sde": SamplerConfig("DPMSolverSDEScheduler", requires=("torchsde",), resumable=False),
     "unipc": SamplerConfig("UniPCMultistepScheduler"),
     # Latent models must not clip the predicted sample to [-1, 1] (DDIM's
     # default, meant for pixel-space models); SD's own DDIM config sets both.
     "ddim": SamplerConfig("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
     "lcm": SamplerConfig("LCMScheduler"),
 }
+
+# Samplers self-attention guidance can run with. Its pipeline predicts the
+# clean latents from alphas_cumprod at integer timesteps (the DDPM
+# parametrisation), so it refuses schedulers stepping on float timesteps
+# with sigma-scaled latents (euler, euler_ancestral, heun, dpmpp_sde).
+# Measured on the tiny SD pipeline with diffusers 0.42: these render with
+# every sigma schedule their class takes; the others raise at the first step.
+SAG_SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "unipc", "ddim", "lcm")
 
 # The same stable names on flow-matching families. euler_ancestral is flow
 # Euler with stochastic sampling: each step re-noises the predicted clean
@@ -138,6 +153,12 @@ def _init_params(cls: type) -> set[str]:
 def available_samplers(family: Family) -> tuple[str, ...]:
     """Sampler names ``family`` can use on this machine (optional packages considered)."""
     return tuple(s for s in family.samplers if scheduler_class(family, s) is not None)
+
+
+def is_resumable(family: Family, sampler: str) -> bool:
+    """Whether a render with ``sampler`` on ``family`` may be stopped and continued (``SamplerConfig.resumable``)."""
+    spec = family.sampler_table.get(sampler)
+    return spec is not None and spec.resumable
 
 
 def check_sampler(family: Family, sampler: str, schedule: str) -> str | None:

@@ -17,11 +17,14 @@ UNET_FREEU = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}
 # Guidance extras of the UNet families' pipelines (diffusers 0.42): CLIP skip,
 # FreeU, and perturbed-attention guidance ("detail guidance") in every mode.
 UNET_EXTRAS = frozenset({"clip_skip", "freeu", "detail_guidance", "detail_guidance_inpaint"})
+# Self-attention guidance (Hong et al., "Improving Sample Quality of Diffusion
+# Models Using Self-Attention Guidance", ICCV 2023) has a diffusers pipeline
+# for SD 1.x/2.x only (StableDiffusionSAGPipeline).
 
 
-def load(path: str, dtype):
+def load(path: str, dtype, **extras):
     return from_pretrained("StableDiffusionPipeline", path, dtype, safety_checker=None, feature_extractor=None,
-                           requires_safety_checker=False)
+                           requires_safety_checker=False, **extras)
 
 
 def build_tiny(seed: int, variant: str | None = None):
@@ -78,7 +81,8 @@ FAMILY = Family(
     default_guidance=7.0,
     step_s=0.05,
     latent_rgb=SD_4,
-    extras=UNET_EXTRAS,
+    extras=UNET_EXTRAS | {"sag"},
     freeu=UNET_FREEU,
+    sag_pipeline_class="StableDiffusionSAGPipeline",
     ip_adapter_layout="unet",
 )

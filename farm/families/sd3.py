@@ -12,8 +12,8 @@ from farm.families.sdxl import MEGAPIXEL_FRAMES
 logger = logging.getLogger(__name__)
 
 
-def load(path: str, dtype):
-    return from_pretrained("StableDiffusion3Pipeline", path, dtype)
+def load(path: str, dtype, **extras):
+    return from_pretrained("StableDiffusion3Pipeline", path, dtype, **extras)
 
 
 def build_tiny(seed: int, variant: str | None = None):
@@ -69,6 +69,7 @@ FAMILY = Family(
     default_steps=28,
     default_guidance=5.0,
     step_s=0.3,
+    quantize=("transformer", "text_encoder_3"),  # the T5-XXL encoder is 9.5 GB in 16-bit
     latent_rgb=SD3_16,
     # CLIP skip on its CLIP encoders; perturbed-attention pipelines exist for
     # SD3 except inpainting; FreeU needs a UNet.

@@ -16,9 +16,9 @@ MEGAPIXEL_FRAMES = ("1024*1024", "1152*896", "896*1152", "1216*832", "832*1216",
                     "640*1536")
 
 
-def load(path: str, dtype):
+def load(path: str, dtype, **extras):
     # SDXL has no safety checker; its invisible watermark is left at diffusers' default.
-    return from_pretrained("StableDiffusionXLPipeline", path, dtype)
+    return from_pretrained("StableDiffusionXLPipeline", path, dtype, **extras)
 
 
 def build_tiny(seed: int, variant: str | None = None):

@@ -11,9 +11,9 @@ from farm.families.loading import from_pretrained
 logger = logging.getLogger(__name__)
 
 
-def load(path: str, dtype):
+def load(path: str, dtype, **extras):
     # The published SDXL refiner is saved as an image-to-image pipeline.
-    return from_pretrained("StableDiffusionXLImg2ImgPipeline", path, dtype)
+    return from_pretrained("StableDiffusionXLImg2ImgPipeline", path, dtype, **extras)
 
 
 def build_tiny(seed: int, variant: str | None = None):

@@ -221,3 +221,133 @@ def tiny_flow_vae() -> AutoencoderKL:
     return tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1, scaling_factor=1.0)
 
 
+
+# The chat-tuned decoder text encoders of FLUX.2 [klein] (Qwen3) read a
+# chat-formatted prompt: a byte-level BPE vocabulary (GPT-2's byte symbols,
+# no end-of-word marks), a few merges, the chat markers as special tokens,
+# and a chat template of the same shape as Qwen's.
+_QWEN_MERGES = (("t", "h"), ("th", "e"), ("a", "n"), ("\u0120", "c"), ("\u0120c", "a"), ("\u0120ca", "t"))
+_QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_HIDDEN = 16
+
+
+def build_tiny_qwen_tokenizer(extra_specials: tuple[str, ...] = ()):
+    """A Qwen2 tokenizer (byte-level BPE) with a chat template, built in memory;
+    ``extra_specials``: more special tokens (Qwen2.5-VL's vision markers)."""
+    from transformers import Qwen2TokenizerFast
+
+    specials = _QWEN_SPECIALS + tuple(extra_specials)
+    vocab: dict[str, int] = {}
+    for token in _byte_symbols() + [a + b for a, b in _QWEN_MERGES] + list(specials):
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=list(_QWEN_MERGES), additional_special_tokens=list(specials[1:]))
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3(tokenizer, layers: int):
+    """A Qwen3 causal LM of ``layers`` layers (the pipeline reads hidden states
+    of fixed layer numbers, so the count follows the real model's), each tiny."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=QWEN_HIDDEN, intermediate_size=2 * QWEN_HIDDEN,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    return Qwen3ForCausalLM(config)
+
+
+def tiny_flux2_vae():
+    """FLUX.2's VAE: 2x2 patches of its latents are normalised by a batch norm before the transformer sees them."""
+    from diffusers import AutoencoderKLFlux2
+
+    n = len(_VAE_CHANNELS)
+    return AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                              block_out_channels=_VAE_CHANNELS, layers_per_block=1, latent_channels=4,
+                              norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def tiny_flux2_transformer(text_hidden: int, layers: int, guidance_embeds: bool):
+    """A FLUX.2 transformer over the tiny VAE's 4 latent channels in 2x2 patches
+    (16 inputs); the prompt embedding stacks ``layers`` hidden states of the text encoder."""
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                   num_attention_heads=2, joint_attention_dim=layers * text_hidden,
+                                   timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                   guidance_embeds=guidance_embeds)
+
+
+def tiny_mistral3(tokenizer, layers: int):
+    """A Mistral 3 (Mistral Small 3.x: a Mistral decoder with a Pixtral vision
+    tower) of ``layers`` tiny decoder layers; FLUX.2 [dev] reads only its text
+    hidden states."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    text = MistralConfig(vocab_size=len(tokenizer), hidden_size=QWEN_HIDDEN, intermediate_size=2 * QWEN_HIDDEN,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 head_dim=8, image_size=64, patch_size=16)
+    return Mistral3ForConditionalGeneration(Mistral3Config(vision_config=vision, text_config=text,
+                                                           image_token_index=len(tokenizer) - 1))
+
+# --------------------------------------------------------------------------- Qwen-Image
+# Qwen-Image encodes prompts with a Qwen2.5-VL model (its last hidden states),
+# through a chat template with special tokens; its edit pipelines also show
+# the source image to the model's vision tower, through a processor that
+# expands <|image_pad|> into one token per merged image patch.
+
+# The vision markers of Qwen2.5-VL, special tokens beside the chat markers.
+QWEN_VL_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_VL_HIDDEN = 32
+_QWEN_VL_HEADS = 2
+
+
+def build_tiny_qwen_vl_tokenizer():
+    return build_tiny_qwen_tokenizer(QWEN_VL_SPECIALS)
+
+
+def tiny_qwen_vl(tokenizer):
+    """A Qwen2.5-VL model with one text layer and one vision block."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    head_dim = QWEN_VL_HIDDEN // _QWEN_VL_HEADS
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=QWEN_VL_HIDDEN, intermediate_size=2 * QWEN_VL_HIDDEN,
+                         num_hidden_layers=2, num_attention_heads=_QWEN_VL_HEADS, num_key_value_heads=1,
+                         max_position_embeddings=4096, layer_types=["full_attention"] * 2,
+                         # multimodal RoPE: time, height and width sections of half a head
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]},
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>")),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=QWEN_VL_HIDDEN,
+                           fullatt_block_indexes=[0]),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwen_vae():
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True])
+
+
+def tiny_qwen_transformer():
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=1,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=QWEN_VL_HIDDEN,
+                                       axes_dims_rope=(4, 6, 6))

@@ -9,6 +9,12 @@ outpaint reaches) and the output size; the worker's pipeline code
 Strengths follow what people know from Fooocus' menu: a subtle variation keeps
 the composition (half the noise schedule), a strong one keeps little more than
 the palette, an upscale re-details without moving anything.
+
+An edit is another kind of work: the prompt is an instruction, and an editing
+family's pipeline (FLUX.1 Kontext, Qwen-Image-Edit) sees the whole source
+beside the image it renders from noise; there is no strength. Its output
+keeps the source's size, scaled down to the family's native area when the
+source is larger (these models edit at about a megapixel).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ class ImageMode:
     strength: float  # fraction of the noise schedule re-run (img2img "strength")
     scale: float = 1.0  # output side / source side
     needs_mask: bool = False
-    pipeline: str = "img2img"  # or "inpaint"
+    pipeline: str = "img2img"  # or "inpaint", or "edit"
 
 
 IMAGE_MODES: dict[str, ImageMode] = {
@@ -35,6 +41,7 @@ IMAGE_MODES: dict[str, ImageMode] = {
     "upscale_2x": ImageMode(strength=0.382, scale=2.0),
     "inpaint": ImageMode(strength=1.0, needs_mask=True, pipeline="inpaint"),
     "outpaint": ImageMode(strength=1.0, pipeline="inpaint"),
+    "edit": ImageMode(strength=1.0, pipeline="edit"),
 }
 
 OUTPAINT_DIRECTIONS = ("left", "right", "top", "bottom")
@@ -49,13 +56,18 @@ def _round_to(value: float, multiple: int) -> int:
 
 
 def output_size(mode: str, source_w: int, source_h: int, multiple: int,
-                outpaint: tuple[str, ...] = OUTPAINT_DIRECTIONS) -> tuple[int, int]:
+                outpaint: tuple[str, ...] = OUTPAINT_DIRECTIONS, edit_pixels: int | None = None) -> tuple[int, int]:
     """The size of the image ``mode`` makes from a ``source_w`` x ``source_h`` source.
 
     Sides are rounded to ``multiple`` (what the model family needs); the
-    worker resizes the source to fit before rendering.
+    worker resizes the source to fit before rendering. An edit keeps the
+    source's aspect ratio and, beyond ``edit_pixels``, is scaled down to
+    about that area.
     """
     spec = IMAGE_MODES[mode]
+    if mode == "edit":
+        scale = min(1.0, math.sqrt(edit_pixels / (source_w * source_h))) if edit_pixels else 1.0
+        return _round_to(source_w * scale, multiple), _round_to(source_h * scale, multiple)
     if mode == "outpaint":
         pads = outpaint_pads(source_w, source_h, outpaint, multiple)
         return source_w + pads[0] + pads[1], source_h + pads[2] + pads[3]

@@ -2,6 +2,7 @@
 
     farm bench scheduler --workers bench/workers/mixed.json --trace bench/traces/mixed.jsonl --policy farm
     farm bench decision --workers 100 --models 20 --queued 10000 --repeat 200
+    farm bench decision --trace bench/traces/at_once/jobs-10k.jsonl --workers-file bench/workers/at_once.json
 
 Both print JSON. The baseline is ``place_fifo`` (farm/scheduler/fifo.py), run
 the same way. Formats and metric definitions: docs/scheduler-bench.md.
@@ -9,6 +10,7 @@ the same way. Formats and metric definitions: docs/scheduler-bench.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -21,7 +23,7 @@ import numpy as np
 from farm.families import get_family
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState
-from farm.scheduler.simulator import TraceError, load_trace, load_workers, simulate
+from farm.scheduler.simulator import TraceError, WorkerSpec, load_trace, load_workers, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,12 @@ def policy_function(name: str) -> Callable[[Snapshot], Decisions]:
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
-def run_bench(workers_path, trace_path, policy: str, seed: int | None = None, clairvoyant: bool = False) -> dict:
+def run_bench(workers_path, trace_path, policy: str, seed: int | None = None, clairvoyant: bool = False,
+              ram_cache_gb: float | None = None, h2d_gbps: float | None = None) -> dict:
     """Replay the trace on the workers with the named policy; the metrics.
+
+    ``ram_cache_gb`` / ``h2d_gbps``, when given, set every worker's host
+    tier and host-to-GPU rate, over what the workers file says.
 
     The seed shuffles the order in which workers appear in every snapshot
     (None keeps the file's order), to show whether a policy's results hang on
@@ -68,13 +74,19 @@ def run_bench(workers_path, trace_path, policy: str, seed: int | None = None, cl
     lower bound on loads at the run's worst wait (a solver run of seconds).
     """
     place = policy_function(policy)
-    workers = load_workers(workers_path)
+    workers = with_host_tier(load_workers(workers_path), ram_cache_gb, h2d_gbps)
     trace = load_trace(trace_path)
     metrics = simulate(workers, trace, place, policy_name=policy, worker_order_seed=seed)
     metrics["seed"] = seed
     if clairvoyant:
         metrics.update(clairvoyant_metrics(workers, trace, metrics["wait_max_s"]))
     return metrics
+
+
+def with_host_tier(workers: list[WorkerSpec], ram_cache_gb: float | None, h2d_gbps: float | None) -> list[WorkerSpec]:
+    """The workers with their host tier and rate set, where given."""
+    changes = {key: value for key, value in (("ram_cache_gb", ram_cache_gb), ("h2d_gbps", h2d_gbps)) if value is not None}
+    return [dataclasses.replace(w, **changes) for w in workers] if changes else workers
 
 
 def clairvoyant_metrics(workers, trace, max_wait_s: float) -> dict:
@@ -141,13 +153,17 @@ def time_decisions(place: Callable[[Snapshot], Decisions], snapshot: Snapshot, r
     """Milliseconds per call of place(snapshot): p50, p99, mean, and what the call decided."""
     decisions = place(snapshot)  # warm-up: imports, caches
     gc.collect()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         place(snapshot)
         times.append((time.perf_counter() - started) * 1000.0)
+        cpu_times.append((time.thread_time() - started_cpu) * 1000.0)
     return {"p50_ms": round(float(np.percentile(times, 50)), 4), "p99_ms": round(float(np.percentile(times, 99)), 4),
-            "mean_ms": round(float(np.mean(times)), 4), "assignments": len(decisions.assignments),
+            "mean_ms": round(float(np.mean(times)), 4),
+            # CPU time of the thread: on a shared machine, without the waits for a core.
+            "cpu_p50_ms": round(float(np.percentile(cpu_times, 50)), 4),
+            "cpu_p99_ms": round(float(np.percentile(cpu_times, 99)), 4), "assignments": len(decisions.assignments),
             "preloads": len(decisions.preloads), "unplaceable": len(decisions.unplaceable)}
 
 
@@ -159,6 +175,64 @@ def run_decision_bench(workers: int = 100, models: int = 20, queued: int = 10_00
               "free_workers": free}
     for name in POLICIES:
         result[name] = time_decisions(policy_function(name), snapshot, repeat)
+    return result
+
+
+class _EnoughPasses(Exception):
+    """Raised by the timing wrapper to end a replay after the passes asked for."""
+
+
+def replay_decisions(workers, trace, policy: str, passes: int | None = None,
+                     snapshot_limit: float | None = None) -> dict:
+    """Replay ``trace`` on ``workers`` and time each placement pass as the live scheduler meets it.
+
+    Every pass is timed (the policy call alone, as the simulator's
+    ``decision_ms_*``); with ``passes`` the replay stops after that many, and
+    only the timings are reported. ``snapshot_limit``: the most queued jobs a
+    pass sees (None: as the live scheduler, all of them).
+    """
+    place = policy_function(policy)
+    times: list[float] = []
+    cpu_times: list[float] = []
+    queued: list[int] = []
+
+    def timed(snapshot: Snapshot) -> Decisions:
+        if passes is not None and len(times) >= passes:
+            raise _EnoughPasses
+        queued.append(len(snapshot.jobs))
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        decisions = place(snapshot)
+        times.append((time.perf_counter() - started) * 1000.0)
+        cpu_times.append((time.thread_time() - started_cpu) * 1000.0)
+        return decisions
+
+    result: dict = {"policy": policy}
+    try:
+        metrics = simulate(workers, trace, timed, policy_name=policy, snapshot_limit=snapshot_limit)
+    except _EnoughPasses:
+        result["stopped_after_passes"] = passes
+    else:
+        result.update({k: metrics[k] for k in ("rendered", "model_loads", "makespan_s", "makespan_lower_bound_s",
+                                                "wait_p50_s", "wait_p95_s", "vram_overcommits",
+                                                "invalid_assignments", "double_assignments")})
+    result.update({"passes": len(times), "shown_jobs_max": max(queued, default=0),
+                   "decision_ms_p50": round(float(np.percentile(times, 50)), 4) if times else 0.0,
+                   "decision_ms_p99": round(float(np.percentile(times, 99)), 4) if times else 0.0,
+                   "decision_ms_max": round(max(times, default=0.0), 4),
+                   # CPU time of the thread: on a shared machine, without the waits for a core.
+                   "decision_cpu_ms_p50": round(float(np.percentile(cpu_times, 50)), 4) if times else 0.0,
+                   "decision_cpu_ms_p99": round(float(np.percentile(cpu_times, 99)), 4) if times else 0.0})
+    return result
+
+
+def run_replay_bench(workers_path, trace_path, passes: int | None = None,
+                     snapshot_limit: float | None = None) -> dict:
+    """``replay_decisions`` for farm and fifo on the same files."""
+    workers = load_workers(workers_path)
+    trace = load_trace(trace_path)
+    result = {"workers": len(workers), "jobs": len(trace), "trace": str(trace_path), "passes_limit": passes}
+    for name in POLICIES:
+        result[name] = replay_decisions(workers, trace, name, passes, snapshot_limit)
     return result
 
 
@@ -177,24 +251,47 @@ def bench() -> None:
 @click.option("--seed", type=int, default=None, help="Shuffle the worker order in snapshots (default: file order).")
 @click.option("--clairvoyant", is_flag=True,
               help="Also solve for the clairvoyant lower bound on loads at the run's worst wait (seconds to a minute).")
-def scheduler_command(workers_path: str, trace_path: str, policy: str, seed: int | None, clairvoyant: bool) -> None:
+@click.option("--ram-cache-gb", type=click.FloatRange(min=0), default=None,
+              help="Give every worker a host-memory tier of this many GB for evicted models (default: the workers file's ram_cache_gb, else 0).")
+@click.option("--h2d-gbps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Every worker's host-to-GPU rate in GB/s, which prices loads from the tier (default: the workers file's h2d_gbps, else 12).")
+def scheduler_command(workers_path: str, trace_path: str, policy: str, seed: int | None, clairvoyant: bool,
+                      ram_cache_gb: float | None, h2d_gbps: float | None) -> None:
     """Replay a workload trace on a virtual cluster and print the metrics."""
     try:
-        metrics = run_bench(workers_path, trace_path, policy, seed, clairvoyant)
+        metrics = run_bench(workers_path, trace_path, policy, seed, clairvoyant, ram_cache_gb, h2d_gbps)
     except TraceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(metrics, indent=2))
 
 
 @bench.command("decision")
-@click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Synthetic snapshot: this many workers.")
 @click.option("--models", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--queued", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the synthetic snapshot (default 0).")
-def decision_command(workers: int, models: int, queued: int, repeat: int, seed: int | None) -> None:
-    """Time one placement decision on a synthetic busy farm, for farm and fifo."""
-    click.echo(json.dumps(run_decision_bench(workers, models, queued, repeat, seed), indent=2))
+@click.option("--trace", "trace_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Replay this trace instead and time every pass as the live scheduler meets it "
+                   "(e.g. bench/traces/at_once/jobs-10k.jsonl); needs --workers-file.")
+@click.option("--workers-file", "workers_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The cluster of the replay (e.g. bench/workers/at_once.json).")
+@click.option("--passes", type=click.IntRange(min=1), default=None,
+              help="Replay: stop after this many passes (default: the whole trace).")
+def decision_command(workers: int, models: int, queued: int, repeat: int, seed: int | None,
+                     trace_path: str | None, workers_path: str | None, passes: int | None) -> None:
+    """Time placement decisions, farm against fifo: on a synthetic busy farm, or on every pass of a trace replay."""
+    if (trace_path is None) != (workers_path is None):
+        raise click.UsageError("--trace and --workers-file go together (a replay needs both)")
+    if trace_path is not None:
+        try:
+            result = run_replay_bench(workers_path, trace_path, passes)
+        except TraceError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        result = run_decision_bench(workers, models, queued, repeat, seed)
+    click.echo(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from farm.scheduler.policy import Assignment, Decisions, QueuedJob, Snapshot, WorkerState, working_memory_gb
+from farm.scheduler.policy import Assignment, Decisions, QueuedJob, Snapshot, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _make_room(worker: WorkerState, job: QueuedJob, held: dict[str, dict[str, fl
     """
     models = held.get(worker.id, worker.loaded_models)
     busy_models = in_use.get(worker.id, worker.in_use)
-    working = working_memory_gb(job.width, job.height, job.family)
+    working = job.working_gb
     if job.model_id in models:
         # Only the activations are new; with capacity 1 the worker is idle, so
         # they fit whenever the job can ever run there.

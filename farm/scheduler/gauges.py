@@ -1,5 +1,5 @@
-"""The leading scheduler's gauges, filled from the rows its pass read anyway
-(queued jobs, every worker, the jobs placed on workers), so that no scrape
+"""The leading scheduler's gauges, filled from what its pass has anyway (the
+queue depth it keeps, every worker, the jobs placed on workers), so that no scrape
 and no extra query ever counts the jobs table.
 
 Only the leader shows them; a standby clears them, so that a dashboard that
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from farm.metrics import ACTIVE_JOBS, QUEUED_JOBS, WORKER_HEARTBEAT_AGE_SECONDS, WORKERS, WORKER_STATES, fill_gauge
 
@@ -26,16 +26,17 @@ def worker_state(state: str, draining: bool) -> str:
     return state if state in WORKER_STATES else "offline"
 
 
-def publish_queue(queued: Iterable) -> None:
-    """``queued``: rows with ``model_id`` and ``role`` (the submitting user's)."""
-    fill_gauge(QUEUED_JOBS, Counter((row.model_id, row.role) for row in queued))
+def publish_queue(depth: Mapping) -> None:
+    """``depth``: (model id, submitting user's role) -> queued jobs, the whole
+    queue (the live scheduler keeps it, farm/scheduler/livequeue.py)."""
+    fill_gauge(QUEUED_JOBS, depth)
 
 
-def publish_snapshot(queued: Iterable, workers: Iterable, active: Iterable, now: dt.datetime, offline: int = 0) -> None:
-    """``queued``: as for :func:`publish_queue`; ``workers``: rows with
+def publish_snapshot(depth: Mapping, workers: Iterable, active: Iterable, now: dt.datetime, offline: int = 0) -> None:
+    """``depth``: as for :func:`publish_queue`; ``workers``: rows with
     ``id``, ``state``, ``draining``, ``last_heartbeat_at``; ``active``: rows
     with ``model_id`` and ``status`` (assigned|running)."""
-    publish_queue(queued)
+    publish_queue(depth)
     fill_gauge(ACTIVE_JOBS, Counter((row.model_id, row.status) for row in active))
     workers = list(workers)
     states = Counter(worker_state(row.state, row.draining) for row in workers)

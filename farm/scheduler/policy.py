@@ -44,22 +44,29 @@ copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
 ``REBALANCE_MARGIN_S``): a GPU that holds a popular model is otherwise never
 free to help with a burst for a model few GPUs can run.
 
-Idle workers left over preload the model with the most waiting demand that
-nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
+A user whose oldest job has a deadline that its campaign can only just meet
+gets a bounded lift in step 1 (see DEADLINE_BOOST_S) and its job skips step 3.
+
+On a deep queue (DEEP_QUEUE_S of work for the whole farm) a free worker
+first takes work that only its class of workers can run when that class is
+the bottleneck (``_Placement.serve_scarce_work``), and an idle worker left
+over takes a copy of the model whose holders are furthest behind
+(``_Placement.fill_idle``). Idle workers left over preload the model with
+the most waiting demand that nobody holds. ``Snapshot.jobs`` is expected in queue order (priority, then
 age), as the scheduler's query returns it; the policy does not re-sort.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
-import operator
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
 from farm.families import find_family
+from farm.scheduler.jobqueue import JobQueue, Lane, as_job_queue
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +85,11 @@ def _working_coefficients(family: str | None) -> tuple[float, float]:
     return found.working_gb_base, found.working_gb_per_megapixel
 
 
-def working_memory_gb(width: int, height: int, family: str | None = None) -> float:
+def working_memory_gb(width: int, height: int, family: str | None = None, reference_pixels: int = 0) -> float:
+    """GB a render needs beside the weights: grows with the latent tokens, the
+    image's and those of its reference images (FLUX.2 attends over both)."""
     base, per_megapixel = _working_coefficients(family)
-    return base + per_megapixel * (width * height) / 1e6
+    return base + per_megapixel * (width * height + reference_pixels) / 1e6
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,23 @@ class QueuedJob:
     team_id: int | None = None
     # Expected render time on a speed-1.0 worker (steps x seconds per step).
     est_seconds: float = 5.0
+    # When it is due (same clock as queued_at), its own or its campaign's; None: no deadline.
+    deadline: float | None = None
+    # The campaign whose remaining work counts against the deadline (Snapshot.campaign_work_s).
+    campaign_id: Hashable | None = None
+    # Its model only loads on a CUDA GPU (a bitsandbytes-quantized variant, farm/quantization.py).
+    needs_cuda: bool = False
+    # Pixels of its reference images as the model sees them (params["reference_pixels"]).
+    reference_pixels: int = 0
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @functools.cached_property
+    def working_gb(self) -> float:
+        # Asked of each job many times a call (every worker it is weighed for): computed once per job.
+        return working_memory_gb(self.width, self.height, self.family, self.reference_pixels)
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,24 @@ class WorkerState:
     load_gbps: float = 2.0  # disk -> GPU
     # Models used by the jobs it runs now: they cannot be evicted.
     in_use: frozenset[str] = frozenset()
+    # The host-memory tier: models evicted from the GPU and kept in RAM, which
+    # come back at h2d_gbps instead of load_gbps, and the tier's size (what an
+    # eviction can move there instead of dropping).
+    host_models: frozenset[str] = frozenset()
+    h2d_gbps: float = 12.0
+    ram_cache_gb: float = 0.0
+    cuda: bool = True  # its device is a CUDA GPU (the worker row's device); False for a CPU worker
+
+    def load_s(self, model_id: str, model_gb: float) -> float:
+        """Seconds to bring a model it does not hold onto the GPU: from host memory if it is there, else from disk."""
+        return model_gb / (self.h2d_gbps if model_id in self.host_models else self.load_gbps)
+
+    def reload_s(self, model_gb: float) -> float:
+        """Seconds to bring back a model evicted now: it waits in host memory when the tier can take it."""
+        return model_gb / (self.h2d_gbps if model_gb <= self.ram_cache_gb else self.load_gbps)
+
+    def takes_device_of(self, job: QueuedJob) -> bool:
+        return self.cuda or not job.needs_cuda
 
     def can_ever_run(self, job: QueuedJob) -> str | None:
         """None if this worker could run the job once free; else why not."""
@@ -129,11 +169,13 @@ class WorkerState:
             return f"runs {', '.join(sorted(self.families)) or 'no'} families, not {job.family}"
         if self.serves_models is not None and job.model_id not in self.serves_models:
             return f"does not serve model {job.model_id}"
+        if not self.takes_device_of(job):
+            return f"has no CUDA GPU, which model {job.model_id} needs (quantized for CUDA kernels only)"
         if job.pixels > self.max_pixels:
             return f"accepts at most {self.max_pixels} pixels"
-        if job.model_gb + working_memory_gb(job.width, job.height, job.family) > self.vram_total_gb:
+        if job.model_gb + job.working_gb > self.vram_total_gb:
             return (f"has {self.vram_total_gb:.1f} GB of VRAM; the job needs "
-                    f"{job.model_gb + working_memory_gb(job.width, job.height, job.family):.1f} GB")
+                    f"{job.model_gb + job.working_gb:.1f} GB")
         return None
 
 
@@ -149,7 +191,11 @@ class Share:
 
 @dataclass(frozen=True)
 class Snapshot:
-    jobs: Sequence[QueuedJob]
+    # In queue order. A JobQueue (farm/scheduler/jobqueue.py) that the caller
+    # keeps between calls costs a call nothing per queued job; a plain
+    # sequence is indexed once per call. A JobQueue is the caller's and may
+    # change after the call: a policy that keeps what it saw copies it.
+    jobs: Sequence[QueuedJob] | JobQueue
     workers: Sequence[WorkerState]
     now: float
     shares: Mapping[int, Share] = field(default_factory=dict)  # by user id; absent = weight 1, no use
@@ -159,6 +205,10 @@ class Snapshot:
     # None: anywhere the copy rule allows. The live scheduler leaves it None;
     # bench/scheduler_plan.py (an experiment, docs/benchmarks.md) fills it.
     copy_plan: frozenset[tuple[str, str]] | None = None
+    # Campaign id -> its queued work (seconds at speed 1), for campaigns with a
+    # deadline: the slack of a campaign's job counts all of it, not only the
+    # jobs in this snapshot. A job whose campaign is absent counts its own.
+    campaign_work_s: Mapping[Hashable, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -216,7 +266,6 @@ MIN_COPY_BACKLOG_S = 45.0
 # long for its queue, plus this many seconds (see _Placement.rebalance).
 REBALANCE_FACTOR = 3.0
 REBALANCE_MARGIN_S = 60.0
-REBALANCE_SAMPLE = 32  # the next jobs whose mean size stands for a model's queued jobs there
 # ... and only if the work that arrived for the model in the last
 # COPY_RATE_WINDOW_S seconds asks for at least COPY_DEMAND_SHARE of its
 # holders' speed, unless their backlog is a burst (BURST_BACKLOG_S or more):
@@ -225,8 +274,49 @@ REBALANCE_SAMPLE = 32  # the next jobs whose mean size stands for a model's queu
 # the shipped traces at four worker orders and make_traces seeds 1-10, then
 # checked once on seeds 11-15 (docs/benchmarks.md, fourth session).
 COPY_RATE_WINDOW_S = 60.0
+# An idle worker takes a copy of the model whose holders are furthest behind
+# when the farm's queued work needs at least DEEP_QUEUE_S of all its GPUs,
+# and the copy would render at least IDLE_COPY_LOADS times its own load time
+# (see _Placement.fill_idle): on a deep queue an idle GPU is capacity lost
+# for good, not a load saved.
+DEEP_QUEUE_S = 120.0
+IDLE_COPY_LOADS = 10.0
+# On a queue of at least SCARCE_QUEUE_S, work that only some workers can run
+# is scarce when it needs them SCARCE_FACTOR times as long as the whole queue
+# needs the whole farm; they take it before work others could do (see
+# _Placement.serve_scarce_work). The rule passes fair share by, so it waits
+# for a deeper queue than the idle copy: at 120 s it raised the p95 wait of
+# make_traces seed 2's deadlines trace from 136 to 188 s; at 180 s it leaves
+# every spread-out trace as it was (docs/benchmarks.md).
+SCARCE_FACTOR = 1.0
+SCARCE_QUEUE_S = 180.0
 COPY_DEMAND_SHARE = 0.9
 BURST_BACKLOG_S = 90.0
+
+
+# Deadlines (issue 23): a campaign (or a lone job) with a deadline needs its
+# queued work rendered in the time left: so many render slots at the mean
+# speed of the slots that can run it. While its owner runs fewer jobs than
+# that, times DEADLINE_MARGIN, the owner's fair-share score drops by
+# DEADLINE_BOOST_S seconds of waiting and the job stops waiting for a worker
+# that holds its model. The boost is bounded twice: it lasts only while the
+# campaign is behind the rate its deadline needs (just in time, not first in
+# line: a campaign with hours to spare needs few slots and gets no more), and
+# a user without deadlines who has waited DEADLINE_BOOST_S longer still goes
+# first; the ageing of priority classes is untouched, so nobody starves.
+DEADLINE_BOOST_S = 120.0
+DEADLINE_HORIZON_S = 90.0
+DEADLINE_MARGIN = 1.25
+
+
+def mean_slot_speed(job: QueuedJob, workers) -> float:
+    """The mean speed of the render slots that could run ``job`` (0: none could)."""
+    speed = slots = 0.0
+    for worker in workers:
+        if not worker.draining and _can_run_here(job, worker):
+            speed += worker.speed * worker.capacity
+            slots += worker.capacity
+    return speed / slots if slots else 0.0
 
 
 def patience_s(job: QueuedJob) -> float:
@@ -234,27 +324,50 @@ def patience_s(job: QueuedJob) -> float:
 
 
 class _Queue:
-    """Jobs in queue order with a cursor past the ones already taken."""
+    """One lane of the job queue as one ``place`` call reads it: a cursor past the jobs the call has taken.
 
-    __slots__ = ("jobs", "cursor")
+    The lane is read lazily: ``jobs`` holds only the jobs read so far, so a
+    call pays for the heads and the few jobs behind them that it looks at,
+    never for the length of the queue.
+    """
 
-    def __init__(self, jobs: list[QueuedJob]) -> None:
-        self.jobs = jobs
+    __slots__ = ("jobs", "cursor", "_rest")
+
+    def __init__(self, lane: Lane) -> None:
+        self.jobs: list[QueuedJob] = []
         self.cursor = 0
+        self._rest = iter(lane)
+
+    def has(self, i: int) -> bool:
+        """Whether the lane has an i-th job (read up to it if need be)."""
+        jobs = self.jobs
+        while len(jobs) <= i:
+            job = next(self._rest, None)
+            if job is None:
+                return False
+            jobs.append(job)
+        return True
 
     def head(self, taken: set) -> QueuedJob | None:
-        jobs, i = self.jobs, self.cursor
-        while i < len(jobs) and jobs[i].id in taken:
+        i = self.cursor
+        while self.has(i) and self.jobs[i].id in taken:
             i += 1
         self.cursor = i
-        return jobs[i] if i < len(jobs) else None
+        return self.jobs[i] if i < len(self.jobs) else None
+
+    def upcoming(self, count: int) -> list[QueuedJob]:
+        """The next ``count`` jobs from the cursor on (taken ones included)."""
+        self.has(self.cursor + count - 1)
+        return self.jobs[self.cursor:self.cursor + count]
 
     def first_runnable_on(self, worker: WorkerState, taken: set, held_back=None, limit: int = 8) -> QueuedJob | None:
         """The oldest untaken job that can run on ``worker`` (looks a few deep); ``held_back(job)``: skip it."""
         jobs = self.jobs
         seen = 0
-        for i in range(self.cursor, len(jobs)):
+        i = self.cursor
+        while self.has(i):
             job = jobs[i]
+            i += 1
             if job.id in taken:
                 continue
             if worker.id not in job.excluded_workers and job.pixels <= worker.max_pixels \
@@ -273,6 +386,10 @@ class _Placement:
         self.now = snapshot.now
         self.shares = snapshot.shares
         self.copy_plan = snapshot.copy_plan
+        self.campaign_work_s = snapshot.campaign_work_s
+        self.slot_speed: dict[tuple, float] = {}  # (model, pixels, exclusions) -> mean speed of a slot that can run it
+        self.slot_count: dict[tuple, int] = {}  # ... and how many such slots there are
+        self.needs: dict[Hashable, float] = {}  # job id -> slots_needed (jobs with a deadline only)
         self.team_shares = snapshot.team_shares
         self.added_team_usage: dict[int, float] = {}
         self.workers = {w.id: w for w in snapshot.workers}
@@ -281,17 +398,22 @@ class _Placement:
             w.id: min(w.vram_free_gb, w.vram_total_gb - sum(w.loaded_models.values())) for w in snapshot.workers
         }
         self.slots = {w.id: w.capacity - w.busy for w in snapshot.workers if not w.draining and w.busy < w.capacity}
+        # The workers with a free slot, in snapshot order; a worker leaves when its last slot is taken.
+        self.free = {wid: self.workers[wid] for wid in self.slots}
         self.by_model: dict[str, _Queue] = {}
         self.by_user: dict[int, _Queue] = {}
         self.demand: dict[str, int] = {}
         self.pixel_limits: dict[str, int] = {}
-        self.work_s: dict[str, float] = {}  # queued work per model, seconds at speed 1 (summed when first asked)
         self.placed_work_s: dict[str, float] = {}  # ... of it placed in this call
         self.holders: dict[str, list[WorkerState]] = {}  # model -> workers holding it (not draining)
         self.holder_speed: dict[str, float] = {}  # model -> those workers' total speed x slots
-        self.arrival_rate: dict[str, float] = {}  # model -> recent work per second (recent_rate)
+        # (model, pixels, reference pixels, exclusions) -> (holders counted, their speed x slots); see holders_backlog_s
+        self.holder_speed_for: dict[tuple, tuple[int, float]] = {}
+        # model -> [recent work counted so far, the rest of its recent jobs] (recent_rate_below)
+        self.arrival_rate: dict[str, list] = {}
         self.taken: set = set()
-        self.no_target: set = set()  # (model, pixels, exclusions, patient) with no free worker; see runnable_later_job
+        # target_key() -> the oldest queued_at of a job of that shape no free worker takes now (see without_target)
+        self.no_target: dict[tuple, float] = {}
         self.placed: dict[str, int] = {}
         self.started_users: dict[int, int] = {}  # jobs assigned in this call, per user
         self.started_teams: dict[int, int] = {}  # ... per team
@@ -300,8 +422,8 @@ class _Placement:
 
     # ------------------------------------------------------------------ index
 
-    def index(self, jobs: Sequence[QueuedJob]) -> None:
-        """One pass over the queue (the only O(jobs) work in a decision).
+    def index(self, queue: JobQueue) -> None:
+        """Read the queue's per-model and per-user lanes (no work per job; see farm/scheduler/jobqueue.py).
 
         Whether a job can run anywhere depends only on its model and its
         pixel count, so each model gets one pixel limit (the largest image
@@ -309,32 +431,28 @@ class _Placement:
         its jobs unplaceable at once; a job too large for its model's limit is
         reported when it reaches the front of its user's queue.
         """
-        models: defaultdict[str, list[QueuedJob]] = defaultdict(list)
-        users: defaultdict[int, list[QueuedJob]] = defaultdict(list)
-        for job in jobs:
-            models[job.model_id].append(job)
-            users[job.user_id].append(job)
+        self.queue = queue
         workers = list(self.workers.values())
         by_family = _workers_by_family(workers)
         limits: dict[tuple, int] = {}
-        refused: set = set()
-        for model_id, model_jobs in models.items():
-            first = model_jobs[0]
+        for model_id, lane in queue.models.items():
+            first = lane.first()
             family_workers, restricted = by_family.get(first.family, ((), False))
             # Without per-model serving lists, the limit depends on size alone.
-            key = (first.family, first.model_gb, model_id if restricted else None)
+            key = (first.family, first.model_gb, first.needs_cuda, model_id if restricted else None)
             limit = limits.get(key)
             if limit is None:
                 limit = limits[key] = _largest_runnable_pixels(first, family_workers)
             self.pixel_limits[model_id] = limit
             if limit == 0:
-                reason = _why_unrunnable(model_jobs[0], workers) or "no worker can run it"
-                for job in model_jobs:
+                reason = _why_unrunnable(first, workers) or "no worker can run it"
+                for job in lane:
                     self.decisions.unplaceable[job.id] = reason
-                    refused.add(job.id)
+                    # Out of this call's way: the users' queues skip them.
+                    self.taken.add(job.id)
                 continue
-            self.by_model[model_id] = _Queue(model_jobs)
-            self.demand[model_id] = len(model_jobs)
+            self.by_model[model_id] = _Queue(lane)
+            self.demand[model_id] = lane.count
         for worker in workers:
             if worker.draining:
                 continue
@@ -342,16 +460,16 @@ class _Placement:
                 if model_id in self.by_model:
                     self.holders.setdefault(model_id, []).append(worker)
                     self.holder_speed[model_id] = self.holder_speed.get(model_id, 0.0) + worker.speed * worker.capacity
-        for user_id, user_jobs in users.items():
-            if refused:
-                user_jobs = [job for job in user_jobs if job.id not in refused]
-            if user_jobs:
-                self.by_user[user_id] = _Queue(user_jobs)
+        for user_id, lane in queue.users.items():
+            self.by_user[user_id] = _Queue(lane)
 
     def refuse_if_too_large(self, job: QueuedJob) -> bool:
-        if job.width * job.height <= self.pixel_limits[job.model_id]:
+        # The per-model pixel limit counts the render alone; a job with
+        # reference images (rare) is checked worker by worker with them.
+        why_not = _why_unrunnable(job, list(self.workers.values())) if job.reference_pixels else None
+        if job.width * job.height <= self.pixel_limits[job.model_id] and why_not is None:
             return False
-        self.decisions.unplaceable[job.id] = _why_unrunnable(job, list(self.workers.values())) or "no worker can run it"
+        self.decisions.unplaceable[job.id] = why_not or _why_unrunnable(job, list(self.workers.values())) or "no worker can run it"
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
         return True
@@ -377,6 +495,8 @@ class _Placement:
         klass = head.priority + math.floor(waited / CLASS_AGE_S)
         usage = share.usage_s + self.added_usage.get(user_id, 0.0)
         score = usage / max(share.weight, 1e-9) - AGE_WEIGHT * waited
+        if self.behind(user_id, head):
+            score -= AGE_WEIGHT * DEADLINE_BOOST_S
         team = self.team_shares.get(head.team_id) if head.team_id is not None else None
         if team is not None:
             # Members share their team's weight: a big team's many users do
@@ -384,6 +504,44 @@ class _Placement:
             team_usage = team.usage_s + self.added_team_usage.get(head.team_id, 0.0)
             score += team_usage / max(team.weight, 1e-9)
         return (-klass, score, head.queued_at)
+
+    def slots_needed(self, job: QueuedJob) -> float:
+        """Render slots the job's campaign (or the job alone) needs from now on to meet its deadline; 0: none.
+
+        Its queued work over the time left, at the mean speed of a slot that
+        could run it; infinite once the deadline has passed or when nothing
+        can run it.
+        """
+        if job.deadline is None:
+            return 0.0
+        known = self.needs.get(job.id)
+        if known is None:
+            key = (job.model_id, job.pixels, job.excluded_workers)
+            speed = self.slot_speed.get(key)
+            if speed is None:
+                speed = self.slot_speed[key] = mean_slot_speed(job, self.workers.values())
+            work = self.campaign_work_s.get(job.campaign_id, job.est_seconds) if job.campaign_id is not None \
+                else job.est_seconds
+            left = job.deadline - self.now
+            slots = self.slot_count.get(key)
+            if slots is None:
+                slots = self.slot_count[key] = sum(w.capacity for w in self.workers.values()
+                                                   if not w.draining and _can_run_here(job, w))
+            if left <= 0 or speed <= 0:
+                known = math.inf
+            elif left - work / (speed * slots) > DEADLINE_HORIZON_S:
+                known = 0.0  # time enough even at the last moment: no boost yet
+            else:
+                known = work / (left * speed)
+            self.needs[job.id] = known
+        return known
+
+    def behind(self, user_id: int, head: QueuedJob) -> bool:
+        """Whether the user runs fewer jobs than its head job's deadline needs (DEADLINE_MARGIN to spare)."""
+        if head.deadline is None:
+            return False
+        running = self.shares.get(user_id, _DEFAULT_SHARE).running + self.started_users.get(user_id, 0)
+        return running < DEADLINE_MARGIN * self.slots_needed(head)
 
     def ranked_users(self) -> list[tuple[tuple, int]]:
         """A heap of (rank, user); only the served user's rank changes per slot."""
@@ -398,19 +556,21 @@ class _Placement:
     # ------------------------------------------------------------------ placing
 
     def free_workers(self) -> list[WorkerState]:
-        return [self.workers[wid] for wid, slots in self.slots.items() if slots > 0]
+        return list(self.free.values())
 
     def plan(self, worker: WorkerState, job: QueuedJob) -> tuple[float, tuple[str, ...]] | None:
         """What running ``job`` on ``worker`` costs now: (seconds, models to evict), or None if it cannot fit.
 
         The cost is the load time (nothing if the worker holds the model) plus
-        the loss of each evicted model: its load time times the jobs waiting
-        for it. Even a held model needs room for the job's working memory.
+        the loss of each evicted model: its load time back (from the host tier
+        when the worker has room there) times the jobs waiting for it. A model
+        the worker keeps in host memory loads at its host-to-GPU rate. Even a
+        held model needs room for the job's working memory.
         """
         held = self.held[worker.id]
         holds = job.model_id in held
-        need = (0.0 if holds else job.model_gb) + working_memory_gb(job.width, job.height, job.family) - self.free_gb[worker.id]
-        cost = 0.0 if holds else job.model_gb / worker.load_gbps
+        need = (0.0 if holds else job.model_gb) + job.working_gb - self.free_gb[worker.id]
+        cost = 0.0 if holds else worker.load_s(job.model_id, job.model_gb)
         if need <= 1e-9:
             return cost, ()
         order = list(held)
@@ -422,7 +582,7 @@ class _Placement:
         plan = []
         for model_id in candidates:
             plan.append(model_id)
-            cost += self.waiting(model_id) * held[model_id] / worker.load_gbps
+            cost += self.waiting(model_id) * worker.reload_s(held[model_id])
             need -= held[model_id]
             if need <= 1e-9:
                 return cost, tuple(plan)
@@ -448,6 +608,8 @@ class _Placement:
             self.holders.setdefault(job.model_id, []).append(worker)
             self.holder_speed[job.model_id] = self.holder_speed.get(job.model_id, 0.0) + worker.speed * worker.capacity
         self.slots[worker.id] -= 1
+        if not self.slots[worker.id]:
+            del self.free[worker.id]
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
         self.placed_work_s[job.model_id] = self.placed_work_s.get(job.model_id, 0.0) + job.est_seconds
@@ -491,10 +653,12 @@ class _Placement:
         return best
 
     def unplaced_work_s(self, model_id: str) -> float:
-        work = self.work_s.get(model_id)
-        if work is None:
-            work = self.work_s[model_id] = sum(map(_EST_SECONDS, self.by_model[model_id].jobs))
-        return work - self.placed_work_s.get(model_id, 0.0)
+        return self.queue.models[model_id].work_s - self.placed_work_s.get(model_id, 0.0)
+
+    def model_backlog_s(self, model_id: str) -> float:
+        """Seconds all of a model's holders need for its unplaced queued work (the queue keeps its sum); a
+        model nobody holds needs practically forever."""
+        return self.unplaced_work_s(model_id) / max(self.holder_speed.get(model_id, 0.0), 1e-9)
 
     def holders_backlog_s(self, job: QueuedJob) -> tuple[float, float]:
         """(B, H): the seconds the job's model's holders need for its queued work, and their total speed.
@@ -502,7 +666,16 @@ class _Placement:
         Only holders that could take this very job count (size, exclusions);
         with none, B is infinite.
         """
-        holders = sum(w.speed * w.capacity for w in self.holders.get(job.model_id, ()) if _can_run_here(job, w))
+        # Which holders can take a job depends on its model, size (with its
+        # references) and exclusions only, and a call only adds holders: each shape's sum is
+        # kept and extended by the holders added since (else this is
+        # free workers x holders per job on a deep queue).
+        members = self.holders.get(job.model_id, ())
+        key = (job.model_id, job.pixels, job.reference_pixels, job.excluded_workers)
+        counted, holders = self.holder_speed_for.get(key, (0, 0.0))
+        if counted < len(members):
+            holders += sum(w.speed * w.capacity for w in members[counted:] if _can_run_here(job, w))
+            self.holder_speed_for[key] = (len(members), holders)
         if holders <= 0:
             return math.inf, 0.0
         return self.unplaced_work_s(job.model_id) / holders, holders
@@ -521,7 +694,7 @@ class _Placement:
         if not self.copy_allowed(worker.id, job.model_id):
             return True
         left = 1.0 - (self.now - job.queued_at) / patience_s(job)
-        if left <= 0:
+        if left <= 0 or self.behind(job.user_id, job):
             return False
         if evicts and self.holders.get(job.model_id):
             return True
@@ -530,21 +703,29 @@ class _Placement:
             return True
         if _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left:
             return True
-        return backlog < BURST_BACKLOG_S * left and self.recent_rate(job.model_id) < COPY_DEMAND_SHARE * holders
+        return backlog < BURST_BACKLOG_S * left and self.recent_rate_below(job.model_id, COPY_DEMAND_SHARE * holders)
 
-    def recent_rate(self, model_id: str) -> float:
-        """Speed-1 seconds of work per second that arrived for a model in the last COPY_RATE_WINDOW_S.
+    def recent_rate_below(self, model_id: str, rate: float) -> bool:
+        """Whether the speed-1 seconds of work per second that arrived for a model in the last COPY_RATE_WINDOW_S stay below ``rate``.
 
         Counted from the queue, so it misses jobs already placed: a lower
         bound, exact while the model is backlogged, which is when the copy
-        rule asks.
+        rule asks. The newest jobs are read first and the count stops as
+        soon as it reaches ``rate`` (kept for the next question), so a deep
+        queue of recent arrivals costs a few jobs, not all of them.
         """
-        rate = self.arrival_rate.get(model_id)
-        if rate is None:
-            since = self.now - COPY_RATE_WINDOW_S
-            work = sum(job.est_seconds for job in self.by_model[model_id].jobs if job.queued_at >= since)
-            rate = self.arrival_rate[model_id] = work / COPY_RATE_WINDOW_S
-        return rate
+        seen = self.arrival_rate.get(model_id)
+        if seen is None:
+            lane = self.queue.models[model_id]
+            seen = self.arrival_rate[model_id] = [0.0, lane.newer_than(self.now - COPY_RATE_WINDOW_S)]
+        wanted = rate * COPY_RATE_WINDOW_S
+        while seen[0] < wanted and seen[1] is not None:
+            job = next(seen[1], None)
+            if job is None:
+                seen[1] = None
+            else:
+                seen[0] += job.est_seconds
+        return seen[0] < wanted
 
     def copy_allowed(self, worker_id: str, model_id: str) -> bool:
         """Whether the snapshot's copy plan, if any, lets ``worker_id`` load another copy of a model others hold."""
@@ -577,23 +758,43 @@ class _Placement:
         """A later job of this user that a free worker can take, when the oldest cannot."""
         queue = self.by_user[user_id]
         looked = 0
-        for i in range(queue.cursor, len(queue.jobs)):
+        i = queue.cursor
+        while queue.has(i):
             job = queue.jobs[i]
+            i += 1
             if job.id in self.taken:
                 continue
             looked += 1
             if looked > lookahead:
                 return None
-            # Whether a job has a target depends only on these, until the
-            # next assignment changes the workers (which clears the memo).
-            key = (job.model_id, job.pixels, job.excluded_workers, job.queued_at >= self.now - patience_s(job))
-            if key in self.no_target:
+            if self.known_without_target(job):
                 continue
             target = self.holder_for(job) or self.cheapest_worker(job)
             if target is not None:
                 return job, target[0], target[1]
-            self.no_target.add(key)
+            self.note_without_target(job)
         return None
+
+    def target_key(self, job: QueuedJob) -> tuple:
+        """What besides its age decides whether a free worker takes ``job`` now, until the next assignment
+        changes the workers (which clears ``no_target``): its model, size, exclusions and deadline lift."""
+        return (job.model_id, job.pixels, job.reference_pixels, job.excluded_workers, self.behind(job.user_id, job))
+
+    def known_without_target(self, job: QueuedJob) -> bool:
+        """Whether no free worker takes ``job``, known from a job of its shape at least as old.
+
+        Exact, not a guess: a younger job of the same shape (model, so the
+        same patience) has more patience left, and the copy rule's thresholds
+        only grow with it (should_wait_for_holder): it waits wherever the
+        older one waited. Users' heads are mostly alike; without this a call
+        prices every free worker once per user.
+        """
+        oldest = self.no_target.get(self.target_key(job))
+        return oldest is not None and job.queued_at >= oldest
+
+    def note_without_target(self, job: QueuedJob) -> None:
+        key = self.target_key(job)
+        self.no_target[key] = min(self.no_target.get(key, math.inf), job.queued_at)
 
     def rebalance(self) -> None:
         """A free worker whose own models' queues are short takes a copy of a model whose holders are swamped.
@@ -607,35 +808,19 @@ class _Placement:
         plus REBALANCE_MARGIN_S, the copy gains REPLICATE_GAIN_S net of its
         load, and it fits without evicting anything.
         """
-        rough: dict[str, float] = {}  # model -> its queued work, estimated
-
-        def backlog_s(model_id: str) -> float:
-            """Seconds the model's holders (all of them) need for its queue, roughly.
-
-            Summing every queued job of every model would cost more than the
-            rest of a decision, so the waiting count is multiplied by the
-            mean size of the next few jobs.
-            """
-            speed = self.holder_speed.get(model_id, 0.0)
-            if speed <= 0:
-                return math.inf
-            work = rough.get(model_id)
-            if work is None:
-                queue = self.by_model[model_id]
-                queue.head(self.taken)
-                sample = queue.jobs[queue.cursor:queue.cursor + REBALANCE_SAMPLE]
-                work = rough[model_id] = self.waiting(model_id) * sum(map(_EST_SECONDS, sample)) / max(len(sample), 1)
-            return work / speed
-
+        ranked = None  # every held model by backlog, longest first; only an assignment changes it
         for worker in self.free_workers():
             held = [m for m in self.held[worker.id] if m in self.by_model and self.by_model[m].head(self.taken) is not None]
             if not held:
                 continue  # nothing of its own to leave: the copy rule in cheapest_worker decides
-            need = REBALANCE_FACTOR * max(map(backlog_s, held)) + REBALANCE_MARGIN_S
-            candidates = sorted(((backlog_s(m), m) for m in self.holders if m not in self.held[worker.id]), reverse=True)
-            for backlog, model_id in candidates:
+            need = REBALANCE_FACTOR * max(map(self.model_backlog_s, held)) + REBALANCE_MARGIN_S
+            if ranked is None:
+                ranked = sorted(((self.model_backlog_s(m), m) for m in self.holders), reverse=True)
+            for backlog, model_id in ranked:
                 if backlog < need:
                     break
+                if model_id in self.held[worker.id]:
+                    continue
                 job = self.by_model[model_id].first_runnable_on(worker, self.taken, self.at_quota)
                 if job is None or not _can_run_here(job, worker) or not self.copy_allowed(worker.id, model_id):
                     continue
@@ -645,7 +830,7 @@ class _Placement:
                 if priced is None or priced[1]:
                     continue
                 self.assign(job, worker, ())
-                rough.pop(model_id, None)  # one job fewer waiting for it
+                ranked = None
                 break
 
     def at_quota(self, job: QueuedJob) -> bool:
@@ -661,10 +846,85 @@ class _Placement:
         return team is not None and team.max_running is not None \
             and team.running + self.started_teams.get(job.team_id, 0) >= team.max_running
 
+    def deep_queue(self) -> tuple[float, float] | None:
+        """(queued work, total speed) when the farm's queued work needs at least DEEP_QUEUE_S of all its GPUs."""
+        speed = sum(w.speed * w.capacity for w in self.workers.values() if not w.draining)
+        work = sum(self.unplaced_work_s(m) for m in self.by_model)
+        if speed <= 0 or work / speed < DEEP_QUEUE_S:
+            return None
+        return work, speed
+
+    def serve_scarce_work(self) -> None:
+        """On a deep queue, a free worker that can run work few others can (FLUX on the big cards) takes it first.
+
+        The makespan of a deep queue is bounded by each eligibility class's
+        work over its speed (simulator.makespan_lower_bound_s): when the work
+        only a class of workers can run needs them longer than the whole
+        queue needs the whole farm (SCARCE_FACTOR), every job those workers
+        take that others could run (an SDXL image on a FLUX card) pushes the
+        end of the queue back. So such a worker takes a job of the scarce
+        work first: one of a model it holds, else of the scarce model whose
+        holders are furthest behind, evicting nothing anybody waits for.
+        """
+        free = [w for w in self.free.values() if not w.draining]
+        if not free:
+            return
+        deep = self.deep_queue()
+        if deep is None or deep[0] / deep[1] < SCARCE_QUEUE_S:
+            return
+        work, speed = deep
+        # Workers that can run the same jobs are alike: group them by what _can_run_here reads.
+        kinds: dict[tuple, list[WorkerState]] = {}
+        for worker in self.workers.values():
+            if not worker.draining:
+                kinds.setdefault((worker.families, worker.serves_models, worker.cuda, worker.max_pixels,
+                                  worker.vram_total_gb), []).append(worker)
+        classes: dict[frozenset, list] = {}  # kinds that can run a model -> [work, models]
+        for model_id, queue in self.by_model.items():
+            first = queue.head(self.taken)
+            if first is None:
+                continue
+            able = frozenset(kind for kind, members in kinds.items() if _can_run_here(first, members[0]))
+            entry = classes.setdefault(able, [0.0, []])
+            entry[0] += self.unplaced_work_s(model_id)
+            entry[1].append(model_id)
+        scarce: dict[str, float] = {}  # model -> its class's backlog
+        for able, (class_work, models) in classes.items():
+            class_speed = sum(w.speed * w.capacity for kind in able for w in kinds[kind])
+            if 0 < class_speed < speed and class_work / class_speed > SCARCE_FACTOR * work / speed:
+                for model_id in models:
+                    scarce[model_id] = class_work / class_speed
+        if not scarce:
+            return
+        for worker in free:
+            if self.slots.get(worker.id, 0) <= 0:
+                continue
+            held = [m for m in self.held[worker.id] if m in scarce]
+            ranked = held + sorted((m for m in scarce if m not in held),
+                                   key=lambda m: -self.model_backlog_s(m))
+            for model_id in ranked:
+                job = self.next_job_for(model_id, worker)
+                if job is not None and self.assign_sparing_waited(job, worker):
+                    break
+
+    def next_job_for(self, model_id: str, worker: WorkerState) -> QueuedJob | None:
+        """The oldest queued job of a model that ``worker`` can run and its owner may start."""
+        job = self.by_model[model_id].first_runnable_on(worker, self.taken, self.at_quota)
+        return job if job is not None and _can_run_here(job, worker) else None
+
+    def assign_sparing_waited(self, job: QueuedJob, worker: WorkerState) -> bool:
+        """Assign ``job`` to ``worker`` unless that evicts a model somebody waits for; whether it did."""
+        priced = self.plan(worker, job)
+        if priced is None or any(self.waiting(m) > 0 for m in priced[1]):
+            return False
+        self.assign(job, worker, priced[1])
+        return True
+
     def run(self) -> None:
         self.rebalance()
+        self.serve_scarce_work()
         heap = self.ranked_users()
-        while heap and any(slots > 0 for slots in self.slots.values()):
+        while heap and self.free:
             _, user_id = heapq.heappop(heap)
             job = self.by_user[user_id].head(self.taken)
             if job is None:
@@ -675,7 +935,7 @@ class _Placement:
                 self._requeue_user(heap, user_id)
                 continue
             target = self.holder_for(job)
-            if target is None and self.now - job.queued_at < patience_s(job):
+            if target is None and self.now - job.queued_at < patience_s(job) and not self.behind(user_id, job):
                 pair = self.affinity_pair()
                 if pair is not None:
                     self.assign(*pair)
@@ -683,8 +943,10 @@ class _Placement:
                     heapq.heappush(heap, (self.user_rank(user_id, job), user_id))
                     self._rerank(heap, pair[0].user_id, skip=user_id)
                     continue
-            if target is None:
+            if target is None and not self.known_without_target(job):
                 target = self.cheapest_worker(job)
+                if target is None:
+                    self.note_without_target(job)
             if target is None:
                 # Nothing free can take this user's oldest job now; a later
                 # job of theirs may fit (no head-of-line blocking).
@@ -694,7 +956,41 @@ class _Placement:
                 job, target = later[0], later[1:]
             self.assign(job, target[0], target[1])
             self._requeue_user(heap, user_id)
+        self.fill_idle()
         self.preload_idle()
+
+    def fill_idle(self) -> None:
+        """On a deep queue, an idle worker that fair share left without work takes a copy of the most behind model.
+
+        The copy rule weighs a copy against its one model's queue, which is
+        right while the holders' backlog is short or the farm has room: the
+        holders drain it and the load is saved. When every GPU has work for
+        minutes to come (the farm's queued work over its speed is at least
+        DEEP_QUEUE_S, as when a large campaign or many arrive at once), an
+        idle GPU left waiting stays idle until the end, and the whole queue
+        ends later by what it could have rendered. So such a worker takes
+        the model whose holders need longest for their queue, when it would
+        render at least IDLE_COPY_LOADS times its load time of that model's
+        work before the holders and it drain it, without evicting anything
+        somebody waits for.
+        """
+        idle = [w for w in self.free.values() if w.busy == 0 and self.slots[w.id] == w.capacity]
+        if not idle or self.deep_queue() is None:
+            return
+        for worker in idle:
+            own = worker.speed * worker.capacity
+            ranked = sorted(((self.model_backlog_s(m), m)
+                             for m in self.by_model if self.waiting(m) > 0 and m not in self.held[worker.id]),
+                            reverse=True)
+            for backlog, model_id in ranked:
+                job = self.next_job_for(model_id, worker)
+                if job is None or not self.copy_allowed(worker.id, model_id):
+                    continue
+                holders = self.holder_speed.get(model_id, 0.0)
+                # Work it takes over while it and the holders drain the queue together.
+                share = backlog * holders / (holders + own) * own if holders > 0 else self.unplaced_work_s(model_id)
+                if share >= IDLE_COPY_LOADS * job.model_gb / worker.load_gbps and self.assign_sparing_waited(job, worker):
+                    break
 
     def _requeue_user(self, heap, user_id: int) -> None:
         head = self.by_user[user_id].head(self.taken)
@@ -743,7 +1039,6 @@ class _Placement:
 
 
 _UNKNOWN = object()
-_EST_SECONDS = operator.attrgetter("est_seconds")
 _DEFAULT_SHARE = Share()
 
 
@@ -755,26 +1050,28 @@ def _copy_gain_s(backlog_s: float, holders_speed: float, job: QueuedJob, worker:
     if holders_speed <= 0:
         return math.inf
     speed = worker.speed * worker.capacity
-    return backlog_s * speed / (holders_speed + speed) - job.model_gb / worker.load_gbps
+    return backlog_s * speed / (holders_speed + speed) - worker.load_s(job.model_id, job.model_gb)
 
 
 def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
+    # The hottest test of a call (jobs x free workers): WorkerState.takes_device_of and QueuedJob.pixels inlined.
     return (
-        worker.id not in job.excluded_workers
-        and job.family in worker.families
+        job.family in worker.families
+        and worker.id not in job.excluded_workers
         and (worker.serves_models is None or job.model_id in worker.serves_models)
-        and job.pixels <= worker.max_pixels
-        and job.model_gb + working_memory_gb(job.width, job.height, job.family) <= worker.vram_total_gb
+        and (worker.cuda or not job.needs_cuda)
+        and job.width * job.height <= worker.max_pixels
+        and job.model_gb + job.working_gb <= worker.vram_total_gb
     )
 
 
 def _workers_by_family(workers: Sequence[WorkerState]) -> dict[str, tuple[list[tuple], bool]]:
-    """family -> ([(vram_total_gb, max_pixels, serves_models)], whether any serves only some models)."""
+    """family -> ([(vram_total_gb, max_pixels, serves_models, cuda)], whether any serves only some models)."""
     groups: dict[str, tuple[list[tuple], bool]] = {}
     for worker in workers:
         for family in worker.families:
             members, restricted = groups.get(family, ([], False))
-            members.append((worker.vram_total_gb, worker.max_pixels, worker.serves_models))
+            members.append((worker.vram_total_gb, worker.max_pixels, worker.serves_models, worker.cuda))
             groups[family] = (members, restricted or worker.serves_models is not None)
     return groups
 
@@ -784,8 +1081,10 @@ def _largest_runnable_pixels(job: QueuedJob, family_workers: Sequence[tuple]) ->
     best = 0
     model_id, model_gb = job.model_id, job.model_gb
     base_gb, gb_per_megapixel = _working_coefficients(job.family)
-    for vram_total_gb, max_pixels, serves in family_workers:
+    for vram_total_gb, max_pixels, serves, cuda in family_workers:
         if serves is not None and model_id not in serves:
+            continue
+        if job.needs_cuda and not cuda:
             continue
         room_gb = vram_total_gb - model_gb - base_gb
         if room_gb < 0:
@@ -812,7 +1111,7 @@ def _why_unrunnable(job: QueuedJob, workers: Sequence[WorkerState], prefix: str 
 
 def place(snapshot: Snapshot) -> Decisions:
     placement = _Placement(snapshot)
-    placement.index(snapshot.jobs)
+    placement.index(as_job_queue(snapshot.jobs))
     if placement.slots:
         placement.run()
     return placement.decisions

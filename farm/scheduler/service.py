@@ -11,35 +11,47 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import case, delete, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from farm import logs, metrics, states
 from farm.context import FarmContext
 from farm.costs import estimate_render_s
 from farm.db import classify_database_error, describe_database_error
-from farm.models import Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, Team, User, Worker, utcnow
+from farm.models import (Campaign, CampaignStatus, Job, JobStatus, ModelEntry, Quota, QueueForecast, Team, User, Worker,
+                         utcnow)
 from farm.scheduler import gauges
-from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState, place
-from farm.families import refiner_names
+from farm.scheduler.forecast import forecast
+from farm.scheduler.jobqueue import as_job_queue
+from farm.scheduler.livequeue import LiveQueue, SyncReport
+from farm.services import webhooks
+from farm.scheduler.policy import Decisions, Share, Snapshot, WorkerState, place
+from farm.scheduler.preemption import CLASS_GAP, RunningJob, choose_preemptions, job_resumable
 
 logger = logging.getLogger(__name__)
 
 # pg_advisory_lock key: "farm" in ASCII.
 LEADER_LOCK_KEY = 0x6661726D
-MAX_JOBS_PER_SNAPSHOT = 5000
 
 
 # Recent GPU use decays: full weight for 5 minutes, half to 15, a fifth to 30.
 USAGE_BANDS_S = ((300, 1.0), (900, 0.5), (1800, 0.2))
 PRELOAD_TIMEOUT_S = 600.0
 SHARES_TTL_S = 1.0
+# The queue forecast (positions, predicted starts, campaigns at risk) is
+# written after a pass no more often than this: it costs a play of the whole
+# snapshot onto the slots (docs/benchmarks.md).
+FORECAST_EVERY_S = 2.0
+# ... of at most this many jobs at the head of the queue (about 75 ms a play
+# at 5,000, docs/benchmarks.md); a job behind them shows no position.
+FORECAST_MAX_JOBS = 5000
 # With nothing queued a pass reads no more than the queue; the worker and
 # placed-job gauges are then refreshed from a full snapshot read this often.
 GAUGES_EVERY_S = 1.0
@@ -79,6 +91,9 @@ class Leadership:
         self._connection = None
         # Whether the last acquire() reached the database (leader or not).
         self.reached_database = True
+        # Counts the times this process took the lock: another scheduler may
+        # have placed work in between (the kept queue is read afresh).
+        self.term = 0
 
     def acquire(self) -> bool:
         if not self.ctx.db.is_postgres:
@@ -104,12 +119,20 @@ class Leadership:
             return False
         logger.info("this scheduler is now the leader")
         self._connection = connection
+        self.term += 1
         return True
 
     def release(self) -> None:
         if self._connection is not None:
-            # Closing would return the connection, lock and all, to the pool:
-            # drop the DBAPI connection instead, which ends the lock with it.
+            # Unlocked first, so that the lock is free when this returns (a
+            # dropped connection's server process lets it go a little later:
+            # a standby asking at once was refused). Closing would return the
+            # connection to the pool: drop the DBAPI connection instead, which
+            # also ends the lock if the unlock did not reach the server.
+            try:
+                self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK_KEY})
+            except Exception:  # the connection may already be dead
+                pass
             try:
                 self._connection.invalidate()
                 self._connection.close()
@@ -129,6 +152,7 @@ class PassReport:
     assigned: int = 0
     dispatched: int = 0
     unplaceable: int = 0
+    preempted: int = 0  # running renders asked to stop for a waiting job of a higher class
 
 
 class Scheduler:
@@ -152,6 +176,11 @@ class Scheduler:
         self._shares_cache: tuple[float, dict[int, Share], dict[int, Share]] | None = None
         self._gauges_due = float("-inf")
         self._offline_workers = 0  # counted when the gauges are due
+        self._forecast_due = float("-inf")
+        # The whole queue, kept across passes and read by its changes (farm/scheduler/livequeue.py).
+        self.live = LiveQueue()
+        self.last_sync: SyncReport | None = None
+        self._term = 0  # the leadership term the kept queue was read in
         metrics.register_component("scheduler")
         # time.monotonic() of the loop's latest turn (None before run()): /healthz/live.
         self.last_tick: float | None = None
@@ -203,7 +232,8 @@ class Scheduler:
                 with metrics.SCHEDULER_PASS_SECONDS.time():
                     self.run_pass()
             except Exception as exc:
-                # The next pass is the retry: a pass reads everything afresh.
+                # The next pass is the retry, reading the whole queue afresh.
+                self.live.invalidate()
                 if classify_database_error(exc) is None:
                     logger.exception("scheduler pass failed")
                 else:
@@ -215,6 +245,10 @@ class Scheduler:
 
     def run_pass(self) -> PassReport:
         report = PassReport()
+        if self.leadership.term != self._term:
+            # Newly the leader: another scheduler may have placed work meanwhile.
+            self._term = self.leadership.term
+            self.live.invalidate()
         if time.monotonic() - self._last_reap >= self.reap_every_s:
             self.reap(report)
             self._last_reap = time.monotonic()
@@ -223,22 +257,18 @@ class Scheduler:
             return report
         with metrics.SCHEDULER_DECISION_SECONDS.time():
             decisions = self.policy(snapshot)
-        committed = []
-        campaigns = set()
         with self.ctx.db.transaction() as session:
-            for assignment in decisions.assignments:
-                with _job_log_context(assignment):
-                    try:
-                        # The assignment's UPDATE returns the job's campaign: no second query for it.
-                        campaign_id = states.assign_job(session, assignment.job_id, assignment.attempt, assignment.worker_id,
-                                                        self.ctx.settings.lease_s)
-                    except states.JobStateError as exc:
-                        logger.info("skipped an assignment: %s", exc)
-                        continue
-                committed.append(assignment)
-                if campaign_id is not None:
-                    campaigns.add(campaign_id)
+            # One UPDATE for the pass's assignments; it returns each job's campaign: no second query for it.
+            assigned, why_not = states.assign_jobs(
+                session, [(a.job_id, a.attempt, a.worker_id) for a in decisions.assignments], self.ctx.settings.lease_s)
             self._note_unplaceable(session, decisions)
+        committed = [a for a in decisions.assignments if a.job_id in assigned]
+        campaigns = {campaign_id for campaign_id in assigned.values() if campaign_id is not None}
+        # Not queued at that attempt any more: the kept queue was behind.
+        for assignment in decisions.assignments:
+            if assignment.job_id in why_not:
+                with _job_log_context(assignment):
+                    logger.info("skipped an assignment: %s", why_not[assignment.job_id])
         # The job's and its campaign's event streams show the assignment (and
         # the worker) now, not at their next safety-net read.
         for assignment in committed:
@@ -247,6 +277,8 @@ class Scheduler:
             self.ctx.events.campaign_changed(campaign_id)
         report.assigned = len(committed)
         report.unplaceable = len(decisions.unplaceable)
+        if self.ctx.settings.preemption and len(decisions.assignments) < len(snapshot.jobs):
+            report.preempted = self.preempt(snapshot, decisions)
         self._count_placements(snapshot, committed, decisions.preloads)
         for assignment in committed:
             with _job_log_context(assignment):
@@ -266,14 +298,102 @@ class Scheduler:
                 logger.warning("could not ask %s to preload %s: %s", preload.worker_id, preload.model_id, exc)
         if committed:
             logger.info("assigned %d job(s)", len(committed))
+        if time.monotonic() >= self._forecast_due:
+            self._forecast_due = time.monotonic() + FORECAST_EVERY_S
+            self.publish_forecast(snapshot, {a.job_id: a.worker_id for a in committed})
+        # Out of the kept queue now; a refused job that still waits comes back
+        # with its next change or the next full read.
+        for job_id in (*assigned, *why_not):
+            self.live.discard(job_id)
         return report
+
+    def preempt(self, snapshot: Snapshot, decisions: Decisions) -> int:
+        """Ask the running renders the preemption pass picks to stop at their
+        next step (farm/scheduler/preemption.py); their workers checkpoint
+        them and hand them back. Returns how many were asked."""
+        settings = self.ctx.settings
+        placed = {a.job_id for a in decisions.assignments}
+        # The highest class left waiting (queue order: the first job not placed).
+        top = next((job.priority for job in snapshot.jobs if job.id not in placed), None)
+        if top is None:
+            return 0
+        speeds = {w.id: w.speed or 1.0 for w in snapshot.workers}
+        with self.ctx.db.session() as session:
+            # Most passes end here: no running render is far enough below what waits.
+            below = session.execute(select(Job.id).where(Job.status == JobStatus.running.value,
+                                                         Job.priority <= top - CLASS_GAP).limit(1)).first()
+            if below is None:
+                return 0
+            rows = session.execute(
+                select(Job.id, Job.attempt, Job.worker_id, Job.model_id, Job.priority, Job.params, Job.width, Job.height,
+                       Job.steps, Job.num_images, Job.progress_step, Job.progress_total, Job.eta_s, Job.preemptions,
+                       Job.preempt_requested, ModelEntry.family)
+                .join(ModelEntry, ModelEntry.id == Job.model_id)
+                .where(Job.status == JobStatus.running.value)
+            ).all()
+        running = []
+        for r in rows:
+            # The worker's own ETA (measured on this render) where it has
+            # reported one; the reference estimate on its speed before that.
+            remaining_s = r.eta_s
+            if remaining_s is None:
+                work_s = estimate_render_s(r.family, r.width, r.height, r.steps, r.num_images) / speeds.get(r.worker_id, 1.0)
+                remaining_s = work_s * (1.0 - (r.progress_step / r.progress_total if r.progress_total else 0.0))
+            running.append(RunningJob(id=r.id, attempt=r.attempt, worker_id=r.worker_id, model_id=r.model_id,
+                                      priority=r.priority, remaining_s=remaining_s,
+                                      resumable=job_resumable(r.family, r.params), preemptions=r.preemptions,
+                                      stopping=r.preempt_requested))
+        chosen = choose_preemptions(snapshot, decisions, running, wait_s=settings.preempt_wait_s,
+                                    max_preemptions=settings.max_preemptions)
+        if not chosen:
+            return 0
+        asked = 0
+        with self.ctx.db.transaction() as session:
+            for preemption in chosen:
+                if states.request_preemption(session, preemption.job_id, preemption.attempt, settings.max_preemptions):
+                    asked += 1
+                    logger.info("asked job %s attempt %d on %s to stop at its next step for job %s", preemption.job_id,
+                                preemption.attempt, preemption.worker_id, preemption.for_job)
+        return asked
+
+    def publish_forecast(self, snapshot: Snapshot, placed: dict) -> None:
+        """Write each model's queue forecast and each deadline campaign's predicted finish (issue 23).
+
+        One row per model replaces the last pass's (GET /jobs/{id} reads one);
+        a campaign whose prediction passes its deadline turns at risk, and the
+        turn queues one campaign.at_risk webhook event.
+        """
+        # The first FORECAST_MAX_JOBS of the kept queue: a play costs in the jobs played.
+        jobs = list(itertools.islice(snapshot.jobs, FORECAST_MAX_JOBS + len(placed)))
+        result = forecast(dataclasses.replace(snapshot, jobs=jobs), placed)
+        now = dt.datetime.fromtimestamp(snapshot.now, dt.timezone.utc)
+        turned = []
+        with self.ctx.db.transaction() as session:
+            session.execute(delete(QueueForecast))
+            for model_id, model in result.models.items():
+                session.add(QueueForecast(model_id=model_id, computed_at=now, job_ids=[str(i) for i in model.job_ids],
+                                          positions=model.positions, starts_s=model.starts_s))
+            if result.campaign_finish_s:
+                campaigns = session.execute(
+                    select(Campaign).where(Campaign.id.in_(list(result.campaign_finish_s)), Campaign.deadline.is_not(None),
+                                           Campaign.status == CampaignStatus.active.value)).scalars().all()
+                for campaign in campaigns:
+                    finish = now + dt.timedelta(seconds=result.campaign_finish_s[campaign.id])
+                    at_risk = finish > campaign.deadline
+                    if at_risk and not campaign.at_risk:
+                        turned.append(campaign.id)
+                        webhooks.queue_at_risk_event(session, campaign)
+                    campaign.predicted_finish_at, campaign.at_risk = finish, at_risk
+        for campaign_id in turned:
+            logger.warning("campaign %s is at risk of missing its deadline", campaign_id)
+            self.ctx.events.campaign_changed(campaign_id)
 
     @staticmethod
     def _count_placements(snapshot: Snapshot, committed: list, preloads: list) -> None:
         """Assignments and queue waits by model, and the models evicted to make room."""
-        jobs = {job.id: job for job in snapshot.jobs}
+        jobs = as_job_queue(snapshot.jobs)  # the kept queue itself: no walk of it
         for assignment in committed:
-            job = jobs[assignment.job_id]
+            job = jobs.get(assignment.job_id)
             metrics.SCHEDULER_ASSIGNMENTS.labels(model=job.model_id).inc()
             metrics.QUEUE_WAIT_SECONDS.labels(model=job.model_id).observe(max(0.0, snapshot.now - job.queued_at))
         for placed in (*committed, *preloads):
@@ -300,7 +420,7 @@ class Scheduler:
                 select(Worker.id).where(Worker.state != "offline", Worker.last_heartbeat_at < silent_since)
             ).scalars().all()
             if lost:
-                session.execute(update(Worker).where(Worker.id.in_(lost)).values(state="offline", loaded_models=[], updated_at=now))
+                session.execute(update(Worker).where(Worker.id.in_(lost)).values(state="offline", loaded_models=[], host_models=[], updated_at=now))
                 report.lost_workers = list(lost)
                 logger.warning("workers lost (no heartbeat for %.0fs): %s", settings.heartbeat_timeout_s, ", ".join(lost))
             stranded = session.execute(
@@ -332,22 +452,12 @@ class Scheduler:
         now = utcnow()
         fresh_since = now - dt.timedelta(seconds=settings.heartbeat_timeout_s)
         with self.ctx.db.session() as session:
-            rows = session.execute(
-                select(Job.id, Job.attempt, Job.user_id, Job.model_id, Job.width, Job.height, Job.steps, Job.priority,
-                       Job.created_at, Job.excluded_workers, ModelEntry.family, ModelEntry.vram_gb, User.team_id, User.role,
-                       Job.params["refiner"]["model"].as_string().label("refiner_id"))
-                .join(ModelEntry, ModelEntry.id == Job.model_id)
-                .join(User, User.id == Job.user_id)
-                .outerjoin(Campaign, Campaign.id == Job.campaign_id)
-                .where(Job.status == JobStatus.queued.value,
-                       or_(Job.campaign_id.is_(None), Campaign.status != CampaignStatus.paused.value))
-                .order_by(Job.priority.desc(), Job.created_at)
-                .limit(MAX_JOBS_PER_SNAPSHOT)
-            ).all()
+            self.last_sync = self.live.sync(session, now)
+            queue = self.live.queue
             # Most wake-ups after a completion find nothing to place: they
             # read no more, unless the gauges are due.
-            if not rows and time.monotonic() < self._gauges_due:
-                gauges.publish_queue(rows)
+            if not queue and time.monotonic() < self._gauges_due:
+                gauges.publish_queue(self.live.depth)
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
             # Every live worker: the placeable ones are picked below, the
             # others are counted by state for the gauges. Offline rows pile up
@@ -356,7 +466,8 @@ class Scheduler:
             every_worker = session.execute(
                 select(Worker.id, Worker.queue, Worker.families, Worker.max_pixels, Worker.vram_total_gb,
                        Worker.vram_free_gb, Worker.loaded_models, Worker.serves_models, Worker.capacity, Worker.draining,
-                       Worker.speed, Worker.load_gbps, Worker.state, Worker.last_heartbeat_at)
+                       Worker.speed, Worker.load_gbps, Worker.host_models, Worker.h2d_gbps, Worker.ram_cache_gb,
+                       Worker.state, Worker.last_heartbeat_at, Worker.device)
                 .where(Worker.state != "offline")
             ).all()
             if time.monotonic() >= self._gauges_due:
@@ -367,32 +478,19 @@ class Scheduler:
                 .join(User, User.id == Job.user_id)
                 .where(Job.status.in_([JobStatus.assigned.value, JobStatus.running.value]))
             ).all()
-            gauges.publish_snapshot(rows, every_worker, active, now, self._offline_workers)
+            gauges.publish_snapshot(self.live.depth, every_worker, active, now, self._offline_workers)
             self._gauges_due = time.monotonic() + GAUGES_EVERY_S
-            if not rows:
+            if not queue:
                 return Snapshot(jobs=[], workers=[], now=now.timestamp()), {}
             # Stopping and unhealthy workers are alive but take no work.
             workers = [w for w in every_worker if w.state == "online" and w.last_heartbeat_at >= fresh_since]
-            # A job with an SDXL refiner needs room for both models.
-            refiner_gb = dict(session.execute(select(ModelEntry.id, ModelEntry.vram_gb)
-                                              .where(ModelEntry.family.in_(refiner_names()))).all())
-            shares, team_shares = self._shares(session, {r.user_id for r in rows},
-                                               {r.team_id for r in rows if r.team_id is not None}, active, now)
+            shares, team_shares = self._shares(session, set(queue.users), set(self.live.teams), active, now)
+            campaign_work = self._campaign_work(session, set(self.live.deadline_campaigns))
         in_use: dict[str, set[str]] = {}
         busy_by_worker: dict[str, int] = {}
         for row in active:
             in_use.setdefault(row.worker_id, set()).add(row.model_id)
             busy_by_worker[row.worker_id] = busy_by_worker.get(row.worker_id, 0) + 1
-        jobs = [
-            QueuedJob(
-                id=r.id, attempt=r.attempt, user_id=r.user_id, model_id=r.model_id, family=r.family,
-                model_gb=r.vram_gb + (refiner_gb.get(r.refiner_id, 0.0) if r.refiner_id else 0.0),
-                width=r.width, height=r.height, priority=r.priority, queued_at=r.created_at.timestamp(),
-                excluded_workers=frozenset(r.excluded_workers or ()), team_id=r.team_id,
-                est_seconds=estimate_render_s(r.family, r.width, r.height, r.steps),
-            )
-            for r in rows
-        ]
         views = []
         for w in workers:
             loaded = {m["id"]: m["vram_gb"] for m in w.loaded_models}
@@ -404,10 +502,33 @@ class Scheduler:
                 vram_free_gb=w.vram_free_gb, loaded_models=loaded,
                 serves_models=frozenset(w.serves_models) if w.serves_models is not None else None,
                 busy=busy, capacity=w.capacity, draining=w.draining, speed=w.speed, load_gbps=w.load_gbps,
-                in_use=frozenset(in_use.get(w.id, ())),
+                host_models=frozenset(m["id"] for m in w.host_models), h2d_gbps=w.h2d_gbps, ram_cache_gb=w.ram_cache_gb,
+                in_use=frozenset(in_use.get(w.id, ())), cuda=w.device == "cuda",
             ))
-        snapshot = Snapshot(jobs=jobs, workers=views, now=now.timestamp(), shares=shares, team_shares=team_shares)
+        # The kept queue itself: the policy never changes it (farm/scheduler/jobqueue.py).
+        snapshot = Snapshot(jobs=queue, workers=views, now=now.timestamp(), shares=shares, team_shares=team_shares,
+                            campaign_work_s=campaign_work)
         return snapshot, {w.id: w.queue for w in workers}
+
+    @staticmethod
+    def _campaign_work(session, campaign_ids: set) -> dict:
+        """Queued work (seconds at speed 1) of each campaign with a deadline: one grouped count per shape.
+
+        A campaign's jobs come in few shapes (model, size, steps), so this
+        reads a handful of rows however long the campaign, and counts the jobs
+        beyond the snapshot's limit too.
+        """
+        if not campaign_ids:
+            return {}
+        work: dict = {}
+        for row in session.execute(
+            select(Job.campaign_id, ModelEntry.family, Job.width, Job.height, Job.steps, func.count())
+            .join(ModelEntry, ModelEntry.id == Job.model_id)
+            .where(Job.campaign_id.in_(campaign_ids), Job.status == JobStatus.queued.value)
+            .group_by(Job.campaign_id, ModelEntry.family, Job.width, Job.height, Job.steps)
+        ).all():
+            work[row[0]] = work.get(row[0], 0.0) + row[5] * estimate_render_s(row[1], row[2], row[3], row[4])
+        return work
 
     def _still_preloading(self, worker_id: str, loaded: dict[str, float]) -> bool:
         pending = self.preloading.get(worker_id)

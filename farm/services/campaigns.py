@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pydantic import Field, ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 
 from farm import states, tallies
 from farm.csvsafe import SafeDictWriter
@@ -37,7 +37,7 @@ from farm.services.campaign_progress import progress, progress_stats
 from farm.services.jobs import ConflictError, NotFoundError, parse_uuid
 from farm.services.quotas import Cost, reserve
 from farm.services import webhooks
-from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, WebhookRequest, parse_request, resolve_request
+from farm.spec import MAX_SEED, FieldProblem, GenerationRequest, RequestError, WebhookRequest, deadline_problem, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,13 @@ def parse_campaign(payload: Any, rows_text: str | None = None, rows_format: str 
     hooked = (["base"] if "webhook" in req.base else []) + [f"rows.{i}" for i, row in enumerate(req.rows) if "webhook" in row]
     problems += [FieldProblem(f"{where}.webhook", "a campaign's jobs are announced by the campaign's webhook; give "
                               "webhook {url, per_job: true} on the campaign instead") for where in hooked]
-    if req.deadline is not None and req.deadline.tzinfo is None:
-        problems.append(FieldProblem("deadline", "include a time zone, e.g. 2026-12-01T18:00:00Z"))
+    # Its jobs are due when the campaign is: none of their own.
+    dated = (["base"] if "deadline" in req.base else []) + [f"rows.{i}" for i, row in enumerate(req.rows) if "deadline" in row]
+    problems += [FieldProblem(f"{where}.deadline", "a campaign's jobs are due at the campaign's deadline; give "
+                              "deadline on the campaign instead") for where in dated]
+    problem = deadline_problem(req.deadline, utcnow())
+    if problem is not None:
+        problems.append(problem)
     if problems:
         raise RequestError(problems)
     return req
@@ -376,13 +381,15 @@ def campaign_view(ctx: FarmContext, user: User, campaign_id: str) -> dict[str, A
         stats = progress_stats(session, [campaign.id], now)[campaign.id]
         unfinished = sum(stats[s].count for s in ("queued", "assigned", "running") if s in stats)
         if unfinished == 0 and campaign.status in (CampaignStatus.active.value, CampaignStatus.paused.value):
-            campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
+            campaign.complete(utcnow())
         webhook = webhook_status(session, campaign)
     return {
         "id": str(campaign.id), "name": campaign.name, "status": campaign.status, "priority": campaign.priority,
         "jobs": campaign.job_count, "images": campaign.image_count,
         **progress(campaign, stats, now),
         "budget_images": campaign.budget_images, "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
+        "at_risk": campaign.at_risk, "predicted_finish_at": _iso(campaign.predicted_finish_at),
+        "deadline_missed": campaign.deadline_missed_s is not None, "deadline_missed_s": campaign.deadline_missed_s,
         "created_at": campaign.created_at.isoformat(), "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
         "webhook": webhook,
     }
@@ -397,7 +404,9 @@ def webhook_status(session, campaign: Campaign) -> dict[str, Any] | None:
     event's state and last error, and the latest per-job delivery (never the secret)."""
     if campaign.webhook_url is None:
         return None
-    latest = session.execute(select(WebhookDelivery).where(WebhookDelivery.campaign_id == campaign.id)
+    # Job deliveries only: a campaign.at_risk event shares the table.
+    latest = session.execute(select(WebhookDelivery).where(WebhookDelivery.campaign_id == campaign.id,
+                                                           or_(WebhookDelivery.event.is_(None), WebhookDelivery.event.like("job.%")))
                              .order_by(WebhookDelivery.updated_at.desc(), WebhookDelivery.id.desc()).limit(1)).scalar_one_or_none()
     return {
         "url": campaign.webhook_url,
@@ -418,6 +427,8 @@ def set_paused(ctx: FarmContext, user: User, campaign_id: str, paused: bool) -> 
             raise ConflictError(f"campaign {campaign_id} is {campaign.status}; only {wanted_from} campaigns can be "
                                 f"{'paused' if paused else 'resumed'}")
         campaign.status = CampaignStatus.paused.value if paused else CampaignStatus.active.value
+        if paused:
+            campaign.forget_prediction()
     ctx.events.wake_scheduler()
     ctx.events.campaign_changed(campaign.id)  # its event streams say so now
 
@@ -429,6 +440,7 @@ def cancel_campaign(ctx: FarmContext, user: User, campaign_id: str) -> int:
             raise ConflictError(f"campaign {campaign_id} is already {campaign.status}")
         canceled = states.cancel_campaign_jobs(session, campaign.id)
         campaign.status, campaign.finished_at = CampaignStatus.canceled.value, utcnow()
+        campaign.forget_prediction()
     ctx.events.wake_scheduler()
     ctx.events.campaign_changed(campaign.id)
     return canceled

@@ -14,14 +14,14 @@ from sqlalchemy.orm import Session
 
 from farm import states
 from farm.context import FarmContext
-from farm.models import Job, JobStatus, Output, User, WebhookDelivery
+from farm.models import Job, JobStatus, Output, QueueForecast, User, WebhookDelivery, utcnow
 from farm.costs import RenderTimes
 from farm.generation.wildcards import single_image_params
 from farm.loras import lora_infos
 from farm.registry import model_infos
 from farm.services import webhooks
 from farm.services.quotas import Cost, reserve
-from farm.spec import FieldProblem, RequestError, SourceImage, parse_request, resolve_request
+from farm.spec import FieldProblem, RequestError, SourceImage, deadline_problem, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise NotFoundError(f"no {what} {value!r}") from None
 
 
-def _output_source(session: Session, user: User, value: str, field: str) -> SourceImage:
+def find_output_source(session: Session, user: User, value: str, field: str) -> SourceImage:
     """An output this user can see, as a source image; else a RequestError naming ``field``."""
     try:
         output_id = uuid.UUID(str(value))
@@ -60,7 +60,7 @@ def _image_sources(ctx: FarmContext, session: Session, user: User, req) -> tuple
 
     source = mask = None
     if req.parent_output is not None:
-        source = _output_source(session, user, req.parent_output, "parent_output")
+        source = find_output_source(session, user, req.parent_output, "parent_output")
     elif req.image is not None:
         source = find_upload(ctx, user, req.image, "image")
     if req.mask is not None and req.image_mode == "inpaint":  # elsewhere the request check refuses the mask
@@ -70,19 +70,21 @@ def _image_sources(ctx: FarmContext, session: Session, user: User, req) -> tuple
     return source, mask
 
 
-def _image_prompt_sources(ctx: FarmContext, session: Session, user: User, req) -> list[SourceImage]:
-    """Each image prompt as a stored image this user may read."""
+def _stored_images(ctx: FarmContext, session: Session, user: User, items, field: str) -> list[SourceImage]:
+    """Each of ``items`` (image prompts, references: farm.spec.StoredImageRequest)
+    as a stored image this user may read. Another owner's upload or output
+    answers exactly like a missing one."""
     from farm.services.uploads import find_upload
 
     found = []
-    for i, prompt in enumerate(req.image_prompts):
-        where = f"image_prompts.{i}"
-        if (prompt.image is None) == (prompt.parent_output is None):
+    for i, item in enumerate(items):
+        where = f"{field}.{i}"
+        if (item.image is None) == (item.parent_output is None):
             raise RequestError([FieldProblem(where, "give image (an upload id) or parent_output (an output id), one of them")])
-        if prompt.image is not None:
-            found.append(find_upload(ctx, user, prompt.image, f"{where}.image"))
+        if item.image is not None:
+            found.append(find_upload(ctx, user, item.image, f"{where}.image"))
         else:
-            found.append(_output_source(session, user, prompt.parent_output, f"{where}.parent_output"))
+            found.append(find_output_source(session, user, item.parent_output, f"{where}.parent_output"))
     return found
 
 
@@ -93,6 +95,9 @@ def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api
     way) announces the job's end; the job's webhook_secret is the secret to
     hand back once."""
     req = parse_request(payload)
+    problem = deadline_problem(req.deadline, utcnow())
+    if problem is not None:
+        raise RequestError([problem])
     # The webhook's URL is checked (it resolves) before the transaction opens.
     webhook_url, webhook_secret = webhooks.accept(req.webhook, ctx.settings) if req.webhook else (None, None)
     with ctx.db.transaction() as session:
@@ -100,7 +105,10 @@ def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api
         source, mask = _image_sources(ctx, session, user, req) if req.image_mode else (None, None)
         resolved = resolve_request(req, infos, ctx.settings, source=source, mask=mask,
                                    loras=lora_infos(session) if req.loras or req.performance else None,
-                                   image_prompts=_image_prompt_sources(ctx, session, user, req) if req.image_prompts else None)
+                                   image_prompts=_stored_images(ctx, session, user, req.image_prompts, "image_prompts")
+                                   if req.image_prompts else None,
+                                   references=_stored_images(ctx, session, user, req.references, "references")
+                                   if req.references else None)
         estimate = RenderTimes.load(session).estimate(resolved.model_id, infos[resolved.model_id].family, resolved.width,
                                                       resolved.height, resolved.steps, resolved.num_images)
         job = Job(
@@ -119,6 +127,7 @@ def submit_job(ctx: FarmContext, user: User, payload: Any, interface: str = "api
             interface=interface,
             webhook_url=webhook_url,
             webhook_secret=webhook_secret,
+            deadline=req.deadline,
             # Vary, upscale, inpaint, ... of a stored output: the image page lists what was made from it.
             parent_output=uuid.UUID(source.parent_output) if source is not None and source.parent_output else None,
         )
@@ -174,6 +183,33 @@ def get_job(ctx: FarmContext, user: User, job_id: str, wait_s: float = 0.0) -> J
 class JobPage:
     jobs: list[Job]
     next_cursor: str | None
+
+
+def queue_standing(ctx: FarmContext, job: Job) -> dict[str, Any] | None:
+    """Where a queued job stands: its position and predicted start from the scheduler's last pass (one row read).
+
+    None unless queued. ``at_risk``: the predicted start plus the job's own
+    estimate passes its deadline (the view pops it into its own field).
+    """
+    if job.status != JobStatus.queued.value:
+        return None
+    with ctx.db.session() as session:
+        row = session.get(QueueForecast, job.model_id)
+    standing = {"position": None, "predicted_start": None, "computed_at": None, "at_risk": False}
+    if row is None:
+        return standing
+    standing["computed_at"] = row.computed_at.isoformat()
+    try:
+        index = row.job_ids.index(str(job.id))
+    except ValueError:
+        return standing  # not in the last pass's snapshot
+    standing["position"] = row.positions[index]
+    if row.starts_s[index] is not None:
+        start = row.computed_at + dt.timedelta(seconds=row.starts_s[index])
+        standing["predicted_start"] = start.isoformat()
+        standing["at_risk"] = job.deadline is not None and \
+            start + dt.timedelta(seconds=job.reserved_gpu_seconds or 0.0) > job.deadline
+    return standing
 
 
 def encode_cursor(job: Job) -> str:

@@ -148,7 +148,7 @@ def mark_finished_campaigns(ctx: FarmContext) -> int:
             select(Campaign).where(Campaign.status.in_([CampaignStatus.active.value, CampaignStatus.paused.value]), ~unfinished)
         ).scalars().all()
         for campaign in done:
-            campaign.status, campaign.finished_at = CampaignStatus.completed.value, utcnow()
+            campaign.complete(utcnow())
         # Canceled and completed campaigns with a URL and no delivery yet are due now.
         due = session.execute(
             select(Campaign).where(Campaign.webhook_url.is_not(None), Campaign.webhook_state.is_(None),
@@ -218,6 +218,46 @@ def deliver_job_events(ctx: FarmContext, client: OutboundClient | None = None) -
     return delivered
 
 
+AT_RISK_EVENT = "campaign.at_risk"
+
+
+def queue_at_risk_event(session, campaign: Campaign) -> None:
+    """A campaign's prediction just passed its deadline: announce it once (per transition) to its webhook, if any.
+
+    The delivery row carries a fresh id in job_id: each transition is its own
+    message (and webhook-id), and the job deliveries' join skips it.
+    """
+    if campaign.webhook_url:
+        session.add(WebhookDelivery(campaign_id=campaign.id, job_id=uuid.uuid4(), event=AT_RISK_EVENT))
+
+
+def _at_risk_payload(campaign: Campaign, occurred_at: dt.datetime) -> dict[str, Any]:
+    return envelope(AT_RISK_EVENT, occurred_at, {
+        "id": str(campaign.id), "name": campaign.name, "status": campaign.status,
+        "deadline": campaign.deadline.isoformat() if campaign.deadline else None,
+        "predicted_finish_at": campaign.predicted_finish_at.isoformat() if campaign.predicted_finish_at else None,
+        "polling_url": f"/api/v1/campaigns/{campaign.id}"})
+
+
+def deliver_campaign_events(ctx: FarmContext, client: OutboundClient | None = None) -> int:
+    """Send every due campaign event other than the end (campaign.at_risk) once; returns how many were delivered."""
+    client = client or OutboundClient(ctx.settings.webhook_allow)
+    with ctx.db.session() as session:
+        due = session.execute(
+            select(WebhookDelivery, Campaign).join(Campaign, Campaign.id == WebhookDelivery.campaign_id)
+            .where(WebhookDelivery.event == AT_RISK_EVENT, WebhookDelivery.state == "pending",
+                   WebhookDelivery.next_at <= utcnow()).limit(200)
+        ).all()
+        work = [(delivery.id, delivery.job_id, campaign.webhook_url, campaign.webhook_secret,
+                 _at_risk_payload(campaign, delivery.created_at)) for delivery, campaign in due]
+    delivered = 0
+    for delivery_id, message, url, secret, payload in work:
+        error = _post(client, url, secret, message_id("campaign", message, AT_RISK_EVENT), payload)
+        with ctx.db.transaction() as session:
+            delivered += _record(session.get(WebhookDelivery, delivery_id), ctx.settings, error, f"campaign event {message}")
+    return delivered
+
+
 def deliver_due(ctx: FarmContext, client: OutboundClient | None = None) -> int:
     """Send every due campaign webhook once; returns how many were delivered."""
     client = client or OutboundClient(ctx.settings.webhook_allow)
@@ -273,6 +313,7 @@ class WebhookSender:
             try:
                 mark_finished_campaigns(self.ctx)
                 deliver_due(self.ctx, client)
+                deliver_campaign_events(self.ctx, client)
                 queue_job_events(self.ctx)
                 deliver_job_events(self.ctx, client)
             except Exception as exc:

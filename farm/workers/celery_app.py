@@ -43,6 +43,10 @@ def worker_queue(worker_id: str) -> str:
     return f"farm.worker.{worker_id}"
 
 
+#: The queue every worker with a describe model (FARM_WORKER_DESCRIBE_MODEL) consumes besides its own.
+DESCRIBE_QUEUE = "farm.describe"
+
+
 def remote_control_enabled(settings) -> bool:
     """Whether workers answer remote control and send heartbeats: on Redis,
     not on the embedded filesystem transport."""

@@ -8,7 +8,9 @@
 - inpaint: the source and its mask (white = repaint);
 - outpaint: the canvas grown in the asked directions, the new area filled by
   repeating the edge pixels, and a mask over it that reaches a few pixels into
-  the source so the seam is repainted too.
+  the source so the seam is repainted too;
+- edit: the source resized to the output size, handed whole to the editing
+  family's pipeline (which conditions on it at its own resolution); never tiled.
 
 Every render goes through ``pipelines.render`` with the job's sampler, seed
 and progress callback.
@@ -56,7 +58,7 @@ def prepare_inputs(task: dict, source: PIL.Image.Image, mask: PIL.Image.Image | 
         mask = mask.convert("L")
         mask = mask if mask.size == (width, height) else mask.resize((width, height), PIL.Image.NEAREST)
         return ImageInputs(image=resized, strength=strength, mask=mask)
-    return ImageInputs(image=resized, strength=strength)
+    return ImageInputs(image=resized, strength=strength, edit=mode == "edit")
 
 
 def tile_grid(width: int, height: int, tile_pixels: int, multiple: int) -> list[tuple[int, int, int, int]]:
@@ -89,7 +91,9 @@ def _ramp(length: int, fade_start: bool, fade_end: bool, fade: int) -> np.ndarra
 def render_task(pipe, params: RenderParams, inputs: ImageInputs, *, tile_pixels: int, multiple: int,
                 on_step: Callable[[int, int], None] | None = None, on_latents=None) -> PIL.Image.Image:
     """One image of an image-to-image job; tiled when the output is larger than ``tile_pixels``."""
-    boxes = tile_grid(params.width, params.height, tile_pixels, multiple) if inputs.mask is None else \
+    # Only re-noising modes refine tile by tile; inpainting needs the whole
+    # mask, an edit the whole source.
+    boxes = tile_grid(params.width, params.height, tile_pixels, multiple) if inputs.kind == "img2img" else \
         [(0, 0, params.width, params.height)]
     if len(boxes) == 1:
         (image,) = render(pipe, params, on_step=on_step, inputs=inputs, on_latents=on_latents)

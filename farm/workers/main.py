@@ -24,7 +24,7 @@ def run_worker(settings: Settings, name: str | None = None, vram_gb: float | Non
     from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
     from farm.metrics_server import start_metrics_server
-    from farm.workers.celery_app import create_celery, remote_control_enabled
+    from farm.workers.celery_app import DESCRIBE_QUEUE, create_celery, remote_control_enabled
     from farm.workers.celery_heart import ThreadedHeart
     from farm.workers.runtime import WorkerRuntime
 
@@ -57,7 +57,8 @@ def run_worker(settings: Settings, name: str | None = None, vram_gb: float | Non
     try:
         worker = app.Worker(
             hostname=f"{runtime.name}@{runtime.host}",
-            queues=[runtime.queue],
+            # Describe requests wait on one shared queue for any worker that offers it.
+            queues=[runtime.queue] + ([DESCRIBE_QUEUE] if runtime.describe_folder else []),
             pool_cls="solo",
             concurrency=1,
             loglevel=settings.log_level,

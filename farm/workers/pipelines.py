@@ -20,6 +20,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import PIL.Image
@@ -27,9 +28,10 @@ import torch
 from PIL import ExifTags
 from PIL.PngImagePlugin import PngInfo
 
-from farm.families import (available_samplers, build_scheduler, check_extras, check_sampler, find_family, get_family,
-                           pipeline_family, renderer_names)
+from farm.families import (available_samplers, build_scheduler, check_extras, check_image_mode, check_sampler,
+                           find_family, get_family, pipeline_family, renderer_names, sampler_resumable)
 from farm.families.samplers import SIGMA_SCHEDULES
+from farm.workers.resume import CheckpointError, RenderPreempted, ResumeHooks, StepCheckpoint, capture
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +73,14 @@ class RenderParams:
     clip_skip: int | None = None  # 1 = the last layer (no skip)
     freeu: bool = False
     detail_guidance: float | None = None  # perturbed-attention guidance scale; None or 0 = off
+    sag_scale: float | None = None  # self-attention guidance scale; None or 0 = off
     # LoRAs as the job's params hold them: {"name", "weight", "sha256", "source", "file"}.
     loras: tuple = ()
     image_prompts: "ImagePrompts | None" = None
     refiner: "Refiner | None" = None
+    # Reference images the model conditions on (PIL, RGB), for families that
+    # take them (Family.max_references): the pipeline's ``image=[...]``.
+    references: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -171,11 +177,16 @@ def quiet_progress_bars():
                 lib.enable_progress_bar()
 
 
-def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dtype: torch.dtype):
-    """Load a diffusers model directory (or hub id) of ``family`` onto ``device``."""
+def load_pipeline(path: str | os.PathLike, family: str, device: torch.device, dtype: torch.dtype,
+                  quantization: dict | None = None):
+    """Load a diffusers model directory (or hub id) of ``family`` onto ``device``;
+    ``quantization``: a quantized variant's record (farm/quantization.py)."""
+    from farm.workers.quantize import check_device, load_extras
+
+    check_device(quantization, device.type)  # before reading gigabytes: nf4 on a CPU fails here, saying why
     loader = get_family(family).load
     with quiet_progress_bars():
-        pipe = loader(os.fspath(path), dtype)
+        pipe = loader(os.fspath(path), dtype, **load_extras(Path(path), quantization, dtype))
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s pipeline from %s on %s as %s", family, path, device, dtype)
@@ -186,10 +197,20 @@ def _torch_modules(pipe) -> list[torch.nn.Module]:
     return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; a quantized tensor subclass (torchao) counts its inner
+    tensors (int8 data and scales), not its logical dtype times its shape."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def estimate_vram_gb(pipe) -> float:
     """Bytes of all parameters and buffers of the pipeline's torch modules, in GiB (2**30).
 
     Weights only: activations, the VAE decode and the CUDA context come on top.
+    Quantized weights count at their packed size.
     """
     seen: set[int] = set()
     total = 0
@@ -198,7 +219,7 @@ def estimate_vram_gb(pipe) -> float:
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            total += tensor.numel() * tensor.element_size()
+            total += _tensor_bytes(tensor)
     return total / 2**30
 
 
@@ -215,30 +236,45 @@ def _image_seeds(params: RenderParams) -> list[int]:
 class ImageInputs:
     """What an image-to-image call adds to a render: the source (already at the
     output size), the denoising strength, and for inpainting the mask (white =
-    repaint)."""
+    repaint). An edit (``edit``) gives the source to an editing family's
+    pipeline as it is, with the prompt as the instruction; no strength."""
 
     image: PIL.Image.Image
     strength: float
     mask: PIL.Image.Image | None = None
+    edit: bool = False
 
     @property
     def kind(self) -> str:
+        if self.edit:
+            return "edit"
         return "inpaint" if self.mask is not None else "img2img"
 
 
 def derived_pipeline(pipe, kind: str, pag: bool = False):
-    """The image-to-image, inpainting or perturbed-attention pipeline of a loaded text-to-image one.
+    """The image-to-image, inpainting, perturbed-attention or self-attention-guidance pipeline of a loaded text-to-image one.
 
-    ``kind`` is "text2img", "img2img" or "inpaint". ``from_pipe`` shares every
+    ``kind`` is "text2img", "img2img", "inpaint", "sag" (the family's
+    ``sag_pipeline_class``) or "edit" (an editing family's loaded pipeline is
+    its editing pipeline: the pipeline itself). ``from_pipe`` shares every
     component (no extra weights in memory); the result is kept on the
     pipeline object, so a worker builds each once.
     """
+    import diffusers
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
-    if kind == "text2img" and not pag:
+    if kind in ("text2img", "edit") and not pag:
         return pipe
     cache = pipe.__dict__.setdefault("_farm_derived", {})
     if (kind, pag) not in cache:
+        if kind == "sag":
+            class_name = get_family(pipeline_family(pipe)).sag_pipeline_class
+            if class_name is None:
+                raise ValueError(f"{type(pipe).__name__} has no self-attention guidance pipeline")
+            derived = getattr(diffusers, class_name).from_pipe(pipe)
+            derived.set_progress_bar_config(disable=True)
+            cache[(kind, pag)] = derived
+            return derived
         auto = {"text2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                 "inpaint": AutoPipelineForInpainting}[kind]
         derived = auto.from_pipe(pipe, enable_pag=True) if pag else auto.from_pipe(pipe)
@@ -336,6 +372,8 @@ def render(
     on_step: Callable[[int, int], None] | None = None,
     inputs: ImageInputs | None = None,
     on_latents: Callable[[Any], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+    resume: StepCheckpoint | None = None,
 ) -> list[PIL.Image.Image]:
     """Render ``params.num_images`` images with ``pipe``.
 
@@ -349,6 +387,13 @@ def render(
     render there; the exception propagates to the caller. ``on_latents``
     is then given the iteration's latents (as the pipeline holds them; FLUX's
     are packed) for live previews.
+
+    Preemption (farm/workers/resume.py): where the render can be continued
+    exactly (``resumable``), ``stop_requested()`` is asked after every
+    iteration but the last; when it says yes the render stops there and
+    raises RenderPreempted with the checkpoint. ``resume`` continues such a
+    checkpoint: the same parameters then give the same image as a render
+    that never stopped.
     """
     if params.num_images < 1:
         raise ValueError("num_images must be at least 1")
@@ -360,9 +405,14 @@ def render(
     if problem:
         raise ValueError(problem)
     problems = check_extras(family, clip_skip=params.clip_skip, freeu=params.freeu,
-                            detail_guidance=params.detail_guidance, inpainting=inputs is not None and inputs.mask is not None)
+                            detail_guidance=params.detail_guidance, inpainting=inputs is not None and inputs.mask is not None,
+                            sag_scale=params.sag_scale, sampler=params.sampler, image_input=inputs is not None,
+                            image_prompts=params.image_prompts is not None)
     if problems:
         raise ValueError("; ".join(why for _, why in problems))
+    problem = check_image_mode(family, None if inputs is None else "edit" if inputs.edit else inputs.kind)
+    if problem:
+        raise ValueError(problem)
 
     apply_loras(pipe, params.loras)
     seeds = _image_seeds(params)
@@ -370,7 +420,8 @@ def render(
     # Image-to-image work runs the derived pipeline; its scheduler is swapped
     # like the base one's (from_pipe gave it the same scheduler object).
     detail = bool(params.detail_guidance)
-    target = derived_pipeline(pipe, "text2img" if inputs is None else inputs.kind, pag=detail)
+    sag = bool(params.sag_scale)
+    target = derived_pipeline(pipe, "sag" if sag else "text2img" if inputs is None else inputs.kind, pag=detail)
     original = target.scheduler
     scheduler = build_scheduler(original.config, params.sampler, params.scheduler, noise_seed=seeds, family=family)
 
@@ -379,6 +430,8 @@ def render(
         raise ValueError("a refiner finishes SDXL text-to-image renders only")
     if refiner is not None and not 0 < refiner.switch < 1:
         raise ValueError("the refiner switch must lie strictly between 0 and 1")
+    if params.references and (inputs is not None or len(params.references) > declared.max_references):
+        raise ValueError(f"{family} models take at most {declared.max_references} reference images, in text-to-image renders")
 
     def callback_for(start: float, share: float):
         """Progress of one phase (the base, or the refiner) as a part of the whole render."""
@@ -401,11 +454,26 @@ def render(
 
         return callback
 
-    callback = callback_for(0.0, refiner.switch if refiner is not None else 1.0)
+    can_stop = resumable(params, inputs, family)
+    if resume is not None and not can_stop:
+        raise CheckpointError(f"a {family} render with sampler {params.sampler!r} cannot continue from a checkpoint")
+    hooks = ResumeHooks(target, resume, generators) if resume is not None else None
+    progress = callback_for(0.0, refiner.switch if refiner is not None else 1.0)
+    callback = progress
+    if hooks is not None or (can_stop and stop_requested is not None):
+
+        def callback(p, step_index: int, timestep, callback_kwargs: dict) -> dict:
+            if hooks is not None and not hooks.checked:
+                hooks.check_continues_at(step_index)
+            if progress is not None:
+                callback_kwargs = progress(p, step_index, timestep, callback_kwargs)
+            total = len(p.scheduler.timesteps)
+            if can_stop and stop_requested is not None and step_index + 1 < total and stop_requested():
+                raise RenderPreempted(capture(p, step_index + 1, total, callback_kwargs["latents"], generators))
+            return callback_kwargs
 
     call_kwargs: dict[str, Any] = dict(
         prompt=params.prompt,
-        **declared.render_kwargs(params.negative_prompt),
         width=params.width,
         height=params.height,
         num_inference_steps=params.steps,
@@ -415,10 +483,16 @@ def render(
         output_type="pil" if refiner is None else "latent",
         callback_on_step_end=callback,
     )
+    # The family's own arguments (a negative prompt, true CFG's scale, ...) add to these or replace them.
+    call_kwargs.update(declared.render_kwargs(params.negative_prompt, params.guidance_scale, params.width, params.height))
     if refiner is not None:
         call_kwargs["denoising_end"] = refiner.switch
+    if params.references:
+        call_kwargs["image"] = list(params.references)
     if inputs is not None:
-        call_kwargs.update(image=inputs.image, strength=inputs.strength)
+        call_kwargs["image"] = inputs.image
+        if not inputs.edit:
+            call_kwargs["strength"] = inputs.strength
         if inputs.mask is not None:
             call_kwargs["mask_image"] = inputs.mask
         # SD's img2img pipeline takes its size from the image.
@@ -430,6 +504,16 @@ def render(
         _alias_clip_text_model(getattr(target, "text_encoder", None))
     if detail:
         call_kwargs["pag_scale"] = float(params.detail_guidance)
+    if sag:
+        call_kwargs["sag_scale"] = float(params.sag_scale)
+        # The SAG pipeline predates callback_on_step_end: it calls
+        # callback(step, timestep, latents) after each step instead.
+        step_end = call_kwargs.pop("callback_on_step_end")
+        if step_end is not None:
+            call_kwargs["callback"] = lambda step, timestep, latents: step_end(target, step, timestep, {"latents": latents})
+        # It swaps a processor into the shared UNet and puts the originals
+        # back only when the call returns: restore them on a cancel too.
+        attention = target.unet.attn_processors
     _use_ip_adapter(pipe, target, params.image_prompts)
     if params.image_prompts is not None:
         # One adapter, several images: their embeddings are stacked (a list per adapter).
@@ -448,11 +532,13 @@ def render(
         # generators, so the stochastic flow samplers (euler_ancestral, lcm)
         # draw from torch's global generator: seed it for the call, and put
         # it back afterwards.
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(), hooks or contextlib.nullcontext():
             torch.manual_seed(seeds[0])
             result = target(**call_kwargs)
     finally:
         target.scheduler = original
+        if sag:
+            target.unet.set_attn_processor(attention)
         if params.freeu:
             target.disable_freeu()
         if tiled_vae:
@@ -460,6 +546,13 @@ def render(
     if refiner is not None:
         return _refine(refiner, params, result.images, generators, seeds, callback_for(refiner.switch, 1 - refiner.switch))
     return list(result.images)
+
+
+def resumable(params: RenderParams, inputs: "ImageInputs | None", family: str) -> bool:
+    """Whether this render may stop at a step boundary and continue later to
+    the same bytes: a one-pipeline text-to-image render (no refiner, no
+    image-to-image inputs) with a resumable sampler."""
+    return inputs is None and params.refiner is None and params.num_images == 1 and sampler_resumable(family, params.sampler)
 
 
 def _refine(refiner: Refiner, params: RenderParams, latents, generators, seeds, callback) -> list[PIL.Image.Image]:
@@ -563,6 +656,8 @@ __all__ = [
     "Refiner",
     "RenderCanceled",
     "RenderParams",
+    "RenderPreempted",
+    "StepCheckpoint",
     "apply_loras",
     "available_samplers",
     "build_scheduler",

@@ -28,11 +28,13 @@ from farm import lineage, logs, metrics, states
 from farm.db import classify_database_error
 from farm.models import Job, JobStatus, ModelEntry, Output
 from farm.retry import ServiceError, ServiceUnavailableError
-from farm.storage import CONTENT_TYPES, StorageError, StoragePermanentError, output_key, sidecar_key
+from farm.storage import CONTENT_TYPES, StorageError, StoragePermanentError, checkpoint_key, output_key, sidecar_key
 from farm.generation.wildcards import image_prompts as wildcard_prompts
 from farm.spec import image_seed, side_multiple
 from farm.workers.img2img import render_task
-from farm.workers.pipelines import ImagePrompts, Refiner, RenderCanceled, RenderParams, encode_image, render
+from farm.workers.pipelines import (ImagePrompts, Refiner, RenderCanceled, RenderParams, RenderPreempted, StepCheckpoint,
+                                    encode_image, render)
+from farm.workers.resume import CheckpointError
 from farm.workers.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 # records, checks before deleting objects) gets a shorter budget than a
 # completion: nothing rendered is at stake.
 BOOKKEEPING_RETRY_S = 10.0
+CHECKPOINT_CONTENT_TYPE = "application/octet-stream"
 
 
 class HandBack(Exception):
@@ -64,6 +67,9 @@ class ProgressReporter:
         self.started = time.perf_counter()
         self.last_write = self.started
         self.db_down = False
+        # Read with each progress write: the scheduler asked this attempt to
+        # stop at a step boundary (preemption), no query of its own per step.
+        self.preempt = False
         self.step, self.total, self.eta = 0, 0, None
         # Set per image by the caller: what ``preview`` needs to read the latents.
         self.family, self.width, self.height = "sd", 0, 0
@@ -108,6 +114,7 @@ class ProgressReporter:
         try:
             with self.runtime.ctx.db.transaction() as session:
                 still_ours = states.record_progress(session, self.job_id, self.attempt, step, total, eta)
+                self.preempt = still_ours and states.preempt_requested(session, self.job_id, self.attempt)
         except Exception as exc:
             if classify_database_error(exc) is None:
                 raise
@@ -120,6 +127,10 @@ class ProgressReporter:
         self.db_down = False
         if not still_ours:
             raise RenderCanceled(f"job {self.job_id} attempt {self.attempt} is no longer running")
+
+    def stop_requested(self) -> bool:
+        """``render``'s stop_requested: the preemption flag as of the latest progress write."""
+        return self.preempt
 
 
 @dataclass
@@ -137,6 +148,8 @@ class JobSnapshot:
     rerender_of: uuid.UUID | None = None
     refiner: ModelEntry | None = None
     interface: str = "api"
+    # A checkpoint an earlier, preempted attempt left (farm/workers/resume.py).
+    resume_key: str | None = None
     # How far the attempt got (start | load | render | store): names a failure's reason.
     stage: str = "start"
 
@@ -172,6 +185,8 @@ def execute_job(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, evict: 
         keys: list[str] = []
         try:
             outcome = _render_and_store(runtime, snapshot, keys)
+        except RenderPreempted as preempted:
+            outcome = _checkpoint_and_hand_back(runtime, snapshot, preempted.checkpoint)
         except Exception as exc:
             metrics.IMAGES_FAILED.labels(model=snapshot.model.id, reason=failure_reason(snapshot.stage, exc)).inc(
                 snapshot.params.get("num_images", 1))
@@ -199,7 +214,7 @@ def _start(session, runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int) -> 
     job = session.get(Job, job_id)
     snapshot = JobSnapshot(job.id, attempt, job.user_id, job.campaign_id, job.request, job.params,
                            job.created_at, job.assigned_at, job.started_at, session.get(ModelEntry, job.model_id),
-                           job.rerender_of, interface=job.interface)
+                           job.rerender_of, interface=job.interface, resume_key=job.resume_key)
     if job.params.get("refiner"):
         snapshot.refiner = session.get(ModelEntry, job.params["refiner"]["model"])
     return snapshot
@@ -275,6 +290,51 @@ def _record(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, outcome: st
     return outcome
 
 
+def _checkpoint_and_hand_back(runtime: WorkerRuntime, job: "JobSnapshot", checkpoint: StepCheckpoint) -> str:
+    """A preempted render: its checkpoint goes to the store, then the job back
+    to the queue (not charged) with the checkpoint's key. A store that fails
+    here costs the steps done, not the job: it goes back without a new
+    checkpoint (an older one, if any, still holds)."""
+    key = checkpoint_key(job.user_id, job.id, job.attempt)
+    reason = (f"preempted on {runtime.name} after step {checkpoint.step} of {checkpoint.total}"
+              f" (image {checkpoint.image_index + 1})")
+    try:
+        runtime.ctx.storage.put(key, checkpoint.to_bytes(), CHECKPOINT_CONTENT_TYPE)
+    except (ServiceError, StorageError) as exc:
+        logger.warning("job %s attempt %d: checkpoint not stored (%s); handing it back to start over", job.id, job.attempt, exc)
+        return _hand_back(runtime, job.id, job.attempt, f"{reason}; its checkpoint could not be stored")
+    max_attempts = runtime.ctx.settings.max_attempts
+    outcome = _record(runtime, job.id, job.attempt, "preempted",
+                      lambda s: states.preempt_job(s, job.id, job.attempt, key, reason, max_attempts))
+    if outcome != "preempted":
+        _delete_quietly(runtime, key)
+        return outcome
+    metrics.JOBS_REQUEUED.labels(reason="preempted").inc()
+    if job.resume_key and job.resume_key != key:
+        _delete_quietly(runtime, job.resume_key)  # superseded by this one
+    logger.info("job %s attempt %d %s; checkpoint %s", job.id, job.attempt, reason, key)
+    return outcome
+
+
+def _delete_quietly(runtime: WorkerRuntime, key: str) -> None:
+    try:
+        runtime.ctx.storage.delete(key)
+    except StorageError as exc:
+        logger.info("checkpoint %s not deleted: %s", key, exc)
+
+
+def _load_checkpoint(runtime: WorkerRuntime, job: "JobSnapshot") -> StepCheckpoint | None:
+    """The checkpoint an earlier attempt of this job left, or None (then the
+    render starts over: it costs the steps done, never the result)."""
+    if not job.resume_key:
+        return None
+    try:
+        return StepCheckpoint.from_bytes(runtime.ctx.storage.get(job.resume_key))
+    except Exception as exc:  # missing, unreadable, another format: start over
+        logger.warning("job %s: checkpoint %s not used (%s); rendering from the start", job.id, job.resume_key, exc)
+        return None
+
+
 def _hand_back(runtime: WorkerRuntime, job_id: uuid.UUID, attempt: int, reason: str) -> str:
     """Return a job this worker will not finish to the queue now, without
     charging it an attempt."""
@@ -310,11 +370,27 @@ def _image_prompts(runtime: WorkerRuntime, spec: dict) -> ImagePrompts:
     return ImagePrompts(adapter=spec["adapter"], weight=float(spec["weight"]), images=images)
 
 
+def _references(runtime: WorkerRuntime, specs: list[dict]) -> tuple[tuple, list[dict]]:
+    """The job's reference images read from the store, and each one's record
+    for the lineage: its ids and key with the sha256 of the very bytes used."""
+    import io
+
+    import PIL.Image
+
+    images, used = [], []
+    for item in specs:
+        data = runtime.ctx.storage.get(item["key"])
+        images.append(PIL.Image.open(io.BytesIO(data)).convert("RGB"))
+        used.append({**item, "sha256": hashlib.sha256(data).hexdigest()})
+    return tuple(images), used
+
+
 def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str]) -> str:
     ctx = runtime.ctx
     params = job.params
     job.stage = "load"
     loaded, load_s = runtime.pipeline_for(job.model)
+    load_source = loaded.load_source if load_s else "held"
     count = params["num_images"]
     reporter = ProgressReporter(runtime, job.id, job.attempt, job.campaign_id)
     reporter.family, reporter.width, reporter.height = loaded.family, params["width"], params["height"]
@@ -323,6 +399,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     task = params.get("image_task")
     inputs = _image_inputs(runtime, task, params, loaded.family) if task else None
     image_prompts = _image_prompts(runtime, params["image_prompts"]) if params.get("image_prompts") else None
+    references, used_references = _references(runtime, params["references"]) if params.get("references") else ((), [])
     refiner, refiner_model = None, None
     if params.get("refiner"):
         if job.refiner is None:
@@ -335,18 +412,42 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     # One image per pipeline call: a batch rounds differently (a pixel value
     # may move by one), and image i must hash like a rerender of seed + i.
     seeds = [image_seed(params["seed"], index, bool(params.get("same_seed"))) for index in range(count)]
-    for index in range(count):
+    checkpoint = _load_checkpoint(runtime, job) if inputs is None and refiner is None else None
+    first = 0
+    if checkpoint is not None:
+        # The images finished before the preemption, as they were (PNG is lossless).
+        images = [_decode_png(data) for data in checkpoint.done_images]
+        first = checkpoint.image_index
+        logger.info("job %s continues from its checkpoint: image %d, step %d of %d", job.id, first + 1,
+                    checkpoint.step, checkpoint.total)
+    for index in range(first, count):
         prompt, negative_prompt, _ = wildcard_prompts(params, index)  # each image its own wildcard draws
         image_params = RenderParams(
             prompt=prompt, negative_prompt=negative_prompt, width=params["width"],
             height=params["height"], steps=params["steps"], guidance_scale=params["guidance_scale"],
             sampler=params["sampler"], scheduler=params["scheduler"], seed=seeds[index], num_images=1,
             clip_skip=params.get("clip_skip"), freeu=bool(params.get("freeu")), detail_guidance=params.get("detail_guidance"),
-            loras=tuple(params.get("loras", ())), image_prompts=image_prompts, refiner=refiner,
+            sag_scale=params.get("sag_scale"),
+            loras=tuple(params.get("loras", ())), image_prompts=image_prompts, refiner=refiner, references=references,
         )
         on_step = lambda step, total, i=index: reporter(i * total + step, count * total)  # noqa: E731
         if inputs is None:
-            images += render(loaded.pipe, image_params, on_step=on_step, on_latents=reporter.preview)
+            resume = checkpoint if checkpoint is not None and index == checkpoint.image_index else None
+            try:
+                try:
+                    images += render(loaded.pipe, image_params, on_step=on_step, on_latents=reporter.preview,
+                                     stop_requested=reporter.stop_requested, resume=resume)
+                except CheckpointError as exc:
+                    if resume is None:
+                        raise
+                    logger.warning("job %s: its checkpoint cannot be continued (%s); image %d starts over",
+                                   job.id, exc, index + 1)
+                    images += render(loaded.pipe, image_params, on_step=on_step, on_latents=reporter.preview,
+                                     stop_requested=reporter.stop_requested)
+            except RenderPreempted as preempted:
+                preempted.checkpoint.image_index = index
+                preempted.checkpoint.done_images = [_encode_png(image) for image in images]
+                raise
         else:
             images.append(render_task(loaded.pipe, image_params, inputs, tile_pixels=ctx.settings.upscale_tile_pixels,
                                       multiple=side_multiple(loaded.family), on_step=on_step,
@@ -357,17 +458,23 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
     software = lineage.software_versions(runtime.device.type)
     model = {"id": loaded.entry_id, "family": loaded.family, "source": loaded.source, "revision": loaded.revision,
              "weights_sha256": loaded.weights_sha256, "dtype": loaded.dtype}
+    if job.model.variant:
+        model.update(base=job.model.base, variant=job.model.variant)
+    if loaded.quantization:
+        model["quantization"] = loaded.quantization
     if refiner_model is not None:
         model["refiner"] = {"id": refiner_model.entry_id, "source": refiner_model.source, "revision": refiner_model.revision,
                             "weights_sha256": refiner_model.weights_sha256, "dtype": refiner_model.dtype}
     worker = {"id": runtime.name, "host": runtime.host, "device": runtime.device.type, "gpu_name": runtime.device_name,
               "vram_total_gb": round(runtime.vram()[0], 3)}
     fmt = params["output_format"]
+    # The lineage names each reference with the hash of the bytes this render read.
+    recorded = {**params, "references": used_references} if used_references else params
     rows = []
     objects: list[tuple[str, bytes, str]] = []
     for index, image in enumerate(images):
         seed = seeds[index]
-        resolved = lineage.image_params(params, seed, index)
+        resolved = lineage.image_params(recorded, seed, index)
         reproducible = lineage.reproducible_record(resolved, model, software, runtime.device.type)
         text = {"parameters": lineage.parameters_text(resolved, loaded.entry_id), "farm": lineage.dumps(reproducible)}
         data = encode_image(image, fmt, text)
@@ -387,6 +494,7 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
                 "started_at": job.started_at.isoformat(),
                 "waited_s": round((job.started_at - job.created_at).total_seconds(), 4),
                 "model_load_s": round(load_s, 4),
+                "model_load_source": load_source,  # held, disk, hub or host (the worker's host-memory tier)
                 "inference_s": round(inference_s, 4),
                 "upload_s": None,
             },
@@ -423,10 +531,30 @@ def _render_and_store(runtime: WorkerRuntime, job: JobSnapshot, keys: list[str])
         session.add_all([Output(**row) for row in rows])
 
     ctx.db.retrying(complete, what=f"complete job {job.id}", budget_s=ctx.settings.db_retry_s)
+    if job.resume_key:
+        _delete_quietly(runtime, job.resume_key)  # the job is done: its checkpoint has served
     metrics.RENDER_SECONDS.labels(model=loaded.entry_id).observe(inference_s)
     metrics.IMAGES_PRODUCED.labels(model=loaded.entry_id).inc(len(rows))
     logger.info("job %s attempt %d done: load %.3fs, inference %.3fs, upload %.3fs", job.id, job.attempt, load_s, inference_s, upload_s)
     return "succeeded"
+
+
+def _encode_png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode_png(data: bytes):
+    import io
+
+    import PIL.Image
+
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
 
 
 _UPLOAD_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="farm-upload")

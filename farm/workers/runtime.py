@@ -22,11 +22,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from farm import metrics, states
+from farm import logs, metrics, states
 from farm.context import FarmContext
 from farm.models import Job, JobStatus, ModelEntry, Worker, utcnow
 from farm.retry import ServiceError
 from farm.workers.celery_app import worker_queue
+from farm.workers.host_tier import HostTier, measure_h2d_gbps
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class LoadedModel:
     revision: str | None
     weights_sha256: str | None
     dtype: str
+    quantization: dict | None = None  # a quantized variant's record (farm/quantization.py), for the lineage
+    # Where its latest load came from: disk, hub or host (the host-memory tier).
+    load_source: str = "disk"
 
 
 class WorkerRuntime:
@@ -77,7 +81,14 @@ class WorkerRuntime:
         if self.device.type == "cpu" and self.vram_budget_gb is None:
             self.vram_budget_gb = CPU_DEFAULT_VRAM_GB
         self.families = list(renderer_names())
+        # Evicted pipelines wait here instead of being dropped (0 GB: off).
+        self.host_tier = HostTier(settings.worker_ram_cache_gb, self.device)
+        # What a load from the tier costs, for the scheduler: measured on CUDA, configured elsewhere.
+        self.h2d_gbps = measure_h2d_gbps(self.device) or settings.worker_h2d_gbps
         self.serves = settings.worker_model_ids()
+        # FARM_WORKER_DESCRIBE_MODEL: the image-to-text model of POST /api/v1/describe, loaded on first use.
+        self.describe_folder = Path(settings.worker_describe_model) if settings.worker_describe_model else None
+        self._describer = None
         self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -137,7 +148,9 @@ class WorkerRuntime:
         values = dict(
             host=self.host, queue=self.queue, device=self.device.type, device_name=self.device_name,
             vram_total_gb=total, vram_free_gb=free, loaded_models=self.loaded_models(), serves_models=self.serves,
+            host_models=self.host_tier.models(), ram_cache_gb=self.host_tier.budget_gb, h2d_gbps=self.h2d_gbps,
             families=self.families, max_pixels=self.ctx.settings.worker_max_pixels, capacity=1,
+            describe_model=self.describe_folder.name if self.describe_folder else None,
             speed=self.ctx.settings.worker_speed, load_gbps=self.ctx.settings.worker_load_gbps,
             software=farm.lineage.software_versions(self.device.type), started_at=utcnow(), last_heartbeat_at=utcnow(),
             instance_id=self.instance_id, state=self.state, health_error=self.health_error,
@@ -185,18 +198,22 @@ class WorkerRuntime:
                 return
             worker.vram_total_gb, worker.vram_free_gb = total, free
             worker.loaded_models = self.loaded_models()
+            worker.host_models = self.host_tier.models()
             worker.last_heartbeat_at = utcnow()
             # Back from "offline" too: declared lost during a long pause, its
             # jobs were re-queued and their late writes are refused.
             worker.state, worker.health_error = self.state, self.health_error
             for job_id, attempt in in_hand.items():
                 if not states.renew_lease(session, job_id, attempt, self.instance_id, self.ctx.settings.lease_s):
-                    logger.info("job %s attempt %d is no longer this worker's; its lease is not renewed", job_id, attempt)
+                    # The heartbeat thread has no job bound: this line names its job as the render's lines do.
+                    with logs.log_context(job_id=job_id, attempt=attempt, worker=self.name):
+                        logger.info("job %s attempt %d is no longer this worker's; its lease is not renewed",
+                                    job_id, attempt)
         self.last_beat_at = time.monotonic()
         self.publish_gauges(total, free)
 
     def publish_gauges(self, total_gb: float | None = None, free_gb: float | None = None) -> None:
-        """VRAM in bytes (used = total - free) and the models held, for /metrics."""
+        """VRAM in bytes (used = total - free), the models held and those in the host tier, for /metrics."""
         if total_gb is None or free_gb is None:
             total_gb, free_gb = self.vram()
         worker = self.name
@@ -206,6 +223,7 @@ class WorkerRuntime:
         held = self.held_model_ids()
         metrics.WORKER_MODELS_LOADED.labels(worker=worker).set(len(held))
         metrics.fill_gauge(metrics.WORKER_MODEL_LOADED, {(worker, model_id): 1 for model_id in held})
+        metrics.fill_gauge(metrics.WORKER_HOST_MODEL, {(worker, m["id"]): 1 for m in self.host_tier.models()})
 
     def liveness(self) -> tuple[bool, str]:
         """Live: the heartbeat thread runs (before start: starting)."""
@@ -327,7 +345,7 @@ class WorkerRuntime:
         worker = session.get(Worker, self.name)
         if worker is None or worker.instance_id not in (None, self.instance_id):
             return
-        worker.state, worker.loaded_models = "offline", []
+        worker.state, worker.loaded_models, worker.host_models = "offline", [], []
         rows = session.execute(
             select(Job.id, Job.attempt).where(
                 Job.worker_id == self.name,
@@ -374,28 +392,79 @@ class WorkerRuntime:
                 self._models.move_to_end(entry.id)
                 return held, 0.0
         started = time.perf_counter()
-        source = "disk" if Path(entry.source).is_dir() else "hub"
+        # Out of the tier before making room: the room made may push others into it.
+        loaded = self._from_host_tier(entry)
         self._make_room(entry.vram_gb, keep)
-        path, revision = self.resolve_source(entry)
-        dtype = pick_dtype(self.device, entry.dtype, entry.family)
-        pipe = load_pipeline(path, entry.family, self.device, dtype)
-        loaded = LoadedModel(entry.id, entry.family, pipe, estimate_vram_gb(pipe), entry.source, revision,
-                             entry.weights_sha256, str(dtype).replace("torch.", ""))
+        if loaded is not None:
+            source = "host"
+            self.host_tier.restore(loaded)
+            loaded.load_source = source
+        else:
+            source = "disk" if Path(entry.source).is_dir() else "hub"
+            path, revision = self.resolve_source(entry)
+            dtype = pick_dtype(self.device, entry.dtype, entry.family)
+            pipe = load_pipeline(path, entry.family, self.device, dtype, entry.quantization)
+            loaded = LoadedModel(entry.id, entry.family, pipe, estimate_vram_gb(pipe), entry.source, revision,
+                                 entry.weights_sha256, str(dtype).replace("torch.", ""), entry.quantization,
+                                 load_source=source)
         with self._lock:
             self._models[entry.id] = loaded
         load_s = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=entry.id, source=source).observe(load_s)
         self.publish_gauges()
-        logger.info("loaded model %s in %.2fs (%.3f GB)", entry.id, load_s, loaded.vram_gb)
+        logger.info("loaded model %s from %s in %.2fs (%.3f GB)", entry.id, source, load_s, loaded.vram_gb)
         return loaded, load_s
 
+    def _from_host_tier(self, entry: ModelEntry) -> LoadedModel | None:
+        """The model's pipeline out of the host tier, unless the registry has re-pointed the model since."""
+        kept = self.host_tier.take(entry.id)
+        if kept is None:
+            return None
+        if (kept.source, kept.weights_sha256, kept.family, kept.quantization) != \
+                (entry.source, entry.weights_sha256, entry.family, entry.quantization):
+            logger.info("model %s changed in the registry since it was evicted; loading it again", entry.id)
+            return None
+        return kept
+
+    def _retire(self, evicted: LoadedModel, why: str) -> None:
+        """An evicted model moves to the host tier, or is dropped when the tier is off or full."""
+        dropped = self.host_tier.put(evicted)
+        if evicted.entry_id in dropped:
+            logger.info("evicting model %s (%.3f GB) %s", evicted.entry_id, evicted.vram_gb, why)
+        else:
+            logger.info("moving model %s (%.3f GB) to host memory %s", evicted.entry_id, evicted.vram_gb, why)
+        for model_id in dropped:
+            if model_id != evicted.entry_id:
+                logger.info("dropping model %s from host memory to make room", model_id)
+
+    def describe(self, object_key: str) -> dict[str, Any]:
+        """A prompt for the stored image at ``object_key``: {"prompt", "model", "worker"}, or {"error"}."""
+        import io
+
+        import PIL.Image
+
+        from farm.workers.describe import describe_image, load_describer
+
+        if self.describe_folder is None:
+            return {"error": f"worker {self.name} has no describe model (FARM_WORKER_DESCRIBE_MODEL)"}
+        try:
+            if self._describer is None:
+                self._describer = load_describer(self.describe_folder, self.device, self.ctx.settings.worker_describe_prompt)
+            data = self.ctx.storage.get(object_key)
+            with PIL.Image.open(io.BytesIO(data)) as image:
+                prompt = describe_image(self._describer, image)
+        except Exception as exc:  # the API reports it; the worker goes on rendering
+            logger.exception("describe of %s failed", object_key)
+            return {"error": f"worker {self.name} could not describe the image: {exc}"}
+        return {"prompt": prompt, "model": self._describer.name, "worker": self.name}
+
     def evict(self, model_ids) -> None:
-        """Drop models the scheduler chose to make room (those not held are ignored)."""
+        """Evict models the scheduler chose to make room (those not held are ignored): to the host tier, or dropped."""
         for model_id in model_ids:
             with self._lock:
                 evicted = self._models.pop(model_id, None)
             if evicted is not None:
-                logger.info("evicting model %s (%.3f GB) as the scheduler asked", model_id, evicted.vram_gb)
+                self._retire(evicted, "as the scheduler asked")
                 del evicted
         if self.device.type == "cuda":
             import torch
@@ -414,7 +483,7 @@ class WorkerRuntime:
                 if model_id is None:
                     return
                 evicted = self._models.pop(model_id)
-            logger.info("evicting model %s (%.3f GB) to make room", model_id, evicted.vram_gb)
+            self._retire(evicted, "to make room")
             del evicted
             if self.device.type == "cuda":
                 import torch

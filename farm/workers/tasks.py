@@ -16,6 +16,7 @@ RENDER_TASK = "farm.render_job"
 
 
 PRELOAD_TASK = "farm.preload_model"
+DESCRIBE_TASK = "farm.describe_image"
 
 
 @shared_task(name=RENDER_TASK, ignore_result=True)
@@ -41,6 +42,17 @@ def preload_model(model_id: str, evict: list[str] | None = None) -> str:
     runtime.heartbeat()  # tell the scheduler at once that the model is held
     runtime.ctx.events.wake_scheduler()
     return f"loaded in {load_s:.2f}s"
+
+
+@shared_task(name=DESCRIBE_TASK, ignore_result=True)
+def describe_image(request_id: str, object_key: str) -> str:
+    """Describe a stored image and post the answer where the API waits for it (reply ``request_id``)."""
+    from farm.workers.runtime import current_runtime
+
+    runtime = current_runtime()
+    answer = runtime.describe(object_key)
+    runtime.ctx.events.post_reply(request_id, answer)
+    return "failed" if "error" in answer else "described"
 
 
 # Log fields bound for the task each Celery task id names; prerun and postrun

@@ -5,7 +5,7 @@ the key back with a placeholder entry for each model the jobs still name."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from farm.db import downgrade_database, upgrade_database
 from tests.support.factories import make_job
@@ -37,10 +37,12 @@ def test_a_removed_models_jobs_survive_and_a_downgrade_restores_the_key(database
 
     downgrade_database(database_url, "0016")
     assert "models" in job_foreign_keys(database_url)
+    # At 0016 the tables lack later columns the ORM classes map, so read them by column.
     ctx = RowContext(database_url)
     with ctx.db.session() as session:
-        assert session.get(Job, done).model_id == "m-gone"
-        assert session.get(ModelEntry, "m-gone").description == "removed from the registry"
+        assert session.execute(select(Job.model_id).where(Job.id == done)).scalar_one() == "m-gone"
+        description = session.execute(select(ModelEntry.description).where(ModelEntry.id == "m-gone")).scalar_one()
+        assert description == "removed from the registry"
     ctx.db.dispose()
 
     upgrade_database(database_url)

@@ -93,6 +93,30 @@ def test_only_one_scheduler_leads(ctx):
     second.release()
 
 
+def test_a_released_leadership_is_free_at_once_even_while_its_connection_lingers(ctx, monkeypatch):
+    """The dropped connection's server process lets its locks go when it notices, a little later; a standby
+    asking in between was refused (seen as a flaky test). Here the drop does nothing at all: the lock must
+    still be free when release() returns."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.pool import NullPool
+
+    from farm.scheduler.service import LEADER_LOCK_KEY
+
+    first = Leadership(ctx)
+    assert first.acquire()
+    monkeypatch.setattr(Connection, "invalidate", lambda self, exception=None: None)  # a backend slow to exit
+    first.release()
+    monkeypatch.undo()
+    standby = create_engine(ctx.db.engine.url, poolclass=NullPool)  # another process's connection
+    try:
+        with standby.connect() as connection:
+            assert connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}).scalar()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK_KEY})
+    finally:
+        standby.dispose()
+
+
 def test_unplaceable_jobs_are_told_why_in_one_statement_per_reason(ctx):
     from sqlalchemy import event
 

@@ -22,7 +22,8 @@ def assert_error(response, status: int, text_: str) -> dict:
     return error
 
 
-ALL_TABLES = "jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns, webhook_deliveries"
+ALL_TABLES = ("jobs, outputs, users, teams, api_tokens, models, workers, quotas, usage_ledger, campaigns, webhook_deliveries, "
+              "queue_forecasts")
 
 
 def truncate_all(ctx) -> None:

@@ -20,3 +20,15 @@ def submit_and_execute(ctx, user, runtime, request: dict) -> tuple[Job, Output, 
         output = row.outputs[0]
         session.expunge_all()
     return job, output, ctx.storage.get(output.object_key)
+
+
+def cpu_farm_context(request, sqlite_settings, database: str):
+    """A CPU worker's context on the embedded SQLite database, or (``database`` "postgres")
+    on the run's shared Postgres database; give the rows it makes unique names there."""
+    from farm.context import build_context
+    from farm.events import LocalEvents
+
+    settings = sqlite_settings.model_copy(update={"device": "cpu", "worker_vram_gb": 4.0})
+    if database == "postgres":
+        settings = settings.model_copy(update={"database_url": request.getfixturevalue("migrated_postgres_url")})
+    return build_context(settings, events=LocalEvents())

@@ -184,6 +184,24 @@ def test_bfl_refusals_name_the_field(body, where):
     assert refused_field(lambda: bfl.translate(req, None)) == where
 
 
+def test_bfl_input_images_are_flux2_references_or_the_image_an_editing_model_edits():
+    three = bfl.BflRequest.model_validate({"prompt": "x", "input_image": "AAAA", "input_image_2": "BBBB", "input_image_3": "CCCC"})
+    payload, fields = bfl.translate(three, "m-f2", "flux2")
+    assert payload["references"] == [{"image": None}] * 3 and "image_mode" not in payload
+    assert fields["references.1"] == "input_image_2" and fields["references.2.image"] == "input_image_3"
+    one = bfl.BflRequest.model_validate({"prompt": "make it night", "input_image": "AAAA"})
+    payload, fields = bfl.translate(one, "m-kontext", "flux_kontext")
+    assert payload["image_mode"] == "edit" and "image" in payload and "references" not in payload
+    assert fields["image"] == "input_image"
+    assert refused_field(lambda: bfl.translate(three, "m-kontext", "flux_kontext")) == "input_image_2"
+    assert refused_field(lambda: bfl.translate(one, "m-sd", "sd")) == "input_image"
+    gap = bfl.BflRequest.model_validate({"prompt": "x", "input_image": "AAAA", "input_image_3": "CCCC"})
+    assert refused_field(lambda: bfl.translate(gap, "m-f2", "flux2")) == "input_image_2"
+    url = bfl.BflRequest.model_validate({"prompt": "x", "input_image": "https://example.com/a.png"})
+    with pytest.raises(RequestError, match="does not fetch images from URLs"):
+        bfl.translate(url, "m-f2", "flux2")
+
+
 def test_bfl_model_names():
     assert bfl.farm_model("my-flux", {"my-flux"}) == "my-flux"
     assert bfl.farm_model("flux-pro-1.1", {"my-flux"}) is None  # farm's default model
@@ -280,6 +298,35 @@ def test_bfl_routes_answer_in_bfl_shapes(env):
     assert unknown.status_code == 404 and "no model 'dalle-3'" in unknown.get_json()["detail"]
     invalid = client.post("/v1/m-sd", json={"prompt": "x", "guidance": "lots"}, headers={"x-key": tokens["alice"]})
     assert invalid.status_code == 422 and invalid.get_json()["detail"][0]["loc"] == ["body", "guidance"]
+
+
+def test_bfl_input_images_reach_the_job_as_references_and_an_edit_source(env):
+    from farm.services.jobs import get_job
+    from tests.support.factories import ensure_model
+
+    ctx, client, tokens = env
+    with ctx.db.transaction() as session:
+        ensure_model(session, "m-f2", family="flux2_klein", vram_gb=8.0)
+        ensure_model(session, "m-kontext", family="flux_kontext", vram_gb=12.0)
+    headers = {"x-key": tokens["alice"]}
+    image = png(64)
+    response = client.post("/v1/m-f2", json={"prompt": "the cat from the first in the room of the second", "width": 512,
+                                             "height": 512, "input_image": image, "input_image_2": image}, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    with ctx.db.session() as session:
+        alice = session.get(User, tokens["alice_id"])
+    job = get_job(ctx, alice, response.get_json()["id"])
+    assert [ref["upload"] for ref in job.params["references"]] != [None, None] and len(job.params["references"]) == 2
+    edit = client.post("/v1/m-kontext", json={"prompt": "make it night", "input_image": image}, headers=headers)
+    assert edit.status_code == 200, edit.get_json()
+    assert get_job(ctx, alice, edit.get_json()["id"]).params["image_task"]["mode"] == "edit"
+    # [klein] takes four references: a fifth is refused, the error naming BFL's field.
+    five = {"input_image": image, **{f"input_image_{n}": image for n in range(2, 6)}}
+    too_many = client.post("/v1/m-f2", json={"prompt": "x", "width": 512, "height": 512, **five}, headers=headers)
+    assert too_many.status_code == 422
+    assert too_many.get_json()["detail"][0]["loc"] == ["body", "input_image"] and "at most 4" in too_many.get_json()["detail"][0]["msg"]
+    none = client.post("/v1/m-sd", json={"prompt": "x", "input_image": image}, headers=headers)
+    assert none.status_code == 422 and none.get_json()["detail"][0]["loc"] == ["body", "input_image"]
 
 
 def test_other_v1_routes_win_over_bfl_models(env):

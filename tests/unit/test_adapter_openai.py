@@ -299,6 +299,35 @@ def test_edit_without_a_mask_inpaints_the_transparent_part_or_varies_the_image(f
     assert (derived[:, 32:] == 255).all() and (derived[:, :32] == 0).all()
 
 
+def test_edit_on_flux2_uses_every_image_as_a_reference_and_on_an_editor_edits_the_one(farm):
+    from tests.support.factories import ensure_model
+
+    ctx, client, tokens = farm
+    with ctx.db.transaction() as session:
+        ensure_model(session, "m-f2", family="flux2_klein", vram_gb=8.0)
+        ensure_model(session, "m-kontext", family="flux_kontext", vram_gb=12.0)
+    headers = bearer(tokens["ana"])
+
+    def edit(model, *colors, **extra):
+        parts = [("image[]", (io.BytesIO(png(Image.new("RGB", (64, 64), color))), f"{color}.png")) for color in colors]
+        data = {"prompt": "the cup from the first on the table of the second", "model": model, **extra}
+        return client.post("/v1/images/edits", data={**data, "image[]": [part for _, part in parts]}, headers=headers,
+                           content_type="multipart/form-data")
+
+    def newest_job():
+        with ctx.db.transaction() as session:
+            job = session.execute(select(Job).order_by(Job.created_at.desc())).scalars().first()
+            states.cancel_job(session, job.id)
+            return job
+
+    openai_error(edit("m-f2", "teal", "navy", size="512x512"), 504, None)  # queued; no worker here
+    job = newest_job()
+    assert len(job.params["references"]) == 2 and "image_task" not in job.params and (job.width, job.height) == (512, 512)
+    openai_error(edit("m-kontext", "teal"), 504, None)
+    assert newest_job().params["image_task"]["mode"] == "edit"
+    openai_error(edit("m-kontext", "teal", "navy"), 400, "image", "edit one image")
+
+
 def test_edit_resizes_image_and_mask_to_size_and_names_what_to_fix(farm):
     ctx, client, tokens = farm
     headers = bearer(tokens["ana"])

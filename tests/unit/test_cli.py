@@ -101,3 +101,28 @@ def test_campaign_submit_shows_the_webhook_secret_farm_generated(run, sqlite_set
     queued, hook = result.output.strip().splitlines()
     assert queued.endswith("1 jobs queued") and hook.startswith("webhook http://127.0.0.1:9/hook: verify deliveries with the secret whsec_")
     ctx.db.dispose()
+
+
+def test_workers_list_shows_models_in_host_memory(run, sqlite_settings):
+    from farm.context import build_context
+    from farm.events import LocalEvents
+    from farm.models import Worker
+
+    ctx = build_context(sqlite_settings, events=LocalEvents())
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="gpu-t", host="h", queue="q", device="cuda", device_name="L4", vram_total_gb=24,
+                           vram_free_gb=17, max_pixels=10**7, loaded_models=[{"id": "sdxl-base", "vram_gb": 7.0}],
+                           host_models=[{"id": "flux-dev", "gb": 23.8}], ram_cache_gb=64.0))
+    assert "holds sdxl-base\tin host memory flux-dev\t" in run("workers", "list").output
+
+
+def test_worker_ram_cache_option_reaches_the_settings(run, monkeypatch):
+    import farm.workers.main
+
+    seen = {}
+    monkeypatch.setattr(farm.workers.main, "run_worker", lambda settings, **kwargs: seen.update(
+        ram=settings.worker_ram_cache_gb, **kwargs))
+    assert run("worker", "--name", "w-ram", "--vram-gb", "2", "--ram-cache-gb", "6.5").exit_code == 0
+    assert seen == {"ram": 6.5, "name": "w-ram", "vram_gb": 2.0}
+    refused = run("worker", "--ram-cache-gb", "-1")
+    assert refused.exit_code == 2 and "--ram-cache-gb" in refused.output

@@ -44,6 +44,7 @@ def test_the_document_validates_and_declares_every_route(env):
     assert jobs["post"]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/GenerationRequest"}
     assert {p["name"] for p in jobs["get"]["parameters"]} == {"status", "campaign", "cursor", "limit"}
     assert "LoraRequest" in document["components"]["schemas"] and "ImagePromptRequest" in document["components"]["schemas"]
+    assert "ReferenceRequest" in document["components"]["schemas"]
     assert "Retry-After" in jobs["post"]["responses"]["429"]["headers"]
 
 

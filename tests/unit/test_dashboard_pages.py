@@ -17,7 +17,7 @@ from farm.api import create_app
 from farm.auth import create_user
 from farm.context import build_context
 from farm.events import LocalEvents
-from farm.models import Campaign, Job
+from farm.models import Campaign, Job, Worker, utcnow
 from farm.registry import add_model
 from farm.services.tokens import OPERATOR, list_tokens
 from farm.workers import render as render_module
@@ -112,6 +112,17 @@ def test_field_errors_show_next_to_the_field_and_keep_the_input(farm):
     assert "<b>prompt</b>" in empty.get_data(as_text=True)
 
 
+def test_self_attention_guidance_from_the_form(farm):
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    refused = post(ana, "/create", prompt="a lighthouse", model="tiny-sd", sag_scale="5", sampler="ddim", **SIZE)
+    assert refused.status_code == 422 and 'id="error-sag_scale"' in refused.get_data(as_text=True)
+    assert post(ana, "/create", prompt="a lighthouse", model="tiny-sd", sag_scale="0.75", sampler="ddim", **SIZE).status_code == 302
+    with ctx.db.session() as session:
+        [job] = session.execute(select(Job)).scalars().all()
+    assert job.params["sag_scale"] == 0.75
+
+
 def test_csv_rows_are_previewed_and_become_a_campaign(farm):
     ctx, app, _ = farm
     ana = signed_in(app, "ana")
@@ -150,6 +161,14 @@ def test_gallery_thumbnails_image_page_and_rerender(farm):
     assert ctx.storage.exists(f"thumbs/{key}.webp")  # made once, kept in the store
     page = ana.get(f"/images/{output_id}").get_data(as_text=True)
     assert 'id="lineage"' in page and "photo-golden-hour-landscape" in page and "content_sha256" in page
+    # No worker offers describe: the button says so instead of posting to a 503.
+    assert re.search(r'<button type="button" id="describe" disabled title="no worker offers describe', page)
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="wd", host="h", queue="q-wd", device="cpu", device_name="cpu", vram_total_gb=8,
+                           vram_free_gb=8, max_pixels=1 << 22, families=["sd"], describe_model="tiny-describe",
+                           last_heartbeat_at=utcnow()))
+    page = ana.get(f"/images/{output_id}").get_data(as_text=True)
+    assert f'action="/images/{output_id}/describe"' in page and "disabled" not in re.search(r'<button[^>]*id="describe"[^>]*>', page).group(0)
     rerender = post(ana, f"/images/{output_id}/rerender")
     assert rerender.status_code == 302 and rerender.headers["Location"] == f"/images/{output_id}#made-from"
     with ctx.db.session() as session:
@@ -307,6 +326,43 @@ def test_vary_upscale_and_image_prompt_start_jobs_from_the_image(farm):
     # The tiny model has no IP-Adapter: the refusal names the field, above the form (it has no input of its own).
     assert response.status_code == 422
     assert re.search(r'id="form-message">.*<b>image_prompts</b>: [^<]*IP-Adapter', response.get_data(as_text=True), re.S)
+    # References: the image page offers the image as one; the form carries it to the request check.
+    assert f"/create?reference={output_id}" in ana.get(f"/images/{output_id}").get_data(as_text=True)
+    form = ana.get(f"/create?reference={output_id}").get_data(as_text=True)
+    assert f'name="reference" value="{output_id}"' in form
+    response = post(ana, "/create", prompt="a bell", model="tiny-sd", reference=str(output_id), **SIZE)
+    assert response.status_code == 422  # SD takes no references; the refusal names the field
+    assert re.search(r'id="form-message">.*<b>references</b>: sd models take no reference images',
+                     response.get_data(as_text=True), re.S)
+
+
+def test_edit_from_the_image_page_opens_the_form_on_an_editing_model_and_queues_an_edit(farm):
+    from tests.support.factories import ensure_model
+
+    ctx, app, runtime = farm
+    ana = signed_in(app, "ana")
+    assert post(ana, "/create", prompt="a cup on a table", model="tiny-sd", **SIZE).status_code == 302
+    run_queued(ctx, runtime)
+    with ctx.db.session() as session:
+        from farm.models import Output
+
+        output_id = str(session.execute(select(Output.id)).scalar_one())
+    assert 'id="edit-image"' not in ana.get(f"/images/{output_id}").get_data(as_text=True)  # no editing model yet
+    with ctx.db.transaction() as session:
+        ensure_model(session, "m-kontext", family="flux_kontext", vram_gb=12.0)
+    page = ana.get(f"/images/{output_id}").get_data(as_text=True)
+    assert f'href="/create?edit={output_id}"' in page
+    form = ana.get(f"/create?edit={output_id}").get_data(as_text=True)
+    assert 'name="image_mode" value="edit"' in form and f'name="parent_output" value="{output_id}"' in form
+    assert re.search(r'<option value="m-kontext"[^>]*selected', form) and 'id="edit-note"' in form
+    answer = post(ana, "/create", prompt="replace the cup with a teapot", model="m-kontext", image_mode="edit",
+                  parent_output=output_id)
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+    with ctx.db.session() as session:
+        job = session.execute(select(Job).where(Job.model_id == "m-kontext")).scalar_one()
+    assert job.params["image_task"]["mode"] == "edit" and job.params["image_task"]["parent_output"] == output_id
+    # An output the user cannot see is not editable through the form either.
+    assert signed_in(app, "bo").get(f"/create?edit={output_id}").status_code == 404
 
 
 def test_image_page_strip_shows_the_jobs_made_from_it_live_then_done(farm):
@@ -387,3 +443,67 @@ def test_the_campaign_page_shows_how_its_webhook_deliveries_went(farm):
     page = ana.get(f"/campaigns/{campaign.id}/progress").get_data(as_text=True)
     assert "https://hooks.example.com/farm" in page and "completion failed after 3 attempts" in page
     assert "HTTP 500 from the receiver" in page and "a-secret-of-16-chars" not in page
+
+
+def test_the_status_and_workers_pages_show_models_in_host_memory(farm):
+    from farm.models import Worker
+
+    ctx, app, _ = farm
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="gpu-t", host="h", queue="q", device="cuda", device_name="L4", vram_total_gb=24,
+                           vram_free_gb=17, max_pixels=10**7, loaded_models=[{"id": "sdxl-base", "vram_gb": 7.0}],
+                           host_models=[{"id": "flux-dev", "gb": 23.8}, {"id": "sd15", "gb": 2.2}], ram_cache_gb=64.0))
+        session.add(Worker(id="gpu-plain", host="h", queue="q2", device="cuda", device_name="L4", vram_total_gb=24,
+                           vram_free_gb=24, max_pixels=10**7))
+    ana = signed_in(app, "ana")
+    workers = ana.get("/workers").get_data(as_text=True)
+    assert "host memory (64.0 GB): flux-dev 23.8 GB · sd15 2.2 GB" in workers
+    assert workers.count("host memory (") == 1  # a worker without a tier shows none
+    status = ana.get("/").get_data(as_text=True)
+    assert "<th>in host memory</th>" in status and "<td>sdxl-base</td><td>flux-dev, sd15</td>" in status
+
+
+def test_a_deadline_from_the_form_shows_on_the_job_page_with_its_place_in_the_queue(farm):
+    import datetime as dt
+
+    from farm.models import Worker, utcnow
+    from farm.scheduler.service import Scheduler
+
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    past = post(ana, "/create", prompt="a lighthouse", model="tiny-sd", deadline="2001-01-01T00:00:00Z", **SIZE)
+    assert past.status_code == 422 and re.search(r'id="error-deadline">[^<]*in the past', past.get_data(as_text=True))
+    due = (utcnow() + dt.timedelta(hours=2)).isoformat()
+    for _ in range(2):
+        assert post(ana, "/create", prompt="a lighthouse", model="tiny-sd", deadline=due, **SIZE).status_code == 302
+    with ctx.db.transaction() as session:
+        session.add(Worker(id="w9", host="h", queue="q-w9", device="cpu", device_name="cpu", vram_total_gb=8,
+                           vram_free_gb=8, max_pixels=1 << 22, families=["sd"]))
+    sent = []
+    Scheduler(ctx, type("Dispatcher", (), {"send": lambda self, *a, **k: sent.append(a[0]),
+                                          "send_preload": lambda self, *a, **k: None})()).run_pass()
+    with ctx.db.session() as session:
+        waiting = session.execute(select(Job.id).where(Job.status == "queued")).scalar_one()
+    page = ana.get(f"/jobs/{waiting}").get_data(as_text=True)
+    assert re.search(r'id="job-queue">Position 1 among', page) and 'id="job-deadline">Due' in page
+
+
+def test_a_campaign_at_risk_shows_a_badge_and_its_predicted_finish(farm):
+    import datetime as dt
+
+    from farm.models import utcnow
+
+    ctx, app, _ = farm
+    ana = signed_in(app, "ana")
+    due = (utcnow() + dt.timedelta(hours=1)).isoformat()
+    assert post(ana, "/create", prompt="a bell", model="tiny-sd", seed_count="2", campaign_name="bells", deadline=due,
+                **SIZE).status_code == 302
+    campaign = only_campaign(ctx)
+    assert campaign.deadline is not None
+    page = ana.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert 'id="campaign-deadline">Due' in page and 'id="campaign-at-risk"' not in page
+    with ctx.db.transaction() as session:
+        row = session.get(Campaign, campaign.id)
+        row.at_risk, row.predicted_finish_at = True, utcnow() + dt.timedelta(hours=2)
+    page = ana.get(f"/campaigns/{campaign.id}").get_data(as_text=True)
+    assert 'id="campaign-at-risk">at risk' in page and "predicted to finish" in page

@@ -26,8 +26,10 @@ NAMES = families.family_names()
 
 
 def test_registry_lists_the_families_farm_serves():
-    assert NAMES == ("sd", "sdxl", "flux", "sd3", "sdxl_refiner")
-    assert families.renderer_names() == ("sd", "sdxl", "flux", "sd3")
+    assert NAMES == ("sd", "sdxl", "flux", "sd3", "flux2", "flux2_klein", "flux_kontext", "qwen_image", "qwen_image_edit",
+                     "sdxl_refiner")
+    assert families.renderer_names() == ("sd", "sdxl", "flux", "sd3", "flux2", "flux2_klein", "flux_kontext", "qwen_image",
+                                         "qwen_image_edit")
     assert families.refiner_names() == ("sdxl_refiner",)
     assert [f.name for f in families.all_families()] == list(NAMES)
 
@@ -77,7 +79,7 @@ def test_a_refiner_finishes_a_family_that_takes_it():
 
 
 def test_unknown_family_is_a_clear_error():
-    with pytest.raises(ValueError, match="family 'sd4' is not supported; choose one of sd, sdxl, flux, sd3"):
+    with pytest.raises(ValueError, match="family 'sd4' is not supported; choose one of sd, sdxl, flux, sd3, flux2, flux2_klein"):
         get_family("sd4")
     assert families.find_family("sd4") is None and families.find_family(None) is None
     assert "family 'sd4'" in families.check_sampler("sd4", "euler", "normal")
@@ -124,8 +126,11 @@ def test_capability_lookups_the_spec_uses():
     from farm import spec
 
     assert {name: spec.side_range(name) for name in families.renderer_names()} == {
-        "sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096)}
-    assert {name: spec.side_multiple(name) for name in families.renderer_names()} == {"sd": 8, "sdxl": 8, "flux": 16, "sd3": 16}
+        "sd": (64, 2048), "sdxl": (64, 4096), "flux": (64, 4096), "sd3": (64, 4096), "flux2": (64, 4096),
+        "flux2_klein": (64, 4096), "flux_kontext": (64, 4096), "qwen_image": (64, 2048), "qwen_image_edit": (64, 2048)}
+    assert {name: spec.side_multiple(name) for name in families.renderer_names()} == {
+        "sd": 8, "sdxl": 8, "flux": 16, "sd3": 16, "flux2": 16, "flux2_klein": 16, "flux_kontext": 16, "qwen_image": 16,
+        "qwen_image_edit": 16}
     assert spec.side_range("unknown") == (64, 2048)
     assert spec.FAMILY_ASPECT_RATIOS["sd"][0] == "512*512" and spec.FAMILY_ASPECT_RATIOS["flux"][0] == "1024*1024"
     assert spec.REFINER_FAMILIES == ("sdxl_refiner",)

@@ -175,3 +175,21 @@ def test_api_request_lines_name_the_authenticated_user_and_no_other(sqlite_setti
     assert signed["message"] == "answered 200" and signed["user"] == alice_id
     assert anonymous["message"] == "answered 401" and "user" not in anonymous
     assert logs.bound_fields() == {}
+
+
+def test_torchs_own_log_lines_become_json_once_adopted(captured):
+    import torch  # noqa: F401  (it installs its handler on import)
+
+    stream, _ = captured("json")
+    torch_logger = logging.getLogger("torch.utils._pytree")
+    torch_root = logging.getLogger("torch")
+    kept = (list(torch_root.handlers), torch_root.propagate)
+    try:
+        logs.adopt_library_loggers()
+        torch_logger.warning("an Enum subclass is now natively supported")
+    finally:
+        for handler in kept[0]:
+            torch_root.addHandler(handler)
+        torch_root.propagate = kept[1]
+    (line,) = _lines(stream)
+    assert line["logger"] == "torch.utils._pytree" and line["level"] == "WARNING"

@@ -68,7 +68,10 @@ def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- rendering
 
-SAMPLER_CASES = [(f, s) for f in FAMILIES for s in available_samplers(f)]
+# Families that render from a prompt alone; an editing-only family (Qwen-Image-Edit)
+# renders every sampler from a source image in test_editing.py.
+TEXT_FAMILIES = [f for f in FAMILIES if get_family(f).text_to_image]
+SAMPLER_CASES = [(f, s) for f in TEXT_FAMILIES for s in available_samplers(f)]
 
 
 @pytest.mark.parametrize(("family", "sampler"), SAMPLER_CASES, ids=[f"{f}-{s}" for f, s in SAMPLER_CASES])
@@ -88,8 +91,11 @@ SCHEDULE_CASES = [(f, s, sch) for f in FAMILIES for s in available_samplers(f) f
                   if check_sampler(f, s, sch) is None]
 
 
-@pytest.mark.parametrize(("family", "sampler", "schedule"), SCHEDULE_CASES,
-                         ids=[f"{f}-{s}-{sch}" for f, s, sch in SCHEDULE_CASES])
+TEXT_SCHEDULE_CASES = [case for case in SCHEDULE_CASES if case[0] in TEXT_FAMILIES]
+
+
+@pytest.mark.parametrize(("family", "sampler", "schedule"), TEXT_SCHEDULE_CASES,
+                         ids=[f"{f}-{s}-{sch}" for f, s, sch in TEXT_SCHEDULE_CASES])
 def test_every_accepted_schedule_renders_an_image(pipes, family, sampler, schedule):
     # Every combination check_sampler accepts must give a real image (NaN
     # latents decode to a constant black one).
@@ -139,7 +145,7 @@ def test_tiny_builder_refuses_unknown_variants():
         build_tiny_pipeline("sd4")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_same_seed_same_pixels_other_seed_differs(pipes, family):
     pipe = pipes[family]
     a = render(pipe, params(seed=7))[0]
@@ -196,7 +202,7 @@ def test_on_step_reports_each_step(pipes):
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_cancel_from_on_step_stops_the_render(pipes, family):
     calls = []
 
@@ -294,12 +300,16 @@ def test_write_tiny_model_round_trips(pipes, family, tmp_path):
     assert list(path.glob(f"{denoiser}/*.safetensors")), "weights should be safetensors"
 
     with quiet_progress_bars():
-        loaded = DiffusionPipeline.from_pretrained(path)
-    assert type(loaded) is type(pipes[family])
+        # Through the family's loader, as a worker loads it (Qwen-Image-Edit's
+        # processor needs torchvision through diffusers' generic loader).
+        loaded = get_family(family).load(str(path), torch.float32)
+    assert isinstance(loaded, DiffusionPipeline) and type(loaded) is type(pipes[family])
     assert pipeline_family(loaded) == family
     for name, component in pipes[family].components.items():
         if isinstance(component, torch.nn.Module):
             assert state_equal(getattr(loaded, name), component), name
+    if not get_family(family).text_to_image:
+        return  # it renders only from a source image; test_editing.py renders a loaded folder
 
     via_loader = load_pipeline(path, family, torch.device("cpu"), torch.float32)
     a = render(via_loader, params(seed=3))[0]
@@ -447,6 +457,67 @@ def test_extras_a_family_lacks_are_refused(pipes):
         render(pipes["flux"], params(clip_skip=2))
     assert P.check_extras("sd3", clip_skip=None, freeu=False, detail_guidance=2.0, inpainting=True) == [
         ("detail_guidance", "detail guidance is not available for sd3 inpainting or outpainting")]
+
+
+# --------------------------------------------------------------------------- self-attention guidance
+
+
+def test_self_attention_guidance_runs_the_sag_pipeline_on_the_shared_unet(pipes):
+    pipe = pipes["sd"]
+    base = render(pipe, params(sampler="dpmpp_2m"))[0]
+    assert np.array_equal(pixels(base), pixels(render(pipe, params(sampler="dpmpp_2m", sag_scale=0.0))[0]))
+    guided = render(pipe, params(sampler="dpmpp_2m", sag_scale=0.75))[0]
+    assert not np.array_equal(pixels(base), pixels(guided))
+    assert np.array_equal(pixels(guided), pixels(render(pipe, params(sampler="dpmpp_2m", sag_scale=0.75))[0]))
+    sag = P.derived_pipeline(pipe, "sag")
+    assert type(sag).__name__ == "StableDiffusionSAGPipeline" and sag.unet is pipe.unet and sag.vae is pipe.vae
+    assert np.array_equal(pixels(base), pixels(render(pipe, params(sampler="dpmpp_2m"))[0]))
+
+
+@pytest.mark.parametrize("sampler", samplers.SAG_SAMPLERS)
+def test_self_attention_guidance_renders_with_each_integer_timestep_sampler(pipes, sampler):
+    steps = []
+    [image] = render(pipes["sd"], params(sampler=sampler, sag_scale=1.0, num_images=1),
+                     on_step=lambda done, total: steps.append((done, total)))
+    assert image.size == (64, 64) and steps == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("sampler", sorted(set(get_family("sd").samplers) - set(samplers.SAG_SAMPLERS)))
+def test_self_attention_guidance_refuses_samplers_on_float_timesteps(pipes, sampler):
+    with pytest.raises(ValueError, match="self-attention guidance needs a sampler on integer timesteps"):
+        render(pipes["sd"], params(sampler=sampler, sag_scale=1.0))
+
+
+def test_self_attention_guidance_combines_with_freeu_and_clip_skip(pipes):
+    pipe = pipes["sd"]
+    guided = pixels(render(pipe, params(sampler="unipc", sag_scale=1.0))[0])
+    assert not np.array_equal(guided, pixels(render(pipe, params(sampler="unipc", sag_scale=1.0, freeu=True))[0]))
+    assert not np.array_equal(guided, pixels(render(pipe, params(sampler="unipc", sag_scale=1.0, clip_skip=2))[0]))
+
+
+def test_a_canceled_sag_render_gives_the_unet_its_attention_back(pipes):
+    pipe = pipes["sd"]
+    before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+
+    def cancel(done, total):
+        raise P.RenderCanceled()
+
+    with pytest.raises(P.RenderCanceled):
+        render(pipe, params(sampler="ddim", sag_scale=1.0), on_step=cancel)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
+
+
+def test_self_attention_guidance_is_refused_where_it_cannot_run(pipes):
+    with pytest.raises(ValueError, match="available for sd models, not for sdxl"):
+        render(pipes["sdxl"], params(sampler="dpmpp_2m", sag_scale=1.0))
+    assert P.check_extras("sd", clip_skip=None, freeu=False, detail_guidance=2.0, inpainting=False, sag_scale=1.0,
+                          sampler="euler", image_input=True, image_prompts=True) == [
+        ("sag_scale", "self-attention guidance renders text to image only; leave sag_scale out with image_mode"),
+        ("sag_scale", "self-attention guidance and detail guidance both replace the UNet's attention; use one of them"),
+        ("sag_scale", "self-attention guidance does not combine with image prompts; leave one of them out"),
+        ("sampler", "self-attention guidance needs a sampler on integer timesteps; choose one of "
+                    "dpmpp_2m, dpmpp_2m_sde, unipc, ddim, lcm (not 'euler')"),
+    ]
 
 
 def test_large_images_decode_with_a_tiled_vae(pipes, monkeypatch):

@@ -455,3 +455,155 @@ def test_grouping_does_not_place_the_job_of_a_user_at_quota():
     d = place(Snapshot(queue_order(waiting, in_team), workers, now=2.0, shares={2: Share(usage_s=1e6)},
                        team_shares={7: Share(running=1, max_running=1)}))
     assert in_team.id not in assigned(d)
+
+
+def tiered_worker(wid, *, host=(), ram_cache_gb=0.0, h2d_gbps=12.0, **kwargs):
+    base = worker(wid, **kwargs)
+    return WorkerState(**{**base.__dict__, "host_models": frozenset(host), "ram_cache_gb": ram_cache_gb,
+                          "h2d_gbps": h2d_gbps})
+
+
+def test_a_model_in_host_memory_is_loaded_there_rather_than_from_disk_elsewhere():
+    # Two identical free GPUs, neither holding "a"; the second keeps it in its
+    # host tier (12 GB/s against 2 GB/s from disk). File order alone would pick the first.
+    j = job("a")
+    d = place(Snapshot([j], [tiered_worker("disk"), tiered_worker("host", host={"a"}, ram_cache_gb=16.0)], now=0))
+    assert assigned(d) == {j.id: "host"}
+
+
+def test_an_eviction_into_the_host_tier_costs_less_than_a_drop():
+    # Both GPUs must evict a model that one job waits for (its owner is at
+    # their concurrency limit, so it waits); where the evicted model only
+    # moves to host memory it comes back for a sixth of a disk load. File
+    # order alone would pick the first.
+    j, for_b, for_c = job("a", t=0.0), job("b", t=1.0, user=2), job("c", t=1.0, user=2)
+    plain = tiered_worker("plain", vram=4.0, held={"b": 2.0})
+    tiered = tiered_worker("tiered", vram=4.0, held={"c": 2.0}, ram_cache_gb=16.0)
+    d = place(Snapshot([j, for_b, for_c], [plain, tiered], now=2.0, shares={2: Share(running=1, max_running=1)}))
+    assert assigned(d) == {j.id: "tiered"}
+    assert d.assignments[0].evict == ("c",)
+
+
+# FLUX.1 dev's weights by component (tests/unit/test_gpu_render_bench.py checks them on the real architecture).
+FLUX_DEV_WEIGHTS = {"transformer": 11.901e9, "text_encoder_2": 4.762e9, "text_encoder": 0.123e9, "vae": 0.084e9}
+
+
+def flux_job(variant: str | None):
+    """A 1024x1024 FLUX job whose model is the 16-bit FLUX or its ``variant`` with that variant's own VRAM."""
+    from farm.quantization import VRAM_OVERHEAD, get_format, quantized_gb
+
+    if variant is None:
+        gb, needs_cuda = round(sum(FLUX_DEV_WEIGHTS.values()) * 2 / 1e9 * VRAM_OVERHEAD, 3), False
+    else:
+        gb = quantized_gb(FLUX_DEV_WEIGHTS, {"format": variant, "components": ["transformer", "text_encoder_2"]})
+        needs_cuda = get_format(variant).needs_cuda
+    model = "flux" if variant is None else f"flux-{variant}"
+    return QueuedJob(id=uuid.uuid4(), attempt=1, user_id=1, model_id=model, family="flux", model_gb=gb, width=1024,
+                     height=1024, priority=0, queued_at=0.0, needs_cuda=needs_cuda)
+
+
+def flux_worker(wid, vram, *, cuda=True):
+    return WorkerState(id=wid, families=frozenset({"flux"}), max_pixels=2048 * 2048, vram_total_gb=vram,
+                       vram_free_gb=vram, loaded_models={}, serves_models=None, busy=0, cuda=cuda)
+
+
+def test_a_24_gb_gpu_is_refused_the_16_bit_flux_and_given_its_int8_and_nf4_variants():
+    gpu = flux_worker("rtx4090", 24.0)
+    full = flux_job(None)
+    decisions = place(Snapshot([full], [gpu], now=0))
+    assert decisions.assignments == [] and "has 24.0 GB of VRAM; the job needs" in decisions.unplaceable[full.id]
+    for variant in ("int8", "nf4", "gguf-q4_0"):
+        quantized = flux_job(variant)
+        assert quantized.model_gb < 24.0 < full.model_gb
+        assert assigned(place(Snapshot([quantized], [gpu], now=0))) == {quantized.id: "rtx4090"}, variant
+
+
+def test_a_cuda_only_variant_never_goes_to_a_cpu_worker():
+    cpu, gpu = flux_worker("cpu", 64.0, cuda=False), flux_worker("gpu", 24.0)
+    nf4, int8 = flux_job("nf4"), flux_job("int8")
+    alone = place(Snapshot([nf4], [cpu], now=0))
+    assert alone.assignments == [] and "has no CUDA GPU" in alone.unplaceable[nf4.id]
+    assert assigned(place(Snapshot([nf4], [cpu, gpu], now=0))) == {nf4.id: "gpu"}
+    # torchao's int8 has CPU kernels: the roomier CPU worker may take it.
+    assert assigned(place(Snapshot([int8], [cpu], now=0))) == {int8.id: "cpu"}
+
+
+def test_on_a_deep_queue_an_idle_gpu_takes_a_copy_the_copy_rule_alone_refuses():
+    from farm.scheduler.policy import DEEP_QUEUE_S
+
+    # 40 busy GPUs hold "a"; an idle one holds nothing. Jobs arrived 100 s ago
+    # (no recent demand), so the copy rule weighs one more copy against "a"'s
+    # queue alone: with 40 holders it takes under 2 s off it and is refused.
+    holders = [worker(f"h{i}", held={"a": 2.0}, busy=1) for i in range(40)]
+    idle = worker("idle", vram=24.0)
+
+    def snapshot(queued: int) -> Snapshot:
+        return Snapshot([job("a", t=0.0) for _ in range(queued)], holders + [idle], now=100.0)
+
+    # 1,200 jobs of 5 s: the farm's 41 GPUs need 146 s for them, a deep queue.
+    deep = place(snapshot(1200))
+    assert 6000 / 41 >= DEEP_QUEUE_S and set(assigned(deep).values()) == {"idle"}
+    # 800 jobs: 98 s of work for the farm, not deep; the holders drain it and the load is saved.
+    assert 4000 / 41 < DEEP_QUEUE_S and place(snapshot(800)).assignments == []
+
+
+def test_on_a_deep_queue_a_big_gpu_takes_the_work_only_big_gpus_can_run():
+    # A free 48 GB card holds the SDXL model "x"; three busy 24 GB cards hold it
+    # too. 3,000 s of FLUX work only the big card can run need it three times
+    # as long as the whole queue needs the whole farm: it takes FLUX first,
+    # though user 1's SDXL job is older in line and it holds that model.
+    big = worker("big", vram=48.0, held={"x": 7.0}, families=("sd", "sdxl", "flux"))
+    small = [worker(f"s{i}", vram=24.0, held={"x": 7.0}, busy=1) for i in range(3)]
+    sdxl = [job("x", gb=7.0, family="sdxl", size=1024, user=1) for _ in range(200)]
+    flux = [job("f", gb=23.8, family="flux", size=1024, user=2, est=15.0) for _ in range(200)]
+    d = place(Snapshot(sdxl + flux, [big] + small, now=100.0))
+    (only,) = d.assignments
+    assert only.worker_id == "big" and only.job_id in {j.id for j in flux}
+    # A shallow queue (20 s of FLUX work): the big card keeps to its model.
+    d = place(Snapshot(sdxl[:4] + flux[:4], [big] + small, now=100.0))
+    assert [a.job_id for a in d.assignments] == [sdxl[0].id]
+
+
+def test_a_call_prices_the_free_workers_once_for_heads_of_the_same_shape(monkeypatch):
+    """Ten users' oldest jobs are alike (same model and size, all within their patience) and no free worker
+    takes them: the free workers are priced for the first head, and the other nine reuse the answer."""
+    import farm.scheduler.policy as policy
+
+    calls = []
+    priced = policy._Placement.cheapest_worker
+    monkeypatch.setattr(policy._Placement, "cheapest_worker", lambda self, j: calls.append(j.id) or priced(self, j))
+    jobs = [job("big", gb=30.0, family="sdxl", size=1024, user=user, t=float(user)) for user in range(1, 11)]
+    workers = [worker("holder", vram=80.0, held={"big": 30.0}, busy=1), worker("small-a"), worker("small-b")]
+    decisions = place(Snapshot(jobs=jobs, workers=workers, now=20.0))
+    assert decisions.assignments == [] and decisions.unplaceable == {}
+    assert len(calls) == 1
+
+
+def test_rebalance_ranks_the_held_models_once_per_call_not_once_per_free_worker(monkeypatch):
+    """Forty free GPUs, each holding one of twenty models with a short queue: nobody needs a copy, and the
+    models' backlogs are ranked once (forty free workers times twenty models before)."""
+    import farm.scheduler.policy as policy
+
+    ranked = []
+    real_sorted = sorted
+    monkeypatch.setattr(policy, "sorted", lambda items, **kw: ranked.append(1) or real_sorted(items, **kw), raising=False)
+    models = [f"m{n}" for n in range(20)]
+    workers = [worker(f"w{n}", held={models[n % 20]: 2.0}, busy=0) for n in range(40)] + \
+              [worker(f"busy{n}", held={models[n]: 2.0}, busy=1) for n in range(20)]
+    jobs = [job(m, t=0.0, user=n) for n, m in enumerate(models)]
+    decisions = place(Snapshot(jobs=jobs, workers=workers, now=1.0))
+    assert len(decisions.assignments) == 20  # each model's job on a free GPU that holds it
+    assert len(ranked) <= 2
+
+
+def test_a_shape_without_a_worker_is_not_assumed_for_an_older_job_of_that_shape():
+    """The no-target memo is exact: a young head that waits for the busy holder of its model says nothing
+    about an older head of the same shape, whose patience is nearly spent and which takes the free GPU."""
+    now = 440.0  # just within both jobs' patience (450 s)
+    young = job("m", t=now - 5.0, user=1)
+    old = job("m", t=0.0, user=2)
+    workers = [worker("holder", held={"m": 2.0}, busy=1), worker("free")]
+    # The old job's owner has used the farm much more: fair share serves the young head first.
+    shares = {2: Share(usage_s=50_000.0)}
+    decisions = place(Snapshot(jobs=queue_order(young, old), workers=workers, now=now, shares=shares))
+    assert assigned(decisions) == {old.id: "free"}

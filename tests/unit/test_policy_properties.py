@@ -31,6 +31,9 @@ def snapshots(draw, copy_plans=False, limits=False):
             vram_total_gb=vram, vram_free_gb=vram - sum(held.values()), loaded_models=held, serves_models=serves,
             busy=busy, capacity=capacity, draining=draw(st.booleans()), speed=draw(st.sampled_from([0.5, 1.0, 2.0])),
             in_use=in_use,
+            # The host tier changes prices only: the invariants hold with any.
+            host_models=frozenset(draw(st.lists(st.sampled_from(sorted(MODELS)), max_size=2, unique=True))) - set(held),
+            h2d_gbps=draw(st.sampled_from([1.0, 12.0, 25.0])), ram_cache_gb=draw(st.sampled_from([0.0, 8.0, 64.0])),
         ))
     # With limits, users 1-4 belong to team 10, team 20 or none, and users and
     # teams have running jobs and max_concurrent_jobs limits (possibly already passed).
@@ -45,6 +48,8 @@ def snapshots(draw, copy_plans=False, limits=False):
             id=i, attempt=1, user_id=user, team_id=team_of[user], model_id=model, family=MODELS[model][1],
             model_gb=MODELS[model][0], width=side, height=side, priority=draw(st.integers(-1, 1)),
             queued_at=float(draw(st.integers(0, 2000))), excluded_workers=excluded,
+            # Some jobs are due (some already overdue), some in campaigns whose remaining work the snapshot gives.
+            deadline=draw(st.none() | st.floats(2000.0, 4000.0)), campaign_id=draw(st.none() | st.sampled_from(["c1", "c2"])),
         ))
     jobs.sort(key=lambda j: (-j.priority, j.queued_at))
     running = st.integers(0, 3) if limits else st.just(0)
@@ -58,7 +63,9 @@ def snapshots(draw, copy_plans=False, limits=False):
     # A copy plan only narrows where copies go (bench/scheduler_plan.py); the invariants hold with any.
     plan = draw(st.none() | st.frozensets(st.tuples(st.sampled_from([w.id for w in workers] or ["w0"]),
                                                     st.sampled_from(sorted(MODELS))))) if copy_plans else None
-    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares, team_shares=teams, copy_plan=plan)
+    campaign_work = {c: float(draw(st.integers(0, 5000))) for c in ("c1", "c2") if draw(st.booleans())}
+    return Snapshot(jobs=jobs, workers=workers, now=2500.0, shares=shares, team_shares=teams, copy_plan=plan,
+                    campaign_work_s=campaign_work)
 
 
 def can_run(job: QueuedJob, worker: WorkerState) -> bool:

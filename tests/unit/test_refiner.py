@@ -16,7 +16,7 @@ from farm.families import available_samplers, get_family
 from farm.workers.pipelines import Refiner, RenderParams, read_image_text, render
 from farm.workers.runtime import WorkerRuntime
 from farm.workers.tiny import build_tiny_pipeline, write_tiny_model
-from tests.support.worker_jobs import submit_and_execute
+from tests.support.worker_jobs import cpu_farm_context, submit_and_execute
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +131,7 @@ def test_the_refiner_counts_in_the_jobs_vram_need(request, sqlite_settings, file
     from farm.models import ModelEntry
     from farm.scheduler.service import Scheduler
 
-    settings = sqlite_settings.model_copy(update={"device": "cpu", "worker_vram_gb": 4.0})
-    if database == "postgres":
-        settings = settings.model_copy(update={"database_url": request.getfixturevalue("migrated_postgres_url")})
-    ctx = build_context(settings, events=LocalEvents())
+    ctx = cpu_farm_context(request, sqlite_settings, database)
     tag = uuid.uuid4().hex[:8]
     with ctx.db.transaction() as session:
         add_model(session, f"sdxl-{tag}", str(files["sdxl"]))

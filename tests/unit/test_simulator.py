@@ -254,7 +254,8 @@ def test_snapshots_show_lru_order_in_use_and_decayed_usage():
     snapshots = []
 
     def recording(snapshot):
-        snapshots.append(snapshot)
+        # The simulator's queue changes after the call: keep what this call saw.
+        snapshots.append(dataclasses.replace(snapshot, jobs=list(snapshot.jobs)))
         return place_fifo(snapshot)
 
     # ana renders from t=0 to 101 (1 s load, 100 s render); bo's "b" job waits
@@ -281,9 +282,9 @@ def test_snapshots_show_lru_order_in_use_and_decayed_usage():
 
 
 def test_snapshots_list_jobs_as_the_live_scheduler_reads_them(monkeypatch):
-    from farm.scheduler import service, simulator
+    from farm.scheduler import simulator
 
-    assert simulator.MAX_JOBS_PER_SNAPSHOT == service.MAX_JOBS_PER_SNAPSHOT
+    assert simulator.MAX_JOBS_PER_SNAPSHOT == math.inf  # the live scheduler keeps the whole queue (livequeue.py)
     monkeypatch.setattr(simulator, "MAX_JOBS_PER_SNAPSHOT", 3)
     snapshots = []
 
@@ -435,6 +436,27 @@ def test_the_decision_bench_runs_both_policies():
     assert out["queued"] == 50 and {"p50_ms", "p99_ms"} <= set(out["farm"]) and {"p50_ms", "p99_ms"} <= set(out["fifo"])
 
 
+def test_the_decision_bench_replays_a_trace_and_times_every_pass(tmp_path):
+    workers = write(tmp_path / "w.json", '[{"id": "a", "vram_gb": 8, "load_gbps": 2, "speed": 1, "families": ["sd"]},'
+                                         '{"id": "b", "vram_gb": 8, "load_gbps": 2, "speed": 1, "families": ["sd"]}]')
+    line = ('{"t": 0, "user": "u%d", "model": "m", "model_gb": 2, "family": "sd", "width": 512, "height": 512, '
+            '"steps": 4, "step_s": 0.25}\n')
+    trace = write(tmp_path / "t.jsonl", "".join(line % (i % 3) for i in range(6)))
+    args = ["decision", "--trace", str(trace), "--workers-file", str(workers)]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    for policy in ("farm", "fifo"):
+        # All six at t=0 on two GPUs: a pass at 0 and after each pair of renders.
+        assert out[policy]["rendered"] == 6 and out[policy]["passes"] >= 3
+        assert out[policy]["decision_ms_p99"] >= out[policy]["decision_ms_p50"] > 0
+        assert out[policy]["makespan_s"] >= out[policy]["makespan_lower_bound_s"] == 3.0  # 6 s of work on 2 GPUs
+    stopped = json.loads(CliRunner().invoke(bench, args + ["--passes", "1"]).output)
+    assert stopped["farm"]["passes"] == 1 and stopped["farm"]["stopped_after_passes"] == 1
+    alone = CliRunner().invoke(bench, ["decision", "--trace", str(trace)])
+    assert alone.exit_code == 2 and "--workers-file" in alone.output
+
+
 def test_the_synthetic_snapshot_is_consistent():
     snapshot = synthetic_snapshot(workers=30, models=7, queued=200, seed=1)
     assert len(snapshot.jobs) == 200 and len(snapshot.workers) == 30
@@ -511,3 +533,139 @@ def test_lru_evictions():
     assert lru_evictions({"a": 2.0, "b": 2.0}, frozenset(), 5.0, 3.0) == ("a",)
     assert lru_evictions({"a": 2.0, "b": 2.0}, frozenset({"a"}), 5.0, 3.0) == ("b",)
     assert lru_evictions({"a": 2.0, "b": 2.0}, frozenset({"a", "b"}), 5.0, 3.0) is None
+
+
+# --- the host-memory tier -----------------------------------------------------
+
+
+def test_an_evicted_model_comes_back_from_the_host_tier_at_the_host_rate():
+    # 6 + 6 GB do not fit in 10 GB. Without a tier "a" is read from disk again
+    # (6 GB at 2 GB/s = 3 s); with 8 GB of host memory it waited there and
+    # comes back at 12 GB/s (0.5 s).
+    trace = [job(0, "a", gb=6.0), job(10, "b", gb=6.0), job(20, "a", gb=6.0)]
+    plain = run([gpu(vram=10.0, gbps=2.0)], trace)
+    tiered = run([gpu(vram=10.0, gbps=2.0, ram_cache_gb=8.0, h2d_gbps=12.0)], trace)
+    assert (plain["model_loads"], plain["host_loads"], plain["load_s"], plain["wait_max_s"]) == (3, 0, 9.0, 3.0)
+    assert (tiered["model_loads"], tiered["host_loads"], tiered["load_s"], tiered["wait_max_s"]) == (3, 1, 6.5, 3.0)
+    assert tiered["host_load_s"] == 0.5 and tiered["load_gb"] == plain["load_gb"] == 18.0
+
+
+def test_the_host_tier_keeps_what_fits_least_recently_evicted_out_first():
+    # a, b, c in turn on a GPU that holds one at a time, 7 GB of host memory:
+    # b's eviction pushes a out of the tier, so a comes from disk; then c's
+    # eviction pushes b out, and b's return is from disk as well.
+    trace = [job(0, "a", gb=6.0), job(10, "b", gb=6.0), job(20, "c", gb=6.0), job(30, "a", gb=6.0), job(40, "c", gb=6.0)]
+    m = run([gpu(vram=10.0, gbps=2.0, ram_cache_gb=7.0)], trace)
+    # Only the last job's model (c, evicted by a at t=30) was still in the tier.
+    assert (m["model_loads"], m["host_loads"], m["evictions"]) == (5, 1, 4)
+
+
+def test_snapshots_show_the_host_tier_to_the_policy():
+    seen = []
+
+    def looking(snapshot):
+        seen.append({w.id: (w.host_models, w.h2d_gbps, w.ram_cache_gb) for w in snapshot.workers})
+        return place_fifo(snapshot)
+
+    trace = [job(0, "a", gb=6.0), job(10, "b", gb=6.0), job(20, "a", gb=6.0)]
+    simulate([gpu(vram=10.0, ram_cache_gb=8.0, h2d_gbps=20.0)], trace, looking, policy_name="test")
+    assert seen[0] == {"w1": (frozenset(), 20.0, 8.0)} and seen[-1]["w1"][0] == frozenset({"a"})
+
+
+def test_workers_files_and_the_cli_set_the_host_tier(tmp_path):
+    workers = write(tmp_path / "w.json", '[{"id": "a", "vram_gb": 10, "load_gbps": 2, "speed": 1, "families": ["sd"],'
+                                          ' "ram_cache_gb": 8, "h2d_gbps": 16}]')
+    assert (load_workers(workers)[0].ram_cache_gb, load_workers(workers)[0].h2d_gbps) == (8.0, 16.0)
+    bad = write(tmp_path / "bad.json", '[{"id": "a", "vram_gb": 10, "load_gbps": 2, "speed": 1, "families": ["sd"],'
+                                       ' "ram_cache_gb": -1}]')
+    with pytest.raises(TraceError, match="worker 1: field 'ram_cache_gb' must be a finite number >= 0"):
+        load_workers(bad)
+    plain = write(tmp_path / "p.json", '[{"id": "a", "vram_gb": 10, "load_gbps": 2, "speed": 1, "families": ["sd"]}]')
+    trace = write(tmp_path / "t.jsonl", "".join(
+        json.dumps({"t": t, "user": "u", "model": m, "model_gb": 6, "family": "sd", "width": 512, "height": 512,
+                    "steps": 4, "step_s": 0.25}) + "\n" for t, m in ((0, "a"), (10, "b"), (20, "a"))))
+    without = json.loads(CliRunner().invoke(bench, ["scheduler", "--workers", str(plain), "--trace", str(trace)]).output)
+    result = CliRunner().invoke(bench, ["scheduler", "--workers", str(plain), "--trace", str(trace),
+                                        "--ram-cache-gb", "8", "--h2d-gbps", "12"])
+    assert result.exit_code == 0, result.output
+    assert (without["host_loads"], json.loads(result.output)["host_loads"]) == (0, 1)
+    refused = CliRunner().invoke(bench, ["scheduler", "--workers", str(plain), "--trace", str(trace), "--h2d-gbps", "0"])
+    assert refused.exit_code == 2 and "--h2d-gbps" in refused.output
+
+
+# --- the makespan lower bound ------------------------------------------------
+
+
+def test_makespan_bound_weighs_work_only_some_workers_can_run_against_them_alone():
+    from farm.scheduler.simulator import makespan_lower_bound_s
+
+    small = gpu("small", vram=12.0, families=("sd",))
+    big = gpu("big", vram=80.0, speed=2.0)
+    # 100 s of FLUX work that only the big card can run, 100 s of SD work either can.
+    flux = [job(0, "flux", gb=23.8, family="flux", size=1024, steps=10, step_s=1.0) for _ in range(10)]
+    sd = [job(0, steps=10, step_s=1.0) for _ in range(10)]
+    # Overall: 200 s over speed 3 = 66.7 s; FLUX alone: 100 s over speed 2 = 50 s.
+    assert makespan_lower_bound_s([small, big], flux + sd) == pytest.approx(200 / 3)
+    # Twice the FLUX work: 300 s over 3 = 100 s, but the big card alone needs 200 / 2 = 100 s... and
+    # with three times: 300 / 2 = 150 s beats 400 / 3.
+    assert makespan_lower_bound_s([small, big], flux * 3 + sd) == pytest.approx(150.0)
+
+
+def test_makespan_bound_counts_late_arrivals_and_the_longest_job():
+    from farm.scheduler.simulator import makespan_lower_bound_s
+
+    # One job of 50 s arriving at 100 s: it cannot end before 150 s (its model may be loaded by then).
+    trace = [job(0, steps=1, step_s=1.0), job(100, steps=50, step_s=1.0)]
+    assert makespan_lower_bound_s([gpu(gbps=2.2), gpu("w2", gbps=2.2)], trace) == pytest.approx(150.0)
+    # Arriving first, it waits for its model's 1 s load as well.
+    assert makespan_lower_bound_s([gpu(gbps=2.2), gpu("w2", gbps=2.2)], trace[1:]) == pytest.approx(51.0)
+    # Work arriving at 10 s on one worker: 10 + 40 s, beyond the 41 s the work alone asks.
+    late = [job(0, steps=1, step_s=1.0)] + [job(10, steps=10, step_s=1.0) for _ in range(4)]
+    assert makespan_lower_bound_s([gpu()], late) == pytest.approx(50.0)
+    # Jobs no worker can run are left out.
+    assert makespan_lower_bound_s([gpu(families=("sd",))], [job(0, "f", family="flux", gb=23.8)]) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 50), st.sampled_from(["sd15", "sdxl", "flux"]), st.integers(1, 40)),
+                min_size=1, max_size=30))
+def test_no_replay_finishes_before_the_makespan_bound(rows):
+    from farm.scheduler.policy import place
+
+    shapes = {"sd15": (2.2, "sd", 512), "sdxl": (6.9, "sdxl", 1024), "flux": (23.8, "flux", 1024)}
+    trace = [job(t, model, gb=shapes[model][0], family=shapes[model][1], size=shapes[model][2], steps=steps)
+             for t, model, steps in rows]
+    workers = [gpu("a", vram=12.0, families=("sd", "sdxl")), gpu("b", vram=48.0, speed=1.4, gbps=3.0),
+               gpu("c", vram=80.0, speed=2.2, gbps=4.0)]
+    for policy in (place_fifo, place):
+        metrics = run(workers, trace, policy)
+        assert metrics["makespan_s"] >= metrics["makespan_lower_bound_s"] - 1e-6
+
+
+def test_quantized_flux_variants_run_on_a_24_gb_gpu_and_cuda_only_ones_never_on_a_cpu_worker():
+    """FLUX.1 dev at 1024x1024 (sizes as tests/unit/test_policy.py computes them): the 16-bit model fits
+    neither worker; int8 fits both; nf4 fits both but needs CUDA, so only the GPU loads it."""
+    from farm.scheduler.policy import place
+
+    workers = [gpu("gpu", vram=24.0, families=("flux",)), gpu("cpu", vram=32.0, speed=0.05, families=("flux",), cuda=False)]
+    flux = dict(family="flux", size=1024, steps=4)
+    # The int8 job holds the GPU for a while; the nf4 jobs arrive while only the CPU worker is free, and wait.
+    trace = [job(0, "flux", gb=40.5, **flux), job(0, "flux-int8", gb=20.5, family="flux", size=1024, steps=400),
+             job(1, "flux-nf4", gb=11.0, **flux), job(2, "flux-nf4", gb=11.0, **flux)]
+    trace = [dataclasses.replace(j, needs_cuda=j.model == "flux-nf4") for j in trace]
+    m = run(workers, trace, place)
+    assert m["unplaceable"] == 1 and m["rendered"] == 3 and m["invalid_assignments"] == 0 and m["stalled"] == 0
+    assert "flux-nf4" in m["loads_by_worker"]["gpu"] and "flux-nf4" not in m["loads_by_worker"]["cpu"]
+
+
+def test_the_files_say_which_workers_have_cuda_and_which_jobs_need_it(tmp_path):
+    (tmp_path / "w.json").write_text(json.dumps([{"id": "cpu", "vram_gb": 64, "load_gbps": 1, "speed": 0.1,
+                                                  "families": ["flux"], "cuda": False}]))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"t": 0, "user": "a", "model": "flux-nf4", "model_gb": 11, "family": "flux",
+                                                  "width": 1024, "height": 1024, "steps": 4, "step_s": 1,
+                                                  "needs_cuda": True}) + "\n")
+    assert load_workers(tmp_path / "w.json")[0].cuda is False and load_trace(tmp_path / "t.jsonl")[0].needs_cuda is True
+    (tmp_path / "w.json").write_text(json.dumps([{"id": "cpu", "vram_gb": 64, "load_gbps": 1, "speed": 0.1,
+                                                  "families": ["flux"], "cuda": "no"}]))
+    with pytest.raises(TraceError, match="field 'cuda' must be true or false"):
+        load_workers(tmp_path / "w.json")

@@ -130,3 +130,21 @@ def test_performance_modes_fill_steps_sampler_and_guidance():
     assert (mine.steps, mine.params["sampler"], mine.params["guidance_scale"]) == (6, "dpmpp_2m", 3.0)
     assert mine.params["performance"] == "lightning"
     assert "unknown value 'turbo'" in problems(prompt="x", performance="turbo")["performance"]
+
+
+def test_self_attention_guidance_is_checked_and_recorded_when_used():
+    r = resolve(prompt="a cat", model="m-sd", sampler="dpmpp_2m", sag_scale=0.75)
+    assert r.params["sag_scale"] == 0.75
+    # 0 is off: nothing recorded, so the render and its metadata are a plain one's.
+    assert "sag_scale" not in resolve(prompt="a cat", model="m-sd", sag_scale=0).params
+    assert "sag_scale" in problems(prompt="a cat", model="m-sd", sampler="ddim", sag_scale=3.5)
+    assert "sag_scale" in problems(prompt="a cat", model="m-sd", sampler="ddim", sag_scale=-1)
+    assert problems(prompt="a cat", model="m-xl", sampler="ddim", sag_scale=1) == {
+        "sag_scale": "self-attention guidance is available for sd models, not for sdxl models; leave sag_scale out"}
+    # A sampler the request did not choose is one SAG takes; one it named that SAG cannot use is refused.
+    assert resolve(prompt="a cat", model="m-sd", sag_scale=1).params["sampler"] == "dpmpp_2m"
+    assert "choose one of dpmpp_2m" in problems(prompt="a cat", model="m-sd", sag_scale=1, sampler="euler")["sampler"]
+    assert "detail guidance" in problems(prompt="a cat", model="m-sd", sampler="ddim", sag_scale=1,
+                                         detail_guidance=2)["sag_scale"]
+    assert "image_mode" in problems(prompt="a cat", model="m-sd", sampler="ddim", sag_scale=1, image_mode="vary_subtle",
+                                    image="u1")["sag_scale"]

@@ -190,3 +190,25 @@ def test_unknown_job(ctx):
     with pytest.raises(states.JobNotFoundError):
         with ctx.db.transaction() as s:
             states.cancel_job(s, uuid.uuid4())
+
+
+def test_a_progress_write_leaves_updated_at_which_marks_state_changes(ctx):
+    """The kept queue and the janitor read updated_at for state changes; progress (four writes a second per
+    render) leaves it, so that Postgres can update the row in place (bench/progress_writes.py)."""
+    from farm.models import Job
+
+    job_id = make_job(ctx)
+    with ctx.db.transaction() as s:
+        states.assign_job(s, job_id, 1, "w1", lease_s=30)
+        states.start_job(s, job_id, 1, "w1", lease_s=30)
+    with ctx.db.session() as s:
+        started = s.get(Job, job_id).updated_at
+    with ctx.db.transaction() as s:
+        assert states.record_progress(s, job_id, 1, 3, 10, 1.5)
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        assert (job.progress_step, job.eta_s, job.updated_at) == (3, 1.5, started)
+    with ctx.db.transaction() as s:
+        states.complete_job(s, job_id, 1, "w1")
+    with ctx.db.session() as s:
+        assert s.get(Job, job_id).updated_at > started

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from farm import states
+from farm import logs, states
 from farm.models import Job, Output, Worker
 from farm.scheduler.service import CeleryDispatcher, Scheduler
 from farm.storage import StoragePermanentError, StorageUnavailableError, job_prefix
@@ -72,6 +72,27 @@ def test_a_heartbeat_renews_only_the_job_in_hand(farm_ctx):
     scheduler.reap(report)
     assert report.requeued == 1
     assert (job_row(farm_ctx, job_id).status, job_row(farm_ctx, job_id).attempt) == ("queued", 2)
+
+
+def test_a_lease_the_heartbeat_cannot_renew_is_logged_with_the_job_fields(farm_ctx, caplog):
+    """The heartbeat thread has no job bound; its line about a job it lost (here
+    the job ended between the thread's look at the jobs in hand and the renewal)
+    carries the job's fields, as every worker line about a job does."""
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    runtime.register()
+    job_id = new_job(farm_ctx, "w1")
+    with farm_ctx.db.transaction() as session:
+        states.start_job(session, job_id, 1, "w1", 0.5, instance_id=runtime.instance_id)
+    runtime.take(job_id, 1)
+    with farm_ctx.db.transaction() as session:
+        session.get(Job, job_id).status = "succeeded"
+    caplog.handler.addFilter(logs.ContextFieldsFilter())
+    with caplog.at_level("INFO", logger="farm.workers.runtime"):
+        runtime.heartbeat()
+    [line] = [r for r in caplog.records if "no longer this worker's" in r.getMessage()]
+    assert (line.job_id, line.attempt, line.worker) == (str(job_id), 1, "w1")
+    assert logs.bound_fields() == {}  # nothing stays bound on the heartbeat thread
+    runtime.release(job_id)
 
 
 def test_a_restart_under_the_same_name_adopts_nothing(farm_ctx):

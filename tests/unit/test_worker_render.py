@@ -123,3 +123,30 @@ def test_rerender_reproduces_the_same_bytes(farm_ctx):
         _, other = create_user(session, "eve")
     refused = client.post(f"/api/v1/outputs/{second.id}/rerender", headers={"Authorization": f"Bearer {other}"})
     assert refused.status_code == 404
+
+
+def test_self_attention_guidance_changes_the_image_and_zero_is_a_plain_render(farm_ctx):
+    from farm.auth import create_user
+    from farm.services import jobs as job_service
+
+    with farm_ctx.db.transaction() as session:
+        user, _ = create_user(session, "sag")
+    runtime = WorkerRuntime(farm_ctx, name="w1")
+    base = {"prompt": "a lighthouse", "model": "tiny", "width": 64, "height": 64, "steps": 3, "seed": 5,
+            "sampler": "dpmpp_2m"}
+
+    def rendered(**extra) -> Output:
+        job = job_service.submit_job(farm_ctx, user, {**base, **extra})
+        with farm_ctx.db.transaction() as session:
+            states.assign_job(session, job.id, 1, "w1", 30)
+        assert render_module.execute_job(runtime, job.id, 1) == "succeeded"
+        with farm_ctx.db.session() as session:
+            return session.query(Output).filter_by(job_id=job.id).one()
+
+    plain, zero, guided = rendered(), rendered(sag_scale=0), rendered(sag_scale=0.75)
+    storage = farm_ctx.storage
+    assert storage.get(zero.object_key) == storage.get(plain.object_key)
+    assert guided.content_sha256 != plain.content_sha256
+    assert guided.lineage["params"]["sag_scale"] == 0.75 and "sag_scale" not in zero.lineage["params"]
+    # The SAG pipeline shares the UNet and gives its attention back: a plain render after it is unchanged.
+    assert rendered().content_sha256 == plain.content_sha256

@@ -3,6 +3,10 @@
 ``GET /v1/get_result?id=`` answers its status and, once Ready, its sample URL.
 The token comes in the ``x-key`` header, as BFL's clients send it.
 
+``input_image`` .. ``input_image_8`` (base64; farm fetches no URLs) are what
+the model's family takes: FLUX.2's reference images (up to its limit), or the
+one image FLUX.1 Kontext or Qwen-Image-Edit edits as the prompt instructs.
+
 Which farm model renders: the path names a farm model id (``POST
 /v1/my-flux``); BFL's own names (``flux-dev``, ``flux-pro-1.1``, any
 ``flux-...``) that are not farm model ids go to farm's default model
@@ -84,6 +88,14 @@ class BflRequest(CheckedModel):
     prompt_upsampling: bool = Field(default=False, description="farm's prompt expansion")
     safety_tolerance: int = Field(default=2, ge=0, le=6, description="Accepted; farm does not moderate")
     raw: bool = Field(default=False, description="Accepted and ignored")
+    input_image: str | None = Field(default=None, description="base64 image: FLUX.2's first reference image, or the image an editing model (FLUX.1 Kontext, Qwen-Image-Edit) edits as the prompt says")
+    input_image_2: str | None = Field(default=None, description="base64 image: FLUX.2's second reference image")
+    input_image_3: str | None = None
+    input_image_4: str | None = None
+    input_image_5: str | None = None
+    input_image_6: str | None = None
+    input_image_7: str | None = None
+    input_image_8: str | None = None
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_secret: str | None = Field(default=None, max_length=128, description="A Standard Webhooks secret (whsec_...); farm makes one when absent")
 
@@ -126,12 +138,33 @@ def frame(ratio: str) -> tuple[int, int]:
             max(SIDE_MULTIPLE, round(width * h / w / SIDE_MULTIPLE) * SIDE_MULTIPLE))
 
 
-def translate(body: BflRequest, model: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+INPUT_IMAGES = ("input_image", *(f"input_image_{n}" for n in range(2, 9)))
+
+
+def input_images(body: BflRequest) -> list[tuple[str, str]]:
+    """(BFL field, value) of the request's input images, in order; a gap (input_image_3 without _2) is refused."""
+    given = [(name, getattr(body, name)) for name in INPUT_IMAGES]
+    last = max((i for i, (_, value) in enumerate(given) if value is not None), default=-1)
+    for name, value in given[:last + 1]:
+        if value is None:
+            raise RequestError([FieldProblem(name, f"is missing while {given[last][0]} is set; send the input images in order")])
+        if value.strip().lower().startswith(("http://", "https://")):
+            raise RequestError([FieldProblem(name, "is a URL; farm does not fetch images from URLs: send the image "
+                                                   "base64-encoded (bare or as a data: URL)")])
+    return given[:last + 1]
+
+
+def translate(body: BflRequest, model: str | None, family: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The farm request (farm.spec.GenerationRequest fields) of a BFL request, and
     farm field -> BFL field for error answers. ``model``: the farm model id, or
-    None for farm's default. Pure: the image prompt is stored by the caller."""
+    None for farm's default; ``family``: that model's family, which decides what
+    the input images are (FLUX.2's references, or the source an editing model
+    edits). Pure: the images are stored by the caller, which fills their upload ids."""
     payload: dict[str, Any] = {"prompt": body.prompt, "output_format": body.output_format}
     fields: dict[str, str] = {}
+    images = input_images(body)
+    if images:
+        payload.update(_input_image_fields(images, family, fields))
     if model is not None:
         payload["model"] = model
     if body.aspect_ratio is not None:
@@ -164,6 +197,27 @@ def translate(body: BflRequest, model: str | None) -> tuple[dict[str, Any], dict
     elif body.webhook_secret is not None:
         raise RequestError([FieldProblem("webhook_secret", "only used with webhook_url; send one or leave it out")])
     return payload, fields
+
+
+def _input_image_fields(images: list[tuple[str, str]], family: str | None, fields: dict[str, str]) -> dict[str, Any]:
+    """The farm fields the input images become for ``family`` (upload ids filled by the caller)."""
+    from farm.families import editing_names, find_family, reference_families
+
+    found = find_family(family)
+    if found is not None and found.max_references:
+        for index, (name, _) in enumerate(images):
+            fields.update({f"references.{index}": name, f"references.{index}.image": name})
+        fields["references"] = images[0][0] if len(images) == 1 else "input_image"
+        return {"references": [{"image": None} for _ in images]}
+    if found is not None and found.edits:
+        if len(images) > 1:
+            raise RequestError([FieldProblem(images[1][0], f"{family} models edit one image; send it as input_image "
+                                                           "and leave input_image_2 to input_image_8 out")])
+        fields.update({"image": "input_image", "image_mode": "input_image"})
+        return {"image_mode": "edit", "image": None}
+    takers = ", ".join((*reference_families(), *editing_names()))
+    raise RequestError([FieldProblem("input_image", f"{family or 'this'} models take no input image; the families "
+                                                    f"that do: {takers} (image_prompt steers any FLUX model)")])
 
 
 def farm_model(name: str, known: set[str]) -> str | None:
@@ -203,14 +257,24 @@ def result(ctx, job: Job) -> dict[str, Any]:
 def generate(model: str, body: BflRequest):
     from farm.registry import model_infos
 
+    from farm.spec import default_model_id
+
     ctx = farm_context()
     with ctx.db.session() as session:
-        known = set(model_infos(session))
-    payload, fields = translate(body, farm_model(model, known))
+        infos = model_infos(session)
+    chosen = farm_model(model, set(infos))
+    family_of = infos.get(chosen or default_model_id(infos, ctx.settings))
+    payload, fields = translate(body, chosen, family_of.family if family_of is not None else None)
     remember_fields(fields)
     if body.image_prompt is not None:
         data = common.decode_base64_image(body.image_prompt, "image_prompt")
         payload["image_prompts"][0]["image"] = common.store_image(ctx, g.user, data, "image_prompt").id
+    stored = [common.store_image(ctx, g.user, common.decode_base64_image(value, name), name).id
+              for name, value in input_images(body)]
+    if "references" in payload:
+        payload["references"] = [{"image": upload} for upload in stored]
+    elif payload.get("image_mode") == "edit":
+        payload["image"] = stored[0]
     job = common.submit(ctx, g.user, payload, INTERFACE)
     return jsonify({"id": str(job.id), "polling_url": url_for("bfl.get_result", id=str(job.id), _external=True)})
 

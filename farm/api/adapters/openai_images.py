@@ -28,7 +28,10 @@ synchronous. How OpenAI's fields map onto farm's request:
   model's family (FARM_IP_ADAPTERS); without one the request is refused
   naming ``image``. A ``size`` that differs from the image's resizes image and
   mask to it first; without one the source's size is kept (rounded to what
-  the model family needs).
+  the model family needs). On a FLUX.2 model (no mask) every image is a
+  reference of a new render, as gpt-image's edits combine several; on an
+  instruction-editing model (FLUX.1 Kontext, Qwen-Image-Edit) the one image
+  is edited as the prompt says (``image_mode: "edit"``).
 - variations: ``vary_subtle`` of the image. OpenAI's variations take no
   prompt; farm's jobs need one, so :data:`VARIATION_PROMPT` stands in.
 - answers: ``{"created", "data": [{"url" | "b64_json", "revised_prompt"}],
@@ -71,7 +74,7 @@ from farm.models import JobStatus, ModelEntry
 from farm.safejson import CheckedModel
 from farm.services.quotas import QuotaExceededError
 from farm.services.uploads import UploadError
-from farm.families import is_refiner
+from farm.families import find_family, is_refiner
 from farm.spec import MAX_IMAGE_PROMPTS, RequestError
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ _PARAM_OF_FIELD = {
     "num_images": "n", "width": "size", "height": "size", "aspect_ratio": "size", "variant": "model",
     "performance": "quality", "steps": "quality", "negative_prompt": "prompt", "styles": "prompt",
     "prompt_expansion": "prompt", "parent_output": "image", "image_mode": "image", "image_prompts": "image",
+    "references": "image",
 }
 # Quota limits that waiting minutes will not lift (OpenAI's insufficient_quota); others are rate limits.
 _BUDGET_LIMITS = ("images_per_day", "gpu_seconds_per_month", "max_pixels", "max_steps")
@@ -292,13 +296,39 @@ def edit_image():
                                          prepare=lambda image: _resized(openai_mask(image), size, PIL.Image.NEAREST))
     elif "mask" in found_mask:
         mask_upload = common.store_image(ctx, g.user, _png(found_mask["mask"]), "image")
+    found = None if mask_upload is not None else find_family(_family_of(ctx, form.model))
     if mask_upload is not None:
         payload.update(image_mode="inpaint", mask=mask_upload.id)
+    elif found is not None and found.max_references:
+        # A FLUX.2 model: the images are references of a new render, as gpt-image's edits combine several.
+        payload.pop("image")
+        payload["references"] = [{"image": source.id}, *({"image": common.store_image(ctx, g.user, data, "image").id}
+                                                          for data in images[1:])]
+        if size is not None:
+            payload["width"], payload["height"] = size
+        return _render(payload, form.response_format)
+    elif found is not None and found.edits:
+        # An instruction-editing model (FLUX.1 Kontext, Qwen-Image-Edit): the prompt says what to change.
+        if len(images) > 1:
+            raise OpenAIFailure(400, f"image: {found.title} models edit one image; {len(images)} were sent", param="image")
+        payload["image_mode"] = "edit"
+        return _render(payload, form.response_format)
     else:
         payload["image_mode"] = "vary_subtle" if form.input_fidelity == "high" else "vary_strong"
     if len(images) > 1:
         payload["image_prompts"] = [{"image": common.store_image(ctx, g.user, data, "image").id} for data in images[1:]]
     return _render(payload, form.response_format)
+
+
+def _family_of(ctx, model: str | None) -> str | None:
+    """The family of the model an edit names, or of farm's default model; None when there is none such."""
+    from farm.registry import model_infos
+    from farm.spec import default_model_id
+
+    with ctx.db.session() as session:
+        infos = model_infos(session)
+    info = infos.get(model or default_model_id(infos, ctx.settings) or "")
+    return info.family if info is not None else None
 
 
 @bp.post("/images/variations")

@@ -1,0 +1,90 @@
+"""Queue forecasts against reality (issue 23): predicted start at submission vs the actual start, in a replay.
+
+    cd bench && PYTHONPATH=.. ../.venv/bin/python scheduler_forecast.py
+
+Replays each shipped trace on bench/workers/mixed.json with the placement
+policy. At every decision the forecast the live scheduler would write
+(farm/scheduler/forecast.py) is computed from the same snapshot, and each job
+keeps the predicted start it had in the first snapshot that showed it (its
+submission). After the replay that is compared with the job's actual start
+(render start, a model load included). Two forecasts in the same run: the
+shipped one ("drain": the queue played onto the render slots) and the
+baseline ("class": work ahead in the job's eligibility class over the
+class's speed). Prints JSON: median and p90 absolute error, seconds, the
+median actual wait for scale, and what one forecast costs on a synthetic
+snapshot of 100 workers and 5,000 queued jobs (the live snapshot's limit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from farm.scheduler.bench import synthetic_snapshot
+from farm.scheduler.forecast import forecast
+from farm.scheduler.policy import place
+from farm.scheduler.simulator import Simulation, load_trace, load_workers
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+TRACES = ("mixed", "bursty", "heavy_user", "deadlines")
+METHODS = ("drain", "class")
+
+
+def replay(workers_path: Path, trace_path: Path) -> dict:
+    predicted: dict[str, dict] = {method: {} for method in METHODS}
+
+    def policy(snapshot):
+        decisions = place(snapshot)
+        placed = {a.job_id: a.worker_id for a in decisions.assignments}
+        for name in METHODS:
+            seen = predicted[name]
+            for model in forecast(snapshot, placed, method=name).models.values():
+                for job_id, start in zip(model.job_ids, model.starts_s):
+                    if job_id not in seen and start is not None:
+                        seen[job_id] = snapshot.now + start
+            for job_id in placed:
+                seen.setdefault(job_id, snapshot.now)
+        return decisions
+
+    simulation = Simulation(load_workers(workers_path), load_trace(trace_path), policy, policy_name="farm")
+    simulation.run()
+    result = {}
+    waits = [job.render_start - job.spec.t for job in simulation.jobs if job.render_start is not None]
+    for name, seen in predicted.items():
+        errors = [abs(seen[job.queued.id] - job.render_start) for job in simulation.jobs
+                  if job.render_start is not None and job.queued.id in seen]
+        result[name] = {"jobs": len(errors), "abs_error_p50_s": round(float(np.median(errors)), 2),
+                        "abs_error_p90_s": round(float(np.percentile(errors, 90)), 2)}
+    result["actual_wait_p50_s"] = round(float(np.median(waits)), 2)
+    return result
+
+
+def forecast_cost_ms(repeat: int = 5) -> dict:
+    """Milliseconds per forecast (median of ``repeat``) on `farm bench decision`'s synthetic snapshot, 5,000 queued."""
+    snapshot = synthetic_snapshot(workers=100, models=20, queued=5000)
+    result = {}
+    for method in METHODS:
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            forecast(snapshot, method=method)
+            times.append((time.perf_counter() - started) * 1000.0)
+        result[method] = round(float(np.median(times)), 1)
+    return result
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    results = {name: replay(ROOT / "workers" / "mixed.json", ROOT / "traces" / f"{name}.jsonl") for name in TRACES}
+    results["forecast_ms_100_workers_5000_queued"] = forecast_cost_ms()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""bench/scheduler_sweep.py: one row per trace and worker order, with the light users' worst p95 under both policies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.bench_scripts import BENCH, load_bench_script
+
+
+@pytest.fixture
+def sweep(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports make_traces and scheduler_targets
+    return load_bench_script("scheduler_sweep")
+
+
+def test_the_light_users_are_those_with_few_jobs(sweep):
+    metrics = {"users": {"campaign": {"jobs": 300, "wait_p95_s": 500.0},
+                         "ana": {"jobs": 31, "wait_p95_s": 90.0},
+                         "ben": {"jobs": 12, "wait_p95_s": 120.0}}}
+    assert sweep.worst_light_p95(metrics) == 120.0
+    assert sweep.worst_light_p95({"users": {"campaign": {"jobs": 300, "wait_p95_s": 500.0}}}) is None
+
+
+def test_each_worker_order_replays_the_trace_again(sweep, capsys, monkeypatch):
+    seen = []
+    real = sweep.simulate
+
+    def recording(workers, trace, policy, **kwargs):
+        seen.append((kwargs["policy_name"], kwargs["worker_order_seed"], [w.id for w in workers]))
+        return real(workers, trace, policy, **kwargs)
+
+    monkeypatch.setattr(sweep, "simulate", recording)
+    assert sweep.main(["--traces", "heavy_user", "--trace-seeds", "", "--worker-orders", "0,3"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["trace"], r["worker_order"]) for r in rows] == [("heavy_user", 0), ("heavy_user", 3)]
+    # Order 0 is the workers file's (no shuffle); every other order shuffles, for both policies.
+    assert [(name, order) for name, order, _ in seen] == [("fifo", None), ("farm", None), ("fifo", 3), ("farm", 3)]
+    # fifo's own p95 moves with the order (the figure the docs give for how much), and the ratio is of these.
+    assert rows[0]["wait_p95_s"]["fifo"] != rows[1]["wait_p95_s"]["fifo"]
+    for row in rows:
+        assert row["p95_vs_fifo"] == round(row["wait_p95_s"]["farm"] / row["wait_p95_s"]["fifo"], 3)
+        assert row["light_worst_p95_s"]["farm"] > 0 and row["light_worst_p95_s"]["fifo"] > 0
+        assert row["loads_vs_fifo"] > 0 and row["makespan_vs_fifo"] > 0
+
+
+def test_a_tunable_set_for_the_run_moves_placements_and_is_put_back(sweep, capsys):
+    from farm.scheduler import policy
+
+    shipped = policy.MIN_PATIENCE_S
+    args = ["--traces", "heavy_user", "--trace-seeds", ""]
+    assert sweep.main(args) == 0
+    before = json.loads(capsys.readouterr().out)
+    # Next to no patience: jobs stop waiting for GPUs that hold their model, so more loads.
+    assert sweep.main(args + ["--set", "MIN_PATIENCE_S=0.001,PATIENCE_LOADS=0"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after["set"] == {"MIN_PATIENCE_S": 0.001, "PATIENCE_LOADS": 0.0} and before["set"] == {}
+    assert after["rows"][0]["loads_vs_fifo"] > before["rows"][0]["loads_vs_fifo"]
+    assert policy.MIN_PATIENCE_S == shipped
+
+
+@pytest.mark.parametrize("bad, why", [("NO_SUCH_TUNABLE=1", "not a numeric tunable"),
+                                      ("place=1", "not a numeric tunable"),
+                                      ("MIN_PATIENCE_S=soon", "not a number")])
+def test_a_bad_setting_is_refused_by_name(sweep, bad, why):
+    with pytest.raises(SystemExit, match=why):
+        sweep.main(["--traces", "heavy_user", "--trace-seeds", "", "--set", bad])
