@@ -38,6 +38,16 @@ def env(sqlite_settings):
     return ctx, app, app.test_client(), token
 
 
+@pytest.fixture()
+def frozen_now(monkeypatch) -> dt.datetime:
+    """The campaign view's clock, stopped: the figures below follow from how
+    long ago jobs ran, and a slow database (CI's, with two test lanes on two
+    cores) let seconds pass between writing the jobs and reading the view."""
+    now = utcnow()
+    monkeypatch.setattr("farm.services.campaigns.utcnow", lambda: now)
+    return now
+
+
 def submit(client, token, jobs: int = 10, **base) -> str:
     body = {"name": "numbers", "base": {"prompt": "a fox", **SIZE, **base}, "matrix": {"seed": list(range(jobs))}}
     response = client.post("/api/v1/campaigns", json=body, headers=auth(token))
@@ -111,10 +121,10 @@ def test_images_per_minute_use_the_campaigns_own_running_time(env):
     assert numbers["images_per_minute"] == pytest.approx(10.0)
 
 
-def test_a_young_campaign_is_measured_over_its_age_not_five_minutes(env):
+def test_a_young_campaign_is_measured_over_its_age_not_five_minutes(env, frozen_now):
     ctx, _, client, token = env
     campaign_id, jobs = submitted(env, 10)
-    now = utcnow()
+    now = frozen_now
     # Four jobs in the first 40 s; the fifth started 5 s ago and is half done; five wait.
     finish(ctx, jobs[:4], now - dt.timedelta(seconds=45), every_s=10.0)
     set_jobs(ctx, jobs[4:5], status="running", started_at=now - dt.timedelta(seconds=5), progress_step=1, progress_total=2, eta_s=5.0)
@@ -124,10 +134,10 @@ def test_a_young_campaign_is_measured_over_its_age_not_five_minutes(env):
     assert numbers["eta_s"] == pytest.approx(55.0, rel=0.05)
 
 
-def test_the_eta_weighs_remaining_jobs_by_their_cost(env):
+def test_the_eta_weighs_remaining_jobs_by_their_cost(env, frozen_now):
     ctx, _, client, token = env
     campaign_id, jobs = submitted(env, 4)
-    now = utcnow()
+    now = frozen_now
     finish(ctx, jobs[:2], now - dt.timedelta(seconds=20), every_s=10.0)
     assert view(client, token, campaign_id)["eta_s"] == pytest.approx(20.0, rel=0.05)
     # The two left cost three times as much each: three times as long.
