@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def served(tmp_path, migrated_postgres_url):
     """The API over real HTTP (waitress, 16 threads) on the test database."""
-    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, api_threads=16)
+    # The scheduler test's workers heartbeat once: a slow run must not lose them between passes.
+    settings = Settings(home=tmp_path, database_url=migrated_postgres_url, api_threads=16, heartbeat_timeout_s=3600)
     ctx = build_context(settings, events=LocalEvents())
     with ctx.db.transaction() as session:
         ensure_model(session, "m-sd")

@@ -39,6 +39,7 @@ class Dispatcher:
 @pytest.fixture()
 def env(sqlite_settings):
     sqlite_settings.webhook_allow = "127.0.0.1"
+    sqlite_settings.heartbeat_timeout_s = 3600  # w1 never heartbeats: a slow run must not lose it between passes
     ctx = build_context(sqlite_settings, events=LocalEvents())
     with ctx.db.transaction() as session:
         ensure_model(session, "m-sd")
