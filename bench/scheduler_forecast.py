@@ -7,12 +7,16 @@ policy. At every decision the forecast the live scheduler would write
 (farm/scheduler/forecast.py) is computed from the same snapshot, and each job
 keeps the predicted start it had in the first snapshot that showed it (its
 submission). After the replay that is compared with the job's actual start
-(render start, a model load included). Two forecasts in the same run: the
-shipped one ("drain": the queue played onto the render slots) and the
-baseline ("class": work ahead in the job's eligibility class over the
-class's speed). Prints JSON: median and p90 absolute error, seconds, the
-median actual wait for scale, and what one forecast costs on a synthetic
-snapshot of 100 workers and 5,000 queued jobs (the live snapshot's limit).
+(render start, after a model load). Three forecasts in the same run: the
+shipped one ("affinity": the queue played onto the render slots, each job
+waiting for a holder of its model or paying a load as the policy would)
+and two baselines ("drain": the same play, each job on the first free
+slot, loads free; "class": work ahead in the job's eligibility class over
+the class's speed). Prints JSON: median and p90 absolute error, seconds,
+over all jobs and over light users' (fewer than LIGHT_JOBS in the trace,
+as bench/scheduler_sweep.py counts them), the median actual wait for
+scale, and what one forecast costs on a synthetic snapshot of 100 workers
+and 5,000 queued jobs (the live snapshot's limit).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
 TRACES = ("mixed", "bursty", "heavy_user", "deadlines")
-METHODS = ("drain", "class")
+METHODS = ("affinity", "drain", "class")
+LIGHT_JOBS = 60
 
 
 def replay(workers_path: Path, trace_path: Path) -> dict:
@@ -56,13 +62,23 @@ def replay(workers_path: Path, trace_path: Path) -> dict:
     simulation.run()
     result = {}
     waits = [job.render_start - job.spec.t for job in simulation.jobs if job.render_start is not None]
+    jobs_of = Counter(job.user_id for job in simulation.jobs)
     for name, seen in predicted.items():
-        errors = [abs(seen[job.queued.id] - job.render_start) for job in simulation.jobs
-                  if job.render_start is not None and job.queued.id in seen]
-        result[name] = {"jobs": len(errors), "abs_error_p50_s": round(float(np.median(errors)), 2),
-                        "abs_error_p90_s": round(float(np.percentile(errors, 90)), 2)}
+        errors = {job.queued.id: abs(seen[job.queued.id] - job.render_start) for job in simulation.jobs
+                  if job.render_start is not None and job.queued.id in seen}
+        light = [errors[job.queued.id] for job in simulation.jobs
+                 if job.queued.id in errors and jobs_of[job.user_id] < LIGHT_JOBS]
+        result[name] = {"jobs": len(errors), **_quantiles("abs_error", list(errors.values())),
+                        "light_jobs": len(light), **_quantiles("light_abs_error", light)}
     result["actual_wait_p50_s"] = round(float(np.median(waits)), 2)
     return result
+
+
+def _quantiles(prefix: str, errors: list[float]) -> dict:
+    if not errors:
+        return {f"{prefix}_p50_s": None, f"{prefix}_p90_s": None}
+    return {f"{prefix}_p50_s": round(float(np.median(errors)), 2),
+            f"{prefix}_p90_s": round(float(np.percentile(errors, 90)), 2)}
 
 
 def forecast_cost_ms(repeat: int = 5) -> dict:

@@ -216,8 +216,9 @@ def test_forecast_positions_count_only_jobs_that_compete_for_the_same_workers():
     result = forecast(Snapshot(jobs, [gpu("sd-only", ["sd"]), gpu("flux-only", ["flux"])], now=0.0))
     assert result.models["a"].job_ids == [1, 3, 5] and result.models["a"].positions == [1, 2, 3]
     assert result.models["x"].job_ids == [2, 4] and result.models["x"].positions == [1, 2]
-    # One free slot each: the first job of each class starts now, the next after one 10 s render.
-    assert result.models["a"].starts_s == [0.0, 10.0, 20.0] and result.models["x"].starts_s == [0.0, 10.0]
+    # One free slot each, holding no model: the first job of each class starts once its model is loaded
+    # (2 GB at 2 GB/s), the next after one 10 s render on the GPU that now holds it.
+    assert result.models["a"].starts_s == [1.0, 11.0, 21.0] and result.models["x"].starts_s == [1.0, 11.0]
 
 
 def test_the_cli_refuses_a_deadline_it_cannot_read_in_one_line():

@@ -1,0 +1,54 @@
+"""The queue forecast's play (farm/scheduler/forecast.py, issue 23): a job
+waits for a GPU that holds its model, or pays a load, as the policy would."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.scheduler.forecast import forecast
+from farm.scheduler.policy import QueuedJob, Snapshot, WorkerState, patience_s
+
+NOW = 1_000.0
+
+
+def job(i: int, est_s: float = 10.0, queued_at: float = NOW, deadline: float | None = None) -> QueuedJob:
+    # 20 GB at the default 2 GB/s: a copy takes 10 s to load.
+    return QueuedJob(id=i, attempt=1, user_id=1, model_id="m", family="sd", model_gb=20.0, width=512, height=512,
+                     priority=0, queued_at=queued_at, est_seconds=est_s, deadline=deadline)
+
+
+def gpu(wid: str, holds: bool, busy: int = 0) -> WorkerState:
+    return WorkerState(id=wid, families=frozenset({"sd"}), max_pixels=1 << 22, vram_total_gb=48.0, vram_free_gb=28.0,
+                       loaded_models={"m": 20.0} if holds else {}, serves_models=None, busy=busy)
+
+
+def starts(jobs, workers, method: str = "affinity") -> list[float]:
+    return forecast(Snapshot(jobs, workers, now=NOW), method=method).models["m"].starts_s
+
+
+def test_a_job_waits_for_a_busy_holder_that_frees_before_a_copy_could_load():
+    # The holder's render frees it after half a mean render (5 s); a copy on the free GPU would start at 10 s.
+    workers = [gpu("holder", holds=True, busy=1), gpu("empty", holds=False)]
+    assert starts([job(1)], workers) == [5.0]
+    assert starts([job(1)], workers, method="drain") == [0.0]  # the baseline: the first free slot, loads free
+
+
+def test_a_long_queue_for_the_holder_is_played_onto_a_copy_once_the_copy_pays():
+    workers = [gpu("holder", holds=True), gpu("empty", holds=False)]
+    played = starts([job(i) for i in range(8)], workers)
+    # Five renders wait for the holder (its queue under MIN_COPY_BACKLOG_S); the sixth would wait 50 s,
+    # so a copy is loaded (10 s) and from then on both GPUs hold the model.
+    assert played[:6] == [0.0, 10.0, 20.0, 30.0, 40.0, 10.0]
+    assert played[6:] == [20.0, 30.0]
+
+
+@pytest.mark.parametrize(("waited", "deadline", "expected"), [
+    (0.0, None, 30.0),  # patience left: it waits for the holder (free at 30 s)
+    (None, None, 10.0),  # patience spent: the copy, loaded by 10 s
+    (0.0, NOW + 3_600, 10.0),  # a deadline: it does not wait for a holder
+])
+def test_patience_and_deadlines_decide_whether_a_job_waits_for_a_holder(waited, deadline, expected):
+    queued_at = NOW - (patience_s(job(1)) + 1.0 if waited is None else waited)
+    # One 60 s render in the queue: the busy holder frees after 30 s.
+    workers = [gpu("holder", holds=True, busy=1), gpu("empty", holds=False)]
+    assert starts([job(1, est_s=60.0, queued_at=queued_at, deadline=deadline)], workers) == [expected]
