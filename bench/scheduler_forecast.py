@@ -1,6 +1,6 @@
 """Queue forecasts against reality (issue 23): predicted start at submission vs the actual start, in a replay.
 
-    cd bench && PYTHONPATH=.. ../.venv/bin/python scheduler_forecast.py
+    cd bench && PYTHONPATH=.. ../.venv/bin/python scheduler_forecast.py [--trace-seeds 1,2,3]
 
 Replays each shipped trace on bench/workers/mixed.json with the placement
 policy. At every decision the forecast the live scheduler would write
@@ -16,18 +16,25 @@ the class's speed). Prints JSON: median and p90 absolute error, seconds,
 over all jobs and over light users' (fewer than LIGHT_JOBS in the trace,
 as bench/scheduler_sweep.py counts them), the median actual wait for
 scale, and what one forecast costs on a synthetic snapshot of 100 workers
-and 5,000 queued jobs (the live snapshot's limit).
+and 5,000 queued jobs (the live snapshot's limit). --trace-seeds also
+replays the same four workloads as bench/make_traces.py draws them with each
+seed (rows "name@seed"), as bench/scheduler_sweep.py does.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from make_traces import write_workload
+from scheduler_targets import seed_list
 
 from farm.scheduler.bench import synthetic_snapshot
 from farm.scheduler.forecast import forecast
@@ -95,9 +102,18 @@ def forecast_cost_ms(repeat: int = 5) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace-seeds", default="", help="make_traces seeds of fresh workloads to replay too")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     results = {name: replay(ROOT / "workers" / "mixed.json", ROOT / "traces" / f"{name}.jsonl") for name in TRACES}
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in seed_list(args.trace_seeds):
+            out = Path(scratch) / str(seed)
+            write_workload(out, seed=seed)
+            results.update({f"{name}@{seed}": replay(out / "workers" / "mixed.json", out / "traces" / f"{name}.jsonl")
+                            for name in TRACES})
     results["forecast_ms_100_workers_5000_queued"] = forecast_cost_ms()
     print(json.dumps(results, indent=1))
 
