@@ -51,18 +51,27 @@ LIGHT_JOBS = 60
 
 def replay(workers_path: Path, trace_path: Path) -> dict:
     predicted: dict[str, dict] = {method: {} for method in METHODS}
+    flagged: dict[str, dict] = {method: {} for method in METHODS}  # campaign -> when first predicted late
 
     def policy(snapshot):
         decisions = place(snapshot)
         placed = {a.job_id: a.worker_id for a in decisions.assignments}
+        due: dict = {}
+        for job in snapshot.jobs:
+            if job.campaign_id is not None and job.deadline is not None:
+                due[job.campaign_id] = min(due.get(job.campaign_id, job.deadline), job.deadline)
         for name in METHODS:
             seen = predicted[name]
-            for model in forecast(snapshot, placed, method=name).models.values():
+            result = forecast(snapshot, placed, method=name)
+            for model in result.models.values():
                 for job_id, start in zip(model.job_ids, model.starts_s):
                     if job_id not in seen and start is not None:
                         seen[job_id] = snapshot.now + start
             for job_id in placed:
                 seen.setdefault(job_id, snapshot.now)
+            for campaign_id, finish_s in result.campaign_finish_s.items():
+                if campaign_id in due and snapshot.now + finish_s > due[campaign_id]:
+                    flagged[name].setdefault(campaign_id, snapshot.now)
         return decisions
 
     simulation = Simulation(load_workers(workers_path), load_trace(trace_path), policy, policy_name="farm")
@@ -78,7 +87,37 @@ def replay(workers_path: Path, trace_path: Path) -> dict:
         result[name] = {"jobs": len(errors), **_quantiles("abs_error", list(errors.values())),
                         "light_jobs": len(light), **_quantiles("light_abs_error", light)}
     result["actual_wait_p50_s"] = round(float(np.median(waits)), 2)
+    result["at_risk"] = at_risk_flags(simulation, flagged)
     return result
+
+
+def at_risk_flags(simulation: Simulation, flagged: dict[str, dict]) -> dict:
+    """How the at-risk flag (a campaign's predicted finish past its deadline) matched what happened.
+
+    A campaign missed its deadline when any of its jobs finished after the
+    earliest deadline its jobs carry. Per method: flags on campaigns that
+    then missed, flags on campaigns that met it (false alarms), misses never
+    flagged, and for the flagged misses the median warning (deadline less
+    the first flag), seconds.
+    """
+    due: dict = {}
+    end: dict = {}
+    for job in simulation.jobs:
+        if job.queued.campaign_id is not None and job.queued.deadline is not None:
+            cid = job.queued.campaign_id
+            due[cid] = min(due.get(cid, job.queued.deadline), job.queued.deadline)
+            end[cid] = max(end.get(cid, 0.0), job.finished if job.finished is not None else float("inf"))
+    missed = {cid for cid in due if end[cid] > due[cid] + 1e-6}
+    out = {"campaigns": len(due), "missed": len(missed)}
+    for name, first in flagged.items():
+        if name == "class":
+            continue  # it predicts no finish
+        warnings = [due[cid] - first[cid] for cid in missed if cid in first]
+        out[name] = {"flagged_missed": sum(cid in first for cid in missed),
+                     "false_alarms": sum(cid in first for cid in due if cid not in missed),
+                     "missed_unflagged": sum(cid not in first for cid in missed),
+                     "warning_p50_s": round(float(np.median(warnings)), 1) if warnings else None}
+    return out
 
 
 def _quantiles(prefix: str, errors: list[float]) -> dict:
