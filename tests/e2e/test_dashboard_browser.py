@@ -141,6 +141,8 @@ def test_dashboard_in_a_browser(tmp_path, s3, redis_url, tiny_models, browser):
         member.click("#lightbox-open")
         member.wait_for_selector("#lineage")
         assert "photo-golden-hour-landscape" in member.inner_text("#lineage")
+        # The page is there before its image: wait for the image to load (or fail to), then check its size.
+        wait_true(member, "document.querySelector('#full-image').complete")
         assert member.evaluate("document.querySelector('#full-image').naturalWidth") == 128
         shot(member, "07-image")
         member.click("#rerender")  # back on the image page, the rerender heading its "Made from this image" strip
