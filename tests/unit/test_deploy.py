@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,21 @@ def test_images_run_as_a_non_root_user():
     assert "download.pytorch.org/whl/cpu" in api
     worker = (DEPLOY / "Dockerfile.worker").read_text()
     assert "nvidia/cuda:" in worker and "download.pytorch.org/whl/cu" in worker
+
+
+def test_the_worker_image_installs_torchvision_for_its_torch_and_the_cuda_extra(tmp_path):
+    """FLUX.2 [dev]'s processor needs torchvision, built for the image's torch;
+    bitsandbytes (the nf4 and int8-bnb variants) comes with pyproject's cuda extra."""
+    worker = (DEPLOY / "Dockerfile.worker").read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", worker, flags=re.M))
+    torch_minor = int(args["TORCH_VERSION"].split(".")[1])
+    assert args["TORCHVISION_VERSION"].split(".")[:2] == ["0", str(torch_minor + 15)]
+    assert re.search(r'pip install "torch==\$\{TORCH_VERSION\}" "torchvision==\$\{TORCHVISION_VERSION\}" '
+                     r'--index-url "\$\{TORCH_INDEX_URL\}"', worker)
+    # The image's requirements line, run on this checkout's pyproject.toml: the cuda extra is in it.
+    snippet = re.search(r'RUN python -c "(import tomllib;[^"]+)"', worker).group(1)
+    (tmp_path / "pyproject.toml").write_bytes((DEPLOY.parent / "pyproject.toml").read_bytes())
+    listed = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout.split("\n")
+    assert any(line.startswith("bitsandbytes") for line in listed)
+    assert any(line.startswith("diffusers") for line in listed)
