@@ -18,12 +18,16 @@ as bench/scheduler_sweep.py counts them), the median actual wait for
 scale, and what one forecast costs on a synthetic snapshot of 100 workers
 and 5,000 queued jobs (the live snapshot's limit). --trace-seeds also
 replays the same four workloads as bench/make_traces.py draws them with each
-seed (rows "name@seed"), as bench/scheduler_sweep.py does.
+seed (rows "name@seed"), as bench/scheduler_sweep.py does. --deadline-scale F
+brings every deadline F times as close (a campaign's from its first
+arrival), so that some campaigns miss and the at-risk flag has misses to
+warn of.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -49,7 +53,24 @@ METHODS = ("affinity", "drain", "class")
 LIGHT_JOBS = 60
 
 
-def replay(workers_path: Path, trace_path: Path) -> dict:
+def tightened(trace: list, scale: float) -> list:
+    """The trace with every deadline ``scale`` times as far away: a campaign's shared due time
+    from its first arrival, a lone job's from its own."""
+    first: dict[str, float] = {}
+    for job in trace:
+        if job.campaign is not None and job.deadline_s is not None:
+            first[job.campaign] = min(first.get(job.campaign, job.t), job.t)
+    out = []
+    for job in trace:
+        if job.deadline_s is not None:
+            start = first.get(job.campaign, job.t) if job.campaign is not None else job.t
+            due = start + scale * (job.due - start)
+            job = dataclasses.replace(job, deadline_s=max(due - job.t, 1.0))
+        out.append(job)
+    return out
+
+
+def replay(workers_path: Path, trace_path: Path, deadline_scale: float = 1.0) -> dict:
     predicted: dict[str, dict] = {method: {} for method in METHODS}
     flagged: dict[str, dict] = {method: {} for method in METHODS}  # campaign -> when first predicted late
 
@@ -74,7 +95,10 @@ def replay(workers_path: Path, trace_path: Path) -> dict:
                     flagged[name].setdefault(campaign_id, snapshot.now)
         return decisions
 
-    simulation = Simulation(load_workers(workers_path), load_trace(trace_path), policy, policy_name="farm")
+    trace = load_trace(trace_path)
+    if deadline_scale != 1.0:
+        trace = tightened(trace, deadline_scale)
+    simulation = Simulation(load_workers(workers_path), trace, policy, policy_name="farm")
     simulation.run()
     result = {}
     waits = [job.render_start - job.spec.t for job in simulation.jobs if job.render_start is not None]
@@ -144,15 +168,23 @@ def forecast_cost_ms(repeat: int = 5) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace-seeds", default="", help="make_traces seeds of fresh workloads to replay too")
+    parser.add_argument("--deadline-scale", type=float, default=1.0,
+                        help="bring every deadline this many times as close (0 < F <= 1; 1: as the trace says)")
+    parser.add_argument("--traces", default=",".join(TRACES), help="trace names (file stems) to replay")
     args = parser.parse_args(argv)
+    if not 0.0 < args.deadline_scale <= 1.0:
+        parser.error("--deadline-scale must be above 0 and at most 1")
+    names = [name for name in args.traces.split(",") if name]
     logging.basicConfig(level=logging.WARNING)
-    results = {name: replay(ROOT / "workers" / "mixed.json", ROOT / "traces" / f"{name}.jsonl") for name in TRACES}
+    results = {name: replay(ROOT / "workers" / "mixed.json", ROOT / "traces" / f"{name}.jsonl", args.deadline_scale)
+               for name in names}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seed_list(args.trace_seeds):
             out = Path(scratch) / str(seed)
             write_workload(out, seed=seed)
-            results.update({f"{name}@{seed}": replay(out / "workers" / "mixed.json", out / "traces" / f"{name}.jsonl")
-                            for name in TRACES})
+            results.update({f"{name}@{seed}": replay(out / "workers" / "mixed.json", out / "traces" / f"{name}.jsonl",
+                                                     args.deadline_scale)
+                            for name in names})
     results["forecast_ms_100_workers_5000_queued"] = forecast_cost_ms()
     print(json.dumps(results, indent=1))
 

@@ -41,3 +41,18 @@ def test_a_replay_reports_every_method_with_the_light_users_apart(bench):
         assert row["jobs"] > row["light_jobs"] > 0
         assert row["abs_error_p50_s"] is not None and row["light_abs_error_p50_s"] is not None
     assert result["at_risk"]["campaigns"] == 0  # heavy_user carries no deadlines
+
+
+def test_tightened_deadlines_keep_a_campaigns_shared_due_time(bench):
+    from farm.scheduler.simulator import TraceJob
+
+    def job(t, deadline_s=None, campaign=None):
+        return TraceJob(t=t, user="u", model="m", model_gb=2.0, family="sd", width=64, height=64, steps=2, step_s=1.0,
+                        deadline_s=deadline_s, campaign=campaign)
+
+    # A campaign arriving over 100-120 s, due at 400 s; a lone job due 60 s after it arrives; one with no deadline.
+    trace = [job(100.0, 300.0, "c"), job(120.0, 280.0, "c"), job(50.0, 60.0), job(10.0)]
+    half = bench.tightened(trace, 0.5)
+    assert [j.due for j in half[:2]] == [250.0, 250.0]  # 100 + 0.5 x 300, for both of its jobs
+    assert half[2].due == 80.0 and half[3].deadline_s is None
+    assert bench.tightened([job(100.0, 300.0, "c"), job(390.0, 10.0, "c")], 0.1)[1].deadline_s == 1.0  # never past due on arrival
