@@ -79,6 +79,9 @@ def compare(workers_path: Path, trace_path: Path, name: str, order: int = 0) -> 
             "p95_vs_fifo": round(farm["wait_p95_s"] / fifo["wait_p95_s"], 3),
             "loads_vs_fifo": round(farm["model_loads"] / fifo["model_loads"], 3),
             "makespan_vs_fifo": round(farm["makespan_s"] / fifo["makespan_s"], 4),
+            # The simulator's work bound (no schedule ends sooner): how far from the best either policy is.
+            "makespan_vs_bound": {name: round(run["makespan_s"] / run["makespan_lower_bound_s"], 4)
+                                  for name, run in (("farm", farm), ("fifo", fifo))},
             "deadline_misses": {"farm": farm["deadline_misses"], "fifo": fifo["deadline_misses"]},
             "light_worst_p95_s": {"farm": worst_light_p95(farm), "fifo": worst_light_p95(fifo)}}
 

@@ -693,7 +693,8 @@ class _Placement:
             return False
         if not self.copy_allowed(worker.id, job.model_id):
             return True
-        left = 1.0 - (self.now - job.queued_at) / patience_s(job)
+        patience = patience_s(job)
+        left = 1.0 - (self.now - job.queued_at) / patience if patience > 0 else 0.0
         if left <= 0 or self.behind(job.user_id, job):
             return False
         if evicts and self.holders.get(job.model_id):

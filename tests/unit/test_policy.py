@@ -280,6 +280,20 @@ def test_what_a_copy_must_justify_shrinks_as_the_job_waits():
     assert assigned(place(Snapshot(jobs, [holder, idle], now=(1.0 - left) * patience))) == {jobs[0].id: "idle"}
 
 
+def test_no_patience_means_no_wait_for_a_holder(monkeypatch):
+    """Patience set to nothing (the sweep's --set MIN_PATIENCE_S=0,PATIENCE_LOADS=0) loads a copy at once,
+    where it used to divide by zero."""
+    from farm.scheduler import policy
+
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    idle = fast_worker("idle")
+    assert place(Snapshot(jobs, [holder, idle], now=1.0)).assignments == []
+    monkeypatch.setattr(policy, "MIN_PATIENCE_S", 0.0)
+    monkeypatch.setattr(policy, "PATIENCE_LOADS", 0.0)
+    assert assigned(place(Snapshot(jobs, [holder, idle], now=1.0))) == {jobs[0].id: "idle"}
+
+
 def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain():
     # A holder of speed 0.5 needs 2 x B s for B s of work; a speed-2 copy
     # would take 80% of that off. Under MIN_COPY_BACKLOG_S of backlog the

@@ -43,6 +43,10 @@ def test_each_worker_order_replays_the_trace_again(sweep, capsys, monkeypatch):
         assert row["p95_vs_fifo"] == round(row["wait_p95_s"]["farm"] / row["wait_p95_s"]["fifo"], 3)
         assert row["light_worst_p95_s"]["farm"] > 0 and row["light_worst_p95_s"]["fifo"] > 0
         assert row["loads_vs_fifo"] > 0 and row["makespan_vs_fifo"] > 0
+        # No schedule ends before the work bound, and the two ratios agree with the one between them.
+        bound = row["makespan_vs_bound"]
+        assert bound["farm"] >= 1.0 and bound["fifo"] >= 1.0
+        assert bound["farm"] / bound["fifo"] == pytest.approx(row["makespan_vs_fifo"], abs=2e-4)
 
 
 def test_a_tunable_set_for_the_run_moves_placements_and_is_put_back(sweep, capsys):
