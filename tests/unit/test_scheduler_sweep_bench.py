@@ -25,13 +25,13 @@ def test_the_light_users_are_those_with_few_jobs(sweep):
 
 def test_each_worker_order_replays_the_trace_again(sweep, capsys, monkeypatch):
     seen = []
-    real = sweep.simulate
+    real = sweep.replay
 
     def recording(workers, trace, policy, **kwargs):
         seen.append((kwargs["policy_name"], kwargs["worker_order_seed"], [w.id for w in workers]))
         return real(workers, trace, policy, **kwargs)
 
-    monkeypatch.setattr(sweep, "simulate", recording)
+    monkeypatch.setattr(sweep, "replay", recording)
     assert sweep.main(["--traces", "heavy_user", "--trace-seeds", "", "--worker-orders", "0,3"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [(r["trace"], r["worker_order"]) for r in rows] == [("heavy_user", 0), ("heavy_user", 3)]
@@ -42,6 +42,9 @@ def test_each_worker_order_replays_the_trace_again(sweep, capsys, monkeypatch):
     for row in rows:
         assert row["p95_vs_fifo"] == round(row["wait_p95_s"]["farm"] / row["wait_p95_s"]["fifo"], 3)
         assert row["light_worst_p95_s"]["farm"] > 0 and row["light_worst_p95_s"]["fifo"] > 0
+        # All light users' jobs pooled: no higher than the worst light user's own p95.
+        for name in ("farm", "fifo"):
+            assert 0 < row["light_p95_s"][name] <= row["light_worst_p95_s"][name]
         assert row["loads_vs_fifo"] > 0 and row["makespan_vs_fifo"] > 0
         # No schedule ends before the work bound, and the two ratios agree with the one between them.
         bound = row["makespan_vs_bound"]
@@ -70,3 +73,20 @@ def test_a_tunable_set_for_the_run_moves_placements_and_is_put_back(sweep, capsy
 def test_a_bad_setting_is_refused_by_name(sweep, bad, why):
     with pytest.raises(SystemExit, match=why):
         sweep.main(["--traces", "heavy_user", "--trace-seeds", "", "--set", bad])
+
+
+def test_the_light_users_pooled_p95_counts_their_jobs_only(sweep):
+    from farm.scheduler.fifo import place_fifo
+    from farm.scheduler.simulator import TraceJob, WorkerSpec
+
+    worker = WorkerSpec(id="w", vram_gb=24.0, load_gbps=100.0, speed=1.0, families=frozenset({"sdxl"}))
+
+    def image(t, user):
+        return TraceJob(t=t, user=user, model="m", model_gb=1.0, family="sdxl", width=512, height=512, steps=10, step_s=1.0)
+
+    # 60 images of a campaign at once, then one light image: fifo makes it wait for the whole campaign.
+    trace = [image(0.0, "campaign") for _ in range(sweep.LIGHT_JOBS)] + [image(1.0, "ana")]
+    metrics = sweep.replay([worker], trace, place_fifo, policy_name="fifo")
+    ana = metrics["users"]["ana"]
+    assert ana["jobs"] == 1 and metrics["light_wait_p95_s"] == ana["wait_p95_s"] > 500
+    assert sweep.replay([worker], trace[:-1], place_fifo, policy_name="fifo")["light_wait_p95_s"] is None
