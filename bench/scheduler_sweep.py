@@ -5,10 +5,12 @@
 For the shipped traces (bench/traces on bench/workers/mixed.json) and the
 workloads bench/make_traces.py draws with each --trace-seeds seed, both
 policies replay each named trace in the same run. One JSON row per trace:
-the policy's wait p95, model loads and makespan as ratios to fifo's, and
-both policies' deadline misses, and the worst p95 wait of a light user
-(one with under LIGHT_JOBS jobs in the trace: fair share is there for
-them) under each. Run at two commits, the rows say whether a change moved
+the policy's wait p95, model loads and makespan as ratios to fifo's, both
+policies' makespan over the work bound and deadline misses, and the p95
+wait of the light users (those with under LIGHT_JOBS jobs in the trace:
+fair share is there for them), the worst one's and over all their jobs,
+under each. "families" sums the rows up per trace family, as
+docs/benchmarks.md tabulates them. Run at two commits, the rows say whether a change moved
 any placement (every figure equal to the last digit); on fresh seeds they
 say how far the targets carry over to workloads the tunables were not
 chosen on.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -122,8 +125,34 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for name, value in shipped.items():
             setattr(policy, name, value)
-    print(json.dumps({"set": tunables, "rows": rows}, indent=1))
+    print(json.dumps({"set": tunables, "families": summarize(rows), "rows": rows}, indent=1))
     return 0
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+    """Per trace family (the name before "@"), what docs/benchmarks.md tabulates: how many runs miss each
+    target, the worst and the median ratios, and the deadline misses summed."""
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        families.setdefault(row["trace"].partition("@")[0], []).append(row)
+    summary = {}
+    for family, runs in families.items():
+        p95 = [run["p95_vs_fifo"] for run in runs]
+        makespan = [run["makespan_vs_fifo"] for run in runs]
+        light = [run["light_p95_s"]["farm"] / run["light_p95_s"]["fifo"] for run in runs if run["light_p95_s"]["fifo"]]
+        summary[family] = {
+            "runs": len(runs),
+            "p95_over_1_1": sum(ratio > 1.1 for ratio in p95),
+            "p95_vs_fifo_median": round(statistics.median(p95), 3), "p95_vs_fifo_max": max(p95),
+            "light_p95_over_1_1": sum(ratio > 1.1 for ratio in light),
+            "light_p95_vs_fifo_median": round(statistics.median(light), 3) if light else None,
+            "light_p95_vs_fifo_max": round(max(light), 3) if light else None,
+            "makespan_over_fifo": sum(ratio > 1.0 for ratio in makespan), "makespan_vs_fifo_max": max(makespan),
+            "makespan_vs_bound_max": {name: max(run["makespan_vs_bound"][name] for run in runs) for name in ("farm", "fifo")},
+            "loads_vs_fifo_median": round(statistics.median(run["loads_vs_fifo"] for run in runs), 3),
+            "deadline_misses": {name: sum(run["deadline_misses"][name] for run in runs) for name in ("farm", "fifo")},
+        }
+    return summary
 
 
 def sweep(args, names: list[str]) -> list[dict]:

@@ -90,3 +90,22 @@ def test_the_light_users_pooled_p95_counts_their_jobs_only(sweep):
     ana = metrics["users"]["ana"]
     assert ana["jobs"] == 1 and metrics["light_wait_p95_s"] == ana["wait_p95_s"] > 500
     assert sweep.replay([worker], trace[:-1], place_fifo, policy_name="fifo")["light_wait_p95_s"] is None
+
+
+def test_the_families_sum_up_the_rows_per_trace_family(sweep):
+    def row(trace, p95, light, makespan, misses):
+        return {"trace": trace, "p95_vs_fifo": p95, "makespan_vs_fifo": makespan, "loads_vs_fifo": 0.2,
+                "light_p95_s": {"farm": light, "fifo": 10.0}, "makespan_vs_bound": {"farm": makespan, "fifo": 1.0},
+                "deadline_misses": {"farm": misses, "fifo": 2 * misses}}
+
+    rows = [row("deadlines", 1.2, 9.0, 1.01, 1), row("deadlines@1", 1.0, 12.0, 0.99, 2), row("deadlines@1", 1.05, 10.5, 1.0, 0),
+            row("mixed@2", 0.9, 8.0, 1.02, 0)]
+    summary = sweep.summarize(rows)
+    assert set(summary) == {"deadlines", "mixed"}
+    deadlines = summary["deadlines"]
+    assert deadlines["runs"] == 3 and deadlines["p95_over_1_1"] == 1 and deadlines["p95_vs_fifo_max"] == 1.2
+    assert deadlines["p95_vs_fifo_median"] == 1.05
+    assert deadlines["light_p95_over_1_1"] == 1 and deadlines["light_p95_vs_fifo_max"] == 1.2
+    assert deadlines["makespan_over_fifo"] == 1 and deadlines["makespan_vs_bound_max"] == {"farm": 1.01, "fifo": 1.0}
+    assert deadlines["deadline_misses"] == {"farm": 3, "fifo": 6}
+    assert summary["mixed"]["runs"] == 1 and summary["mixed"]["makespan_over_fifo"] == 1
