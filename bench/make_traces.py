@@ -57,6 +57,12 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
 SEED = 20261201
 
+# A user with fewer jobs than this in a trace is a light user: the users
+# here who send single images and small batches, where campaigns and heavy
+# users send hundreds. The benches that report light users' waits apart
+# (scheduler_sweep.py, scheduler_forecast.py) count them by it.
+LIGHT_JOBS = 60
+
 # model id -> (family, GB of weights, typical steps). Sizes: SD 1.5 fp16 with
 # its text encoder and VAE ~2.2 GB, SDXL ~7 GB, FLUX.1 ~24 GB.
 MODELS = {

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from make_traces import write_workload
+from make_traces import LIGHT_JOBS, write_workload
 from scheduler_targets import seed_list
 
 from farm.scheduler.bench import synthetic_snapshot
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
 TRACES = ("mixed", "bursty", "heavy_user", "deadlines")
 METHODS = ("affinity", "drain", "class")
-LIGHT_JOBS = 60
 
 
 def tightened(trace: list, scale: float) -> list:

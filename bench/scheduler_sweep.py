@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from make_traces import write_workload
+from make_traces import LIGHT_JOBS, write_workload
 from scheduler_targets import seed_list
 
 from farm.scheduler import policy
@@ -48,9 +48,6 @@ from farm.scheduler.simulator import Simulation, load_trace, load_workers
 
 ROOT = Path(__file__).resolve().parent
 TRACES = "deadlines,preempt_campaign,bursty,mixed,heavy_user"
-# A user with fewer jobs than this in a trace is a light user (the make_traces
-# users who send single images; campaigns and heavy users send hundreds).
-LIGHT_JOBS = 60
 
 
 def replay(workers, trace, policy, **kwargs) -> dict:

@@ -97,7 +97,6 @@ if __name__ == "__main__":
     if sys.argv[2:3] == ["targets"]:
         import scheduler_targets
 
-        sys.argv = [sys.argv[0]] + sys.argv[3:]
-        scheduler_targets.main()
+        scheduler_targets.main(sys.argv[3:])
     else:
         raise SystemExit(scheduler_sweep.main(sys.argv[2:]))
