@@ -22,6 +22,7 @@ import numpy as np
 
 from farm.families import get_family
 from farm.scheduler.fifo import place_fifo
+from farm.scheduler.jobqueue import JobQueue
 from farm.scheduler.policy import Decisions, QueuedJob, Share, Snapshot, WorkerState
 from farm.scheduler.simulator import TraceError, WorkerSpec, load_trace, load_workers, simulate
 
@@ -169,12 +170,18 @@ def time_decisions(place: Callable[[Snapshot], Decisions], snapshot: Snapshot, r
 
 def run_decision_bench(workers: int = 100, models: int = 20, queued: int = 10_000, repeat: int = 200,
                        seed: int | None = None) -> dict:
-    snapshot = synthetic_snapshot(workers, models, queued, seed=0 if seed is None else seed)
-    free = sum(1 for w in snapshot.workers if w.busy < w.capacity)
+    listed = synthetic_snapshot(workers, models, queued, seed=0 if seed is None else seed)
+    # Each policy gets the queue in the form it is fastest on. The farm
+    # policy: a JobQueue kept between passes, as the live scheduler hands it
+    # over (farm/scheduler/livequeue.py), not a list it would index anew on
+    # every call (bench/scheduler_scale.py times that form apart). fifo only
+    # walks the queue in order, which a list does fastest.
+    forms = {"farm": dataclasses.replace(listed, jobs=JobQueue(listed.jobs)), "fifo": listed}
+    free = sum(1 for w in listed.workers if w.busy < w.capacity)
     result = {"workers": workers, "models": models, "queued": queued, "repeat": repeat, "seed": seed,
-              "free_workers": free}
+              "free_workers": free, "queue": {"farm": "kept JobQueue", "fifo": "list"}}
     for name in POLICIES:
-        result[name] = time_decisions(policy_function(name), snapshot, repeat)
+        result[name] = time_decisions(policy_function(name), forms[name], repeat)
     return result
 
 
