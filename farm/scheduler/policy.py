@@ -17,7 +17,10 @@ How it decides, for each free worker slot in turn:
    (no load).
 3. Otherwise, while the job is still within its patience (a few load-times),
    free workers are given jobs for models they already hold: grouping
-   same-model work on the same worker is what saves loads.
+   same-model work on the same worker is what saves loads. A job whose model
+   no GPU holds skips this wait when a free worker can load the model
+   without evicting anything (``_Placement.first_load``): it needs a load
+   wherever it goes, so waiting would save none.
 4. Otherwise the job's model is loaded on a free worker. One where it fits
    without evicting anything comes first, the smallest such GPU first (best
    fit: the big GPUs stay free for the big models and for the copies a burst
@@ -755,6 +758,23 @@ class _Placement:
                 best = (rank, worker, evict)
         return (best[1], best[2]) if best else None
 
+    def first_load(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
+        """A free worker that can load ``job``'s model, which no GPU holds, without evicting anything; None: none can.
+
+        Whichever GPU renders such a job must load its model first, so the
+        wait for a holder (step 3) would save no load: it would only put the
+        job behind younger work for as long as its patience (minutes). A load
+        that would evict still waits: the evicted model's next job would need
+        a load of its own.
+        """
+        if self.known_without_target(job):
+            return None
+        target = self.cheapest_worker(job)
+        if target is None:
+            self.note_without_target(job)
+            return None
+        return None if target[1] else target
+
     def runnable_later_job(self, user_id: int, lookahead: int = 32):
         """A later job of this user that a free worker can take, when the oldest cannot."""
         queue = self.by_user[user_id]
@@ -936,6 +956,8 @@ class _Placement:
                 self._requeue_user(heap, user_id)
                 continue
             target = self.holder_for(job)
+            if target is None and not self.holders.get(job.model_id):
+                target = self.first_load(job)
             if target is None and self.now - job.queued_at < patience_s(job) and not self.behind(user_id, job):
                 pair = self.affinity_pair()
                 if pair is not None:

@@ -100,16 +100,18 @@ def test_same_model_jobs_are_grouped_on_the_worker_that_holds_it():
 
 
 def test_free_worker_takes_held_model_work_while_the_other_job_is_patient():
-    # The oldest job wants c (held by nobody); a free worker holds a, with a-jobs waiting.
+    # The oldest job wants c, which only a busy GPU holds; a free worker holds a, with a-jobs waiting.
     c_job, a_job = job("c", t=0.0), job("a", t=1.0)
-    d = place(Snapshot([c_job, a_job], [worker("w1", held={"a": 2.0})], now=2.0))
+    c_holder = worker("w0", held={"c": 2.0}, busy=1)
+    d = place(Snapshot([c_job, a_job], [c_holder, worker("w1", held={"a": 2.0})], now=2.0))
     assert assigned(d) == {a_job.id: "w1"}
 
 
 def test_impatient_job_gets_its_load():
     c_job, a_job = job("c", t=0.0), job("a", t=1.0)
     now = patience_s(c_job) + 1
-    d = place(Snapshot([c_job, a_job], [worker("w1", held={"a": 2.0})], now=now))
+    c_holder = worker("w0", held={"c": 2.0}, busy=1)
+    d = place(Snapshot([c_job, a_job], [c_holder, worker("w1", held={"a": 2.0})], now=now))
     assert assigned(d) == {c_job.id: "w1"}
 
 
@@ -292,6 +294,26 @@ def test_no_patience_means_no_wait_for_a_holder(monkeypatch):
     monkeypatch.setattr(policy, "MIN_PATIENCE_S", 0.0)
     monkeypatch.setattr(policy, "PATIENCE_LOADS", 0.0)
     assert assigned(place(Snapshot(jobs, [holder, idle], now=1.0))) == {jobs[0].id: "idle"}
+
+
+def test_a_model_nobody_holds_is_loaded_at_once_where_it_evicts_nothing():
+    # User 1's older job is for model b, which no GPU holds: wherever it
+    # goes, b must be loaded, so waiting for a holder saves no load. The
+    # free GPU has room for b beside a: b goes there now, not user 2's
+    # younger job for a (which it would take while the b job waited for a
+    # holder that does not exist, for as long as its patience).
+    old_b, young_a = job("b", t=0.0, user=1), job("a", t=10.0, user=2)
+    roomy = worker("w", vram=24.0, held={"a": 2.0})
+    assert assigned(place(Snapshot([old_b, young_a], [roomy], now=20.0))) == {old_b.id: "w"}
+
+
+def test_a_model_nobody_holds_still_waits_rather_than_evict_a_model_with_queued_work():
+    # The same jobs on a GPU with no room for b beside a: loading b would
+    # evict a, whose queued job would then need a load of its own. The GPU
+    # takes the a job, and the b job waits (within its patience).
+    old_b, young_a = job("b", t=0.0, user=1, gb=5.0), job("a", t=10.0, user=2, gb=5.0)
+    full = worker("w", vram=10.0, held={"a": 5.0})
+    assert assigned(place(Snapshot([old_b, young_a], [full], now=20.0))) == {young_a.id: "w"}
 
 
 def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain():
