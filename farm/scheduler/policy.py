@@ -19,8 +19,8 @@ How it decides, for each free worker slot in turn:
    free workers are given jobs for models they already hold: grouping
    same-model work on the same worker is what saves loads. A job whose model
    no GPU holds skips this wait when a free worker can load the model
-   without evicting anything (``_Placement.first_load``): it needs a load
-   wherever it goes, so waiting would save none.
+   without evicting anything: it needs a load wherever it goes, so waiting
+   would save none.
 4. Otherwise the job's model is loaded on a free worker. One where it fits
    without evicting anything comes first, the smallest such GPU first (best
    fit: the big GPUs stay free for the big models and for the copies a burst
@@ -760,22 +760,14 @@ class _Placement:
                 best = (rank, worker, evict)
         return (best[1], best[2]) if best else None
 
-    def first_load(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
-        """A free worker that can load ``job``'s model, which no GPU holds, without evicting anything; None: none can.
-
-        Whichever GPU renders such a job must load its model first, so the
-        wait for a holder (step 3) would save no load: it would only put the
-        job behind younger work for as long as its patience (minutes). A load
-        that would evict still waits: the evicted model's next job would need
-        a load of its own.
-        """
+    def cheapest_target(self, job: QueuedJob) -> tuple[WorkerState, tuple[str, ...]] | None:
+        """``cheapest_worker(job)``, or None at once when the no-target memo already knows no free worker takes it."""
         if self.known_without_target(job):
             return None
         target = self.cheapest_worker(job)
         if target is None:
             self.note_without_target(job)
-            return None
-        return None if target[1] else target
+        return target
 
     def runnable_later_job(self, user_id: int, lookahead: int = 32):
         """A later job of this user that a free worker can take, when the oldest cannot."""
@@ -958,8 +950,13 @@ class _Placement:
                 self._requeue_user(heap, user_id)
                 continue
             target = self.holder_for(job)
+            priced = _UNKNOWN  # cheapest_target(job), once asked
             if target is None and not self.holders.get(job.model_id):
-                target = self.first_load(job)
+                # No GPU holds its model: it needs a load wherever it goes, so
+                # it waits for nobody where a load evicts nothing (step 3).
+                priced = self.cheapest_target(job)
+                if priced is not None and not priced[1]:
+                    target = priced
             if target is None and self.now - job.queued_at < patience_s(job) and not self.behind(user_id, job):
                 pair = self.affinity_pair()
                 if pair is not None:
@@ -968,10 +965,9 @@ class _Placement:
                     heapq.heappush(heap, (self.user_rank(user_id, job), user_id))
                     self._rerank(heap, pair[0].user_id, skip=user_id)
                     continue
-            if target is None and not self.known_without_target(job):
-                target = self.cheapest_worker(job)
-                if target is None:
-                    self.note_without_target(job)
+            if target is None:
+                # Nothing was placed since it was priced (affinity would have continued).
+                target = self.cheapest_target(job) if priced is _UNKNOWN else priced
             if target is None:
                 # Nothing free can take this user's oldest job now; a later
                 # job of theirs may fit (no head-of-line blocking).

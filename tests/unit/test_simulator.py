@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from farm.scheduler import bench as scheduler_bench
 from farm.scheduler.bench import bench, run_bench, synthetic_snapshot
-from farm.scheduler.jobqueue import JobQueue
 from farm.scheduler.fifo import lru_evictions, place_fifo
+from farm.scheduler.jobqueue import JobQueue
 from farm.scheduler.policy import Assignment, Decisions, Preload, QueuedJob, Snapshot, WorkerState
 from farm.scheduler.simulator import (
     STALL_AFTER_S,
