@@ -7,8 +7,8 @@ far above fifo's; this says why for one user. Both policies replay the trace
 (bench/traces on bench/workers/mixed.json, or the workload bench/make_traces.py
 draws with --trace-seed) and each of the user's jobs that arrived in
 [--since, --until) gets a row: arrival, model, the wait under each policy,
-and ``empty_idle_gpus_max``, the most GPUs that were free, running nothing
-and holding no model at one policy pass while the job waited under the
+and ``empty_idle_gpus_max``, the most GPUs that one policy pass left free,
+running nothing and holding no model, while the job waited under the
 policy. A job that waits while that is above zero waited for a busy GPU that
 holds its model, or behind other users, rather than for want of a GPU.
 Prints one JSON object.
@@ -35,9 +35,13 @@ def job_waits(workers, trace, user: str, since: float, until: float, worker_orde
     passes: list[tuple[float, int]] = []  # (time of a policy pass, GPUs free, idle and empty then)
 
     def recording(snapshot):
-        empty = sum(1 for w in snapshot.workers if w.busy == 0 and not w.draining and not w.loaded_models)
+        decisions = place(snapshot)
+        given = {a.worker_id for a in decisions.assignments} | {p.worker_id for p in decisions.preloads}
+        # GPUs the pass left free, running nothing and holding no model.
+        empty = sum(1 for w in snapshot.workers
+                    if w.busy == 0 and not w.draining and not w.loaded_models and w.id not in given)
         passes.append((snapshot.now, empty))
-        return place(snapshot)
+        return decisions
 
     shuffle = worker_order or None
     runs = {}

@@ -16,7 +16,9 @@ taking a slot as the policy would ("affinity", shipped):
   would not pay (the holders' slot frees at least ``MIN_COPY_BACKLOG_S``
   from now and ``REPLICATE_GAIN_S`` after the copy's start): then the
   holder's slot. A job with a deadline does not wait for a holder (the
-  policy lifts it when it falls behind).
+  policy lifts it when it falls behind), nor one whose slot is free now on
+  a worker that renders nothing and holds no model with queued work (the
+  policy loads a copy there rather than leave it idle).
 
 It ignores fair share's reordering and deadline lifts' ranking, and guesses
 that a busy slot frees after half a mean render. bench/scheduler_forecast.py
@@ -36,6 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Hashable, Mapping
 
+from farm.scheduler import policy
 from farm.scheduler.policy import (MIN_COPY_BACKLOG_S, REPLICATE_GAIN_S, QueuedJob, Snapshot, WorkerState, patience_s,
                                    working_memory_gb)
 
@@ -160,6 +163,12 @@ def _drain(queued, classes, workers, record, finish: dict, taken: list[tuple[str
             if slot in free_at:
                 heapq.heappush(held_heaps[model_id], (free_at[slot], slot))
 
+    # Workers that render nothing and hold no model with queued work: the
+    # policy loads a copy there rather than leave them idle (idle_without_work).
+    # (The policy does so below a deep queue only; the play does not tell.)
+    wanted = {job.model_id for job in queued}
+    idle = {w.id for w in workers.values() if w.busy == 0 and not wanted.intersection(w.loaded_models)} \
+        if policy.IDLE_COPY else set()
     if affinity_at is not None:
         for w in workers.values():
             for model_id in w.loaded_models:
@@ -182,7 +191,8 @@ def _drain(queued, classes, workers, record, finish: dict, taken: list[tuple[str
                 h_start, h_slot = held[0]
                 patience_left = job.queued_at + patience_s(job) - affinity_at
                 copy_pays = h_start >= MIN_COPY_BACKLOG_S and h_start - (start + load) >= REPLICATE_GAIN_S
-                if (h_slot != slot and job.deadline is None and not copy_pays
+                idle_now = start <= 0.0 and slot[0] in idle
+                if (h_slot != slot and job.deadline is None and not copy_pays and not idle_now
                         and h_start <= max(start + load, patience_left)):
                     start, slot, load = h_start, h_slot, 0.0
             start += load

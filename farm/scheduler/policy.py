@@ -20,7 +20,10 @@ How it decides, for each free worker slot in turn:
    same-model work on the same worker is what saves loads. A job whose model
    no GPU holds skips this wait when a free worker can load the model
    without evicting anything: it needs a load wherever it goes, so waiting
-   would save none.
+   would save none. So does a job that an idle GPU with no queued work of
+   its own can take without evicting anything: that GPU would stay idle
+   while the job waited, and its load costs only time it would spend idle
+   (``_Placement.idle_without_work``).
 4. Otherwise the job's model is loaded on a free worker. One where it fits
    without evicting anything comes first, the smallest such GPU first (best
    fit: the big GPUs stay free for the big models and for the copies a burst
@@ -28,7 +31,8 @@ How it decides, for each free worker slot in turn:
    is the load time plus the loss of what is evicted, weighted by the queued
    demand for it. A job never goes where its model plus its
    resolution-dependent working memory cannot fit. When some busy worker
-   already holds the model, another copy is loaded only when the holders
+   already holds the model, another copy on a worker that renders
+   something or would have to evict is loaded only when the holders
    would need at least ``MIN_COPY_BACKLOG_S`` for the model's queue and the
    copy would take at least ``REPLICATE_GAIN_S`` off that time, net of its
    load, and, unless the holders' backlog is a burst (``BURST_BACKLOG_S``),
@@ -286,6 +290,13 @@ COPY_RATE_WINDOW_S = 60.0
 # two all-at-once traces over 1.15 x the makespan bound (docs/benchmarks.md).
 DEEP_QUEUE_S = 90.0
 IDLE_COPY_LOADS = 10.0
+# Below a deep queue, a GPU that renders nothing and holds no model with
+# queued work takes a job it can load without evicting, rather than leave it
+# to the model's busy holders (_Placement.idle_without_work). 0 turns that
+# off, as the policy was before 2026-12-07, to measure one against the other
+# (scheduler_sweep.py --set IDLE_COPY=0): it trades issue 3's load bound for
+# waits, makespan and deadlines (docs/benchmarks.md).
+IDLE_COPY = 1
 # On a queue of at least SCARCE_QUEUE_S, work that only some workers can run
 # is scarce when it needs them SCARCE_FACTOR times as long as the whole queue
 # needs the whole farm; they take it before work others could do (see
@@ -424,6 +435,7 @@ class _Placement:
         self.started_teams: dict[int, int] = {}  # ... per team
         self.added_usage: dict[int, float] = {}
         self.decisions = Decisions()
+        self.deep = _UNKNOWN  # deep_queue() as the call found it, once asked (idle_without_work)
 
     # ------------------------------------------------------------------ index
 
@@ -475,9 +487,15 @@ class _Placement:
         if job.width * job.height <= self.pixel_limits[job.model_id] and why_not is None:
             return False
         self.decisions.unplaceable[job.id] = why_not or _why_unrunnable(job, list(self.workers.values())) or "no worker can run it"
+        self.set_aside(job)
+        return True
+
+    def set_aside(self, job: QueuedJob) -> None:
+        """Take a refused job out of this call: it no longer waits for its model."""
         self.taken.add(job.id)
         self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
-        return True
+        # Fewer waiting for a model can leave its holder idle without work (idle_without_work).
+        self.no_target.clear()
 
     def refuse_if_excluded_everywhere(self, job: QueuedJob) -> bool:
         """A job whose out-of-memory history rules out every worker is unplaceable."""
@@ -488,8 +506,7 @@ class _Placement:
         if reason is None:
             return False
         self.decisions.unplaceable[job.id] = reason
-        self.taken.add(job.id)  # out of this call's way, but not assigned
-        self.placed[job.model_id] = self.placed.get(job.model_id, 0) + 1
+        self.set_aside(job)
         return True
 
     # ------------------------------------------------------------------ fair share
@@ -698,6 +715,8 @@ class _Placement:
             return False
         if not self.copy_allowed(worker.id, job.model_id):
             return True
+        if IDLE_COPY and not evicts and self.idle_without_work(worker):
+            return False
         patience = patience_s(job)
         left = 1.0 - (self.now - job.queued_at) / patience if patience > 0 else 0.0
         if left <= 0 or self.behind(job.user_id, job):
@@ -710,6 +729,24 @@ class _Placement:
         if _copy_gain_s(backlog, holders, job, worker) < REPLICATE_GAIN_S * left:
             return True
         return backlog < BURST_BACKLOG_S * left and self.recent_rate_below(job.model_id, COPY_DEMAND_SHARE * holders)
+
+    def idle_without_work(self, worker: WorkerState) -> bool:
+        """Whether ``worker`` renders nothing and holds no model with queued work (or none at all).
+
+        Such a GPU stays idle until work for its own models arrives, so a
+        copy that evicts nothing costs it only its load time, which it would
+        have spent idle: waiting for the holders saves no GPU time, and the
+        time it stays idle is lost to the whole queue. On the deadlines
+        traces GPUs that never loaded a model sat idle for 271-586
+        speed-seconds while jobs waited for busy holders (docs/benchmarks.md).
+        On a deep queue the answer is no: there ``fill_idle`` gives such a
+        GPU the model furthest behind, which ends the queue sooner than the
+        next job fair share picks.
+        """
+        if self.deep is _UNKNOWN:
+            self.deep = self.deep_queue()
+        return self.deep is None and self.slots.get(worker.id) == worker.capacity and worker.busy == 0 \
+            and not any(self.waiting(m) > 0 for m in self.held[worker.id])
 
     def recent_rate_below(self, model_id: str, rate: float) -> bool:
         """Whether the speed-1 seconds of work per second that arrived for a model in the last COPY_RATE_WINDOW_S stay below ``rate``.

@@ -80,11 +80,12 @@ def test_a_campaign_running_as_many_jobs_as_its_deadline_needs_gets_no_boost():
 
 def test_an_urgent_job_does_not_wait_for_a_worker_that_holds_its_model():
     now = 10.0
-    # Worker w1 holds model "b"; the only job is for "a", which nobody holds.
-    # Within its patience a job for an unheld model on a farm where "a" is
-    # held by a busy worker waits for it; an urgent one takes the free GPU.
+    # Worker w1 holds model "b" and renders in one of its two slots; the only
+    # job is for "a", which a busy worker holds. Within its patience the job
+    # waits for that holder rather than load a copy beside a render; an
+    # urgent one takes the free slot.
     busy_holder = dataclasses.replace(worker("w0", held=("a",)), busy=1)
-    free = worker("w1", held=("b",))
+    free = dataclasses.replace(worker("w1", held=("b",)), capacity=2, busy=1)
     calm = job(1, t=0.0)
     assert place(Snapshot([calm], [busy_holder, free], now=now)).assignments == []
     urgent = job(1, t=0.0, deadline=now + 20.0)

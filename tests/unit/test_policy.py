@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from farm.scheduler.policy import AGE_WEIGHT, BURST_BACKLOG_S, CLASS_AGE_S, COPY_DEMAND_SHARE, COPY_RATE_WINDOW_S, MIN_COPY_BACKLOG_S, REBALANCE_FACTOR, REBALANCE_MARGIN_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
@@ -237,15 +238,39 @@ def fast_worker(wid, *, speed=1.0, load_gbps=2.0, **kwargs):
     return WorkerState(**{**base.__dict__, "speed": speed, "load_gbps": load_gbps})
 
 
+def half_busy(wid, *, speed=1.0, **kwargs):
+    """A GPU with two render slots, one of them rendering: free, but not idle, so the copy rule weighs a
+    copy on it (an idle GPU with no queued work of its own takes one at once). Each slot has half of
+    ``speed``, so that the copy rule's arithmetic is that of one GPU of ``speed``."""
+    return dataclasses.replace(fast_worker(wid, speed=speed / 2, **kwargs), capacity=2, busy=1)
+
+
 def test_a_short_queue_waits_for_the_busy_holder_instead_of_loading_a_copy():
     # The holder (speed 1) would clear 2 x 5 s of work in 10 s; a copy on the
-    # idle GPU would take 10 * 1/2 = 5 s off, minus a 1 s load: under the gain
-    # a copy must bring, so nothing is loaded.
+    # free slot of a rendering GPU would take 10 * 1/2 = 5 s off, minus a 1 s
+    # load: under the gain a copy must bring, so nothing is loaded.
     jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
-    idle = fast_worker("idle")
-    d = place(Snapshot(jobs, [holder, idle], now=1.0))
+    d = place(Snapshot(jobs, [holder, half_busy("half")], now=1.0))
     assert d.assignments == [] and d.preloads == []
+
+
+def test_an_idle_gpu_with_no_queued_work_of_its_own_takes_a_copy_at_once():
+    # The short queue above, beside a GPU that renders nothing: it would stay
+    # idle while the holder works through the queue, so it loads a copy now.
+    # It holds "b", which nobody waits for and which stays (room for both).
+    jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    for idle in (fast_worker("idle"), fast_worker("idle", held={"b": 2.0})):
+        d = place(Snapshot(jobs, [holder, idle], now=1.0))
+        assert assigned(d) == {jobs[0].id: "idle"} and d.assignments[0].evict == ()
+    # With a queued job for "b" it takes that job, not a copy.
+    own = job("b", t=0.5, user=2)
+    d = place(Snapshot(queue_order(*jobs, own), [holder, fast_worker("idle", held={"b": 2.0})], now=1.0))
+    assert assigned(d) == {own.id: "idle"}
+    # A copy that would evict waits (test_a_copy_evicts_nothing_while_the_job_can_wait).
+    full = fast_worker("full", vram=4.0, held={"b": 3.0})
+    assert place(Snapshot(jobs, [holder, full], now=1.0)).assignments == []
 
 
 def test_a_long_queue_gets_a_copy_on_the_idle_gpu():
@@ -262,16 +287,16 @@ def test_a_copy_goes_to_the_gpu_where_it_gains_most_not_to_a_slow_one():
     jobs = [job("a", t=i * 0.1, est=10.0) for i in range(6)]
     assert 60.0 >= MIN_COPY_BACKLOG_S and 9.0 < REPLICATE_GAIN_S < 29.0
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
-    slow = fast_worker("slow", speed=0.2)
+    slow = half_busy("slow", speed=0.2)
     assert place(Snapshot(jobs, [holder, slow], now=1.0)).assignments == []
-    d = place(Snapshot(jobs, [holder, slow, fast_worker("fast")], now=1.0))
+    d = place(Snapshot(jobs, [holder, slow, half_busy("fast")], now=1.0))
     assert assigned(d) == {jobs[0].id: "fast"}
 
 
 def test_what_a_copy_must_justify_shrinks_as_the_job_waits():
     jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
-    idle = fast_worker("idle")
+    idle = half_busy("idle")
     patience = patience_s(jobs[0])
     # Backlog 10 s, gain 4 s, no recent arrivals: refused early, accepted
     # once the backlog, the gain and the burst backlog (which a queue without
@@ -289,7 +314,7 @@ def test_no_patience_means_no_wait_for_a_holder(monkeypatch):
 
     jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
-    idle = fast_worker("idle")
+    idle = half_busy("idle")
     assert place(Snapshot(jobs, [holder, idle], now=1.0)).assignments == []
     monkeypatch.setattr(policy, "MIN_PATIENCE_S", 0.0)
     monkeypatch.setattr(policy, "PATIENCE_LOADS", 0.0)
@@ -321,7 +346,7 @@ def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain()
     # would take 80% of that off. Under MIN_COPY_BACKLOG_S of backlog the
     # queue still waits; above it the copy is made.
     holder = fast_worker("holder", held={"a": 2.0}, busy=1, speed=0.5)
-    idle = fast_worker("idle", speed=2.0)
+    idle = half_busy("idle", speed=2.0)
     short = [job("a", t=0.0, est=0.4 * MIN_COPY_BACKLOG_S)]
     assert place(Snapshot(short, [holder, idle], now=1.0)).assignments == []
     long = [job("a", t=0.0, est=0.8 * MIN_COPY_BACKLOG_S)]
@@ -329,13 +354,13 @@ def test_a_short_backlog_waits_for_its_slow_holder_even_when_a_copy_would_gain()
 
 
 def test_the_tail_of_a_spent_burst_drains_on_its_holder_but_fresh_demand_gets_a_copy():
-    # 60 s of work behind one holder; a copy on an idle GPU of the same speed
-    # would gain 29 s. Arrived two minutes ago with nothing since, the queue
+    # 60 s of work behind one holder; a copy on a rendering GPU's free slot,
+    # of the same speed, would gain 29 s. Arrived two minutes ago with nothing since, the queue
     # is the tail of a burst and waits; arrived in the last minute (the same
     # work per second as the holder's speed), it gets the copy; twice the
     # backlog is a burst of its own and gets the copy however old.
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
-    idle = fast_worker("idle")
+    idle = half_busy("idle")
     now = 120.0
     assert now - COPY_RATE_WINDOW_S > 1.0 and 60.0 / COPY_RATE_WINDOW_S >= COPY_DEMAND_SHARE
     left = 1.0 - now / patience_s(job("a"))
@@ -369,13 +394,17 @@ def test_a_copy_evicts_nothing_while_the_job_can_wait():
 
 def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short():
     # The first job loads the model; that GPU now holds it, so the second
-    # short job waits for it rather than loading a second copy in the same call.
+    # short job waits for it rather than loading a second copy in the same
+    # call on a GPU that renders something already.
     jobs = [job("a", t=0.0, est=5.0), job("a", t=0.1, est=5.0)]
-    d = place(Snapshot(jobs, [fast_worker("w1"), fast_worker("w2")], now=0.5))
-    assert list(assigned(d)) == [jobs[0].id] and d.preloads == []
+    d = place(Snapshot(jobs, [fast_worker("w1"), half_busy("w2")], now=0.5))
+    assert assigned(d) == {jobs[0].id: "w1"} and d.preloads == []
     # A long queue for it still gets a second copy at once.
     long = [job("a", t=i * 0.1, est=30.0) for i in range(6)]
-    d = place(Snapshot(long, [fast_worker("w1"), fast_worker("w2")], now=0.5))
+    d = place(Snapshot(long, [fast_worker("w1"), half_busy("w2")], now=0.5))
+    assert set(assigned(d).values()) == {"w1", "w2"}
+    # Two idle GPUs both take a job: the second would otherwise stay idle.
+    d = place(Snapshot(jobs, [fast_worker("w1"), fast_worker("w2")], now=0.5))
     assert set(assigned(d).values()) == {"w1", "w2"}
 
 
@@ -567,11 +596,13 @@ def test_a_cuda_only_variant_never_goes_to_a_cpu_worker():
 def test_on_a_deep_queue_an_idle_gpu_takes_a_copy_the_copy_rule_alone_refuses():
     from farm.scheduler.policy import DEEP_QUEUE_S
 
-    # 40 busy GPUs hold "a"; an idle one holds nothing. Jobs arrived 100 s ago
-    # (no recent demand), so the copy rule weighs one more copy against "a"'s
-    # queue alone: with 40 holders it takes under 2 s off it and is refused.
+    # 40 busy GPUs hold "a"; an idle one is full of "b", which nobody waits
+    # for, so a copy there evicts and the copy rule refuses it while the jobs
+    # can wait (an idle GPU with room would take it at once). Jobs arrived
+    # 100 s ago (no recent demand): with 40 holders a copy would take under
+    # 2 s off "a"'s queue.
     holders = [worker(f"h{i}", held={"a": 2.0}, busy=1) for i in range(40)]
-    idle = worker("idle", vram=24.0)
+    idle = worker("idle", vram=4.0, held={"b": 3.0})
 
     def snapshot(queued: int) -> Snapshot:
         return Snapshot([job("a", t=0.0) for _ in range(queued)], holders + [idle], now=100.0)
@@ -641,8 +672,20 @@ def test_a_shape_without_a_worker_is_not_assumed_for_an_older_job_of_that_shape(
     now = 440.0  # just within both jobs' patience (450 s)
     young = job("m", t=now - 5.0, user=1)
     old = job("m", t=0.0, user=2)
-    workers = [worker("holder", held={"m": 2.0}, busy=1), worker("free")]
+    workers = [worker("holder", held={"m": 2.0}, busy=1), half_busy("free")]
     # The old job's owner has used the farm much more: fair share serves the young head first.
     shares = {2: Share(usage_s=50_000.0)}
     decisions = place(Snapshot(jobs=queue_order(young, old), workers=workers, now=now, shares=shares))
     assert assigned(decisions) == {old.id: "free"}
+
+
+def test_a_refused_job_leaves_its_models_holder_idle_for_the_next_head():
+    # W holds "z"; the only "z" job is too large for any GPU. User 1's head
+    # ("a", held by a busy GPU) is priced first and waits: W has queued work
+    # of its own then. User 2's head is the "z" job, refused, which leaves W
+    # idle with nothing to do, so user 3's younger "a" job takes a copy there
+    # (the no-target memo noted for user 1's job is not trusted past it).
+    first, oversized, younger = job("a", t=0.0, user=1), job("z", t=1.0, user=2, size=4096), job("a", t=2.0, user=3)
+    workers = [fast_worker("holder", held={"a": 2.0}, busy=1), fast_worker("w", held={"z": 2.0})]
+    d = place(Snapshot(queue_order(first, oversized, younger), workers, now=3.0))
+    assert oversized.id in d.unplaceable and assigned(d) == {younger.id: "w"}
