@@ -23,7 +23,7 @@ from sqlalchemy import Integer, String, column, or_, select, update, values
 from sqlalchemy.orm import Session
 
 from farm import tallies
-from farm.models import FINAL_STATUSES, Job, JobStatus, utcnow
+from farm.models import FINAL_STATUSES, Campaign, CampaignStatus, Job, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def _transition(
 
 # What a transition returns for the campaign tallies.
 _TALLIED = (Job.campaign_id, Job.previous_status, Job.num_images, Job.reserved_gpu_seconds)
+_PAUSED_CAMPAIGNS = select(Campaign.id).where(Campaign.status == CampaignStatus.paused.value)
 
 
 def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
@@ -105,6 +106,9 @@ def _raise_refusal(session, job_id, target, attempt, worker_id) -> None:
         raise StaleAttemptError(f"job {job_id}: attempt {attempt} is stale, the job is on attempt {row.attempt}")
     if row.status not in sources_of(target):
         raise InvalidTransitionError(f"job {job_id} is {row.status}; it cannot become {target.value}")
+    if target is S.assigned and session.execute(
+            select(Job.id).where(Job.id == job_id, Job.campaign_id.in_(_PAUSED_CAMPAIGNS))).first() is not None:
+        raise InvalidTransitionError(f"job {job_id}: its campaign is paused; none of its jobs starts until it is resumed")
     raise StaleAttemptError(f"job {job_id}: worker {worker_id} no longer holds it (held by {row.worker_id})")
 
 
@@ -125,7 +129,7 @@ def assign_jobs(session: Session, assignments, lease_s: float) -> tuple[dict[uui
     """Assign many attempts at once: ``assignments`` are (job id, attempt, worker id).
 
     One ``UPDATE ... FROM wanted`` per ASSIGN_BATCH rows (``wanted`` their VALUES), with the same
-    conditions as ``assign_job`` row by row (queued, at that attempt), so a
+    conditions as ``assign_job`` row by row (queued, at that attempt, not in a paused campaign), so a
     scheduler's pass of 1,000 placements is two statements, not 1,000.
     Returns ({job id: its campaign or None} for the jobs assigned, {job id:
     the JobStateError that says why not} for the others).
@@ -139,7 +143,9 @@ def assign_jobs(session: Session, assignments, lease_s: float) -> tuple[dict[uui
                         name="wanted").data(chunk).cte("wanted")  # WITH wanted(...) AS (VALUES ...): SQLite and Postgres
         changed = session.execute(
             update(Job)
-            .where(Job.id == wanted.c.job_id, Job.attempt == wanted.c.attempt, Job.status.in_(sources_of(S.assigned)))
+            .where(Job.id == wanted.c.job_id, Job.attempt == wanted.c.attempt, Job.status.in_(sources_of(S.assigned)),
+                   # A pass that read the queue before a pause does not start the paused campaign's jobs.
+                   or_(Job.campaign_id.is_(None), Job.campaign_id.not_in(_PAUSED_CAMPAIGNS)))
             .values(previous_status=Job.status, status=S.assigned.value, updated_at=now, worker_id=wanted.c.worker,
                     assigned_at=now, lease_expires_at=now + dt.timedelta(seconds=lease_s))
             .returning(Job.id, *_TALLIED)

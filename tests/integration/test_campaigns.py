@@ -116,8 +116,12 @@ def test_pause_resume_cancel_and_retry_failed(api):
                               headers=h["ana"]).get_json()["id"]
     scheduler = Scheduler(ctx, CeleryDispatcher(None))
     assert len(scheduler.load_snapshot()[0].jobs) == 6
+    before = scheduler.load_snapshot()[0].jobs[0]  # a pass reads the queue ...
     assert client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=h["ana"]).get_json()["status"] == "paused"
     assert scheduler.load_snapshot()[0].jobs == []  # paused: nothing is placed
+    with ctx.db.transaction() as session:  # ... and commits its placement after the pause: refused
+        assigned, refused = states.assign_jobs(session, [(before.id, before.attempt, "w")], 30)
+    assert assigned == {} and "its campaign is paused" in str(refused[before.id])
     assert client.post(f"/api/v1/campaigns/{campaign_id}/pause", headers=h["ana"]).status_code == 409
     assert client.post(f"/api/v1/campaigns/{campaign_id}/resume", headers=h["ana"]).get_json()["status"] == "active"
     assert len(scheduler.load_snapshot()[0].jobs) == 6
