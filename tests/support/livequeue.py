@@ -48,7 +48,9 @@ def step(ctx, live: LiveQueue, rng: random.Random, campaign: Campaign) -> str:
     queued = by_status.get(JobStatus.queued.value, [])
     placed = by_status.get(JobStatus.assigned.value, [])
     action = rng.choice(["submit", "submit", "submit", "cancel", "assign", "requeue", "pause", "priority"])
-    if action == "submit" or (not queued and action != "pause"):
+    # The scheduler assigns from its kept queue, which leaves a paused campaign's jobs out.
+    placeable = [(job.id, job.attempt) for job in live.queue]
+    if action == "submit" or (not queued and action != "pause") or (action == "assign" and not placeable):
         # Some commits come late: created up to a second before the previous read.
         created = utcnow() - dt.timedelta(seconds=rng.uniform(0, 1.0))
         make_job(ctx, user=rng.choice(USERS), model=rng.choice(MODELS), priority=rng.choice((0, 0, 1)),
@@ -60,7 +62,7 @@ def step(ctx, live: LiveQueue, rng: random.Random, campaign: Campaign) -> str:
             states.cancel_job(session, rng.choice(queued)[0])
         elif action == "assign":
             # As the scheduler does: commit, then take the job out of its kept queue.
-            job_id, attempt = rng.choice(queued)
+            job_id, attempt = rng.choice(placeable)
             states.assign_job(session, job_id, attempt, "w1", 60.0)
             session.commit()
             live.discard(job_id)
