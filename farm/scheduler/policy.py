@@ -745,8 +745,12 @@ class _Placement:
         """
         if self.deep is _UNKNOWN:
             self.deep = self.deep_queue()
-        return self.deep is None and self.slots.get(worker.id) == worker.capacity and worker.busy == 0 \
-            and not any(self.waiting(m) > 0 for m in self.held[worker.id])
+        return self.deep is None and self.idle(worker) and not any(self.waiting(m) > 0 for m in self.held[worker.id])
+
+    def idle(self, worker: WorkerState) -> bool:
+        """Whether every slot of ``worker`` is free: nothing runs there and this call gave it nothing
+        (``slots`` counts capacity less busy, less this call's assignments)."""
+        return self.slots.get(worker.id) == worker.capacity
 
     def recent_rate_below(self, model_id: str, rate: float) -> bool:
         """Whether the speed-1 seconds of work per second that arrived for a model in the last COPY_RATE_WINDOW_S stay below ``rate``.
@@ -1032,7 +1036,7 @@ class _Placement:
         work before the holders and it drain it, without evicting anything
         somebody waits for.
         """
-        idle = [w for w in self.free.values() if w.busy == 0 and self.slots[w.id] == w.capacity]
+        idle = [w for w in self.free.values() if self.idle(w)]
         if not idle or self.deep_queue() is None:
             return
         for worker in idle:
@@ -1068,7 +1072,7 @@ class _Placement:
         self._requeue_user(heap, user_id)
 
     def preload_idle(self) -> None:
-        idle = [w for w in self.free_workers() if self.slots[w.id] == w.capacity]
+        idle = [w for w in self.free_workers() if self.idle(w)]
         if not idle:
             return
         held_anywhere = {m for models in self.held.values() for m in models}
