@@ -9,8 +9,9 @@ bound among them, with the variant in place).
 Each variant wraps one method of the policy's ``_Placement`` for the run and
 leaves farm/scheduler/policy.py as it is; none is shipped (docs/benchmarks.md
 says why). They were measured against the policy before its own idle copy
-shipped (``policy.IDLE_COPY``, 2026-12-07), so ``apply`` turns that off
-first, to give the figures benchmarks.md records. VARIANT is one of:
+shipped (``policy.IDLE_COPY``, 2026-12-07) and its cold-eviction and burst
+copies (``policy.COLD_COPY``), so ``apply`` turns those off first, to give
+the figures benchmarks.md records. VARIANT is one of:
 
 - ``idle-copy=K``: a worker with nothing running and no queued work for the
   models it holds loads a copy that evicts nothing for a job that has waited
@@ -84,7 +85,7 @@ def full_backlog():
 
 def apply(variant: str) -> None:
     name, _, value = variant.partition("=")
-    policy.IDLE_COPY = 0  # the baseline the variants were measured against (module docstring)
+    policy.IDLE_COPY = policy.COLD_COPY = 0  # the baseline the variants were measured against (module docstring)
     if name in ("idle-copy", "light-idle-copy"):
         idle_copy(float(value or 1.0), light_only=name == "light-idle-copy")
     elif name == "full-backlog":

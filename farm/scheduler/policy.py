@@ -23,7 +23,12 @@ How it decides, for each free worker slot in turn:
    would save none. So does a job that an idle GPU with no queued work of
    its own can take without evicting anything: that GPU would stay idle
    while the job waited, and its load costs only time it would spend idle
-   (``_Placement.idle_without_work``).
+   (``_Placement.idle_without_work``). So, too, does a job whose model's
+   holders need at least ``BURST_BACKLOG_S`` for its queue, where the copy
+   rule of step 4 allows a copy (``_Placement.behind_by_a_burst``): left to
+   this step, a burst waits on its holders while every GPU that frees takes
+   other work. Throughout, evicting a model that no queued job waits for
+   counts as evicting nothing (``COLD_COPY``).
 4. Otherwise the job's model is loaded on a free worker. One where it fits
    without evicting anything comes first, the smallest such GPU first (best
    fit: the big GPUs stay free for the big models and for the copies a burst
@@ -40,9 +45,9 @@ How it decides, for each free worker slot in turn:
    asks for at least ``COPY_DEMAND_SHARE`` of the holders' speed (the tail
    of a spent burst drains on its holders; a copy made for it is a load that
    is not used again). All three shrink to nothing as the job's patience runs
-   out (delay scheduling), and until then a copy evicts nothing. A GPU
-   that loads a model in this call counts as its holder for the rest of the
-   call. A snapshot may carry a copy plan, the (worker, model) pairs where
+   out (delay scheduling), and until then a copy evicts no model that
+   queued work waits for. A GPU that loads a model in this call counts as
+   its holder for the rest of the call. A snapshot may carry a copy plan, the (worker, model) pairs where
    copies may go (an experiment's, see bench/scheduler_plan.py; the live
    scheduler sends none).
 
@@ -297,6 +302,16 @@ IDLE_COPY_LOADS = 10.0
 # (scheduler_sweep.py --set IDLE_COPY=0): it trades issue 3's load bound for
 # waits, makespan and deadlines (docs/benchmarks.md).
 IDLE_COPY = 1
+# A copy that evicts only models no queued job waits for is weighed by the
+# copy rule like one that evicts nothing (a model with queued work is still
+# never pushed out while the job can wait); and a user's head job whose
+# model's holders are a burst behind (BURST_BACKLOG_S) is weighed for a copy
+# before the affinity step gives the free workers other users' jobs of the
+# models they hold. 0 turns both off, as the policy was before the fifth
+# session of 2026-12-07: they cut the mixed-deadline runs over 1.1 x fifo's
+# p95 from 9 of 44 to 4, and the mixed ones from 10 to 0, for more loads
+# (docs/benchmarks.md, "Cold evictions and burst copies").
+COLD_COPY = 1
 # On a queue of at least SCARCE_QUEUE_S, work that only some workers can run
 # is scarce when it needs them SCARCE_FACTOR times as long as the whole queue
 # needs the whole farm; they take it before work others could do (see
@@ -730,6 +745,18 @@ class _Placement:
             return True
         return backlog < BURST_BACKLOG_S * left and self.recent_rate_below(job.model_id, COPY_DEMAND_SHARE * holders)
 
+    def behind_by_a_burst(self, job: QueuedJob) -> bool:
+        """Whether the holders of ``job``'s model need at least BURST_BACKLOG_S for its queued work (COLD_COPY).
+
+        Such a backlog is what the copy rule loads a copy for. Left to the
+        affinity step, the job waits while every GPU that frees takes a job
+        of a model it holds: on make_traces seed 4's deadlines trace at
+        worker order 1, the 250 images of a campaign that arrived at once
+        waited so, and the p95 wait of all jobs was 214.5 s with this and
+        204.2 s without (fifo: 186.9 s; docs/benchmarks.md).
+        """
+        return bool(COLD_COPY) and self.holders_backlog_s(job)[0] >= BURST_BACKLOG_S
+
     def idle_without_work(self, worker: WorkerState) -> bool:
         """Whether ``worker`` renders nothing and holds no model with queued work (or none at all).
 
@@ -787,7 +814,9 @@ class _Placement:
             if priced is None:
                 continue
             cost, evict = priced
-            if job.model_id not in self.held[worker.id] and self.should_wait_for_holder(job, worker, bool(evict)):
+            # An eviction counts against a copy only when it pushes out a model with queued work.
+            evicts = any(self.waiting(m) > 0 for m in evict) if COLD_COPY else bool(evict)
+            if job.model_id not in self.held[worker.id] and self.should_wait_for_holder(job, worker, evicts):
                 continue
             # After an out-of-memory failure the most free VRAM matters most;
             # otherwise no eviction first, then best fit (the smallest GPU)
@@ -998,6 +1027,11 @@ class _Placement:
                 priced = self.cheapest_target(job)
                 if priced is not None and not priced[1]:
                     target = priced
+            if target is None and priced is _UNKNOWN and self.behind_by_a_burst(job):
+                # The affinity step below would serve the free workers their own
+                # models' jobs while this one's holders are a burst behind: the
+                # copy rule decides first.
+                priced = target = self.cheapest_target(job)
             if target is None and self.now - job.queued_at < patience_s(job) and not self.behind(user_id, job):
                 pair = self.affinity_pair()
                 if pair is not None:

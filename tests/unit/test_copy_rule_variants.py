@@ -18,8 +18,9 @@ def variants(monkeypatch):
     # Whatever a variant replaces is put back after the test.
     for name in ("should_wait_for_holder", "holders_backlog_s"):
         monkeypatch.setattr(policy._Placement, name, getattr(policy._Placement, name))
-    # The variants are measured against the policy without its idle copy (apply turns it off too).
+    # The variants are measured against the policy without its idle and cold copies (apply turns them off too).
     monkeypatch.setattr(policy, "IDLE_COPY", 0)
+    monkeypatch.setattr(policy, "COLD_COPY", 0)
     spec = importlib.util.spec_from_file_location("bench_copy_rule_variants", BENCH / "experiments" / "copy_rule_variants.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

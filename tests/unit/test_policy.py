@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from farm.scheduler import policy
 from farm.scheduler.policy import AGE_WEIGHT, BURST_BACKLOG_S, CLASS_AGE_S, COPY_DEMAND_SHARE, COPY_RATE_WINDOW_S, MIN_COPY_BACKLOG_S, REBALANCE_FACTOR, REBALANCE_MARGIN_S, REPLICATE_GAIN_S, QueuedJob, Share, Snapshot, WorkerState, patience_s, place
 
 
@@ -268,9 +269,11 @@ def test_an_idle_gpu_with_no_queued_work_of_its_own_takes_a_copy_at_once():
     own = job("b", t=0.5, user=2)
     d = place(Snapshot(queue_order(*jobs, own), [holder, fast_worker("idle", held={"b": 2.0})], now=1.0))
     assert assigned(d) == {own.id: "idle"}
-    # A copy that would evict waits (test_a_copy_evicts_nothing_while_the_job_can_wait).
+    # A copy that would evict a model somebody waits for waits (test_a_copy_evicts_no_waited_for_model_while_the_job_can_wait).
     full = fast_worker("full", vram=4.0, held={"b": 3.0})
-    assert place(Snapshot(jobs, [holder, full], now=1.0)).assignments == []
+    at_quota = job("b", t=0.5, user=2)
+    shares = {2: Share(running=1, max_running=1)}
+    assert place(Snapshot(queue_order(*jobs, at_quota), [holder, full], now=1.0, shares=shares)).assignments == []
 
 
 def test_a_long_queue_gets_a_copy_on_the_idle_gpu():
@@ -373,23 +376,68 @@ def test_the_tail_of_a_spent_burst_drains_on_its_holder_but_fresh_demand_gets_a_
     assert assigned(place(Snapshot(big, [holder, idle], now=now))) == {big[0].id: "idle"}
 
 
-def test_a_copy_evicts_nothing_while_the_job_can_wait():
-    # The idle GPU is full of "b", which nobody waits for: loading a copy of
-    # "a" there would drop it. Within the job's patience the copy waits for a
+def test_a_copy_evicts_no_waited_for_model_while_the_job_can_wait():
+    # The free GPU is full of "b", and a job waits for "b" (its owner is at
+    # quota for now): loading a copy of "a" there would drop it, and the "b"
+    # job would need it back. Within the job's patience the copy waits for a
     # GPU with room; after it, the copy is made.
     jobs = [job("a", t=i * 0.1, est=20.0) for i in range(6)]  # 120 s of work behind one holder
+    waits_for_b = job("b", t=0.05, user=2)
+    queued = queue_order(*jobs, waits_for_b)
+    shares = {2: Share(running=1, max_running=1)}
     holder = fast_worker("holder", held={"a": 2.0}, busy=1)
     full = fast_worker("full", vram=4.0, held={"b": 3.0})
-    assert place(Snapshot(jobs, [holder, full], now=1.0)).assignments == []
-    d = place(Snapshot(jobs, [holder, full, fast_worker("roomy")], now=1.0))
+    assert place(Snapshot(queued, [holder, full], now=1.0, shares=shares)).assignments == []
+    d = place(Snapshot(queued, [holder, full, fast_worker("roomy")], now=1.0, shares=shares))
     assert assigned(d) == {jobs[0].id: "roomy"}
     late = patience_s(jobs[0]) + 1.0
-    d = place(Snapshot(jobs, [holder, full], now=late))
+    d = place(Snapshot(queued, [holder, full], now=late, shares=shares))
     assert assigned(d) == {jobs[0].id: "full"} and d.assignments[0].evict == ("b",)
     # A model nobody holds still evicts to be loaded at once.
     first = [job("c", t=0.0)]
     d = place(Snapshot(first, [full], now=1.0))
     assert assigned(d) == {first[0].id: "full"} and d.assignments[0].evict == ("b",)
+
+
+def test_a_copy_may_evict_a_model_nobody_waits_for(monkeypatch):
+    # The same GPU full of "b", but no job waits for "b": dropping it costs
+    # no queued job a load, so the copy rule weighs the copy as one that
+    # evicts nothing, and the long queue behind the one holder gets it now.
+    jobs = [job("a", t=i * 0.1, est=20.0) for i in range(6)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    full = fast_worker("full", vram=4.0, held={"b": 3.0})
+    d = place(Snapshot(jobs, [holder, full], now=1.0))
+    assert assigned(d) == {jobs[0].id: "full"} and d.assignments[0].evict == ("b",)
+    # The same on a GPU that renders in one slot of two (not idle: the copy rule, not the idle copy, decides).
+    two_slots = half_busy("full", vram=8.0, held={"b": 6.0}, speed=2.0)
+    d = place(Snapshot(jobs, [holder, two_slots], now=1.0))
+    assert assigned(d) == {jobs[0].id: "full"} and d.assignments[0].evict == ("b",)
+    # As the policy was before (COLD_COPY=0), any eviction waits out the job's patience.
+    monkeypatch.setattr(policy, "COLD_COPY", 0)
+    assert place(Snapshot(jobs, [holder, full], now=1.0)).assignments == []
+    assert place(Snapshot(jobs, [holder, two_slots], now=1.0)).assignments == []
+
+
+def test_a_job_whose_holders_are_a_burst_behind_gets_a_copy_before_the_affinity_step(monkeypatch):
+    # User 1's "a" jobs need 120 s of the one busy holder (a burst). The free
+    # GPU holds "b", for which user 2 has a younger job. Fair share serves
+    # user 1 first; the affinity step would give the free GPU the "b" job
+    # and leave the burst to its holder. The copy rule is asked first.
+    # The "b" queue (30 s) is long enough that the rebalance step leaves the free GPU to it.
+    burst = [job("a", t=i * 0.1, est=20.0) for i in range(6)]
+    others = [job("b", t=0.9 + i * 0.01, user=2, est=10.0) for i in range(3)]
+    assert 120.0 < REBALANCE_FACTOR * 30.0 + REBALANCE_MARGIN_S
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    free = fast_worker("free", held={"b": 2.0})
+    snapshot = Snapshot(queue_order(*burst, *others), [holder, free], now=1.0)
+    assert assigned(place(snapshot)) == {burst[0].id: "free"}
+    # A backlog under a burst still leaves the free GPU to its own model's job.
+    short = [job("a", t=i * 0.1, est=10.0) for i in range(6)]  # 60 s
+    assert BURST_BACKLOG_S > 60.0
+    assert assigned(place(Snapshot(queue_order(*short, *others), [holder, free], now=1.0))) == {others[0].id: "free"}
+    # As the policy was before (COLD_COPY=0), the affinity step goes first.
+    monkeypatch.setattr(policy, "COLD_COPY", 0)
+    assert assigned(place(snapshot)) == {others[0].id: "free"}
 
 
 def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short():
@@ -593,14 +641,15 @@ def test_a_cuda_only_variant_never_goes_to_a_cpu_worker():
     assert assigned(place(Snapshot([int8], [cpu], now=0))) == {int8.id: "cpu"}
 
 
-def test_on_a_deep_queue_an_idle_gpu_takes_a_copy_the_copy_rule_alone_refuses():
+def test_on_a_deep_queue_an_idle_gpu_takes_a_copy_the_copy_rule_alone_refuses(monkeypatch):
     from farm.scheduler.policy import DEEP_QUEUE_S
 
     # 40 busy GPUs hold "a"; an idle one is full of "b", which nobody waits
-    # for, so a copy there evicts and the copy rule refuses it while the jobs
-    # can wait (an idle GPU with room would take it at once). Jobs arrived
-    # 100 s ago (no recent demand): with 40 holders a copy would take under
-    # 2 s off "a"'s queue.
+    # for, so a copy there evicts, and without cold copies (COLD_COPY=0) the
+    # copy rule refuses it while the jobs can wait (an idle GPU with room
+    # would take it at once). Jobs arrived 100 s ago (no recent demand): with
+    # 40 holders a copy would take under 2 s off "a"'s queue.
+    monkeypatch.setattr(policy, "COLD_COPY", 0)
     holders = [worker(f"h{i}", held={"a": 2.0}, busy=1) for i in range(40)]
     idle = worker("idle", vram=4.0, held={"b": 3.0})
 
@@ -615,6 +664,9 @@ def test_on_a_deep_queue_an_idle_gpu_takes_a_copy_the_copy_rule_alone_refuses():
         assert queued * 5 / 41 >= DEEP_QUEUE_S and set(assigned(deep).values()) == {"idle"}
     # 600 jobs: 73 s of work for the farm, not deep; the holders drain it and the load is saved.
     assert 3000 / 41 < DEEP_QUEUE_S and place(snapshot(600)).assignments == []
+    # With cold copies (shipped) the idle GPU drops "b", which nobody waits for, and takes the copy.
+    monkeypatch.setattr(policy, "COLD_COPY", 1)
+    assert set(assigned(place(snapshot(600))).values()) == {"idle"}
 
 
 def test_on_a_deep_queue_a_big_gpu_takes_the_work_only_big_gpus_can_run():
