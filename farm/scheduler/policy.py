@@ -47,9 +47,9 @@ How it decides, for each free worker slot in turn:
    is not used again). All three shrink to nothing as the job's patience runs
    out (delay scheduling), and until then a copy evicts no model that
    queued work waits for. A GPU that loads a model in this call counts as
-   its holder for the rest of the call. A snapshot may carry a copy plan, the (worker, model) pairs where
-   copies may go (an experiment's, see bench/scheduler_plan.py; the live
-   scheduler sends none).
+   its holder for the rest of the call. A snapshot may carry a copy plan,
+   the (worker, model) pairs where copies may go (an experiment's, see
+   bench/scheduler_plan.py; the live scheduler sends none).
 
 Before that, a free worker whose own models have only short queues takes a
 copy of a model whose holders are far behind (``REBALANCE_FACTOR``,
@@ -752,8 +752,8 @@ class _Placement:
         affinity step, the job waits while every GPU that frees takes a job
         of a model it holds: on make_traces seed 4's deadlines trace at
         worker order 1, the 250 images of a campaign that arrived at once
-        waited so, and the p95 wait of all jobs was 214.5 s with this and
-        204.2 s without (fifo: 186.9 s; docs/benchmarks.md).
+        waited so, and the p95 wait of all jobs was 214.5 s without this
+        and 204.2 s with it (fifo: 186.9 s; docs/benchmarks.md).
         """
         return bool(COLD_COPY) and self.holders_backlog_s(job)[0] >= BURST_BACKLOG_S
 
