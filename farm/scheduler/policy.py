@@ -752,8 +752,10 @@ class _Placement:
         affinity step, the job waits while every GPU that frees takes a job
         of a model it holds: on make_traces seed 4's deadlines trace at
         worker order 1, the 250 images of a campaign that arrived at once
-        waited so, and the p95 wait of all jobs was 214.5 s without this
-        and 204.2 s with it (fifo: 186.9 s; docs/benchmarks.md).
+        waited so. The p95 wait of all jobs there is 204.2 s as shipped and
+        214.5 s with ``COLD_COPY=0`` (fifo: 186.9 s; scheduler_sweep.py's
+        row, docs/benchmarks.md); cold evictions alone (a throwaway switch)
+        left it at 214.5 s too.
         """
         return bool(COLD_COPY) and self.holders_backlog_s(job)[0] >= BURST_BACKLOG_S
 
