@@ -24,10 +24,11 @@ How it decides, for each free worker slot in turn:
    its own can take without evicting anything: that GPU would stay idle
    while the job waited, and its load costs only time it would spend idle
    (``_Placement.idle_without_work``). So, too, does a job whose model's
-   holders need at least ``BURST_BACKLOG_S`` for its queue, where the copy
-   rule of step 4 allows a copy (``_Placement.behind_by_a_burst``): left to
-   this step, a burst waits on its holders while every GPU that frees takes
-   other work. Throughout, evicting a model that no queued job waits for
+   holders need at least ``BURST_BACKLOG_S`` for its queue, a bar that
+   shrinks with the job's patience as step 4's thresholds do, where the
+   copy rule of step 4 allows a copy (``_Placement.behind_by_a_burst``):
+   left to this step, a burst waits on its holders while every GPU that
+   frees takes other work. Throughout, evicting a model that no queued job waits for
    counts as evicting nothing (``COLD_COPY``).
 4. Otherwise the job's model is loaded on a free worker. One where it fits
    without evicting anything comes first, the smallest such GPU first (best
@@ -305,9 +306,9 @@ IDLE_COPY = 1
 # A copy that evicts only models no queued job waits for is weighed by the
 # copy rule like one that evicts nothing (a model with queued work is still
 # never pushed out while the job can wait); and a user's head job whose
-# model's holders are a burst behind (BURST_BACKLOG_S) is weighed for a copy
-# before the affinity step gives the free workers other users' jobs of the
-# models they hold. 0 turns both off, as the policy was before the fifth
+# model's holders are a burst behind (BURST_BACKLOG_S, less as the job waits)
+# is weighed for a copy before the affinity step gives the free workers other
+# users' jobs of the models they hold. 0 turns both off, as the policy was before the fifth
 # session of 2026-12-07: they cut the mixed-deadline runs over 1.1 x fifo's
 # p95 from 9 of 44 to 4, and the mixed ones from 10 to 0, for more loads
 # (docs/benchmarks.md, "Cold evictions and burst copies").
@@ -732,8 +733,7 @@ class _Placement:
             return True
         if IDLE_COPY and not evicts and self.idle_without_work(worker):
             return False
-        patience = patience_s(job)
-        left = 1.0 - (self.now - job.queued_at) / patience if patience > 0 else 0.0
+        left = self.patience_left(job)
         if left <= 0 or self.behind(job.user_id, job):
             return False
         if evicts and self.holders.get(job.model_id):
@@ -745,19 +745,29 @@ class _Placement:
             return True
         return backlog < BURST_BACKLOG_S * left and self.recent_rate_below(job.model_id, COPY_DEMAND_SHARE * holders)
 
+    def patience_left(self, job: QueuedJob) -> float:
+        """The share of ``job``'s patience still to run: 1 when it arrives, 0 or less once spent."""
+        patience = patience_s(job)
+        return 1.0 - (self.now - job.queued_at) / patience if patience > 0 else 0.0
+
     def behind_by_a_burst(self, job: QueuedJob) -> bool:
-        """Whether the holders of ``job``'s model need at least BURST_BACKLOG_S for its queued work (COLD_COPY).
+        """Whether the holders of ``job``'s model need at least BURST_BACKLOG_S for its queued work (COLD_COPY),
+        a bar that shrinks with the job's patience, as the copy rule's thresholds do.
 
         Such a backlog is what the copy rule loads a copy for. Left to the
         affinity step, the job waits while every GPU that frees takes a job
         of a model it holds: on make_traces seed 4's deadlines trace at
         worker order 1, the 250 images of a campaign that arrived at once
-        waited so. The p95 wait of all jobs there is 204.2 s as shipped and
-        214.5 s with ``COLD_COPY=0`` (fifo: 186.9 s; scheduler_sweep.py's
-        row, docs/benchmarks.md); cold evictions alone (a throwaway switch)
-        left it at 214.5 s too.
+        waited so. The p95 wait of all jobs there is 204.2 s with a fixed bar
+        and 214.5 s with ``COLD_COPY=0`` (fifo: 186.9 s; scheduler_sweep.py's
+        row, docs/benchmarks.md). With a fixed bar, a backlog just under it
+        still drained on its holder while its jobs waited out their
+        patience: on seed 2's deadlines trace `backgrounds`' 126 sdxl-turbo
+        images rendered on one GPU from 336 s to 446 s, and the p95 there
+        was 1.23-1.27 x fifo's at every worker order (1.08-1.12 x with the
+        bar shrinking).
         """
-        return bool(COLD_COPY) and self.holders_backlog_s(job)[0] >= BURST_BACKLOG_S
+        return bool(COLD_COPY) and self.holders_backlog_s(job)[0] >= BURST_BACKLOG_S * max(self.patience_left(job), 0.0)
 
     def idle_without_work(self, worker: WorkerState) -> bool:
         """Whether ``worker`` renders nothing and holds no model with queued work (or none at all).

@@ -440,6 +440,24 @@ def test_a_job_whose_holders_are_a_burst_behind_gets_a_copy_before_the_affinity_
     assert assigned(place(snapshot)) == {others[0].id: "free"}
 
 
+def test_the_burst_bar_before_the_affinity_step_shrinks_as_the_job_waits():
+    # User 1's "a" jobs need 60 s of their one busy holder: under the burst
+    # bar while they are fresh, so the affinity step gives the free GPU user
+    # 2's "b" job. Two thirds into their patience the bar is a third of
+    # BURST_BACKLOG_S, as the copy rule's thresholds are, and the copy rule
+    # is asked first: it loads a copy on the free GPU.
+    short = [job("a", t=i * 0.1, est=10.0) for i in range(6)]
+    holder = fast_worker("holder", held={"a": 2.0}, busy=1)
+    free = fast_worker("free", held={"b": 2.0})
+    assert BURST_BACKLOG_S > 60.0 > BURST_BACKLOG_S / 3
+    waited = 2 / 3 * patience_s(short[0])
+    for now, served in ((waited * 0.25, "b"), (waited, "a")):
+        others = [job("b", t=now - 1.0 + i * 0.01, user=2, est=10.0) for i in range(3)]
+        d = place(Snapshot(queue_order(*short, *others), [holder, free], now=now))
+        expected = short[0] if served == "a" else others[0]
+        assert assigned(d) == {expected.id: "free"}, now
+
+
 def test_a_burst_for_a_model_nobody_holds_loads_it_once_when_the_queue_is_short():
     # The first job loads the model; that GPU now holds it, so the second
     # short job waits for it rather than loading a second copy in the same
