@@ -451,6 +451,12 @@ class _Placement:
         self.started_teams: dict[int, int] = {}  # ... per team
         self.added_usage: dict[int, float] = {}
         self.decisions = Decisions()
+        # Workers that can run the same jobs are alike: grouped by what _can_run_here reads (and whether
+        # they drain). A farm has a few kinds of GPU, so what depends only on the kind is worked out per kind.
+        self.kinds: dict[tuple, list[WorkerState]] = {}
+        for worker in snapshot.workers:
+            self.kinds.setdefault((worker.families, worker.serves_models, worker.cuda, worker.max_pixels,
+                                   worker.vram_total_gb, worker.draining), []).append(worker)
         self.deep = _UNKNOWN  # deep_queue() as the call found it, once asked (idle_without_work)
 
     # ------------------------------------------------------------------ index
@@ -466,7 +472,7 @@ class _Placement:
         """
         self.queue = queue
         workers = list(self.workers.values())
-        by_family = _workers_by_family(workers)
+        by_family = _workers_by_family(self.kinds)
         limits: dict[tuple, int] = {}
         for model_id, lane in queue.models.items():
             first = lane.first()
@@ -970,12 +976,7 @@ class _Placement:
         if deep is None or deep[0] / deep[1] < SCARCE_QUEUE_S:
             return
         work, speed = deep
-        # Workers that can run the same jobs are alike: group them by what _can_run_here reads.
-        kinds: dict[tuple, list[WorkerState]] = {}
-        for worker in self.workers.values():
-            if not worker.draining:
-                kinds.setdefault((worker.families, worker.serves_models, worker.cuda, worker.max_pixels,
-                                  worker.vram_total_gb), []).append(worker)
+        kinds = {kind: members for kind, members in self.kinds.items() if not kind[-1]}  # not draining
         classes: dict[frozenset, list] = {}  # kinds that can run a model -> [work, models]
         for model_id, queue in self.by_model.items():
             first = queue.head(self.taken)
@@ -1173,14 +1174,15 @@ def _can_run_here(job: QueuedJob, worker: WorkerState) -> bool:
     )
 
 
-def _workers_by_family(workers: Sequence[WorkerState]) -> dict[str, tuple[list[tuple], bool]]:
-    """family -> ([(vram_total_gb, max_pixels, serves_models, cuda)], whether any serves only some models)."""
+def _workers_by_family(kinds: Mapping[tuple, Sequence[WorkerState]]) -> dict[str, tuple[list[tuple], bool]]:
+    """family -> ([(vram_total_gb, max_pixels, serves_models, cuda)], whether any serves only some models), one
+    entry per kind of worker (_Placement.kinds) that runs the family."""
     groups: dict[str, tuple[list[tuple], bool]] = {}
-    for worker in workers:
-        for family in worker.families:
+    for families, serves_models, cuda, max_pixels, vram_total_gb, _ in kinds:
+        for family in families:
             members, restricted = groups.get(family, ([], False))
-            members.append((worker.vram_total_gb, worker.max_pixels, worker.serves_models, worker.cuda))
-            groups[family] = (members, restricted or worker.serves_models is not None)
+            members.append((vram_total_gb, max_pixels, serves_models, cuda))
+            groups[family] = (members, restricted or serves_models is not None)
     return groups
 
 
