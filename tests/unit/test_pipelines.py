@@ -314,10 +314,12 @@ def test_write_tiny_model_round_trips(pipes, family, tmp_path):
     via_loader = load_pipeline(path, family, torch.device("cpu"), torch.float32)
     a = render(via_loader, params(seed=3))[0]
     b = render(pipes[family], params(seed=3))[0]
-    if family == "flux":
-        # Same weights, yet FLUX's transformer computes ~2e-7 apart on tensors
-        # read from safetensors and on ones built in memory (CPU kernels pick
-        # paths by alignment); two loads from disk agree exactly (below).
+    if type(getattr(pipes[family], "transformer", None)).__name__ == "FluxTransformer2DModel":
+        # Same weights, yet FLUX's transformer (FLUX.1 and Kontext's) computes
+        # ~2e-7 apart on tensors read from safetensors and on ones built in
+        # memory (CPU kernels pick paths by alignment): one pixel value in
+        # the image, on some CPUs for Kontext too. Two loads from disk agree
+        # exactly (below).
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
         again = load_pipeline(path, family, torch.device("cpu"), torch.float32)
         assert np.array_equal(pixels(a), pixels(render(again, params(seed=3))[0]))
