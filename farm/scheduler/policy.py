@@ -1045,7 +1045,7 @@ class _Placement:
                 # models' jobs while this one's holders are a burst behind: the
                 # copy rule decides first.
                 priced = target = self.cheapest_target(job)
-            if target is None and self.now - job.queued_at < patience_s(job) and not self.behind(user_id, job):
+            if target is None and self.patience_left(job) > 0 and not self.behind(user_id, job):
                 pair = self.affinity_pair()
                 if pair is not None:
                     self.assign(*pair)
