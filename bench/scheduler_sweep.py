@@ -104,7 +104,7 @@ def compare(workers_path: Path, trace_path: Path, name: str, order: int = 0) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace-seeds", default="1,2,3", help="make_traces seeds of the fresh workloads ('' for none)")
+    parser.add_argument("--trace-seeds", default="1,2,3", help="make_traces seeds of the fresh workloads, as 1,2,3 or 11-20 ('' for none)")
     parser.add_argument("--traces", default=TRACES, help="trace names (file stems) to replay")
     parser.add_argument("--no-shipped", action="store_true", help="fresh workloads only")
     parser.add_argument("--set", default="", metavar="NAME=VALUE,...", help="policy tunables to set for the run")

@@ -71,7 +71,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def seed_list(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
+    """Seeds from "1,2,3", "11-20" (both ends included) or a mix ("1,5-7"); "" for none."""
+    seeds = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        first, dash, last = item.partition("-")
+        try:
+            low, high = (int(first), int(last)) if dash else (int(item), int(item))
+        except ValueError:
+            low = high = None
+        if low is None or low < 0 or high < low:
+            raise SystemExit(f"seed list: {item!r} is neither a seed (7) nor a range of seeds, low to high (11-20)")
+        seeds += range(low, high + 1)
+    return seeds
 
 
 def shipped_workload() -> tuple[Path, list[Path], str]:

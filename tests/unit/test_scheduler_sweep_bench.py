@@ -109,3 +109,11 @@ def test_the_families_sum_up_the_rows_per_trace_family(sweep):
     assert deadlines["makespan_over_fifo"] == 1 and deadlines["makespan_vs_bound_max"] == {"farm": 1.01, "fifo": 1.0}
     assert deadlines["deadline_misses"] == {"farm": 3, "fifo": 6}
     assert summary["mixed"]["runs"] == 1 and summary["mixed"]["makespan_over_fifo"] == 1
+
+
+def test_seed_lists_take_ranges_and_refuse_what_they_cannot_read(sweep):
+    assert sweep.seed_list("1,5-7, 11-11") == [1, 5, 6, 7, 11]
+    assert sweep.seed_list("") == []
+    for bad in ("1-", "a", "20-11", "3-x", "-2"):
+        with pytest.raises(SystemExit, match="neither a seed"):
+            sweep.seed_list(bad)
