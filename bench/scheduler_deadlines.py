@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from make_traces import write_workload
+from scheduler_targets import seed_list
 
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import Decisions, Snapshot, place
@@ -64,12 +65,12 @@ def compare(workers_path: Path, trace_path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace-seeds", default="1,2", help="comma-separated seeds for fresh traces (empty: none)")
+    parser.add_argument("--trace-seeds", default="1,2", help="seeds for fresh traces, as 1,2 or 11-20 (empty: none)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = {"shipped": compare(ROOT / "workers" / "mixed.json", ROOT / "traces" / "deadlines.jsonl")}
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in [int(s) for s in args.trace_seeds.split(",") if s.strip()]:
+        for seed in seed_list(args.trace_seeds):
             out = Path(scratch) / str(seed)
             write_workload(out, seed=seed)
             results[f"fresh_seed_{seed}"] = compare(out / "workers" / "mixed.json", out / "traces" / "deadlines.jsonl")

@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-s", type=float, default=0.5)
     parser.add_argument("--restore-s", type=float, default=0.5)
     parser.add_argument("--lost-steps", type=int, default=1)
-    parser.add_argument("--seeds", default="", help="comma-separated make_traces seeds for fresh traces of this shape")
+    parser.add_argument("--seeds", default="", help="make_traces seeds for fresh traces of this shape, as 1,2 or 11-20")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     models = [PreemptionModel(wait_s=float(w), checkpoint_s=args.checkpoint_s, restore_s=args.restore_s,
@@ -91,7 +91,9 @@ def main() -> None:
     result = {"model": {"wait_s": [m.wait_s for m in models], "max_preemptions": models[0].max_preemptions,
                         "checkpoint_s": args.checkpoint_s, "restore_s": args.restore_s, "lost_steps": args.lost_steps},
               "traces": {args.trace.name: compare(workers, load_trace(args.trace), models)}}
-    for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+    from scheduler_targets import seed_list
+
+    for seed in seed_list(args.seeds):
         result["traces"][f"seed-{seed}"] = compare(workers, fresh_trace(seed), models)
     print(json.dumps(result, indent=1))
 

@@ -54,13 +54,13 @@ def targets(farm: dict, fifo: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0", help="comma-separated; 0 keeps the workers file's order")
+    parser.add_argument("--seeds", default="0", help="worker order seeds, as 0,1 or 0-3; 0 keeps the workers file's order")
     parser.add_argument("--workers", default=str(ROOT / "workers" / "mixed.json"))
     parser.add_argument("--trace-seeds", default="1,2",
-                        help="comma-separated seeds of bench/make_traces.py for the fresh traces ('' for none)")
+                        help="seeds of bench/make_traces.py for the fresh traces, as 1,2 or 11-20 ('' for none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = seed_list(args.seeds)
     runs = [compare(args.workers, trace, trace.stem, seed)
             for trace in shipped_workload()[1] for seed in seeds]
     with tempfile.TemporaryDirectory() as scratch:
