@@ -1,6 +1,6 @@
 """Deadlines in the simulator (issue 23): misses and waits of fifo, the policy blind to deadlines, and the policy.
 
-    .venv/bin/python bench/scheduler_deadlines.py [--trace-seeds 1,2]
+    .venv/bin/python bench/scheduler_deadlines.py [--trace-seeds 1,2] [--set DEADLINE_BOOST_S=120]
 
 Replays bench/traces/deadlines.jsonl (five campaigns, three with deadlines,
 beside light users whose images sometimes carry one) on
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from make_traces import write_workload
-from scheduler_targets import seed_list
+from scheduler_targets import parse_tunables, seed_list, tunables_set
 
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import Decisions, Snapshot, place
@@ -63,18 +63,25 @@ def compare(workers_path: Path, trace_path: Path) -> dict:
     return runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace-seeds", default="1,2", help="seeds for fresh traces, as 1,2 or 11-20 (empty: none)")
-    args = parser.parse_args()
+    parser.add_argument("--set", default="", metavar="NAME=VALUE,...", help="policy tunables to set for the run")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    with tunables_set(parse_tunables(args.set)):
+        results = run(args.trace_seeds)
+    print(json.dumps(results, indent=1))
+
+
+def run(trace_seeds: str) -> dict:
     results = {"shipped": compare(ROOT / "workers" / "mixed.json", ROOT / "traces" / "deadlines.jsonl")}
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in seed_list(args.trace_seeds):
+        for seed in seed_list(trace_seeds):
             out = Path(scratch) / str(seed)
             write_workload(out, seed=seed)
             results[f"fresh_seed_{seed}"] = compare(out / "workers" / "mixed.json", out / "traces" / "deadlines.jsonl")
-    print(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -39,9 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from make_traces import LIGHT_JOBS, write_workload
-from scheduler_targets import seed_list
+from scheduler_targets import parse_tunables, seed_list, tunables_set
 
-from farm.scheduler import policy
 from farm.scheduler.fifo import place_fifo
 from farm.scheduler.policy import place
 from farm.scheduler.simulator import Simulation, load_trace, load_workers
@@ -67,21 +66,6 @@ def worst_light_p95(metrics: dict) -> float | None:
     """The largest p95 wait of a light user; None: the trace has none."""
     light = [user["wait_p95_s"] for user in metrics["users"].values() if user["jobs"] < LIGHT_JOBS]
     return max(light) if light else None
-
-
-def parse_tunables(text: str) -> dict[str, float]:
-    """Policy tunables from "NAME=VALUE,..."; each must be a numeric tunable of the policy module."""
-    chosen = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = item.partition("=")
-        current = getattr(policy, name, None)
-        if not name.isupper() or isinstance(current, bool) or not isinstance(current, (int, float)):
-            raise SystemExit(f"--set: {name!r} is not a numeric tunable of farm/scheduler/policy.py")
-        try:
-            chosen[name] = float(value)
-        except ValueError:
-            raise SystemExit(f"--set: {name}={value!r} is not a number") from None
-    return chosen
 
 
 def compare(workers_path: Path, trace_path: Path, name: str, order: int = 0) -> dict:
@@ -114,14 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     names = [name for name in args.traces.split(",") if name]
     tunables = parse_tunables(args.set)
-    shipped = {name: getattr(policy, name) for name in tunables}
-    try:
-        for name, value in tunables.items():
-            setattr(policy, name, value)
+    with tunables_set(tunables):
         rows = sweep(args, names)
-    finally:
-        for name, value in shipped.items():
-            setattr(policy, name, value)
     print(json.dumps({"set": tunables, "families": summarize(rows), "rows": rows}, indent=1))
     return 0
 

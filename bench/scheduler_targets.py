@@ -17,6 +17,7 @@ workers, 20 models, 10,000 queued), both policies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from make_traces import write_workload
 
+from farm.scheduler import policy
 from farm.scheduler.bench import run_bench, run_decision_bench
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,34 @@ def seed_list(text: str) -> list[int]:
             raise SystemExit(f"seed list: {item!r} is neither a seed (7) nor a range of seeds, low to high (11-20)")
         seeds += range(low, high + 1)
     return seeds
+
+
+def parse_tunables(text: str) -> dict[str, float]:
+    """Policy tunables from "NAME=VALUE,..." (a --set option); each must be a numeric tunable of the policy module."""
+    chosen = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        current = getattr(policy, name, None)
+        if not name.isupper() or isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise SystemExit(f"--set: {name!r} is not a numeric tunable of farm/scheduler/policy.py")
+        try:
+            chosen[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--set: {name}={value!r} is not a number") from None
+    return chosen
+
+
+@contextlib.contextmanager
+def tunables_set(tunables: dict[str, float]):
+    """Set policy tunables for the block, and put the shipped values back after it."""
+    shipped = {name: getattr(policy, name) for name in tunables}
+    try:
+        for name, value in tunables.items():
+            setattr(policy, name, value)
+        yield
+    finally:
+        for name, value in shipped.items():
+            setattr(policy, name, value)
 
 
 def shipped_workload() -> tuple[Path, list[Path], str]:

@@ -117,3 +117,18 @@ def test_seed_lists_take_ranges_and_refuse_what_they_cannot_read(sweep):
     for bad in ("1-", "a", "20-11", "3-x", "-2"):
         with pytest.raises(SystemExit, match="neither a seed"):
             sweep.seed_list(bad)
+
+
+def test_the_deadlines_bench_takes_tunables_for_the_run_and_puts_them_back(monkeypatch, capsys):
+    from farm.scheduler import policy
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    deadlines = load_bench_script("scheduler_deadlines")
+    shipped = policy.DEADLINE_BOOST_S
+    deadlines.main(["--trace-seeds", ""])
+    lifted = json.loads(capsys.readouterr().out)["shipped"]["farm"]
+    # No lift: the deadline campaigns no longer go ahead of anyone, and miss more.
+    deadlines.main(["--trace-seeds", "", "--set", "DEADLINE_BOOST_S=0"])
+    unlifted = json.loads(capsys.readouterr().out)["shipped"]["farm"]
+    assert unlifted["deadline_misses"] > lifted["deadline_misses"]
+    assert policy.DEADLINE_BOOST_S == shipped
